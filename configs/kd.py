@@ -1,0 +1,24 @@
+"""KD-Loss (Fard & Mahoor, CVIU 2022): Tolerant + Tough EfficientNet-B3 teachers -> MobileNetV2.
+
+Three stages in one command: the Tolerant teacher on ASM soft landmarks, the Tough teacher on the
+ground truth, then the student with KD-Loss (method.md §2). Every published hyper-parameter lives in
+fkd/config_lib.py with a comment citing method.md.
+
+Embedded synthetic dataset, CPU-sized (the README quick start; ~10 min on 2 cores):
+  python -m fkd.main --config=configs/kd.py --workdir=runs/kd
+Quick look / tests (a few minutes, tiny models):
+  python -m fkd.main --config=configs/kd.py:runlocal --workdir=/tmp/kd
+Paper scale (224², batch 70, 150 epochs; TPU/GPU) on a real dataset:
+  python -m fkd.main --config=configs/kd.py:300w --workdir=runs/kd_300w \
+      --config.data.manual_dir=/data/300W
+Args (comma-separated): synthetic (default) | 300w | wflw | cofw, and runlocal.
+"""
+
+from fkd import config_lib
+
+
+def get_config(arg: str | None = None):
+  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False)
+  config = config_lib.kd_base(arg.dataset, arg.runlocal)
+  config.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
+  return config

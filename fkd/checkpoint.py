@@ -1,0 +1,77 @@
+"""Orbax checkpoints behind three functions: a per-stage manager, `load_model` for teachers/eval.
+
+A stage directory holds numbered steps, each with three items: `model` ({'params', 'batch_stats'}),
+`train` ({'opt_state', 'step'}) and `meta` (JSON: model name and kwargs, stage, total steps, ...).
+Teachers and evaluators restore only `model` + `meta`. Orbax writes each step to a temporary
+directory and renames it when complete, so an interrupted save never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from fkd.errors import FkdError
+
+_ITEMS = ('model', 'train', 'meta')
+
+
+def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """A synchronous CheckpointManager for one stage directory."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Saves a train state {'params', 'batch_stats', 'opt_state', 'step'} plus JSON metadata."""
+  model = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  train = {'opt_state': state['opt_state'], 'step': state['step']}
+  mgr.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train),
+      meta=ocp.args.JsonSave(meta)), force=True)
+  mgr.wait_until_finished()
+
+
+def restore(mgr: ocp.CheckpointManager, abstract_state: dict[str, Any],
+            step: int | None = None) -> dict[str, Any]:
+  """Restores the full train state of `step` (default: latest) into the given structure."""
+  step = mgr.latest_step() if step is None else step
+  model = {'params': abstract_state['params'], 'batch_stats': abstract_state['batch_stats']}
+  train = {'opt_state': abstract_state['opt_state'], 'step': abstract_state['step']}
+  as_abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)
+  got = mgr.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(as_abstract(model)),
+      train=ocp.args.StandardRestore(as_abstract(train))))
+  return {**got['model'], **got['train']}
+
+
+def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
+  """The JSON metadata of a stage's latest (or given) step, or None when there is no checkpoint."""
+  if not os.path.isdir(directory):
+    return None
+  mgr = manager(directory)
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    return None
+  return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Loads {'params', 'batch_stats'} and metadata of a stage's latest step (teachers, evaluation).
+
+  Raises:
+    FkdError: when the directory holds no checkpoint.
+  """
+  if not os.path.isdir(directory):
+    raise FkdError(f'checkpoint directory {directory} does not exist')
+  mgr = manager(directory)
+  step = mgr.latest_step()
+  if step is None:
+    raise FkdError(f'no checkpoint found in {directory}')
+  got = mgr.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  return got['model'], got['meta']

@@ -1,0 +1,151 @@
+"""Shared pieces of the configs in `configs/`: arg parsing and the per-dataset presets.
+
+Configs are big_vision style: `get_config(arg)` where `arg` is a comma-separated list such as
+`300w,runlocal`. The first bare word naming a dataset picks it; `runlocal` shrinks everything so the
+whole pipeline runs in a few minutes on a 2-core CPU; `key=value` items set other options.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+DATASETS = {
+    # name in the config arg -> (TFDS name, landmarks, target space, eval splits)
+    'synthetic': ('synthetic_faces', 68, 'normalized', ('test',)),
+    '300w': ('ibug_300w', 68, 'normalized', ('common', 'challenging', 'full')),
+    'wflw': ('wflw', 98, 'normalized',
+             ('test', 'pose', 'expression', 'illumination', 'makeup', 'occlusion', 'blur')),
+    'cofw': ('cofw', 29, 'pixel', ('test',)),
+}
+# KD-Loss normalises WFLW by the pupils 96/97, 300W and COFW by the outer eye corners
+# (method.md §2.7, results.md §2).
+KD_NORM = {'synthetic': 'inter_ocular', '300w': 'inter_ocular', 'wflw': 'inter_pupil',
+           'cofw': 'inter_ocular'}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'synthetic,runlocal,key=value' into a ConfigDict over `defaults`."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (arg or '').split(',')):
+    if '=' in item:
+      key, value = item.split('=', 1)
+      if key not in out:
+        raise ValueError(f'unknown config arg {key!r}; known: {sorted(out)}')
+      out[key] = type(defaults[key])(value) if defaults[key] is not None else value
+    elif item in DATASETS:
+      out.dataset = item
+    elif item in out and isinstance(defaults[item], bool):
+      out[item] = True
+    else:
+      raise ValueError(f'unknown config arg {item!r}; datasets: {sorted(DATASETS)}, '
+                       f'flags: {sorted(k for k, v in defaults.items() if isinstance(v, bool))}')
+  return out
+
+
+def optimizer_config(*, batch_size: int, num_epochs: float, num_steps: int = -1,
+                     lr: float = 1e-3) -> ml_collections.ConfigDict:
+  """Adam + Keras' legacy inverse-time decay, the KD-Loss recipe (method.md §2.6)."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size,
+      num_epochs=num_epochs,  # converted to steps with floor(N_train / batch) per epoch
+      num_steps=num_steps,  # > 0 overrides num_epochs
+      lr=lr,  # method.md §2.6: 1e-3
+      schedule='inverse_time',  # method.md §2.6: lr_t = lr / (1 + decay t), Keras `decay=1e-4`
+      lr_decay=1e-4,  # method.md §2.6
+      warmup_steps=0,  # 'cosine' only: linear warm-up before the cosine decay to 0
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-7,  # method.md §2.6: Keras Adam defaults
+      log_every_steps=50,
+      checkpoint_every_steps=500,
+  ))
+
+
+def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collections.ConfigDict:
+  """Everything a KD-Loss run needs; configs/kd.py and configs/baseline.py pick the stages."""
+  if dataset not in DATASETS:
+    raise ValueError(f'unknown dataset {dataset!r}; known: {sorted(DATASETS)}')
+  tfds_name, num_landmarks, space, eval_splits = DATASETS[dataset]
+  paper = dataset != 'synthetic'
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
+
+  c.data = ml_collections.ConfigDict(dict(
+      name=tfds_name,
+      data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS default
+      manual_dir=config_dict.placeholder(str),  # raw download, builds the dataset on first use
+      allow_partial=False,
+      image_size=224 if paper else 64,  # method.md §2.2: 224x224 crops
+      num_landmarks=num_landmarks,
+      target_space=space,  # method.md §2.2 / §9 #5: pixels for COFW, normalised otherwise
+      train_split='train',
+      eval_splits=eval_splits,
+      augment='kd' if paper else 'flip',
+      max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
+      max_eval_examples=-1,
+  ))
+  c.asm = ml_collections.ConfigDict(dict(
+      acc=0.90,  # method.md §2.3 / §9 #3: ASM variance fraction of the Tolerant targets
+  ))
+
+  # method.md §2.4: MobileNetV2 1.0 student, GAP -> Dense(2N), random init, no dropout.
+  c.student = ml_collections.ConfigDict(dict(
+      name='mobilenet_v2',
+      kwargs=dict(width=1.0, depth=1.0) if paper else dict(width=0.5, depth=0.5)))
+  # method.md §2.4: EfficientNet-B3 teachers at 224, top dropout 0.5, drop-connect 0.2.
+  c.teacher = ml_collections.ConfigDict(dict(
+      name='efficientnet_b3',
+      kwargs=dict(dropout=0.5, drop_connect_rate=0.2) if paper else
+      dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.35, depth_scale=0.4)))
+
+  c.loss = ml_collections.ConfigDict(dict(
+      teacher='mse',  # method.md §2.5.1
+      baseline='mse',  # method.md §2.5.4 / §9 #6
+  ))
+  c.kd = ml_collections.ConfigDict(dict(
+      mode='code',  # method.md §9 #1: released-code constants; 'figure' for the paper figures
+      # Any of these overrides the mode's constants (losses.KDParams); None keeps them.
+      alpha_tou=config_dict.placeholder(float), alpha_neg_tou=config_dict.placeholder(float),
+      alpha_tol=config_dict.placeholder(float), alpha_neg_tol=config_dict.placeholder(float),
+      beta=config_dict.placeholder(float), main_slope=config_dict.placeholder(float),
+      w_main=config_dict.placeholder(float), w_tou=config_dict.placeholder(float),
+      w_tol=config_dict.placeholder(float), lambda_source=config_dict.placeholder(str),
+      lambda_const=config_dict.placeholder(float), low_region=config_dict.placeholder(str),
+  ))
+  # Teacher checkpoints for the student stage: None = <workdir>/teacher_{tough,tolerant}.
+  c.teacher_tough_ckpt = config_dict.placeholder(str)
+  c.teacher_tolerant_ckpt = config_dict.placeholder(str)
+
+  if paper:
+    # method.md §2.6: batch 70, 150 epochs, Adam 1e-3 with inverse-time decay 1e-4, for the
+    # teachers and the student alike.
+    c.train = optimizer_config(batch_size=70, num_epochs=150)
+    c.teacher_train = optimizer_config(batch_size=70, num_epochs=150)
+  else:
+    # Embedded dataset on a CPU: sized so the three stages finish in minutes (README).
+    c.train = optimizer_config(batch_size=32, num_epochs=22)
+    c.teacher_train = optimizer_config(batch_size=32, num_epochs=14)
+
+  c.eval = ml_collections.ConfigDict(dict(
+      norm=KD_NORM[dataset],
+      frame='crop',  # results.md §1: KD-Loss measures in the 224 crop frame
+      fr_threshold=0.1,
+      batch_size=128,
+  ))
+
+  if runlocal:
+    if dataset == 'synthetic':
+      c.data.name = 'synthetic_faces/small'
+    c.data.image_size = 32
+    c.data.max_train_examples = 256
+    c.data.max_eval_examples = 64
+    c.student.kwargs = dict(width=0.35, depth=0.34)
+    c.teacher.kwargs = dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.25,
+                            depth_scale=0.25)
+    for t in (c.train, c.teacher_train):
+      t.batch_size = 16
+      t.num_epochs = 2
+      t.log_every_steps = 8
+      t.checkpoint_every_steps = 16
+    c.eval.batch_size = 64
+  return c

@@ -1,0 +1,256 @@
+"""Input pipeline: TFDS array_record data source -> in-memory crops -> deterministic batches.
+
+Landmark datasets are small (thousands of crops), so each split is decoded once into NumPy arrays at
+the model resolution. Training batches are a pure function of (seed, step): a permutation per epoch,
+and per-sample augmentation seeded by the step. Resuming at step s therefore replays exactly the
+batches an uninterrupted run would have seen, with no iterator state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fkd import asm
+from fkd.errors import FkdError
+
+
+@dataclasses.dataclass
+class Split:
+  """One split in memory. Landmarks are crop-frame pixels at the model resolution."""
+
+  images: np.ndarray  # (M, S, S, 3) uint8
+  landmarks: np.ndarray  # (M, N, 2) float32
+  soft_landmarks: np.ndarray | None  # (M, N, 2) float32, ASM targets of the plain crops
+  names: list[str]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+@dataclasses.dataclass
+class Data:
+  """What the trainer needs: splits plus dataset metadata."""
+
+  name: str
+  splits: dict[str, Split]
+  image_size: int
+  num_landmarks: int
+  flip_permutation: np.ndarray
+  pca: asm.PCAModel | None  # in this resolution's pixel frame
+
+
+def _register_builders() -> None:
+  import tfds_builders  # noqa: F401  (registers every fkd builder with TFDS)
+
+
+def _builder(config: Any):
+  import tensorflow_datasets as tfds
+
+  _register_builders()
+  data_dir = config.data.data_dir
+  try:
+    return tfds.builder(config.data.name, data_dir=data_dir, file_format='array_record')
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FkdError(f'config.data.name: no dataset builder named {config.data.name!r}') from e
+
+
+def prepare(config: Any) -> Any:
+  """Returns a prepared TFDS builder, building the dataset first when that needs no download.
+
+  The embedded `synthetic_faces` builds itself; real datasets build from `config.data.manual_dir`.
+  """
+  import tensorflow_datasets as tfds
+
+  builder = _builder(config)
+  if builder.is_prepared():
+    return builder
+  manual_dir = config.data.manual_dir
+  needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
+  if needs_manual and not manual_dir:
+    raise FkdError(
+        f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
+        'config.data.manual_dir is not set: download it by hand (see README) and pass '
+        '--config.data.manual_dir=<folder>')
+  if manual_dir and not os.path.isdir(manual_dir):
+    raise FkdError(f'config.data.manual_dir {manual_dir} is not a directory')
+  kwargs = {}
+  if manual_dir:
+    kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  print(f'Building dataset {config.data.name} in {builder.data_dir_root} (once) ...', flush=True)
+  builder.download_and_prepare(**kwargs)
+  return builder
+
+
+def check_prepared_or_buildable(config: Any) -> None:
+  """Validates the data config before anything is written (fails fast, one-line errors)."""
+  builder = _builder(config)
+  if builder.is_prepared():
+    return
+  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) and not config.data.manual_dir:
+    raise FkdError(
+        f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
+        'config.data.manual_dir is not set: download it by hand (see README) and pass '
+        '--config.data.manual_dir=<folder>')
+  if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
+    raise FkdError(f'config.data.manual_dir {config.data.manual_dir} is not a directory')
+
+
+def _decode(data: bytes | np.ndarray) -> Image.Image:
+  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
+    return Image.fromarray(data)
+  return Image.open(io.BytesIO(data)).convert('RGB')
+
+
+def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
+  """Resampling by s maps x -> s (x + 1/2) - 1/2 (method.md §1.2)."""
+  return (s * (points + 0.5) - 0.5).astype(np.float32)
+
+
+def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1) -> Split:
+  """Decodes a TFDS data source of square face crops into memory at size x size."""
+  n = len(source) if limit <= 0 else min(limit, len(source))
+  images = np.empty((n, size, size, 3), np.uint8)
+  landmarks, soft, names = [], [], []
+  for i in range(n):
+    ex = source[i]
+    img = _decode(ex['image'])
+    points = np.asarray(ex['landmarks'], np.float32)
+    if img.width != img.height:
+      raise FkdError(f'expected square face crops, got {img.size} in {ex.get("filename")}')
+    s = size / img.width
+    if img.size != (size, size):
+      img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    transform = lambda p, s=s: _scale_points(p, s)
+    images[i] = np.asarray(img)
+    landmarks.append(transform(points))
+    if soft_key is not None:
+      soft.append(transform(np.asarray(ex['soft_landmarks'][soft_key], np.float32)))
+    name = ex.get('filename', str(i))
+    names.append(name.decode() if isinstance(name, bytes) else str(name))
+  return Split(images, np.stack(landmarks), np.stack(soft) if soft else None, names)
+
+
+def _affine_pca(pca: asm.PCAModel, a: float, c: float) -> asm.PCAModel:
+  """The same shape model in coordinates a·x + c (a > 0): μ' = aμ + c, λ' = a²λ, same V_k."""
+  return dataclasses.replace(pca, mean=a * pca.mean + c, eigenvalues=a * a * pca.eigenvalues)
+
+
+def load(config: Any, splits: tuple[str, ...] | None = None) -> Data:
+  """Loads the train split and the eval splits of `config.data` into memory."""
+  builder = prepare(config)
+  meta = builder.info.metadata or {}
+  size = config.data.image_size
+  native = int(meta.get('image_size', size))
+  soft_key = f'p{round(100 * config.asm.acc)}'
+  pca = None
+  if 'pca' in meta:
+    if soft_key not in meta['pca']:
+      raise FkdError(f'config.asm.acc={config.asm.acc}: the dataset stores ASM fractions '
+                     f'{sorted(meta["pca"])}')
+    # The PCA lives in the builder's pixel frame; x -> s(x + 1/2) - 1/2 is isotropic, so the ASM
+    # operator carries over exactly (method.md §2.3 equivariance).
+    pca = _affine_pca(asm.PCAModel.from_dict(meta['pca'][soft_key]), size / native,
+                      0.5 * size / native - 0.5)
+  sources = builder.as_data_source()
+  wanted = splits or (config.data.train_split, *config.data.eval_splits)
+  out = {}
+  for name in dict.fromkeys(wanted):
+    if name not in sources:
+      raise FkdError(f'dataset {config.data.name!r} has no split {name!r}; '
+                     f'it has {sorted(sources)}')
+    is_train = name == config.data.train_split
+    limit = config.data.max_train_examples if is_train else config.data.max_eval_examples
+    out[name] = load_split(sources[name], size, soft_key if is_train else None, limit)
+  perm = np.asarray(meta.get('flip_permutation', np.arange(config.data.num_landmarks)))
+  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: the regression space of method.md §2.2.
+
+
+def to_target(points: np.ndarray, size: int, space: str) -> np.ndarray:
+  """(…, N, 2) crop pixels -> flat interleaved targets (…, 2N): u = (S/2 − x)/S or pixels."""
+  flat = points.reshape(*points.shape[:-2], -1)
+  if space == 'normalized':
+    return ((size / 2.0 - flat) / size).astype(np.float32)
+  if space == 'pixel':
+    return flat.astype(np.float32)
+  raise FkdError(f"config.data.target_space must be 'normalized' or 'pixel', got {space!r}")
+
+
+def from_target(flat: np.ndarray, size: int, space: str) -> np.ndarray:
+  """Inverse of `to_target`: (…, 2N) -> (…, N, 2) crop pixels (x = S/2 − S·u)."""
+  flat = np.asarray(flat, np.float32)
+  if space == 'normalized':
+    flat = size / 2.0 - size * flat
+  return flat.reshape(*flat.shape[:-1], -1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training batches.
+
+
+def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
+  """Horizontal flip: x -> S − 1 − x and re-index with the dataset's permutation (method.md §3)."""
+  flipped = points[:, perm].copy()
+  flipped[..., 0] = size - 1 - flipped[..., 0]
+  return images[:, :, ::-1], flipped
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+  if num_train < batch_size:
+    raise FkdError(f'the train split has {num_train} examples, fewer than batch size {batch_size}')
+  return num_train // batch_size
+
+
+def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, augment: str,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's share of global batch `step`, a pure function of (seed, step).
+
+  Returns uint8 images and flat float32 targets is left to the trainer; here landmarks are crop
+  pixels: 'landmarks' (ground truth) and 'soft_landmarks' (ASM of the augmented ground truth).
+  """
+  train = data.splits[split]
+  per_epoch = steps_per_epoch(len(train), batch_size)
+  epoch, offset = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(len(train))
+  idx = order[offset * batch_size:(offset + 1) * batch_size]
+  local = batch_size // process_count
+  idx = idx[process_index * local:(process_index + 1) * local]
+  images = train.images[idx]
+  points = train.landmarks[idx]
+  if augment == 'flip':
+    flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
+    flip = flip[process_index * local:(process_index + 1) * local]
+    if flip.any():
+      images = images.copy()
+      points = points.copy()
+      images[flip], points[flip] = _flip(images[flip], points[flip], data.flip_permutation,
+                                         data.image_size)
+  elif augment != 'none':
+    raise FkdError(f"config.data.augment={augment!r} is not supported for {data.name}; "
+                   "use 'flip' or 'none'")
+  batch = {'image': images, 'landmarks': points}
+  if data.pca is not None:
+    batch['soft_landmarks'] = asm.asm_project(data.pca, points).astype(np.float32)
+  elif train.soft_landmarks is not None and augment == 'none':
+    batch['soft_landmarks'] = train.soft_landmarks[idx]
+  return batch
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+  """Fixed-size batches over a split (the last one zero-padded) and how many rows are real."""
+  for start in range(0, len(split), batch_size):
+    images = split.images[start:start + batch_size]
+    n = len(images)
+    if n < batch_size:
+      images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
+    yield images, n

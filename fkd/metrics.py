@@ -1,0 +1,80 @@
+"""Landmark metrics (results.md §1): NME, FR@θ, AUC@θ (closed form) and the KD-Loss AUC variant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Normalising index sets per dataset (datasets.md §6). A pair of ints names two points; a pair of
+# ranges names two point groups whose means are used (eye centres).
+NORMALISATION = {
+    68: {'inter_ocular': (36, 45), 'inter_pupil': (range(36, 42), range(42, 48))},
+    98: {'inter_ocular': (60, 72), 'inter_pupil': (96, 97)},
+    29: {'inter_ocular': (8, 9), 'inter_pupil': (16, 17)},
+}
+
+
+def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') -> np.ndarray:
+  """Per-image normalising distance d_j from ground-truth shapes (M, N, 2).
+
+  `norm` is 'inter_ocular', 'inter_pupil', 'box_diagonal', or an explicit pair of indices / groups.
+  """
+  gt = np.asarray(gt, np.float64)
+  if norm == 'box_diagonal':
+    extent = gt.max(axis=1) - gt.min(axis=1)
+    return np.sqrt(np.sum(extent**2, axis=-1))
+  if isinstance(norm, str):
+    table = NORMALISATION.get(gt.shape[1])
+    if table is None or norm not in table:
+      raise ValueError(f'no {norm!r} normalisation known for {gt.shape[1]} landmarks')
+    norm = table[norm]
+  a, b = (gt[:, list(i)].mean(axis=1) if isinstance(i, range | list | tuple) else gt[:, i]
+          for i in norm)
+  return np.linalg.norm(a - b, axis=-1)
+
+
+def nme_per_image(pred: np.ndarray, gt: np.ndarray,
+                  norm: str | Sequence = 'inter_ocular') -> np.ndarray:
+  """NME_j = mean_i ||p_i − g_i|| / d_j for each image (a fraction, not %)."""
+  pred = np.asarray(pred, np.float64)
+  gt = np.asarray(gt, np.float64)
+  if pred.shape != gt.shape:
+    raise ValueError(f'prediction shape {pred.shape} != ground-truth shape {gt.shape}')
+  d = normalising_distance(gt, norm)
+  return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) / d
+
+
+def failure_rate(nme: np.ndarray, threshold: float = 0.1) -> float:
+  """FR@θ in percent: share of images with NME strictly greater than θ."""
+  return float(100.0 * np.mean(np.asarray(nme) > threshold))
+
+
+def auc(nme: np.ndarray, threshold: float = 0.1) -> float:
+  """AUC@θ in [0, 1], the closed form of (1/θ)∫₀^θ CED(t) dt = mean_j max(0, 1 − NME_j/θ)."""
+  return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(nme) / threshold)))
+
+
+def auc_kd(nme: np.ndarray, threshold: float = 0.1) -> float:
+  """The KD-Loss codebase's AUC variant (results.md §1): perfect = 0.95; comparable only with §2."""
+  nme = np.asarray(nme)
+  t = threshold * np.arange(20) / 19.0
+  c = np.mean(nme[None, :] <= t[:, None], axis=1)
+  return float(np.sum(c[1:] * (t[:-1] + t[1:]) / 2.0))
+
+
+def ced(nme: np.ndarray, threshold: float = 0.1, num: int = 101) -> tuple[np.ndarray, np.ndarray]:
+  """Cumulative error distribution sampled on [0, θ]: (thresholds, fraction of images ≤ t)."""
+  t = np.linspace(0.0, threshold, num)
+  return t, np.mean(np.asarray(nme)[None, :] <= t[:, None], axis=1)
+
+
+def summarize(nme: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
+  """The per-split record of results.json: NME %, FR %, AUC (0..1) and the KD AUC variant."""
+  return {
+      'nme': float(100.0 * np.mean(nme)),
+      'fr': failure_rate(nme, threshold),
+      'auc': auc(nme, threshold),
+      'auc_kd': auc_kd(nme, threshold),
+      'count': int(len(nme)),
+  }

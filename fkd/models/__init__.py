@@ -1,0 +1,48 @@
+"""Backbones: registry and helpers.
+
+`get_model('mobilenet_v2', num_outputs=136)`, `get_model('efficientnet_b3', num_outputs=136,
+dropout=0.5)`, `get_model('efficientnet', width_coefficient=..., depth_coefficient=...)`.
+For `efficientnet_bX` the preset width/depth coefficients and top dropout of
+`EFFICIENTNET_PARAMS` are defaults that kwargs override; the preset resolution is not a model
+field (KD-Loss feeds its teachers 224×224).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from fkd.models.efficientnet import EFFICIENTNET_PARAMS, EfficientNet
+from fkd.models.layers import Conv1x1, DepthwiseConv, PointwiseConv, make_divisible
+from fkd.models.mobilenet_v2 import MobileNetV2
+
+__all__ = [
+    'EFFICIENTNET_PARAMS', 'Conv1x1', 'DepthwiseConv', 'EfficientNet', 'MobileNetV2',
+    'PointwiseConv', 'count_params', 'get_model', 'make_divisible', 'model_names',
+]
+
+
+def model_names() -> list[str]:
+  return ['mobilenet_v2', 'efficientnet'] + [f'efficientnet_{k}' for k in EFFICIENTNET_PARAMS]
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+  """Builds a backbone by name; kwargs are module fields."""
+  if name == 'mobilenet_v2':
+    return MobileNetV2(**kwargs)
+  if name == 'efficientnet':
+    return EfficientNet(**kwargs)
+  if name.startswith('efficientnet_') and name[len('efficientnet_'):] in EFFICIENTNET_PARAMS:
+    width, depth, _, dropout = EFFICIENTNET_PARAMS[name[len('efficientnet_'):]]
+    kwargs = {'width_coefficient': width, 'depth_coefficient': depth, 'dropout': dropout,
+              **kwargs}
+    return EfficientNet(**kwargs)
+  raise ValueError(f'Unknown model {name!r}; known: {model_names()}.')
+
+
+def count_params(variables: Any) -> int:
+  """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(variables))

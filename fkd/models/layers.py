@@ -1,0 +1,201 @@
+"""Convolution layers that are fast on XLA:CPU and checkpoint-compatible with `nn.Conv`.
+
+XLA:CPU runs grouped (depthwise) convolutions very slowly, forward and backward. On CPU the
+depthwise convolution is therefore written as k·k shifted, strided slices multiplied by per-channel
+weights, and 1x1 convolutions as one 2-D `dot_general` (see docs/cpu-speed.md). Parameters keep the
+`nn.Conv` layout, so checkpoints move freely between implementations and backends.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = nn.initializers.Initializer
+
+DEPTHWISE_IMPLS = ('auto', 'shifted', 'shifted_autodiff', 'grouped')
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+  """Rounds `v` to a multiple of `divisor`, never below 90 % of `v` (Keras/TF rule)."""
+  min_value = divisor if min_value is None else min_value
+  new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+  if new_v < 0.9 * v:
+    new_v += divisor
+  return int(new_v)
+
+
+def same_padding(size: Sequence[int], kernel_size: int, strides: int) -> list[tuple[int, int]]:
+  """TensorFlow 'SAME' padding, asymmetric (more at the end) when the total is odd."""
+  return lax.padtype_to_pads(tuple(size), (kernel_size,) * len(size),
+                             (strides,) * len(size), 'SAME')
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere."""
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'Unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}.')
+  if impl == 'auto':
+    return 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+  return impl
+
+
+def _shift_slices(xp: Array, kh: int, kw: int, strides: int, out_hw: tuple[int, int]):
+  """Yields (i, j, strided window of padded `xp` aligned with output position)."""
+  b, _, _, c = xp.shape
+  oh, ow = out_hw
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(
+          xp, (0, i, j, 0), (b, i + (oh - 1) * strides + 1, j + (ow - 1) * strides + 1, c),
+          (1, strides, strides, 1))
+
+
+def _out_hw(xp_shape, kh: int, kw: int, strides: int) -> tuple[int, int]:
+  return (xp_shape[1] - kh) // strides + 1, (xp_shape[2] - kw) // strides + 1
+
+
+def _pad(x: Array, pads) -> Array:
+  return jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+
+
+def depthwise_conv_shifted_autodiff(x: Array, kernel: Array, strides: int, pads) -> Array:
+  """Depthwise conv as a sum of k·k shifted strided slices × per-channel weights."""
+  kh, kw = kernel.shape[:2]
+  xp = _pad(x, pads)
+  out_hw = _out_hw(xp.shape, kh, kw, strides)
+  y = None
+  for i, j, window in _shift_slices(xp, kh, kw, strides, out_hw):
+    term = window * kernel[i, j, 0]
+    y = term if y is None else y + term
+  return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, pads) -> Array:
+  """As `depthwise_conv_shifted_autodiff`, with a hand-written, CPU-friendly backward pass.
+
+  Kernel gradient: accumulated image by image with `lax.scan`, one reduction per tap, so each
+  step works on one image (cache-resident) instead of streaming the whole batch k·k times (one
+  image per device and step when the batch divides `jax.device_count()`, so a batch-sharded step
+  stays local).
+  Input gradient: at stride 1 a shifted correlation of the cotangent with the flipped kernel,
+  otherwise autodiff of the forward (pad/slice transposes).
+  """
+  return depthwise_conv_shifted_autodiff(x, kernel, strides, pads)
+
+
+def _dw_fwd(x, kernel, strides, pads):
+  return depthwise_conv_shifted_autodiff(x, kernel, strides, pads), (x, kernel)
+
+
+def _dw_bwd(strides, pads, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  if strides == 1:
+    (pt, pb), (pl, pr) = pads
+    g_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+    dx = depthwise_conv_shifted_autodiff(g, kernel[::-1, ::-1], 1, g_pads)
+  else:
+    _, vjp_x = jax.vjp(lambda x_: depthwise_conv_shifted_autodiff(x_, kernel, strides, pads), x)
+    (dx,) = vjp_x(g)
+
+  # Scan over the images of each device's shard: with a batch-sharded `x` (data parallelism)
+  # the (devices, batch / devices) split keeps every step local; partial sums are added last.
+  b, c = x.shape[0], x.shape[-1]
+  d = jax.device_count() if b % jax.device_count() == 0 else 1
+  to_steps = lambda a: jnp.swapaxes(a.reshape(d, b // d, *a.shape[1:]), 0, 1)
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+
+  def per_step(acc, xg):
+    xi, gi = xg  # (d, H, W, C) and (d, OH, OW, C): one image per shard.
+    xp = _pad(xi, pads)
+    out_hw = _out_hw(xp.shape, kh, kw, strides)
+    taps = [jnp.sum(w * gi, axis=(1, 2), dtype=acc_dtype)
+            for _, _, w in _shift_slices(xp, kh, kw, strides, out_hw)]
+    return acc + jnp.stack(taps, axis=1), None
+
+  dk, _ = lax.scan(per_step, jnp.zeros((d, kh * kw, c), acc_dtype), (to_steps(x), to_steps(g)))
+  return dx, dk.sum(0).reshape(kernel.shape).astype(kernel.dtype)
+
+
+depthwise_conv_shifted.defvjp(_dw_fwd, _dw_bwd)
+
+
+def depthwise_conv_grouped(x: Array, kernel: Array, strides: int, pads) -> Array:
+  """Depthwise conv as a grouped `lax.conv_general_dilated` (native on GPU/TPU)."""
+  return lax.conv_general_dilated(
+      x, kernel, (strides, strides), [tuple(p) for p in pads],
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+
+
+_DEPTHWISE_FNS = {
+    'shifted': depthwise_conv_shifted,
+    'shifted_autodiff': depthwise_conv_shifted_autodiff,
+    'grouped': depthwise_conv_grouped,
+}
+
+
+class DepthwiseConv(nn.Module):
+  """k×k depthwise convolution (depth multiplier 1), TF 'SAME' padding.
+
+  Params `kernel` (k, k, 1, C) and optional `bias` (C,), as `nn.Conv(features=C,
+  feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
+  multiply-adds with a custom-VJP kernel gradient), 'shifted_autodiff' (the same, plain
+  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere).
+  """
+  kernel_size: int = 3
+  strides: int = 1
+  use_bias: bool = False
+  impl: str = 'auto'
+  kernel_init: Initializer = nn.linear.default_kernel_init
+  bias_init: Initializer = nn.initializers.zeros_init()
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c, k = x.shape[-1], self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, 1, c), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pads = tuple(tuple(p) for p in same_padding(x.shape[1:3], k, self.strides))
+    y = _DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)](x, kernel, self.strides, pads)
+    return y if bias is None else y + bias
+
+
+class Conv1x1(nn.Module):
+  """1x1 convolution as a 2-D `dot_general` on (B·H·W, Cin) × (Cin, Cout).
+
+  Params `kernel` (1, 1, Cin, Cout) and optional `bias` (Cout,), as `nn.Conv(features, (1, 1))`.
+  """
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.linear.default_kernel_init
+  bias_init: Initializer = nn.initializers.zeros_init()
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cin = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = lax.dot_general(x.reshape(-1, cin), kernel.reshape(cin, self.features),
+                        (((1,), (0,)), ((), ())), precision=self.precision)
+    y = y.reshape(*x.shape[:-1], self.features)
+    return y if bias is None else y + bias
+
+
+PointwiseConv = Conv1x1

@@ -1,0 +1,306 @@
+"""KD-Loss training: teachers on hard / soft landmarks, then the student with KD-Loss.
+
+`run(config, workdir)` is the whole job: validate, load data, train every stage of
+`config.stages` (skipping finished ones, resuming interrupted ones) and evaluate every model the
+workdir holds. Each stage lives in `<workdir>/<stage>/` as Orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fkd import checkpoint, evaluate, losses, models, sharding
+from fkd import input_pipeline as ip
+from fkd.errors import FkdError
+
+TEACHERS = ('teacher_tolerant', 'teacher_tough')
+STAGES = (*TEACHERS, 'student_kd', 'student_baseline')
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """What one stage trains: a model on a target with a loss."""
+
+  name: str
+  model_config: Any  # ConfigDict with `name` and `kwargs`
+  train_config: Any  # optimizer_config()
+  target: str  # 'landmarks' or 'soft_landmarks'
+  loss: str  # 'mse', 'l1' or 'kd'
+
+
+def stage_spec(name: str, config: Any) -> Stage:
+  if name == 'teacher_tolerant':
+    return Stage(name, config.teacher, config.teacher_train, 'soft_landmarks', config.loss.teacher)
+  if name == 'teacher_tough':
+    return Stage(name, config.teacher, config.teacher_train, 'landmarks', config.loss.teacher)
+  if name == 'student_kd':
+    return Stage(name, config.student, config.train, 'landmarks', 'kd')
+  if name == 'student_baseline':
+    return Stage(name, config.student, config.train, 'landmarks', config.loss.baseline)
+  raise FkdError(f'config.stages: unknown stage {name!r}; known: {", ".join(STAGES)}')
+
+
+def build_model(model_config: Any, num_outputs: int):
+  try:
+    return models.get_model(model_config.name, num_outputs=num_outputs,
+                            **dict(model_config.kwargs))
+  except (KeyError, TypeError, ValueError) as e:
+    raise FkdError(f'model {model_config.name!r} with kwargs {dict(model_config.kwargs)}: {e}') \
+        from e
+
+
+def teacher_dir(config: Any, workdir: str, which: str) -> str:
+  path = config.teacher_tough_ckpt if which == 'teacher_tough' else config.teacher_tolerant_ckpt
+  return path or os.path.join(workdir, which)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: everything that can be checked before a single file is written.
+
+
+def validate(config: Any, workdir: str) -> None:
+  for name in config.stages:
+    stage_spec(name, config)
+  losses.KDParams.from_config(config.kd)
+  ip.check_prepared_or_buildable(config)
+  if 'student_kd' in config.stages:
+    for which in TEACHERS:
+      explicit = config.teacher_tough_ckpt if which == 'teacher_tough' else \
+          config.teacher_tolerant_ckpt
+      if explicit and checkpoint.read_meta(explicit) is None:
+        raise FkdError(f'config.{which}_ckpt: no checkpoint at {explicit}')
+      if not explicit and which not in config.stages and \
+          checkpoint.read_meta(os.path.join(workdir, which)) is None:
+        raise FkdError(f'student_kd needs {which}: train it first (add it to config.stages) or '
+                       f'set config.{which}_ckpt')
+  # Writability of the workdir, without leaving anything behind when it is new.
+  probe = os.path.abspath(workdir)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    raise FkdError(f'workdir {workdir} is not writable ({probe} does not allow writing)')
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state and step.
+
+
+def make_schedule(tc: Any, steps: int) -> optax.Schedule:
+  """'inverse_time' is Keras' legacy `decay` (the KD-Loss recipe); 'cosine' suits short runs."""
+  if tc.schedule == 'inverse_time':
+    return lambda step: tc.lr / (1.0 + tc.lr_decay * step)
+  if tc.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup_steps, 1), max(steps, 2))
+  raise FkdError(f"schedule must be 'inverse_time' or 'cosine', got {tc.schedule!r}")
+
+
+def make_optimizer(tc: Any, steps: int = 1) -> optax.GradientTransformation:
+  return optax.adam(make_schedule(tc, steps), b1=tc.adam_b1, b2=tc.adam_b2, eps=tc.adam_eps)
+
+
+def init_state(model, optimizer, image_size: int, seed: int) -> dict[str, Any]:
+  rng = jax.random.key(seed)
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+  params = variables['params']
+  return {'params': params, 'batch_stats': variables.get('batch_stats', {}),
+          'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def _targets(points: jax.Array, size: int, space: str) -> jax.Array:
+  flat = points.reshape(points.shape[0], -1)
+  return (size / 2.0 - flat) / size if space == 'normalized' else flat
+
+
+def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: losses.KDParams,
+                    image_size: int, space: str):
+  """A pure step(state, batch, rng, teachers) -> (state, metrics); teachers are frozen inputs."""
+
+  def predict_teacher(variables, images):
+    out, _ = teacher_model.apply(variables, images, train=False)
+    return jax.lax.stop_gradient(out)
+
+  def step(state, batch, rng, teachers):
+    images = batch['image'].astype(jnp.float32) / 255.0  # method.md §2.4: pixel/255, no mean/std
+    gt = _targets(batch['landmarks'], image_size, space)
+    target = gt if stage.target == 'landmarks' else _targets(batch['soft_landmarks'], image_size,
+                                                             space)
+    rng = jax.random.fold_in(rng, state['step'])
+    if stage.loss == 'kd':
+      tough = predict_teacher(teachers['teacher_tough'], images)
+      tolerant = predict_teacher(teachers['teacher_tolerant'], images)
+
+    def loss_fn(params):
+      (pred, _), mutated = model.apply(
+          {'params': params, 'batch_stats': state['batch_stats']}, images, train=True,
+          mutable=['batch_stats'], rngs={'dropout': rng})
+      if stage.loss == 'kd':
+        loss, terms = losses.kd_loss(pred, gt, tough, tolerant, kd_params)
+      elif stage.loss == 'mse':
+        loss = losses.mse(pred, target)
+        terms = {}
+      elif stage.loss == 'l1':
+        loss = losses.l1(pred, target)
+        terms = {}
+      else:
+        raise FkdError(f'unknown loss {stage.loss!r}')
+      return loss, (terms, mutated.get('batch_stats', {}), pred)
+
+    (loss, (terms, batch_stats, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
+               'grad_norm': optax.global_norm(grads),
+               'mae': jnp.mean(jnp.abs(pred - gt))}
+    new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
+                 'step': state['step'] + 1}
+    return new_state, metrics
+
+  return step
+
+
+def make_predict(model):
+  """Jitted inference: uint8 images -> flat outputs."""
+
+  @jax.jit
+  def predict(variables, images):
+    out, _ = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
+    return out
+
+  return predict
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage.
+
+
+def total_steps(stage: Stage, num_train: int) -> int:
+  tc = stage.train_config
+  if tc.num_steps > 0:
+    return int(tc.num_steps)
+  return max(1, int(tc.num_epochs * ip.steps_per_epoch(num_train, tc.batch_size)))
+
+
+def _meta(stage: Stage, config: Any, steps: int) -> dict[str, Any]:
+  return {'stage': stage.name, 'model': stage.model_config.name,
+          'model_kwargs': dict(stage.model_config.kwargs),
+          'num_landmarks': config.data.num_landmarks, 'image_size': config.data.image_size,
+          'target_space': config.data.target_space, 'dataset': config.data.name,
+          'total_steps': steps}
+
+
+def is_finished(stage_dir: str) -> bool:
+  meta = checkpoint.read_meta(stage_dir)
+  if meta is None:
+    return False
+  return checkpoint.manager(stage_dir).latest_step() >= meta['total_steps']
+
+
+def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
+                mesh: jax.sharding.Mesh) -> None:
+  """Trains one stage to its final step, resuming from the stage's latest checkpoint."""
+  stage_dir = os.path.join(workdir, stage.name)
+  tc = stage.train_config
+  sharding.check_batch_size(tc.batch_size)
+  num_train = len(data.splits[config.data.train_split])
+  steps = total_steps(stage, num_train)
+  num_outputs = 2 * data.num_landmarks
+  model = build_model(stage.model_config, num_outputs)
+  optimizer = make_optimizer(tc, steps)
+  seed = config.seed + STAGES.index(stage.name)
+
+  teachers, teacher_model = {}, None
+  if stage.loss == 'kd':
+    for which in TEACHERS:
+      path = teacher_dir(config, workdir, which)
+      variables, meta = checkpoint.load_model(path)
+      if meta['num_landmarks'] != data.num_landmarks:
+        raise FkdError(f'{which} at {path} predicts {meta["num_landmarks"]} landmarks, the data '
+                       f'has {data.num_landmarks}')
+      teachers[which] = {'params': variables['params'],
+                         'batch_stats': variables.get('batch_stats', {})}
+      teacher_model = models.get_model(meta['model'], num_outputs=num_outputs,
+                                       **meta['model_kwargs'])
+    teachers = sharding.replicate(teachers, mesh)
+
+  mgr = checkpoint.manager(stage_dir)
+  state = init_state(model, optimizer, config.data.image_size, seed)
+  if mgr.latest_step() is not None:
+    state = checkpoint.restore(mgr, state)
+    print(f'[{stage.name}] resuming from step {int(state["step"])}', flush=True)
+  state = sharding.replicate(state, mesh)
+  start = int(state['step'])
+
+  kd_params = losses.KDParams.from_config(config.kd)
+  step_fn = make_train_step(model, optimizer, stage, teacher_model, kd_params,
+                            config.data.image_size, config.data.target_space)
+  jit_step = jax.jit(step_fn, donate_argnums=(0,))
+  rng = sharding.replicate(jax.random.key(seed), mesh)
+  meta = _meta(stage, config, steps)
+  log_path = os.path.join(stage_dir, 'metrics.jsonl')
+
+  print(f'[{stage.name}] {stage.model_config.name} {dict(stage.model_config.kwargs)}: '
+        f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
+        f'{tc.batch_size} on {jax.device_count()} device(s)', flush=True)
+  t0 = time.time()
+  t_log, n_log = t0, 0
+  for step in range(start, steps):
+    batch = ip.train_batch(data, config.data.train_split, tc.batch_size, step, seed,
+                           config.data.augment, jax.process_index(), jax.process_count())
+    state, metrics = jit_step(state, sharding.shard_batch(batch, mesh), rng, teachers)
+    n_log += 1
+    done = step + 1
+    if done % tc.log_every_steps == 0 or done == steps or done == start + 1:
+      metrics = jax.tree.map(float, jax.device_get(metrics))
+      if not np.isfinite(metrics['loss']):
+        bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+        raise FkdError(f'[{stage.name}] non-finite {", ".join(bad)} at step {done}; the last '
+                       f'good checkpoint in {stage_dir} is kept')
+      now = time.time()
+      rate = n_log * tc.batch_size / max(now - t_log, 1e-9)
+      eta = (steps - done) * tc.batch_size / max(rate, 1e-9)
+      terms = ' '.join(f'{k}={v:.4g}' for k, v in metrics.items())
+      print(f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s eta {eta:.0f}s',
+            flush=True)
+      if jax.process_index() == 0:
+        with open(log_path, 'a') as f:
+          f.write(json.dumps({'step': done, **metrics, 'img_per_s': rate}) + '\n')
+      t_log, n_log = now, 0
+    if done % tc.checkpoint_every_steps == 0 or done == steps:
+      checkpoint.save(mgr, done, jax.device_get(state), meta)
+  mgr.close()
+  print(f'[{stage.name}] done in {time.time() - t0:.0f}s', flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job.
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains every stage of `config.stages` and evaluates every model in `workdir`."""
+  t0 = time.time()
+  validate(config, workdir)
+  data = ip.load(config)
+  mesh = sharding.make_mesh()
+  os.makedirs(workdir, exist_ok=True)
+  for name in config.stages:
+    stage = stage_spec(name, config)
+    if is_finished(os.path.join(workdir, name)):
+      print(f'[{name}] final checkpoint exists, skipping', flush=True)
+      continue
+    train_stage(stage, config, workdir, data, mesh)
+  results = evaluate.evaluate_workdir(config, workdir, data)
+  results['wall_time_s'] = round(time.time() - t0, 1)
+  if jax.process_index() == 0:
+    evaluate.write_results(results, workdir)
+  return results

@@ -1,0 +1,23 @@
+"""Shared fixtures: a TFDS data_dir with the small synthetic dataset built once per session."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp('tfds')
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> pathlib.Path:
+  """The real fixture files of ../shared/data (or $FKD_SHARED_DATA); skips when absent."""
+  path = pathlib.Path(os.environ.get('FKD_SHARED_DATA', REPO.parent / 'shared' / 'data'))
+  if not path.is_dir():
+    pytest.skip(f'shared data folder {path} is absent')
+  return path

@@ -1,0 +1,19 @@
+"""synthetic_faces dataset (importing this package registers the TFDS builder)."""
+
+from tfds_builders.synthetic_faces.synthetic_faces_dataset_builder import (
+    ASM_ACCS,
+    FLIP_PERMUTATION,
+    INTER_OCULAR,
+    SyntheticFaces,
+    SyntheticFacesConfig,
+    decode_image,
+)
+
+__all__ = [
+    "ASM_ACCS",
+    "FLIP_PERMUTATION",
+    "INTER_OCULAR",
+    "SyntheticFaces",
+    "SyntheticFacesConfig",
+    "decode_image",
+]
