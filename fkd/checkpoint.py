@@ -26,7 +26,8 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
+def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any],
+         meta: dict[str, Any]) -> None:
   """Saves a train state {'params', 'batch_stats', 'opt_state', 'step'} plus JSON metadata."""
   model = {'params': state['params'], 'batch_stats': state['batch_stats']}
   train = {'opt_state': state['opt_state'], 'step': state['step']}

@@ -91,13 +91,19 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
   # method.md §2.4: MobileNetV2 1.0 student, GAP -> Dense(2N), random init, no dropout.
   c.student = ml_collections.ConfigDict(dict(
       name='mobilenet_v2',
-      kwargs=dict(width=1.0, depth=1.0) if paper else dict(width=0.5, depth=0.5)))
+      # CPU size: BN momentum 0.99 so the running statistics settle within a short run (Keras'
+      # 0.999 needs thousands of steps).
+      kwargs=dict(width=1.0, depth=1.0) if paper else
+      dict(width=0.5, depth=0.5, bn_momentum=0.99)))
   # method.md §2.4: EfficientNet-B3 teachers at 224, top dropout 0.5, drop-connect 0.2.
   c.teacher = ml_collections.ConfigDict(dict(
-      name='efficientnet_b3',
-      kwargs=dict(dropout=0.5, drop_connect_rate=0.2) if paper else
-      dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.35, depth_scale=0.4)))
-
+      name='efficientnet_b3', kwargs=dict(dropout=0.5, drop_connect_rate=0.2)))
+  if not paper:
+    # CPU size: a shrunken EfficientNet-B3 (width x0.35, depth x0.4) did not beat the mean shape
+    # within this budget (17.6 % vs 16.7 % NME after 800 steps, with or without dropout), while
+    # MobileNetV2 learns; so the embedded-dataset teachers are a wider MobileNetV2.
+    c.teacher.name = 'mobilenet_v2'
+    c.teacher.kwargs = dict(width=0.75, depth=0.5, bn_momentum=0.99)
   c.loss = ml_collections.ConfigDict(dict(
       teacher='mse',  # method.md §2.5.1
       baseline='mse',  # method.md §2.5.4 / §9 #6
@@ -122,9 +128,14 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
     c.train = optimizer_config(batch_size=70, num_epochs=150)
     c.teacher_train = optimizer_config(batch_size=70, num_epochs=150)
   else:
-    # Embedded dataset on a CPU: sized so the three stages finish in minutes (README).
-    c.train = optimizer_config(batch_size=32, num_epochs=22)
-    c.teacher_train = optimizer_config(batch_size=32, num_epochs=14)
+    # Embedded dataset on a CPU: sized so the three stages finish in about 10 minutes on 2 cores.
+    # A short run learns faster with a warm-up + cosine decay from 2e-3 than with the paper's
+    # slowly decaying 1e-3 (measured on this data: 8.3 vs 14 % NME after 1500 / 800 steps).
+    c.train = optimizer_config(batch_size=32, num_epochs=20, lr=2e-3)
+    c.teacher_train = optimizer_config(batch_size=32, num_epochs=12, lr=2e-3)
+    for t in (c.train, c.teacher_train):
+      t.schedule = 'cosine'
+      t.warmup_steps = 50
 
   c.eval = ml_collections.ConfigDict(dict(
       norm=KD_NORM[dataset],
@@ -139,9 +150,10 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
     c.data.image_size = 32
     c.data.max_train_examples = 256
     c.data.max_eval_examples = 64
-    c.student.kwargs = dict(width=0.35, depth=0.34)
-    c.teacher.kwargs = dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.25,
-                            depth_scale=0.25)
+    c.student.kwargs = dict(width=0.35, depth=0.34, bn_momentum=0.9)
+    c.teacher.kwargs = (dict(width=0.35, depth=0.34, bn_momentum=0.9) if not paper else
+                        dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.25,
+                             depth_scale=0.25, bn_momentum=0.9))
     for t in (c.train, c.teacher_train):
       t.batch_size = 16
       t.num_epochs = 2

@@ -1,4 +1,4 @@
-"""Evaluation of every model a run trained: NME / FR / AUC per split, results.json and results.md."""
+"""Evaluation of every model a run trained: NME / FR / AUC per split, results.json / .md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fkd import checkpoint, metrics, models, sharding
 from fkd import input_pipeline as ip
@@ -17,11 +18,15 @@ MODEL_ORDER = ('mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd', 
 
 def predict_split(predict, variables, split: ip.Split, batch_size: int, size: int,
                   space: str, mesh) -> np.ndarray:
-  """Landmarks (M, N, 2) in crop pixels for every image of a split."""
+  """Landmarks (M, N, 2) in crop pixels for every image of a split (every process gets all)."""
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
+  local = batch_size // jax.process_count()
+  lo = jax.process_index() * local
   out = []
   for images, n in ip.eval_batches(split, batch_size):
-    flat = predict(variables, sharding.shard_batch({'image': images}, mesh)['image'])
+    flat = predict(variables, sharding.shard_batch({'image': images[lo:lo + local]}, mesh)['image'])
+    if jax.process_count() > 1:
+      flat = multihost_utils.process_allgather(flat, tiled=True)
     out.append(np.asarray(jax.device_get(flat))[:n])
   return ip.from_target(np.concatenate(out), size, space)
 

@@ -215,8 +215,8 @@ def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, a
                 process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
 
-  Returns uint8 images and flat float32 targets is left to the trainer; here landmarks are crop
-  pixels: 'landmarks' (ground truth) and 'soft_landmarks' (ASM of the augmented ground truth).
+  Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
+  operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
   """
   train = data.splits[split]
   per_epoch = steps_per_epoch(len(train), batch_size)

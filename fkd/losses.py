@@ -1,7 +1,8 @@
 """Losses of the KD-Loss method (method.md §2.5).
 
-All functions take arrays of any shape (usually (B, 2N) regression outputs) and work element-wise per
-coordinate, as the method does: x and y are independent entries, nothing uses Euclidean distances.
+All functions take arrays of any shape (usually (B, 2N) regression outputs) and work
+element-wise per coordinate, as the method does: x and y are independent entries, nothing uses
+Euclidean distances.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def kd_loss(pred: jax.Array, gt: jax.Array, tough: jax.Array | None, tolerant: j
             params: KDParams) -> tuple[jax.Array, dict[str, jax.Array]]:
   """KD-Loss = w_main·mean(Loss_Main) + w_tou·mean(ALoss_tou) + w_tol·mean(ALoss_tol).
 
-  Either teacher may be None (the Tough-only / Tolerant-only ablations of method.md §2.5.4); its term
-  is then dropped.
+  Either teacher may be None (the Tough-only / Tolerant-only ablations of method.md §2.5.4);
+  its term is then dropped.
 
   Returns:
     The scalar loss and a dict of its (weighted) terms for logging.

@@ -20,13 +20,18 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines drown the training log
-  from fkd import distributed  # noqa: F401  (initialises multi-host runs from the environment)
-  from fkd import train
+  logging.set_verbosity(logging.ERROR)  # TFDS's INFO/WARNING lines drown the training log
+  from fkd import (
+    distributed,  # noqa: F401  (initialises multi-host runs from the environment)
+    train,
+  )
   from fkd.errors import FkdError
 
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    print(f'fkd: {e}', file=sys.stderr, flush=True)
+    sys.exit(143)  # 128 + SIGTERM, after a clean checkpoint
   except FkdError as e:
     print(f'fkd: error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)

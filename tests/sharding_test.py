@@ -5,14 +5,13 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 _SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     assert jax.device_count() == 4, jax.devices()
     from fkd import config_lib, losses, sharding, train
     config = config_lib.kd_base('synthetic', runlocal=True)
     config.student.kwargs = dict(width=0.35, depth=0.2)
+    config.teacher.name = 'efficientnet_b3'  # the paper's teacher family in the KD step
     config.teacher.kwargs = dict(width_scale=0.25, depth_scale=0.15, dropout=0.2)
     size, n_out = 32, 136
     stage = train.stage_spec('student_kd', config)
