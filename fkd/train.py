@@ -103,7 +103,8 @@ def make_schedule(tc: Any, steps: int) -> optax.Schedule:
   if tc.schedule == 'inverse_time':
     return lambda step: tc.lr / (1.0 + tc.lr_decay * step)
   if tc.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup_steps, 1), max(steps, 2))
+    warmup = max(1, min(tc.warmup_steps, steps // 4))  # short runs: at most a quarter warms up
+    return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(steps, warmup + 1))
   raise FkdError(f"schedule must be 'inverse_time' or 'cosine', got {tc.schedule!r}")
 
 

@@ -1,4 +1,4 @@
-"""Two processes (CPU, loopback coordinator, gloo collectives) train like one with the same batch."""
+"""Two processes (CPU, loopback coordinator, gloo) train like one process with the same batch."""
 
 import os
 import socket
@@ -40,12 +40,12 @@ def test_two_processes_match_one(data_dir, tmp_path):
     procs.append(subprocess.Popen(_command(tmp_path / 'multi', data_dir), cwd=REPO, env=penv,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outs = [p.communicate(timeout=900) for p in procs]
-  for p, (_, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err[-3000:]
   assert 'on 2 device(s)' in outs[0][0]
 
   one, _ = checkpoint.load_model(str(tmp_path / 'single' / 'student_baseline'))
   two, _ = checkpoint.load_model(str(tmp_path / 'multi' / 'student_baseline'))
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=2e-4)
   assert (tmp_path / 'multi' / 'results.json').exists()
