@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from fkd import checkpoint, evaluate, losses, models, sharding
 from fkd import input_pipeline as ip
@@ -197,14 +198,21 @@ class Preempted(FkdError):
 
 @contextlib.contextmanager
 def _preemption_guard():
-  """Turns SIGTERM into a flag the loop polls, so a stage saves before it exits."""
+  """Yields `preempted(step)`: whether to save and stop now.
+
+  One process: SIGTERM sets a flag the loop polls. Several processes: JAX's preemption sync point
+  (the coordination service relays the signal), so that every host stops at the same step.
+  """
+  if jax.process_count() > 1:
+    yield multihost_utils.reached_preemption_sync_point
+    return
   received = []
   if threading.current_thread() is not threading.main_thread():
-    yield lambda: False
+    yield lambda step: False
     return
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
   try:
-    yield lambda: bool(received)
+    yield lambda step: bool(received)
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -313,10 +321,11 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
           with open(log_path, 'a') as f:
             f.write(json.dumps({'step': done, **values, 'img_per_s': rate}) + '\n')
         t_log, n_log = now, 0
-      if done % tc.checkpoint_every_steps == 0 or done == steps or preempted():
+      stop = preempted(done)
+      if done % tc.checkpoint_every_steps == 0 or done == steps or stop:
         _check_finite(stage.name, done, metrics, stage_dir)
         checkpoint.save(mgr, done, jax.device_get(state), meta)
-      if preempted() and done < steps:
+      if stop and done < steps:
         mgr.close()
         raise Preempted(f'[{stage.name}] stopped by SIGTERM at step {done}/{steps}; checkpoint '
                         f'saved in {stage_dir}: rerun the same command to resume')
