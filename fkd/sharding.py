@@ -34,8 +34,15 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Places a pytree (state, frozen teachers) fully replicated on the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree (state, frozen teachers) fully replicated on the mesh.
+
+  With several processes every process holds the same host values and contributes its devices.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

@@ -142,6 +142,8 @@ def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: lo
     gt = _targets(batch['landmarks'], image_size, space)
     target = gt if stage.target == 'landmarks' else _targets(batch['soft_landmarks'], image_size,
                                                              space)
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+      rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
     if stage.loss == 'kd':
       tough = predict_teacher(teachers['teacher_tough'], images)
@@ -289,7 +291,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   step_fn = make_train_step(model, optimizer, stage, teacher_model, kd_params,
                             config.data.image_size, config.data.target_space)
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
-  rng = sharding.replicate(jax.random.key(seed), mesh)
+  rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
   meta = _meta(stage, config, steps)
   log_path = os.path.join(stage_dir, 'metrics.jsonl')
 
