@@ -145,7 +145,7 @@ def test_unbuilt_dataset_without_manual_dir(tmp_path, data_dir):
   config = _config(data_dir)
   config.data.name = 'manual_only_faces'
   workdir = tmp_path / 'w'
-  with pytest.raises(FkdError, match="'manual_only_faces' is not built .* manual_dir is not set"):
+  with pytest.raises(FkdError, match="'manual_only_faces' is not built .*manual_dir is not set"):
     train.run(config, str(workdir))
   assert not workdir.exists()
 
