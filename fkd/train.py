@@ -179,17 +179,6 @@ def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: lo
   return step
 
 
-def make_predict(model):
-  """Jitted inference: uint8 images -> flat outputs."""
-
-  @jax.jit
-  def predict(variables, images):
-    out, _ = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
-    return out
-
-  return predict
-
-
 # ---------------------------------------------------------------------------------------------
 # One stage.
 
