@@ -2,18 +2,18 @@
 
   python benchmarks/input_pipeline.py [--batch 16] [--res 224] [--width 1.0] [--workers 1,2]
 
-Augmentation: `fkd.data.augment.augment_kd` (flip, rotation, re-crop, gamma, salt-and-pepper,
-median blur) on res² synthetic face crops, in one process and in a `multiprocessing` pool of each
-`--workers` size (chunks of one batch). Train step: the MobileNetV2 student regression step of
-benchmarks/depthwise.py (MSE, Adam, BatchNorm in training mode) — the KD step also runs two frozen
-teachers, so it consumes images more slowly and this ratio is a lower bound. Prints img/s of both
-and their ratio; the goal is >= 3x so that the train step never waits for input.
+Augmentation: `fkd.input_pipeline.train_batch(augment='kd')`, i.e. `fkd.data.augment.augment_kd`
+(flip, rotation, re-crop, gamma, salt-and-pepper, median blur) of every face of a batch of res²
+synthetic crops plus the batch assembly, on each `--workers` number of threads. Train step: the
+MobileNetV2 student regression step of benchmarks/depthwise.py (MSE, Adam, BatchNorm in training
+mode); the KD step also runs two frozen teachers, so it consumes images more slowly and this ratio
+is a lower bound. Prints img/s of both and their ratio; the goal is >= 3x so that the train step
+never waits for input.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
 import time
@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fkd.data import augment, schemes, testing  # noqa: E402
+from fkd import input_pipeline  # noqa: E402
+from fkd.data import schemes, testing  # noqa: E402
 
 PERM = schemes.SCHEMES["300w"].flip_permutation
 
@@ -33,28 +34,18 @@ def _crops(n: int, res: int) -> tuple[np.ndarray, np.ndarray]:
   return np.stack([f[0] for f in faces]), np.stack([f[1] for f in faces])
 
 
-def _augment_batch(args) -> int:
-  images, points, seed = args
-  rng = np.random.default_rng(seed)
-  for img, lm in zip(images, points, strict=True):
-    augment.augment_kd(img, lm, rng, PERM, plain_prob=1 / 6)
-  return len(images)
-
-
 def augment_rate(images, points, batch: int, rounds: int, workers: int) -> float:
-  """Augmented images per second over `rounds` batches."""
-  jobs = [(images[(np.arange(batch) + r * batch) % len(images)],
-           points[(np.arange(batch) + r * batch) % len(images)], r) for r in range(rounds)]
-  if workers <= 1:
-    _augment_batch(jobs[0])  # warm-up
-    t0 = time.perf_counter()
-    n = sum(_augment_batch(j) for j in jobs)
-    return n / (time.perf_counter() - t0)
-  with multiprocessing.get_context("fork").Pool(workers) as pool:
-    pool.map(_augment_batch, jobs[:workers])  # warm-up
-    t0 = time.perf_counter()
-    n = sum(pool.imap_unordered(_augment_batch, jobs))
-    return n / (time.perf_counter() - t0)
+  """Images per second of `input_pipeline.train_batch(augment='kd')` on `workers` threads."""
+  split = input_pipeline.Split(images, points.astype(np.float32), None,
+                               [str(i) for i in range(len(images))])
+  data = input_pipeline.Data("bench", {"train": split}, images.shape[1], points.shape[1],
+                             np.asarray(PERM), None, "300w")
+  input_pipeline.set_workers(workers)
+  input_pipeline.train_batch(data, "train", batch, 0, 0, "kd")  # warm-up
+  t0 = time.perf_counter()
+  for r in range(rounds):
+    input_pipeline.train_batch(data, "train", batch, r + 1, 0, "kd")
+  return rounds * batch / (time.perf_counter() - t0)
 
 
 def train_rate(batch: int, res: int, width: float, rounds: int) -> float:
@@ -98,15 +89,17 @@ def main() -> None:
   p.add_argument("--res", type=int, default=224)
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--rounds", type=int, default=4, help="batches / steps timed")
-  p.add_argument("--workers", default="1,2", help="comma-separated pool sizes (1 = in-process)")
+  p.add_argument("--workers", default="1,2",
+                 help="comma-separated thread counts (config.data.num_workers)")
   args = p.parse_args()
   images, points = _crops(32, args.res)
   step = train_rate(args.batch, args.res, args.width, args.rounds)
   print(f"student train step: {step:8.1f} img/s (batch {args.batch}, {args.res} px, "
         f"width {args.width})")
   for w in map(int, args.workers.split(",")):
-    aug = augment_rate(images, points, args.batch, args.rounds * max(w, 1), w)
-    print(f"augment_kd, {w} worker(s): {aug:8.1f} img/s = {aug / step:5.1f}x the train step "
+    aug = augment_rate(images, points, args.batch, args.rounds * 2, w)
+    print(f"train_batch(augment=kd), {w} thread(s): {aug:8.1f} img/s = {aug / step:5.1f}x "
+          "the train step "
           f"({'ok' if aug >= 3 * step else 'below the 3x goal'})", flush=True)
 
 
