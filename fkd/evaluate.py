@@ -31,6 +31,16 @@ def predict_split(predict, variables, split: ip.Split, batch_size: int, size: in
   return ip.from_target(np.concatenate(out), size, space)
 
 
+def _mean_shape(train: ip.Split) -> np.ndarray:
+  """Mean training shape over every shard; the same whichever processes hold the shards."""
+  per_shard = train.landmarks.reshape(len(train.shards), -1, *train.landmarks.shape[1:])
+  sums = per_shard.astype(np.float64).sum(axis=1).astype(np.float32)  # JAX gathers float32
+  if jax.process_count() > 1:
+    sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, *sums.shape[1:])
+  return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(
+      np.float32)
+
+
 def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
   nme = metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
   return metrics.summarize(nme, config.eval.fr_threshold)
@@ -55,7 +65,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   results: dict[str, Any] = {
       'dataset': config.data.name, 'norm': config.eval.norm, 'frame': config.eval.frame,
       'fr_threshold': config.eval.fr_threshold, 'image_size': data.image_size, 'models': {}}
-  mean_shape = data.splits[config.data.train_split].landmarks.mean(axis=0)
+  mean_shape = _mean_shape(data.splits[config.data.train_split])
   results['models']['mean_shape'] = {
       s: score(np.broadcast_to(mean_shape, data.splits[s].landmarks.shape), data.splits[s], config)
       for s in eval_splits}
