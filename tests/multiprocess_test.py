@@ -31,7 +31,8 @@ def _split(num_records: int, records: range, shards: range, num_shards: int) -> 
   ids = np.arange(num_records)[records.start:records.stop]
   images = np.broadcast_to(ids[:, None, None, None], (len(ids), 4, 4, 3)).astype(np.uint8)
   landmarks = np.stack([ids, -ids], axis=-1)[:, None, :].repeat(3, axis=1).astype(np.float32)
-  return ip.Split(images, landmarks, None, [str(i) for i in ids], shards, num_shards)
+  return ip.Split(images, landmarks, None, [str(i) for i in ids], shards=shards,
+                  num_shards=num_shards)
 
 
 def _data(split: ip.Split) -> ip.Data:
