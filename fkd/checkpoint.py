@@ -4,6 +4,11 @@ A stage directory holds numbered steps, each with three items: `model` ({'params
 `train` ({'opt_state', 'step'}) and `meta` (JSON: model name and kwargs, stage, total steps, ...).
 Teachers and evaluators restore only `model` + `meta`. Orbax writes each step to a temporary
 directory and renames it when complete, so an interrupted save never leaves a half checkpoint.
+
+Several processes: `manager` + `save` / `restore` are collective (Orbax synchronises every process
+at barriers, so all of them must make the same calls in the same order). `read_meta` and
+`load_model` are local reads without barriers: any process may call them at any time, e.g. after
+another one already created a stage directory.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fkd.errors import FkdError
@@ -23,6 +29,16 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager for one stage directory."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """A read-only manager local to this process: no barriers, no directory creation."""
+  me = jax.process_index()
+  options = ocp.CheckpointManagerOptions(
+      create=False, enable_async_checkpointing=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me,
+                                                                 active_processes={me}))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
@@ -50,11 +66,16 @@ def restore(mgr: ocp.CheckpointManager, abstract_state: dict[str, Any],
   return {**got['model'], **got['train']}
 
 
+def latest_step(directory: str) -> int | None:
+  """The latest complete step in a stage directory, or None (a local read, like `read_meta`)."""
+  return _reader(directory).latest_step() if os.path.isdir(directory) else None
+
+
 def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
   """The JSON metadata of a stage's latest (or given) step, or None when there is no checkpoint."""
   if not os.path.isdir(directory):
     return None
-  mgr = manager(directory)
+  mgr = _reader(directory)
   step = mgr.latest_step() if step is None else step
   if step is None:
     return None
@@ -62,17 +83,22 @@ def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
 
 
 def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Loads {'params', 'batch_stats'} and metadata of a stage's latest step (teachers, evaluation).
+  """Host (NumPy) {'params', 'batch_stats'} and metadata of a stage's latest step.
+
+  For teachers and evaluation; every process reads the whole model (see `sharding.replicate`).
 
   Raises:
     FkdError: when the directory holds no checkpoint.
   """
   if not os.path.isdir(directory):
     raise FkdError(f'checkpoint directory {directory} does not exist')
-  mgr = manager(directory)
+  mgr = _reader(directory)
   step = mgr.latest_step()
   if step is None:
     raise FkdError(f'no checkpoint found in {directory}')
+  # Restored as NumPy: the saved shardings name devices of the run that wrote them.
+  as_numpy = lambda m: np.empty(m.shape, m.dtype)
+  target = jax.tree.map(as_numpy, mgr.item_metadata(step)['model'])
   got = mgr.restore(step, args=ocp.args.Composite(
-      model=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   return got['model'], got['meta']

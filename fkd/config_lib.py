@@ -83,6 +83,9 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
       augment='kd' if paper else 'flip',  # 'kd': method.md §2.2 online; 'flip'; 'none'
       num_workers=0,  # augmentation threads; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
+      # Train split cut into this many contiguous shards, each process reading only its own;
+      # 0 = one per process. Fix it to keep the data order when the number of hosts changes.
+      num_shards=0,
       max_eval_examples=-1,
   ))
   c.asm = ml_collections.ConfigDict(dict(

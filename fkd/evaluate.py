@@ -60,6 +60,16 @@ def predict_split(predict, variables, split: ip.Split, batch_size: int, size: in
   return ip.from_target(np.concatenate(out), size, space)
 
 
+def _mean_shape(train: ip.Split) -> np.ndarray:
+  """Mean training shape over every shard; the same whichever processes hold the shards."""
+  per_shard = train.landmarks.reshape(len(train.shards), -1, *train.landmarks.shape[1:])
+  sums = per_shard.astype(np.float64).sum(axis=1).astype(np.float32)  # JAX gathers float32
+  if jax.process_count() > 1:
+    sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, *sums.shape[1:])
+  return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(
+      np.float32)
+
+
 def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
   nme = metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
   return metrics.summarize(nme, config.eval.fr_threshold)
@@ -105,7 +115,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
     results['nme_per_image'].setdefault(name, {})[split] = [round(float(v), 6) for v in nme]
     preds.setdefault(name, {})[split] = pred
 
-  mean_shape = data.splits[config.data.train_split].landmarks.mean(axis=0)
+  mean_shape = _mean_shape(data.splits[config.data.train_split])
   for s in eval_splits:
     add('mean_shape', s, np.broadcast_to(mean_shape, data.splits[s].landmarks.shape))
   for name, path in model_dirs(config, workdir).items():
@@ -355,7 +365,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Loads the eval data, scores every finished model of `workdir` and writes the reports."""
   if not os.path.isdir(workdir):
     raise FkdError(f'workdir {workdir} does not exist')
-  data = ip.load(config)
+  data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
   results = evaluate_workdir(config, workdir, data)
   if len(results['models']) == 1:
     print(f'fkd: no finished model in {workdir}; only the mean shape is scored', flush=True)

@@ -5,6 +5,12 @@ the model resolution. Training batches are a pure function of (seed, step): a pe
 and per-sample augmentation seeded by the step. Resuming at step s therefore replays exactly the
 batches an uninterrupted run would have seen, with no iterator state to checkpoint.
 
+Several hosts: the train split is cut into `config.data.num_shards` equal contiguous shards (0 = one
+per process, like grain's ShardByJaxProcess / `tfds.split_for_jax_process`) and each process decodes
+only its own shards. Every global batch takes batch_size / num_shards examples from each shard (a
+permutation per epoch within the shard), in shard order, so a process's slice of the global batch is
+exactly what its shards give; one process with the same num_shards sees the same global batches.
+
 Why not grain / tf.data: the whole train split fits in memory (300W at 224² is 0.5 GB, WFLW 1.1 GB),
 and a pure function of (seed, step) makes resumption and multi-host sharding exact by construction.
 The per-image KD augmentation runs on `config.data.num_workers` threads (PIL and NumPy release the
@@ -37,6 +43,9 @@ class Split:
   soft_landmarks: np.ndarray | None  # (M, N, 2) float32, ASM targets of the plain crops
   names: list[str]
   attributes: np.ndarray | None = None  # (M, 6) bool WFLW attribute flags, where the data has them
+  # The shards of the split this process holds (train split; see the module docstring).
+  shards: range = range(1)
+  num_shards: int = 1
 
   def __len__(self) -> int:
     return len(self.images)
@@ -117,13 +126,18 @@ def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
   return (s * (points + 0.5) - 0.5).astype(np.float32)
 
 
-def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1) -> Split:
-  """Decodes a TFDS data source of square face crops into memory at size x size."""
-  n = len(source) if limit <= 0 else min(limit, len(source))
-  images = np.empty((n, size, size, 3), np.uint8)
+def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1,
+               records: range | None = None) -> Split:
+  """Decodes a TFDS data source of square face crops into memory at size x size.
+
+  `records`: which records to read (default: all, or the first `limit`).
+  """
+  if records is None:
+    records = range(len(source) if limit <= 0 else min(limit, len(source)))
+  images = np.empty((len(records), size, size, 3), np.uint8)
   landmarks, soft, names, attributes = [], [], [], []
-  for i in range(n):
-    ex = source[i]
+  for i, r in enumerate(records):
+    ex = source[r]
     img = _decode(ex['image'])
     points = np.asarray(ex['landmarks'], np.float32)
     if img.width != img.height:
@@ -138,7 +152,7 @@ def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1) ->
       soft.append(transform(np.asarray(ex['soft_landmarks'][soft_key], np.float32)))
     if 'attributes' in ex:
       attributes.append(np.asarray(ex['attributes'], bool))
-    name = ex.get('filename', str(i))
+    name = ex.get('filename', str(r))
     names.append(name.decode() if isinstance(name, bytes) else str(name))
   return Split(images, np.stack(landmarks), np.stack(soft) if soft else None, names,
                np.stack(attributes) if attributes else None)
@@ -149,8 +163,24 @@ def _affine_pca(pca: asm.PCAModel, a: float, c: float) -> asm.PCAModel:
   return dataclasses.replace(pca, mean=a * pca.mean + c, eigenvalues=a * a * pca.eigenvalues)
 
 
-def load(config: Any, splits: tuple[str, ...] | None = None) -> Data:
-  """Loads the train split and the eval splits of `config.data` into memory."""
+def shard_records(num_records: int, num_shards: int, process_index: int,
+                  process_count: int) -> range:
+  """The records a process reads: its num_shards / process_count of num_shards equal contiguous
+  shards (the last num_records % num_shards records are dropped)."""
+  if num_shards % process_count:
+    raise FkdError(f'config.data.num_shards={num_shards} must be a multiple of the '
+                   f'{process_count} processes')
+  size = num_records // num_shards
+  if size == 0:
+    raise FkdError(f'the train split has {num_records} examples, fewer than the {num_shards} '
+                   'shards (config.data.num_shards)')
+  per_process = num_shards // process_count
+  return range(process_index * per_process * size, (process_index + 1) * per_process * size)
+
+
+def load(config: Any, splits: tuple[str, ...] | None = None, process_index: int = 0,
+         process_count: int = 1) -> Data:
+  """Loads this process's shards of the train split and the whole eval splits into memory."""
   builder = prepare(config)
   meta = builder.info.metadata or {}
   size = config.data.image_size
@@ -174,7 +204,21 @@ def load(config: Any, splits: tuple[str, ...] | None = None) -> Data:
                      f'it has {sorted(sources)}')
     is_train = name == config.data.train_split
     limit = config.data.max_train_examples if is_train else config.data.max_eval_examples
-    out[name] = load_split(sources[name], size, soft_key if is_train else None, limit)
+    if not is_train:
+      out[name] = load_split(sources[name], size, None, limit)
+      continue
+    num_shards = config.data.get('num_shards', 0) or process_count
+    n = len(sources[name]) if limit <= 0 else min(limit, len(sources[name]))
+    records = shard_records(n, num_shards, process_index, process_count)
+    per_process = num_shards // process_count
+    if process_count > 1:
+      print(f'[data] process {process_index} of {process_count} reads train records '
+            f'[{records.start}, {records.stop}) of {n} ({per_process} of {num_shards} shards)',
+            flush=True)
+    out[name] = dataclasses.replace(
+        load_split(sources[name], size, soft_key, records=records),
+        shards=range(process_index * per_process, (process_index + 1) * per_process),
+        num_shards=num_shards)
   perm = np.asarray(meta.get('flip_permutation', np.arange(config.data.num_landmarks)))
   scheme = SCHEMES.get(config.data.name.split('/')[0])
   return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme)
@@ -284,6 +328,27 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
   return num_train // batch_size
 
 
+def num_examples(split: Split) -> int:
+  """Examples of the whole (sharded) split that training draws from."""
+  return len(split) // len(split.shards) * split.num_shards
+
+
+def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int,
+                   offset: int) -> np.ndarray:
+  """Indices into `split` of this process's slice of a global batch: batch_size / num_shards from
+  a per-epoch permutation of each of its shards, in shard order."""
+  if batch_size % split.num_shards:
+    raise FkdError(f'batch size {batch_size} is not divisible by the {split.num_shards} data '
+                   'shards (config.data.num_shards)')
+  size = len(split) // len(split.shards)
+  per_shard = batch_size // split.num_shards
+  idx = []
+  for k, shard in enumerate(split.shards):
+    rng = np.random.default_rng([seed, epoch] if split.num_shards == 1 else [seed, epoch, shard])
+    idx.append(k * size + rng.permutation(size)[offset * per_shard:(offset + 1) * per_shard])
+  return np.concatenate(idx)
+
+
 def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, augment: str,
                 process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
@@ -292,12 +357,13 @@ def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, a
   operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
   """
   train = data.splits[split]
-  per_epoch = steps_per_epoch(len(train), batch_size)
+  per_epoch = steps_per_epoch(num_examples(train), batch_size)
   epoch, offset = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(len(train))
-  idx = order[offset * batch_size:(offset + 1) * batch_size]
+  idx = _batch_indices(train, batch_size, seed, epoch, offset)
   local = batch_size // process_count
-  idx = idx[process_index * local:(process_index + 1) * local]
+  if len(idx) != local:
+    raise FkdError(f'{split} holds {len(train.shards)} of {train.num_shards} shards, not the '
+                   f'share of process {process_index} of {process_count}')
   images = train.images[idx]
   points = train.landmarks[idx]
   if augment == 'flip':

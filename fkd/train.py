@@ -235,7 +235,7 @@ def is_finished(stage_dir: str) -> bool:
   meta = checkpoint.read_meta(stage_dir)
   if meta is None:
     return False
-  return checkpoint.manager(stage_dir).latest_step() >= meta['total_steps']
+  return checkpoint.latest_step(stage_dir) >= meta['total_steps']
 
 
 def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
@@ -244,7 +244,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   stage_dir = os.path.join(workdir, stage.name)
   tc = stage.train_config
   sharding.check_batch_size(tc.batch_size)
-  num_train = len(data.splits[config.data.train_split])
+  num_train = ip.num_examples(data.splits[config.data.train_split])
   steps = total_steps(stage, num_train)
   num_outputs = 2 * data.num_landmarks
   model = build_model(stage.model_config, num_outputs)
@@ -335,7 +335,13 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   """Trains every stage of `config.stages` and evaluates every model in `workdir`."""
   t0 = time.time()
   validate(config, workdir)
-  data = ip.load(config)
+  if jax.process_count() > 1:
+    # Process 0 builds a missing dataset before the others look at it (on a shared filesystem
+    # they then find it built; on local disks each builds its own copy after the barrier).
+    if jax.process_index() == 0:
+      ip.prepare(config)
+    multihost_utils.sync_global_devices('fkd: dataset prepared')
+  data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
   ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()
   os.makedirs(workdir, exist_ok=True)
