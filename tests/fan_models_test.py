@@ -85,3 +85,30 @@ def test_simple_baselines_resnet50_parameter_count():
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
                                              train=False))
   assert 33.5e6 <= models.count_params(shapes['params']) <= 34.5e6  # method.md §5.3: ≈34.0 M
+
+
+@pytest.mark.parametrize('k', [2, 4])
+def test_deconv_phases_equal_conv_transpose(k):
+  # The PyTorch deconvolutions (k2/p0, k4/p1) as Flax's nn.ConvTranspose computes them
+  # (method.md §8), against the CPU phase form, in value and kernel gradient.
+  import flax.linen as nn
+
+  from fkd.models.fan import Deconv2x
+
+  x = jnp.asarray(np.random.default_rng(k).normal(size=(2, 5, 4, 3)), jnp.float32)
+  ref = nn.ConvTranspose(6, (k, k), strides=(2, 2), padding='VALID' if k == 2 else ((2, 2),) * 2,
+                         transpose_kernel=k == 4, use_bias=False,
+                         kernel_init=nn.initializers.normal(1.0))
+  variables = ref.init(jax.random.key(0), x)
+  loss = lambda m: lambda v: jnp.sum(jnp.sin(m.apply(v, x)))
+  for impl in ('phases', 'xla'):
+    fast = Deconv2x(6, k, impl)
+    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    np.testing.assert_allclose(jax.grad(loss(fast))(variables)['params']['kernel'],
+                               jax.grad(loss(ref))(variables)['params']['kernel'], atol=1e-4)
+  # PyTorch's rule out = 2·in − p + t, by hand for the k4 corner: output (0, 0) sees only
+  # input (0, 0) through tap (1, 1).
+  if k == 4:
+    kernel = variables['params']['kernel']  # (k, k, Cout, Cin), PyTorch orientation
+    np.testing.assert_allclose(ref.apply(variables, x)[0, 0, 0], kernel[1, 1] @ x[0, 0, 0],
+                               rtol=1e-5)

@@ -57,6 +57,72 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _phase_kernel(kernel: Array, k: int) -> Array:
+  """A 3x3 conv kernel (3, 3, Cin, 4·Cout) whose output channels are the 2x2 output phases.
+
+  PyTorch semantics (out = 2·in − p + t): with W[t] the PyTorch-oriented tap, output 2m + a of a
+  k2/p0 deconvolution is x[m]·W[a]; of a k4/p1 one, x[m]·W[1] + x[m−1]·W[3] (a = 0) and
+  x[m]·W[2] + x[m+1]·W[0] (a = 1). Flax's layouts: k2 VALID stores W flipped as (k, k, Cin, Cout),
+  k4 with `transpose_kernel` stores W unflipped as (k, k, Cout, Cin) (checked in tests).
+  """
+  if k == 2:
+    w = kernel[::-1, ::-1]
+    taps = {0: [(0, 0)], 1: [(0, 1)]}  # phase -> [(input offset, tap)]
+  else:
+    w = jnp.swapaxes(kernel, 2, 3)
+    taps = {0: [(0, 1), (-1, 3)], 1: [(0, 2), (1, 0)]}
+  cin, cout = w.shape[2:]
+  out = jnp.zeros((3, 3, cin, 2, 2, cout), w.dtype)
+  for a in (0, 1):
+    for b in (0, 1):
+      for dh, th in taps[a]:
+        for dw, tw in taps[b]:
+          out = out.at[dh + 1, dw + 1, :, a, b].set(w[th, tw])
+  return out.reshape(3, 3, cin, 4 * cout)
+
+
+class Deconv2x(nn.Module):
+  """×2 transposed convolution, PyTorch k2/p0 or k4/p1, without bias; `nn.ConvTranspose` params.
+
+  XLA:CPU runs transposed convolutions 8–12x slower than a plain convolution of the same FLOPs
+  (measured), so on CPU ('auto' / 'phases') the four output phases are computed by one 3x3 conv
+  to 4·Cout channels and interleaved; 'xla' is `lax.conv_transpose`, as `nn.ConvTranspose`.
+  """
+  features: int
+  kernel_size: int = 2
+  impl: str = 'auto'
+  kernel_init: Any = _small
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, cin = self.kernel_size, x.shape[-1]
+    if k not in (2, 4):
+      raise ValueError(f'Deconv2x supports kernels 2 and 4, got {k}')
+    shape = (k, k, cin, self.features) if k == 2 else (k, k, self.features, cin)
+    kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    impl = self.impl
+    if impl == 'auto':
+      impl = 'phases' if jax.default_backend() == 'cpu' else 'xla'
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    if impl == 'xla':
+      padding = 'VALID' if k == 2 else ((2, 2), (2, 2))
+      return jax.lax.conv_transpose(x, kernel, (2, 2), padding, dimension_numbers=dn,
+                                    transpose_kernel=k == 4)
+    if impl != 'phases':
+      raise ValueError(f"Deconv2x impl must be 'auto', 'phases' or 'xla', got {impl!r}")
+    b, h, w, _ = x.shape
+    if k == 2:  # no neighbours involved: a 1x1 conv (one dot) is enough
+      y = jnp.einsum('bhwc,cd->bhwd', x, _phase_kernel(kernel, k)[1, 1])
+    else:
+      y = jax.lax.conv_general_dilated(x, _phase_kernel(kernel, k), (1, 1), 'SAME',
+                                       dimension_numbers=dn)
+    y = y.reshape(b, h, w, 2, 2, self.features)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, self.features)
+
+
 def _last_map(features: Mapping[str, Array]) -> str:
   """The name of the last 4-D (spatial) feature map a backbone returns."""
   names = [k for k, v in features.items() if getattr(v, 'ndim', 0) == 4]
@@ -82,6 +148,7 @@ class HeatmapNet(nn.Module):
     share_adapter_23: MobileFAN's official quirk, stage 3 reuses adapter 2 (§5.2, §9 #11).
     normalize_input: ImageNet mean/std inside the model (§4.2).
     bn_momentum, bn_epsilon: decoder and adapter BatchNorm (PyTorch: 0.9, 1e-5).
+    deconv_impl: Deconv2x implementation, 'auto' | 'phases' | 'xla'.
   """
   num_landmarks: int
   backbone: str = 'mobilenet_v2'
@@ -95,19 +162,15 @@ class HeatmapNet(nn.Module):
   normalize_input: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  deconv_impl: str = 'auto'
   dtype: Any = None
 
   def _upsample(self, x: Array, i: int) -> Array:
     c = self.decoder_channels
-    if self.decoder == 'deconv_k2':
-      return nn.ConvTranspose(c, (2, 2), strides=(2, 2), padding='VALID', use_bias=False,
-                              kernel_init=_small, dtype=self.dtype, name=f'deconv_{i}')(x)
-    if self.decoder == 'deconv_k4':
-      # PyTorch ConvTranspose2d(k=4, s=2, p=1): explicit padding k − 1 − p = 2 per side with a
-      # flipped kernel (method.md §8) gives exactly 2H.
-      return nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                              transpose_kernel=True, use_bias=False, kernel_init=_small,
-                              dtype=self.dtype, name=f'deconv_{i}')(x)
+    if self.decoder in ('deconv_k2', 'deconv_k4'):
+      # PyTorch ConvTranspose2d k2/p0 or k4/p1 (method.md §8): exactly 2H.
+      return Deconv2x(c, 2 if self.decoder == 'deconv_k2' else 4, self.deconv_impl,
+                      dtype=self.dtype, name=f'deconv_{i}')(x)
     if self.decoder in ('upsample_conv', 'upsample_nearest_conv'):
       b, h, w, ch = x.shape
       method = 'bilinear' if self.decoder == 'upsample_conv' else 'nearest'
