@@ -26,6 +26,9 @@ def fan_base(student: str, dataset: str = 'synthetic', runlocal: bool = False,
   c.stages = ('teacher', 'student_distill')
   c.data.image_size = 256 if paper else 64  # method.md §4.1: 256² crops (stride-4 64² heatmaps)
   c.data.target_space = 'pixel'  # heatmap models predict crop pixels
+  # method.md §4.3 asks for scale U(0.75, 1.25), rotation ±30° (p 0.6) and flips; the input
+  # pipeline implements flips only for now (the KD-Loss 'kd' augmentation is another protocol).
+  c.data.augment = 'flip'
   c.eval.norm = 'inter_ocular'  # method.md §5.6: outer eye corners, WFLW 60/72 too
   # method.md §5.6 scores in original-image pixels; the square crops of §4.1 scale both axes
   # alike, so inter-ocular NME is the same in the crop frame.
