@@ -308,7 +308,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   if fan:
     meta.update(fan_train.meta_extra(stage, config, model))
 
-  print(f'[{stage.name}] {stage.model_config.name} {dict(stage.model_config.kwargs)}: '
+  print(f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
         f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
         f'{tc.batch_size} on {jax.device_count()} device(s)', flush=True)
   t0 = time.time()
