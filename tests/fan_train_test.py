@@ -102,3 +102,14 @@ def test_paper_configs_build():
   assert config.teacher.name == 'simple_baselines' and config.fan.sigma == 1.0
   config = efficientfan_config.get_config('300w')
   assert (config.fan.lambda_fa, config.fan.lambda_fs, config.fan.lambda_ps) == (0.01, 0.0, 0.01)
+
+
+def test_predictor_decodes_heatmaps(mobilefan_run):
+  from fkd import predict
+
+  workdir, results = mobilefan_run
+  predictor = predict.Predictor(os.path.join(workdir, 'student_distill'))
+  images = np.zeros((2, 64, 64, 3), np.uint8)
+  points = predictor(images)
+  assert points.shape == (2, 68, 2) and np.isfinite(points).all()
+  assert (points >= -0.5).all() and (points <= 63.5).all()  # decoded inside the 64² crop
