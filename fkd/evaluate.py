@@ -31,13 +31,15 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, metric_writer, metrics, models, sharding
+from fkd import checkpoint, fan_train, metric_writer, metrics, models, sharding
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
 MODEL_ORDER = ('mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd', 'student_baseline')
+FAN_MODEL_ORDER = ('mean_shape', *fan_train.FAN_STAGES)
 # The model that `worst.png`, `fkd.predict` and `fkd.export` show by default: the first present.
-PREFERRED = ('student_kd', 'student_baseline', 'teacher_tough', 'teacher_tolerant')
+PREFERRED = ('student_kd', 'student_distill', 'student_baseline', 'teacher_tough',
+             'teacher_tolerant', 'teacher')
 PUBLISHED_METHOD = 'kd_loss'
 OVERLAY_COUNT = 5  # faces per row of worst.png
 
@@ -80,8 +82,10 @@ def model_dirs(config: Any, workdir: str) -> dict[str, str]:
   from fkd import train  # local import: train imports this module
 
   dirs = {}
-  for name in MODEL_ORDER[1:]:
-    path = train.teacher_dir(config, workdir, name) if name in train.TEACHERS else \
+  fan = fan_train.is_fan(config)
+  for name in (FAN_MODEL_ORDER if fan else MODEL_ORDER)[1:]:
+    path = train.teacher_dir(config, workdir, name) if name in train.TEACHERS and not fan else \
+        fan_train.teacher_dir(config, workdir) if name == 'teacher' and fan else \
         os.path.join(workdir, name)
     if train.is_finished(path):
       dirs[name] = path
@@ -121,12 +125,16 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   for name, path in model_dirs(config, workdir).items():
     variables, meta = checkpoint.load_model(path)
     results['steps'][name] = int(meta.get('total_steps', 0))
-    model = models.get_model(meta['model'], num_outputs=2 * data.num_landmarks,
-                             **meta['model_kwargs'])
     variables = sharding.replicate(
         {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}, mesh)
-    predict = jax.jit(lambda v, x, model=model: model.apply(
-        v, x.astype(np.float32) / 255.0, train=False)[0])
+    if meta.get('output') == 'heatmaps':  # decoded to crop pixels (method.md §4.6)
+      predict = fan_train.make_predict(meta, data.num_landmarks, data.image_size,
+                                       config.fan.decode)
+    else:
+      model = models.get_model(meta['model'], num_outputs=2 * data.num_landmarks,
+                               **meta['model_kwargs'])
+      predict = jax.jit(lambda v, x, model=model: model.apply(
+          v, x.astype(np.float32) / 255.0, train=False)[0])
     for s in eval_splits:
       add(name, s, predict_split(predict, variables, data.splits[s], config.eval.batch_size,
                                  data.image_size, meta['target_space'], mesh, f'eval {name}/{s}'))

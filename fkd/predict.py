@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fkd import checkpoint, models
+from fkd import checkpoint, fan_train, models
 from fkd import input_pipeline as ip
 from fkd.data import crops
 from fkd.errors import FkdError
@@ -66,14 +66,21 @@ class Predictor:
     self.image_size = int(meta['image_size'])
     self.num_landmarks = int(meta['num_landmarks'])
     self.step = checkpoint.manager(stage_dir).latest_step()
-    self.model = models.get_model(meta['model'], num_outputs=2 * self.num_landmarks,
-                                  **meta['model_kwargs'])
+    self.heatmap_predict = None
+    if meta.get('output') == 'heatmaps':  # MobileFAN / EfficientFAN: decode the heatmaps
+      self.heatmap_predict = fan_train.make_predict(meta, self.num_landmarks, self.image_size)
+    else:
+      self.model = models.get_model(meta['model'], num_outputs=2 * self.num_landmarks,
+                                    **meta['model_kwargs'])
     self.variables = {'params': variables['params'],
                       'batch_stats': variables.get('batch_stats', {})}
     self._apply = jax.jit(self.landmarks)
 
   def landmarks(self, variables: Any, images: jax.Array) -> jax.Array:
     """The pure inference function: uint8 crops -> (B, N, 2) float32 crop pixels."""
+    if self.heatmap_predict is not None:
+      flat = self.heatmap_predict(variables, images)
+      return flat.reshape(flat.shape[0], -1, 2)
     flat, _ = self.model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
     return ip.from_target(flat, self.image_size, self.meta['target_space'])
 

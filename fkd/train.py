@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, evaluate, losses, metric_writer, models, sharding
+from fkd import checkpoint, evaluate, fan_train, losses, metric_writer, models, sharding
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
@@ -42,6 +42,8 @@ class Stage:
 
 
 def stage_spec(name: str, config: Any) -> Stage:
+  if fan_train.is_fan(config):
+    return fan_train.stage_spec(name, config)
   if name == 'teacher_tolerant':
     return Stage(name, config.teacher, config.teacher_train, 'soft_landmarks', config.loss.teacher)
   if name == 'teacher_tough':
@@ -51,6 +53,11 @@ def stage_spec(name: str, config: Any) -> Stage:
   if name == 'student_baseline':
     return Stage(name, config.student, config.train, 'landmarks', config.loss.baseline)
   raise FkdError(f'config.stages: unknown stage {name!r}; known: {", ".join(STAGES)}')
+
+
+def stage_index(name: str, config: Any) -> int:
+  """Position of a stage in its method's list (offsets the stage's seed)."""
+  return (fan_train.FAN_STAGES if fan_train.is_fan(config) else STAGES).index(name)
 
 
 def build_model(model_config: Any, num_outputs: int):
@@ -74,12 +81,14 @@ def teacher_dir(config: Any, workdir: str, which: str) -> str:
 def validate(config: Any, workdir: str) -> None:
   for name in config.stages:
     stage_spec(name, config)
+  if fan_train.is_fan(config):
+    fan_train.validate(config, workdir)
   losses.KDParams.from_config(config.kd)
   if config.eval.frame != 'crop':
     raise FkdError(f"config.eval.frame: only 'crop' is implemented (NME in the model's face crop, "
                    f"as KD-Loss reports it), got {config.eval.frame!r}")
   ip.check_prepared_or_buildable(config)
-  if 'student_kd' in config.stages:
+  if 'student_kd' in config.stages and not fan_train.is_fan(config):
     for which in TEACHERS:
       explicit = config.teacher_tough_ckpt if which == 'teacher_tough' else \
           config.teacher_tolerant_ckpt
@@ -108,7 +117,11 @@ def make_schedule(tc: Any, steps: int) -> optax.Schedule:
   if tc.schedule == 'cosine':
     warmup = max(1, min(tc.warmup_steps, steps // 4))  # short runs: at most a quarter warms up
     return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, max(steps, warmup + 1))
-  raise FkdError(f"schedule must be 'inverse_time' or 'cosine', got {tc.schedule!r}")
+  if tc.schedule == 'steps':  # x lr_decay_factor at each epoch of lr_boundaries_epochs
+    per_epoch = steps / max(tc.num_epochs, 1e-9)
+    return optax.piecewise_constant_schedule(
+        tc.lr, {round(b * per_epoch): tc.lr_decay_factor for b in tc.lr_boundaries_epochs})
+  raise FkdError(f"schedule must be 'inverse_time', 'cosine' or 'steps', got {tc.schedule!r}")
 
 
 def make_optimizer(tc: Any, steps: int = 1) -> optax.GradientTransformation:
@@ -247,11 +260,17 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   num_train = ip.num_examples(data.splits[config.data.train_split])
   steps = total_steps(stage, num_train)
   num_outputs = 2 * data.num_landmarks
-  model = build_model(stage.model_config, num_outputs)
+  fan = fan_train.is_fan(config)
+  if fan:
+    model, teachers, teacher_model = fan_train.setup(stage, config, workdir, data.num_landmarks,
+                                                     mesh)
+  else:
+    model = build_model(stage.model_config, num_outputs)
   optimizer = make_optimizer(tc, steps)
-  seed = config.seed + STAGES.index(stage.name)
+  seed = config.seed + stage_index(stage.name, config)
 
-  teachers, teacher_model = {}, None
+  if not fan:
+    teachers, teacher_model = {}, None
   if stage.loss == 'kd':
     for which in TEACHERS:
       path = teacher_dir(config, workdir, which)
@@ -274,8 +293,11 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   start = int(state['step'])
 
   kd_params = losses.KDParams.from_config(config.kd)
-  step_fn = make_train_step(model, optimizer, stage, teacher_model, kd_params,
-                            config.data.image_size, config.data.target_space)
+  if fan:
+    step_fn = fan_train.make_train_step(model, optimizer, stage, teacher_model, config)
+  else:
+    step_fn = make_train_step(model, optimizer, stage, teacher_model, kd_params,
+                              config.data.image_size, config.data.target_space)
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
   meta = _meta(stage, config, steps)
@@ -283,8 +305,10 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   lead = jax.process_index() == 0
   # TensorBoard events + metrics.jsonl in the stage directory (no TensorFlow needed).
   writer = metric_writer.MetricWriter(stage_dir, active=lead)
+  if fan:
+    meta.update(fan_train.meta_extra(stage, config, model))
 
-  print(f'[{stage.name}] {stage.model_config.name} {dict(stage.model_config.kwargs)}: '
+  print(f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
         f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
         f'{tc.batch_size} on {jax.device_count()} device(s)', flush=True)
   t0 = time.time()
@@ -347,6 +371,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   for name in config.stages:
     stage = stage_spec(name, config)
+    if fan_train.is_fan(config) and name == 'teacher' and config.teacher_ckpt:
+      print(f'[teacher] using the teacher at {config.teacher_ckpt}', flush=True)
+      continue
     if is_finished(os.path.join(workdir, name)):
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue

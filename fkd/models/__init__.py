@@ -16,21 +16,30 @@ import flax.linen as nn
 import jax
 
 from fkd.models.efficientnet import EFFICIENTNET_PARAMS, EfficientNet
+from fkd.models.fan import PRESETS as HEATMAP_PRESETS
+from fkd.models.fan import HeatmapNet
 from fkd.models.layers import Conv1x1, DepthwiseConv, PointwiseConv, make_divisible
 from fkd.models.mobilenet_v2 import MobileNetV2
 
 __all__ = [
-    'EFFICIENTNET_PARAMS', 'Conv1x1', 'DepthwiseConv', 'EfficientNet', 'MobileNetV2',
-    'PointwiseConv', 'count_params', 'get_model', 'make_divisible', 'model_names',
+    'EFFICIENTNET_PARAMS', 'HEATMAP_PRESETS', 'Conv1x1', 'DepthwiseConv', 'EfficientNet',
+    'HeatmapNet', 'MobileNetV2', 'PointwiseConv', 'count_params', 'get_model', 'is_heatmap_model',
+    'make_divisible', 'model_names',
 ]
 
 
 def model_names() -> list[str]:
-  return ['mobilenet_v2', 'efficientnet'] + [f'efficientnet_{k}' for k in EFFICIENTNET_PARAMS]
+  return (['mobilenet_v2', 'efficientnet'] + [f'efficientnet_{k}' for k in EFFICIENTNET_PARAMS]
+          + ['heatmap_net', *HEATMAP_PRESETS])
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Builds a backbone by name; kwargs are module fields."""
+def is_heatmap_model(name: str) -> bool:
+  """Whether `name` builds a HeatmapNet (heatmap outputs, `num_landmarks` instead of outputs)."""
+  return name == 'heatmap_net' or name in HEATMAP_PRESETS
+
+
+def get_model(name: str, /, **kwargs: Any) -> nn.Module:
+  """Builds a model by name; kwargs are module fields (including the Flax `name`)."""
   if name == 'mobilenet_v2':
     return MobileNetV2(**kwargs)
   if name == 'efficientnet':
@@ -40,6 +49,14 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     kwargs = {'width_coefficient': width, 'depth_coefficient': depth, 'dropout': dropout,
               **kwargs}
     return EfficientNet(**kwargs)
+  if name == 'heatmap_net':
+    return HeatmapNet(**kwargs)
+  if name in HEATMAP_PRESETS:
+    # Preset fields are defaults; backbone_kwargs merge key by key.
+    preset = HEATMAP_PRESETS[name]
+    backbone_kwargs = {**preset['backbone_kwargs'], **dict(kwargs.pop('backbone_kwargs', None)
+                                                          or {})}
+    return HeatmapNet(**{**preset, **kwargs, 'backbone_kwargs': backbone_kwargs})
   raise ValueError(f'Unknown model {name!r}; known: {model_names()}.')
 
 
