@@ -39,6 +39,21 @@ def same_padding(size: Sequence[int], kernel_size: int, strides: int) -> list[tu
                              (strides,) * len(size), 'SAME')
 
 
+def normalize_input(x: Array, mean: Sequence[float] | None,
+                    std: Sequence[float] | None) -> Array:
+  """Per-channel `(x - mean) / std` on NHWC input in [0, 1]; identity when both are None.
+
+  This is where a backbone imported from ImageNet weights applies its source's preprocessing
+  (recorded by `fkd.tools.import_weights` in the checkpoint meta), so the rest of fkd always feeds
+  pixel/255.
+  """
+  if mean is None and std is None:
+    return x
+  mean = jnp.asarray(0.0 if mean is None else tuple(mean), x.dtype)
+  std = jnp.asarray(1.0 if std is None else tuple(std), x.dtype)
+  return (x - mean) / std
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere."""
   if impl not in DEPTHWISE_IMPLS:

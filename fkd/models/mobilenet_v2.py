@@ -1,6 +1,9 @@
 """MobileNetV2 as Keras `MobileNetV2(alpha, include_top)` builds it, in Flax linen.
 
-Input: float NHWC in [0, 1], no normalisation inside (KD-Loss feeds pixel/255).
+Input: float NHWC in [0, 1] (KD-Loss feeds pixel/255); no normalisation inside unless `input_mean`
+/ `input_std` are set (Keras' `mobilenet_v2.preprocess_input`, x/127.5 − 1, is mean = std = 0.5).
+Padding is TF 'SAME', which equals Keras' explicit `correct_pad` + 'valid' before the stride-2
+depthwise convolutions at every input size.
 `__call__(x, *, train)` returns `(out, features)`:
 
 - `out`: (B, num_outputs), or the pooled features (B, C_last) when `num_outputs` is None;
@@ -22,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible
+from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
 
 Array = jax.Array
 
@@ -81,6 +84,8 @@ class MobileNetV2(nn.Module):
     dropout: dropout rate before the head ('dropout' rng, train only).
     bn_momentum, bn_epsilon: Keras values 0.999 and 1e-3.
     depthwise_impl: 'auto' | 'shifted' | 'shifted_autodiff' | 'grouped' (see layers.py).
+    input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
+      None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
   """
   num_outputs: int | None = None
@@ -91,6 +96,8 @@ class MobileNetV2(nn.Module):
   bn_momentum: float = 0.999
   bn_epsilon: float = 1e-3
   depthwise_impl: str = 'auto'
+  input_mean: tuple[float, ...] | None = None
+  input_std: tuple[float, ...] | None = None
   dtype: Any = None
 
   @nn.compact
@@ -98,6 +105,7 @@ class MobileNetV2(nn.Module):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                    epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     features = {}
+    x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(make_divisible(32 * self.width, 8), (3, 3), strides=2, padding='SAME',
                 use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='stem_conv')(x)
     x = features['stem'] = relu6(bn('stem_bn')(x))
