@@ -86,24 +86,24 @@ def assemble(arch: str, model_kwargs: dict[str, Any], num_classes: int | None,
              src: str) -> dict[str, Any]:
   """Checks `arrays` against fkd's variables one to one and nests them into {'params', ...}."""
   expected = expected_shapes(arch, model_kwargs, num_classes)
+  for path, a in arrays.items():  # in source order: the first error is the earliest layer
+    if path not in expected:
+      raise FkdError(f'{src}: {origin[path]} has no place in fkd {arch} (it would be '
+                     f'{"/".join(path)}): is --arch={arch} (and --width) right?')
+    if tuple(a.shape) != expected[path]:
+      raise FkdError(f'{src}: {origin[path]} has shape {tuple(a.shape)}, fkd '
+                     f'{"/".join(path)} expects {expected[path]}: is --arch={arch} (and --width) '
+                     'right?')
   missing = [p for p in expected if p not in arrays]
   if missing:
     raise FkdError(f'{src}: no source weights for fkd {"/".join(missing[0])} (and '
                    f'{len(missing) - 1} more): is --arch={arch} (and --width) right?')
-  extra = [p for p in arrays if p not in expected]
-  if extra:
-    raise FkdError(f'{src}: {origin[extra[0]]} has no place in fkd {arch} (it would be '
-                   f'{"/".join(extra[0])}): is --arch={arch} (and --width) right?')
   out: dict[str, Any] = {}
-  for path, shape in expected.items():
-    a = arrays[path]
-    if tuple(a.shape) != shape:
-      raise FkdError(f'{src}: {origin[path]} has shape {tuple(a.shape)}, fkd '
-                     f'{"/".join(path)} expects {shape}: is --arch={arch} (and --width) right?')
+  for path in expected:
     node = out
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[path[-1]] = np.asarray(a, np.float32)
+    node[path[-1]] = np.asarray(arrays[path], np.float32)
   out.setdefault('batch_stats', {})
   return out
 
