@@ -183,3 +183,32 @@ def test_torch_errors(tmp_path):
     iw.convert_torch('resnet50', src)
   with pytest.raises(FkdError, match='supports resnet50'):
     iw.convert_torch('mobilenet_v2', src)
+
+
+@pytest.mark.parametrize('who, arch', [('teacher', 'efficientnet_b3'), ('student', 'mobilenet_v2')])
+def test_converted_checkpoint_loads_into_the_paper_configs(tmp_path, who, arch):
+  """The paper configs' teacher (EfficientNet-B3) and student (MobileNetV2 1.0) take a converted
+  Keras checkpoint through `init_from` (training from it: pretrained_test.py)."""
+  from configs import kd as kd_config
+  from fkd import pretrained, train
+  variables = _fkd_variables(arch, 1000)
+  src = str(tmp_path / f'{arch}.weights.h5')
+  _write_keras_h5(src, arch, variables, norm=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+  iw.import_weights('keras', arch, src, str(tmp_path / 'ckpt'))
+  config = kd_config.get_config('300w')
+  config[who].init_from = str(tmp_path / 'ckpt')
+  stage = pretrained.resolve_stage(
+      train.stage_spec('teacher_tough' if who == 'teacher' else 'student_kd', config))
+  assert stage.model_config.name == arch
+  np.testing.assert_allclose(stage.model_config.kwargs['input_std'], (
+      (0.5, 0.5, 0.5) if arch == 'mobilenet_v2' else (0.229, 0.224, 0.225)), rtol=1e-6)
+  model = train.build_model(stage.model_config, 136)
+  optimizer = train.make_optimizer(stage.train_config)
+  state = jax.eval_shape(lambda: train.init_state(model, optimizer, 32, 0))
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
+  state = pretrained.load_into(state, stage, optimizer)
+  for collection in ('params', 'batch_stats'):
+    jax.tree.map(np.testing.assert_array_equal,
+                 {k: v for k, v in state[collection].items() if k != 'head'},
+                 {k: v for k, v in variables[collection].items() if k != 'head'})
+  assert state['params']['head']['kernel'].shape[-1] == 136
