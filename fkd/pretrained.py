@@ -4,7 +4,7 @@
 `config.student.init_from` / `config.teacher.init_from` name the checkpoint directory (None =
 random init, the KD-Loss code's choice, method.md §2.4). Every variable except the
 classification `head` (whose size differs) is loaded; a missing variable or a shape mismatch is an
-error naming the parameter path. The checkpoint's input normalisation and BatchNorm ε
+error naming the parameter path. The checkpoint's input normalisation, BatchNorm ε and padding
 (`PREPROCESSING_KWARGS` of its meta) become the stage's model kwargs unless the config sets them,
 so an imported backbone sees the inputs it was trained on.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from fkd import checkpoint
 from fkd.errors import FkdError
 
-PREPROCESSING_KWARGS = ('input_mean', 'input_std', 'bn_epsilon')
+PREPROCESSING_KWARGS = ('input_mean', 'input_std', 'bn_epsilon', 'padding')
 DONT_LOAD = ('head/.*',)
 
 

@@ -181,8 +181,8 @@ def test_torch_errors(tmp_path):
   save_file({'features.0.weight': np.zeros((2, 2), np.float32)}, src)
   with pytest.raises(FkdError, match='not part of a torchvision ResNet'):
     iw.convert_torch('resnet50', src)
-  with pytest.raises(FkdError, match='supports resnet50'):
-    iw.convert_torch('mobilenet_v2', src)
+  with pytest.raises(FkdError, match='supports resnet50 and mobilenet_v2'):
+    iw.convert_torch('efficientnet_b0', src)
 
 
 @pytest.mark.parametrize('who, arch', [('teacher', 'efficientnet_b3'), ('student', 'mobilenet_v2')])
@@ -212,3 +212,54 @@ def test_converted_checkpoint_loads_into_the_paper_configs(tmp_path, who, arch):
                  {k: v for k, v in state[collection].items() if k != 'head'},
                  {k: v for k, v in variables[collection].items() if k != 'head'})
   assert state['params']['head']['kernel'].shape[-1] == 136
+
+
+def test_torch_mobilenet_v2_flat_layout(tmp_path):
+  """The pytorch-mobilenet-v2 layout (MobileFAN's `mobilenet_v2_imagenet.pth.tar`): flat
+  `features.{i}.conv.{j}` Sequentials with ReLU6 slots, `classifier.weight`."""
+  rng = np.random.default_rng(0)
+  state = {}
+
+  def conv(key, cout, cin_per_group, k):
+    state[f'{key}.weight'] = rng.normal(size=(cout, cin_per_group, k, k)).astype(np.float32)
+
+  def bn(key, c):
+    for leaf in ('weight', 'bias', 'running_mean', 'running_var'):
+      state[f'{key}.{leaf}'] = rng.normal(size=(c,)).astype(np.float32)
+
+  conv('features.0.0', 32, 3, 3)
+  bn('features.0.1', 32)
+  cin, i = 32, 1
+  for t, c, n, _ in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                     (6, 160, 3, 2), (6, 320, 1, 1)):
+    for _ in range(n):
+      p, hidden = f'features.{i}.conv', cin * t
+      if t == 1:
+        conv(f'{p}.0', hidden, 1, 3), bn(f'{p}.1', hidden), conv(f'{p}.3', c, hidden, 1)
+        bn(f'{p}.4', c)
+      else:
+        conv(f'{p}.0', hidden, cin, 1), bn(f'{p}.1', hidden), conv(f'{p}.3', hidden, 1, 3)
+        bn(f'{p}.4', hidden), conv(f'{p}.6', c, hidden, 1), bn(f'{p}.7', c)
+      cin, i = c, i + 1
+  conv('features.18.0', 1280, 320, 1)
+  bn('features.18.1', 1280)
+  state['classifier.weight'] = rng.normal(size=(1000, 1280)).astype(np.float32)
+  state['classifier.bias'] = rng.normal(size=(1000,)).astype(np.float32)
+  src = str(tmp_path / 'mnv2.safetensors')
+  save_file(state, src)
+  got, meta = iw.convert_torch('mobilenet_v2', src)
+  p, s = got['params'], got['batch_stats']
+  assert models.count_params(p) == 3_504_872
+  np.testing.assert_array_equal(p['block_0']['depthwise']['kernel'],
+                                state['features.1.conv.0.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(p['block_5']['expand']['kernel'][0, 0],
+                                state['features.6.conv.0.weight'][:, :, 0, 0].T)
+  np.testing.assert_array_equal(p['block_5']['depthwise']['kernel'][:, :, 0, 7],
+                                state['features.6.conv.3.weight'][7, 0])
+  np.testing.assert_array_equal(s['block_16']['project_bn']['var'],
+                                state['features.17.conv.7.running_var'])
+  np.testing.assert_array_equal(p['last_bn']['scale'], state['features.18.1.weight'])
+  np.testing.assert_array_equal(p['head']['kernel'], state['classifier.weight'].T)
+  assert meta['model_kwargs'] == {'width': 1.0, 'padding': 'symmetric', 'bn_epsilon': 1e-5,
+                                  'input_mean': models.IMAGENET_MEAN,
+                                  'input_std': models.IMAGENET_STD}

@@ -159,18 +159,29 @@ _DEPTHWISE_FNS = {
 }
 
 
+def conv_padding(padding: str, size: Sequence[int], kernel_size: int,
+                 strides: int) -> list[tuple[int, int]]:
+  """'same' = TF/Keras (asymmetric when odd), 'symmetric' = PyTorch's `k // 2` on every side."""
+  if padding == 'same':
+    return same_padding(size, kernel_size, strides)
+  if padding == 'symmetric':
+    return [(kernel_size // 2, kernel_size // 2)] * len(size)
+  raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+
+
 class DepthwiseConv(nn.Module):
-  """k×k depthwise convolution (depth multiplier 1), TF 'SAME' padding.
+  """k×k depthwise convolution (depth multiplier 1), TF 'SAME' or PyTorch symmetric padding.
 
   Params `kernel` (k, k, 1, C) and optional `bias` (C,), as `nn.Conv(features=C,
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
   multiply-adds with a custom-VJP kernel gradient), 'shifted_autodiff' (the same, plain
-  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere).
+  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere). `padding`: 'same' | 'symmetric'.
   """
   kernel_size: int = 3
   strides: int = 1
   use_bias: bool = False
   impl: str = 'auto'
+  padding: str = 'same'
   kernel_init: Initializer = nn.linear.default_kernel_init
   bias_init: Initializer = nn.initializers.zeros_init()
   dtype: Dtype | None = None
@@ -182,7 +193,7 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, c), self.param_dtype)
     bias = self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    pads = tuple(tuple(p) for p in same_padding(x.shape[1:3], k, self.strides))
+    pads = tuple(tuple(p) for p in conv_padding(self.padding, x.shape[1:3], k, self.strides))
     y = _DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)](x, kernel, self.strides, pads)
     return y if bias is None else y + bias
 

@@ -3,14 +3,16 @@
   python -m fkd.tools.import_weights --from=keras --arch=efficientnet_b3 b3.keras ckpt/b3
   python -m fkd.tools.import_weights --from=keras --arch=mobilenet_v2 mnv2.weights.h5 ckpt/mnv2
   python -m fkd.tools.import_weights --from=torch --arch=resnet50 resnet50.pth ckpt/r50
+  python -m fkd.tools.import_weights --from=torch --arch=mobilenet_v2 mnv2.safetensors ckpt/mnv2
 
 Sources:
 - `--from=keras`: a Keras 3 `keras.applications` model saved as `.keras` or `.weights.h5`
   (`MobileNetV2(alpha=...)`, `EfficientNetB0` … `B7`; with or without the classifier top). Read
   with h5py: Keras itself is not needed. Make one with e.g.
   `keras.applications.EfficientNetB3(weights='imagenet').save('b3.keras')`.
-- `--from=torch`: a torchvision or timm ResNet-50 state dict, `.pth` (needs torch) or
-  `.safetensors` (read with the `safetensors` numpy API, no torch).
+- `--from=torch`: a torchvision or timm ResNet-50 state dict, or a torchvision MobileNetV2 one
+  (also the older pytorch-mobilenet-v2 layout MobileFAN loads), `.pth` / `.pth.tar` (needs torch)
+  or `.safetensors` (read with the `safetensors` numpy API, no torch).
 
 DST becomes an Orbax checkpoint in the layout of a stage directory (items `model` = {'params',
 'batch_stats'} and `meta`), which configs name as `config.student.init_from` /
@@ -19,7 +21,8 @@ DST becomes an Orbax checkpoint in the layout of a stage directory (items `model
 What follows the source so that fkd's outputs equal the reference's (tested to ≤ 1e-3 on logits):
 - BatchNorm ε: Keras 1e-3 (read from the `.keras` config when there is one), PyTorch 1e-5;
 - padding: Keras' `correct_pad` + 'valid' equals fkd's TF 'SAME' (MobileNetV2, EfficientNet);
-  torchvision's symmetric `k // 2` is what fkd's ResNet uses;
+  torchvision's symmetric `k // 2` is what fkd's ResNet uses, and MobileNetV2 gets
+  `padding='symmetric'`;
 - input normalisation, recorded as model kwargs `input_mean` / `input_std` on the [0, 1] input
   that fkd feeds (pixel/255), applied as the model's first operation:
   Keras MobileNetV2 → `preprocess_input` (x/127.5 − 1): mean = std = 0.5;
@@ -27,7 +30,7 @@ What follows the source so that fkd's outputs equal the reference's (tested to �
   file) and, for `weights='imagenet'` models, the extra Rescaling(1/√stddev) Keras adds (read from
   the `.keras` config; for a `.weights.h5`, assumed present exactly when the stored Normalization
   is not the identity, as `keras.applications` builds it);
-  torchvision / timm ResNet-50 → ImageNet mean/std.
+  torchvision / timm → ImageNet mean/std.
 `init_from` merges these kwargs into the stage's model kwargs (the config's own kwargs win).
 """
 
@@ -334,25 +337,82 @@ def torch_resnet_to_fkd(key: str) -> tuple[Path, bool] | None:
   return (collection, *block, layer, leaf), False
 
 
-def convert_torch(arch: str, src: str) -> tuple[dict[str, Any], dict]:
-  """Reads a torchvision / timm ResNet-50 state dict into fkd variables and the checkpoint meta."""
-  if arch != 'resnet50':
-    raise FkdError(f'--from=torch supports resnet50, not {arch!r}')
+def _numeric_order(key: str) -> list:
+  return [int(p) if p.isdigit() else p for p in key.split('.')]
+
+
+def torch_mobilenet_v2_paths(state: dict[str, np.ndarray]) -> dict[str, tuple[Path, bool]]:
+  """{key: (fkd path, is a conv kernel)} of a torchvision MobileNetV2 state dict.
+
+  Within `features.{i}` the convolutions and BatchNorms are taken in order ([expand], depthwise,
+  project), so both torchvision's nesting (`conv.0.0`, `conv.0.1`, …) and the flat layout of the
+  older pytorch-mobilenet-v2 checkpoints (`conv.0`, `conv.1`, `conv.3`, …) map.
+  """
+  groups: dict[int, dict[str, list[str]]] = {}
+  out: dict[str, tuple[Path, bool]] = {}
+  for key in sorted(state, key=_numeric_order):
+    if key.endswith('num_batches_tracked'):
+      continue
+    m = re.fullmatch(r'features\.(\d+)\.(.+)\.(weight|bias|running_mean|running_var)', key)
+    if m:
+      layer = f'features.{m.group(1)}.{m.group(2)}'
+      kind = 'conv' if state[key].ndim == 4 else 'bn'
+      names = groups.setdefault(int(m.group(1)), {'conv': [], 'bn': []})[kind]
+      if layer not in names:
+        names.append(layer)
+    elif re.fullmatch(r'classifier(\.1)?\.weight', key):
+      out[key] = ('params', 'head', 'kernel'), False
+    elif re.fullmatch(r'classifier(\.1)?\.bias', key):
+      out[key] = ('params', 'head', 'bias'), False
+    else:
+      raise FkdError(f'state dict key {key!r} is not part of a torchvision MobileNetV2')
+  last = max(groups, default=0)
+  for i, layers in groups.items():
+    if i == 0:
+      modules = ['stem_conv'], ['stem_bn']
+    elif i == last:
+      modules = ['last_conv'], ['last_bn']
+    else:
+      block = f'block_{i - 1}/'
+      sub = ['depthwise', 'project'] if len(layers['conv']) == 2 else \
+          ['expand', 'depthwise', 'project']
+      modules = [block + s for s in sub], [block + s + '_bn' for s in sub]
+    for kind, names in (('conv', modules[0]), ('bn', modules[1])):
+      if len(layers[kind]) != len(names):
+        raise FkdError(f'features.{i} holds {len(layers[kind])} {kind} layers, a MobileNetV2 '
+                       f'block {len(names)}')
+      for layer, module in zip(layers[kind], names, strict=True):
+        module = tuple(module.split('/'))
+        for leaf, (collection, fkd_leaf) in (_TORCH_BN.items() if kind == 'bn' else
+                                             [('weight', ('params', 'kernel'))]):
+          if f'{layer}.{leaf}' in state:
+            out[f'{layer}.{leaf}'] = (collection, *module, fkd_leaf), kind == 'conv'
+  return out
+
+
+def convert_torch(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, Any], dict]:
+  """Reads a torchvision / timm ResNet-50 or torchvision MobileNetV2 state dict into fkd
+  variables and the checkpoint meta."""
+  if arch not in ('resnet50', 'mobilenet_v2'):
+    raise FkdError(f'--from=torch supports resnet50 and mobilenet_v2, not {arch!r}')
   from fkd.models.resnet import IMAGENET_MEAN, IMAGENET_STD
   state = read_torch(src)
+  if arch == 'mobilenet_v2':
+    paths = torch_mobilenet_v2_paths(state)
+  else:
+    paths = {k: got for k in state if (got := torch_resnet_to_fkd(k)) is not None}
   arrays: dict[Path, np.ndarray] = {}
   origin: dict[Path, str] = {}
-  for key, a in state.items():
-    got = torch_resnet_to_fkd(key)
-    if got is None:
-      continue
-    path, is_conv = got
-    if is_conv:
-      a = a.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+  for key, (path, is_conv) in paths.items():
+    a = state[key]
+    if is_conv:  # (out, in, kh, kw) -> (kh, kw, in, out); depthwise (C, 1, k, k) -> (k, k, 1, C)
+      a = a.transpose(2, 3, 1, 0)
     elif path[-2:] == ('head', 'kernel'):
       a = a.T
     arrays[path], origin[path] = a, f'state dict key {key!r}'
   model_kwargs = {'bn_epsilon': 1e-5, 'input_mean': IMAGENET_MEAN, 'input_std': IMAGENET_STD}
+  if arch == 'mobilenet_v2':
+    model_kwargs = {'width': width, 'padding': 'symmetric', **model_kwargs}
   head = arrays.get(('params', 'head', 'kernel'))
   num_classes = None if head is None else int(head.shape[-1])
   variables = assemble(arch, model_kwargs, num_classes, arrays, origin, src)
@@ -376,7 +436,7 @@ def import_weights(source_format: str, arch: str, src: str, dst: str,
   if source_format == 'keras':
     variables, meta = convert_keras(arch, src, width)
   elif source_format == 'torch':
-    variables, meta = convert_torch(arch, src)
+    variables, meta = convert_torch(arch, src, width)
   else:
     raise FkdError(f"--from must be 'keras' or 'torch', got {source_format!r}")
   if os.path.exists(dst) and os.listdir(dst):
