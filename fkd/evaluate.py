@@ -1,29 +1,58 @@
-"""Evaluation of every model a run trained: NME / FR / AUC per split, results.json / .md."""
+"""Evaluation of every model a run trained: NME / FR / AUC per split, beside the published numbers.
+
+`python -m fkd.evaluate --config=configs/kd.py[:ARG] --workdir=DIR` (the same config as training)
+scores the mean shape and every finished stage of DIR on each eval split and writes
+
+- `DIR/results.json`: `{"dataset", "models": {NAME: {SPLIT: {"nme", "fr", "auc", "auc_kd",
+  "count"}}}, "nme_per_image": {NAME: {SPLIT: [...]}}, ...}` (NME and FR in %, AUC in 0..1);
+- `DIR/results.md`: one table per split, ours beside the published / author-noted numbers of
+  `fkd/published.json` for the same dataset, split and model;
+- `DIR/ced.png`: the cumulative error distribution of every model, one panel per split;
+- `DIR/worst.png`: the best and worst faces of the student on the test split, ground truth and
+  prediction overlaid;
+- `DIR/<stage>/events.out.tfevents.*` + `eval.jsonl`: `eval/<split>/nme|fr|auc|auc_kd` at the
+  stage's final step, for TensorBoard beside the training curves.
+
+`fkd.train.run` calls `evaluate_workdir` and `write_results` at the end of training, so a run
+writes all four files; this module's CLI re-evaluates an existing workdir.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
+import math
 import os
+import re
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, metrics, models, sharding
+from fkd import checkpoint, metric_writer, metrics, models, sharding
 from fkd import input_pipeline as ip
+from fkd.errors import FkdError
 
 MODEL_ORDER = ('mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd', 'student_baseline')
+# The model that `worst.png`, `fkd.predict` and `fkd.export` show by default: the first present.
+PREFERRED = ('student_kd', 'student_baseline', 'teacher_tough', 'teacher_tolerant')
+PUBLISHED_METHOD = 'kd_loss'
+OVERLAY_COUNT = 5  # faces per row of worst.png
 
 
 def predict_split(predict, variables, split: ip.Split, batch_size: int, size: int,
-                  space: str, mesh) -> np.ndarray:
+                  space: str, mesh, desc: str | None = None) -> np.ndarray:
   """Landmarks (M, N, 2) in crop pixels for every image of a split (every process gets all)."""
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
   local = batch_size // jax.process_count()
   lo = jax.process_index() * local
   out = []
-  for images, n in ip.eval_batches(split, batch_size):
+  batches = metric_writer.progress(ip.eval_batches(split, batch_size),
+                                   total=math.ceil(len(split) / batch_size), desc=desc,
+                                   unit='batch', enabled=jax.process_index() == 0)
+  for images, n in batches:
     flat = predict(variables, sharding.shard_batch({'image': images[lo:lo + local]}, mesh)['image'])
     if jax.process_count() > 1:
       flat = multihost_utils.process_allgather(flat, tiled=True)
@@ -36,7 +65,8 @@ def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
   return metrics.summarize(nme, config.eval.fr_threshold)
 
 
-def _model_dirs(config: Any, workdir: str) -> dict[str, str]:
+def model_dirs(config: Any, workdir: str) -> dict[str, str]:
+  """Stage name -> directory of every finished stage of a run (teachers may live elsewhere)."""
   from fkd import train  # local import: train imports this module
 
   dirs = {}
@@ -48,52 +78,315 @@ def _model_dirs(config: Any, workdir: str) -> dict[str, str]:
   return dirs
 
 
+def _overlay_split(splits: list[str]) -> str:
+  """The split of worst.png: 'test' or 300W's 'full' when evaluated, else the first."""
+  return next((s for s in ('test', 'full') if s in splits), splits[0])
+
+
 def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]:
-  """Scores the mean shape and every finished model of the run on each eval split."""
+  """Scores the mean shape and every finished model of the run on each eval split.
+
+  Returns the results.json record. It also holds `'_overlay'` (not written to JSON): the test
+  images, ground truth and predictions of the best and worst faces of the preferred model, which
+  `write_results` draws into worst.png.
+  """
   mesh = sharding.make_mesh()
   eval_splits = list(config.data.eval_splits)
+  threshold = config.eval.fr_threshold
   results: dict[str, Any] = {
       'dataset': config.data.name, 'norm': config.eval.norm, 'frame': config.eval.frame,
-      'fr_threshold': config.eval.fr_threshold, 'image_size': data.image_size, 'models': {}}
+      'fr_threshold': threshold, 'image_size': data.image_size, 'models': {},
+      'steps': {}, 'nme_per_image': {}}
+  preds: dict[str, dict[str, np.ndarray]] = {}
+
+  def add(name: str, split: str, pred: np.ndarray) -> None:
+    nme = metrics.nme_per_image(pred, data.splits[split].landmarks, config.eval.norm)
+    results['models'].setdefault(name, {})[split] = metrics.summarize(nme, threshold)
+    results['nme_per_image'].setdefault(name, {})[split] = [round(float(v), 6) for v in nme]
+    preds.setdefault(name, {})[split] = pred
+
   mean_shape = data.splits[config.data.train_split].landmarks.mean(axis=0)
-  results['models']['mean_shape'] = {
-      s: score(np.broadcast_to(mean_shape, data.splits[s].landmarks.shape), data.splits[s], config)
-      for s in eval_splits}
-  for name, path in _model_dirs(config, workdir).items():
+  for s in eval_splits:
+    add('mean_shape', s, np.broadcast_to(mean_shape, data.splits[s].landmarks.shape))
+  for name, path in model_dirs(config, workdir).items():
     variables, meta = checkpoint.load_model(path)
+    results['steps'][name] = int(meta.get('total_steps', 0))
     model = models.get_model(meta['model'], num_outputs=2 * data.num_landmarks,
                              **meta['model_kwargs'])
     variables = sharding.replicate(
         {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}, mesh)
     predict = jax.jit(lambda v, x, model=model: model.apply(
         v, x.astype(np.float32) / 255.0, train=False)[0])
-    results['models'][name] = {
-        s: score(predict_split(predict, variables, data.splits[s], config.eval.batch_size,
-                               data.image_size, meta['target_space'], mesh), data.splits[s], config)
-        for s in eval_splits}
+    for s in eval_splits:
+      add(name, s, predict_split(predict, variables, data.splits[s], config.eval.batch_size,
+                                 data.image_size, meta['target_space'], mesh, f'eval {name}/{s}'))
+
+  shown = next((m for m in PREFERRED if m in preds), None)
+  if shown is not None:
+    split = _overlay_split(eval_splits)
+    nme = np.asarray(results['nme_per_image'][shown][split])
+    best, worst = metrics.ranked(nme, OVERLAY_COUNT)
+    sel = np.concatenate([best, worst])
+    sp = data.splits[split]
+    results['_overlay'] = {
+        'model': shown, 'split': split, 'rows': {'best': len(best), 'worst': len(worst)},
+        'images': sp.images[sel], 'gt': sp.landmarks[sel], 'pred': preds[shown][split][sel],
+        'nme': nme[sel], 'names': [sp.names[i] for i in sel]}
   return results
 
 
+# ---------------------------------------------------------------------------------------------
+# Published numbers.
+
+
+@functools.cache
+def published() -> dict[str, Any]:
+  """fkd/published.json: the papers' and authors' numbers, each with its source."""
+  return json.loads((importlib.resources.files('fkd') / 'published.json').read_text())
+
+
+def published_rows(dataset: str, split: str, model: str,
+                   method: str = PUBLISHED_METHOD) -> list[dict[str, Any]]:
+  """Published records for a TFDS dataset name ('ibug_300w', 'wflw/...'), split and model."""
+  base = dataset.split('/')[0].split(':')[0]
+  return [r for r in published()['methods'][method]['results']
+          if r['dataset'] == base and r['split'] == split and r['model'] == model]
+
+
+def _fmt_published(rows: list[dict[str, Any]], norm: str, frame: str,
+                   refs: dict[str, int]) -> str:
+  cells = []
+  for r in rows:
+    values = [f'{r["nme"]:.2f}']
+    if 'fr' in r:
+      values.append(f'{r["fr"]:.2f}')
+      if 'auc_kd' in r:
+        values.append(f'{r["auc_kd"]:.4f}')
+    mark = '' if (r['norm'], r['frame']) == (norm, frame) else ' †'
+    ref = refs.setdefault(r['source'], len(refs) + 1)
+    cells.append(f'{" / ".join(values)} ({r["label"]} [{ref}]){mark}')
+  return '; '.join(cells) if cells else '—'
+
+
+# ---------------------------------------------------------------------------------------------
+# results.md
+
+
 def markdown_table(results: dict[str, Any]) -> str:
+  """One table per split: our NME / FR / AUC / AUC_KD beside the published numbers."""
   splits = list(next(iter(results['models'].values())))
-  head = ['model'] + [f'{s} NME % / FR % / AUC' for s in splits]
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  for name, per_split in results['models'].items():
-    cells = [f'{r["nme"]:.2f} / {r["fr"]:.2f} / {r["auc"]:.4f}' for r in per_split.values()]
-    lines.append('| ' + ' | '.join([name, *cells]) + ' |')
-  return '\n'.join(lines)
+  refs: dict[str, int] = {}
+  other_protocol = False
+  parts = []
+  for split in splits:
+    count = next(iter(results['models'].values()))[split].get('count')
+    lines = [f'### {split}' + (f' ({count} images)' if count else ''), '',
+             '| model | NME % | FR % | AUC | AUC_KD | published NME % / FR % / AUC_KD (source) |',
+             '|---|---:|---:|---:|---:|---|']
+    for name, per_split in results['models'].items():
+      r = per_split[split]
+      pub = _fmt_published(published_rows(results['dataset'], split, name), results['norm'],
+                           results['frame'], refs)
+      other_protocol |= '†' in pub
+      auc_kd = f'{r["auc_kd"]:.4f}' if 'auc_kd' in r else '—'
+      lines.append(f'| {name} | {r["nme"]:.2f} | {r["fr"]:.2f} | {r["auc"]:.4f} | {auc_kd} | '
+                   f'{pub} |')
+    parts.append('\n'.join(lines))
+  notes = []
+  if refs:
+    notes += [f'[{i}] {src}' for src, i in refs.items()]
+    if other_protocol:
+      notes.append('† published under another normalisation or frame than this evaluation.')
+  else:
+    datasets = sorted({r['dataset'] for r in published()['methods'][PUBLISHED_METHOD]['results']})
+    notes.append(f'No published numbers for {results["dataset"]}: KD-Loss reports on '
+                 f'{", ".join(datasets)} (fkd/published.json).')
+  return '\n\n'.join(parts) + '\n\n' + '\n'.join(f'- {n}' for n in notes)
+
+
+def _markdown(results: dict[str, Any]) -> str:
+  files = [f for f in ('ced.png', 'worst.png') if f in results.get('_figures', ())]
+  figures = ''.join(f'\n![{f}]({f})\n' for f in files)
+  return (f'# fkd results: {results["dataset"]}\n\n'
+          f'NME normalised {results["norm"]} in the {results["frame"]} frame '
+          f'({results["image_size"]} px crops), in %; FR (strict >) and AUC at '
+          f'{results["fr_threshold"]}. AUC is the standard closed form (perfect = 1); AUC_KD is '
+          f'the KD-Loss codebase variant (perfect = 0.95), comparable only with the published '
+          f'AUC_KD (shared/docs/results.md §1).\n\n{markdown_table(results)}\n{figures}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+
+def _ced_range(per_image: dict[str, dict[str, list[float]]], threshold: float) -> float:
+  """θ, or a multiple of it that covers 90 % of the best model's images when models are poor."""
+  q = min(float(np.quantile(v, 0.9)) for per_split in per_image.values() for v in per_split.values()
+          if len(v))
+  return next(threshold * m for m in (1, 2, 3, 5, 10, 20, 50, 100) if threshold * m >= q or
+              m == 100)
+
+
+def plot_ced(results: dict[str, Any], path: str) -> None:
+  """Every model's CED, one axis per split (x: NME %, up to θ or further when models are poor)."""
+  from matplotlib.figure import Figure
+
+  per_image = results['nme_per_image']
+  splits = list(next(iter(per_image.values())))
+  threshold = results['fr_threshold']
+  x_max = _ced_range(per_image, threshold)
+  cols = min(len(splits), 3)
+  rows = math.ceil(len(splits) / cols)
+  fig = Figure(figsize=(5.6 * cols, 5.2 * rows), layout='constrained')
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax, split in zip(axes, splits, strict=False):
+    for name, per_split in per_image.items():
+      nme = np.asarray(per_split[split])
+      t, frac = metrics.ced(nme, x_max, 401)
+      style = dict(color='0.45', ls='--') if name == 'mean_shape' else {}
+      label = (f'{name}: NME {100 * nme.mean():.2f} %, '
+               f'FR {metrics.failure_rate(nme, threshold):.1f} %, '
+               f'AUC {metrics.auc(nme, threshold):.3f}')
+      ax.plot(100 * t, frac, lw=1.8, label=label, **style)
+    if x_max > threshold:
+      ax.axvline(100 * threshold, color='k', lw=0.8, ls=':')
+      ax.annotate(f' θ = {100 * threshold:g} %', (100 * threshold, 0.97), fontsize=8, va='top')
+    ax.set(xlim=(0, 100 * x_max), ylim=(0, 1.0), xlabel=f'NME (%, {results["norm"]})',
+           ylabel='fraction of images ≤ NME',
+           title=f'{results["dataset"]} / {split} ({len(nme)} images)')
+    ax.grid(alpha=0.3)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+  for ax in axes[len(splits):]:
+    ax.set_visible(False)
+  fig.suptitle(f'Cumulative error distribution (FR and AUC at θ = {threshold:g})')
+  fig.savefig(path, dpi=110)
+
+
+def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
+  """The best and worst faces, one row each: ground truth (green), prediction (red), errors."""
+  from matplotlib.figure import Figure
+
+  n_best, n_worst = overlay['rows']['best'], overlay['rows']['worst']
+  cols = max(n_best, n_worst)
+  fig = Figure(figsize=(2.6 * cols, 2.6 * 2 + 0.7), layout='constrained')
+  axes = fig.subplots(2, cols, squeeze=False)
+  for ax in axes.ravel():
+    ax.set_axis_off()
+  size = overlay['images'].shape[1]
+  dot = max(4.0, 36.0 * 64 / max(size, 64) / 4)
+  for i in range(n_best + n_worst):
+    row, col = (0, i) if i < n_best else (1, i - n_best)
+    ax = axes[row, col]
+    gt, pred = overlay['gt'][i], overlay['pred'][i]
+    ax.imshow(overlay['images'][i], interpolation='bilinear')
+    ax.plot(np.stack([gt[:, 0], pred[:, 0]]), np.stack([gt[:, 1], pred[:, 1]]), color='yellow',
+            lw=0.6, alpha=0.8)
+    ax.scatter(gt[:, 0], gt[:, 1], s=dot, c='lime', edgecolors='black', linewidths=0.3)
+    ax.scatter(pred[:, 0], pred[:, 1], s=dot, c='red', marker='x', linewidths=0.8)
+    ax.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
+    ax.set_title(f'{"best" if row == 0 else "worst"}: NME {100 * overlay["nme"][i]:.1f} %\n'
+                 f'{overlay["names"][i]}', fontsize=8)
+  fig.suptitle(f'{overlay["model"]} on {overlay["split"]}: best (top) and worst (bottom) faces'
+               f'{" by " + norm + " NME" if norm else ""}\n'
+               'green ● ground truth, red × prediction, yellow: error', fontsize=10)
+  fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _write(path: str, data: bytes | str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _dumps(record: dict[str, Any]) -> str:
+  """Indented JSON with every list of numbers on one line (the per-image NMEs)."""
+  text = json.dumps(record, indent=2)
+  return re.sub(r'\[\s+([-+0-9.eE,\s]+?)\s+\]',
+                lambda m: '[' + ' '.join(m.group(1).split()) + ']', text)
+
+
+def write_figures(results: dict[str, Any], workdir: str) -> list[str]:
+  """ced.png (needs 'nme_per_image') and worst.png (needs '_overlay'); returns the files made."""
+  made = []
+  if results.get('nme_per_image'):
+    plot_ced(results, os.path.join(workdir, 'ced.png'))
+    made.append('ced.png')
+  if results.get('_overlay'):
+    plot_overlays(results['_overlay'], os.path.join(workdir, 'worst.png'), results['norm'])
+    made.append('worst.png')
+  return made
+
+
+def write_scalars(results: dict[str, Any], workdir: str) -> None:
+  """TensorBoard scalars `eval/<split>/{nme,fr,auc,auc_kd}` in each stage directory of `workdir`,
+  at the stage's final step, so they appear beside its training curves (and in eval.jsonl)."""
+  for name, step in results.get('steps', {}).items():
+    stage_dir = os.path.join(workdir, name)
+    if os.path.isdir(stage_dir):
+      scalars = {f'eval/{split}/{k}': r[k] for split, r in results['models'][name].items()
+                 for k in ('nme', 'fr', 'auc', 'auc_kd') if k in r}
+      with metric_writer.MetricWriter(stage_dir, jsonl='eval.jsonl') as writer:
+        writer.write_scalars(step, scalars)
 
 
 def write_results(results: dict[str, Any], workdir: str) -> None:
-  """Writes results.json and results.md atomically and prints the table."""
-  table = markdown_table(results)
-  md = (f'# fkd results: {results["dataset"]}\n\n'
-        f'NME normalised {results["norm"]} in the {results["frame"]} frame '
-        f'({results["image_size"]} px crops); FR and AUC at {results["fr_threshold"]}.\n\n'
-        f'{table}\n')
-  for fname, text in (('results.json', json.dumps(results, indent=2)), ('results.md', md)):
-    tmp = os.path.join(workdir, fname + '.tmp')
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, fname))
-  print(table, flush=True)
+  """Writes results.json, results.md, ced.png, worst.png and the eval scalars; prints the tables.
+
+  Keys starting with '_' stay out of results.json (in-memory extras such as '_overlay').
+  """
+  write_scalars(results, workdir)
+  figures = write_figures(results, workdir)
+  record = {k: v for k, v in results.items() if not k.startswith('_')}
+  _write(os.path.join(workdir, 'results.json'), _dumps(record))
+  _write(os.path.join(workdir, 'results.md'), _markdown({**results, '_figures': figures}))
+  print(markdown_table(results), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Loads the eval data, scores every finished model of `workdir` and writes the reports."""
+  if not os.path.isdir(workdir):
+    raise FkdError(f'workdir {workdir} does not exist')
+  data = ip.load(config)
+  results = evaluate_workdir(config, workdir, data)
+  if len(results['models']) == 1:
+    print(f'fkd: no finished model in {workdir}; only the mean shape is scored', flush=True)
+  if jax.process_index() == 0:
+    write_results(results, workdir)
+  return results
+
+
+def _main(argv: list[str]) -> None:
+  import sys
+
+  from absl import app, logging
+
+  from fkd import main as cli
+
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.ERROR)
+  from fkd import distributed  # noqa: F401  (initialises multi-host runs from the environment)
+
+  try:
+    evaluate(cli._CONFIG.value, cli._WORKDIR.value)
+  except FkdError as e:
+    print(f'fkd: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  from fkd import main as cli
+
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  app.run(_main, flags_parser=cli.parse_flags)

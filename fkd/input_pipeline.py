@@ -4,10 +4,17 @@ Landmark datasets are small (thousands of crops), so each split is decoded once 
 the model resolution. Training batches are a pure function of (seed, step): a permutation per epoch,
 and per-sample augmentation seeded by the step. Resuming at step s therefore replays exactly the
 batches an uninterrupted run would have seen, with no iterator state to checkpoint.
+
+Why not grain / tf.data: the whole train split fits in memory (300W at 224² is 0.5 GB, WFLW 1.1 GB),
+and a pure function of (seed, step) makes resumption and multi-host sharding exact by construction.
+The per-image KD augmentation runs on `config.data.num_workers` threads (PIL and NumPy release the
+GIL) while the device computes the previous step (JAX dispatch is asynchronous);
+benchmarks/input_pipeline.py measures that it outpaces the train step.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import os
@@ -29,6 +36,7 @@ class Split:
   landmarks: np.ndarray  # (M, N, 2) float32
   soft_landmarks: np.ndarray | None  # (M, N, 2) float32, ASM targets of the plain crops
   names: list[str]
+  attributes: np.ndarray | None = None  # (M, 6) bool WFLW attribute flags, where the data has them
 
   def __len__(self) -> int:
     return len(self.images)
@@ -44,6 +52,7 @@ class Data:
   num_landmarks: int
   flip_permutation: np.ndarray
   pca: asm.PCAModel | None  # in this resolution's pixel frame
+  scheme: str | None = None  # '300w' | 'wflw' | 'cofw': the KD augmentation's per-dataset constants
 
 
 def _register_builders() -> None:
@@ -68,31 +77,25 @@ def prepare(config: Any) -> Any:
   """
   import tensorflow_datasets as tfds
 
-  builder = _builder(config)
+  builder = check_prepared_or_buildable(config)
   if builder.is_prepared():
     return builder
   manual_dir = config.data.manual_dir
-  needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
-  if needs_manual and not manual_dir:
-    raise FkdError(
-        f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
-        'config.data.manual_dir is not set: download it by hand (see README) and pass '
-        '--config.data.manual_dir=<folder>')
-  if manual_dir and not os.path.isdir(manual_dir):
-    raise FkdError(f'config.data.manual_dir {manual_dir} is not a directory')
   kwargs = {}
   if manual_dir:
     kwargs['download_config'] = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  if hasattr(builder, 'allow_partial'):  # the manual-download builders (tfds_builders/*)
+    builder.allow_partial = bool(getattr(config.data, 'allow_partial', False))
   print(f'Building dataset {config.data.name} in {builder.data_dir_root} (once) ...', flush=True)
   builder.download_and_prepare(**kwargs)
   return builder
 
 
-def check_prepared_or_buildable(config: Any) -> None:
+def check_prepared_or_buildable(config: Any) -> Any:
   """Validates the data config before anything is written (fails fast, one-line errors)."""
   builder = _builder(config)
   if builder.is_prepared():
-    return
+    return builder
   if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) and not config.data.manual_dir:
     raise FkdError(
         f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
@@ -100,6 +103,7 @@ def check_prepared_or_buildable(config: Any) -> None:
         '--config.data.manual_dir=<folder>')
   if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
     raise FkdError(f'config.data.manual_dir {config.data.manual_dir} is not a directory')
+  return builder
 
 
 def _decode(data: bytes | np.ndarray) -> Image.Image:
@@ -117,7 +121,7 @@ def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1) ->
   """Decodes a TFDS data source of square face crops into memory at size x size."""
   n = len(source) if limit <= 0 else min(limit, len(source))
   images = np.empty((n, size, size, 3), np.uint8)
-  landmarks, soft, names = [], [], []
+  landmarks, soft, names, attributes = [], [], [], []
   for i in range(n):
     ex = source[i]
     img = _decode(ex['image'])
@@ -132,9 +136,12 @@ def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1) ->
     landmarks.append(transform(points))
     if soft_key is not None:
       soft.append(transform(np.asarray(ex['soft_landmarks'][soft_key], np.float32)))
+    if 'attributes' in ex:
+      attributes.append(np.asarray(ex['attributes'], bool))
     name = ex.get('filename', str(i))
     names.append(name.decode() if isinstance(name, bytes) else str(name))
-  return Split(images, np.stack(landmarks), np.stack(soft) if soft else None, names)
+  return Split(images, np.stack(landmarks), np.stack(soft) if soft else None, names,
+               np.stack(attributes) if attributes else None)
 
 
 def _affine_pca(pca: asm.PCAModel, a: float, c: float) -> asm.PCAModel:
@@ -169,7 +176,8 @@ def load(config: Any, splits: tuple[str, ...] | None = None) -> Data:
     limit = config.data.max_train_examples if is_train else config.data.max_eval_examples
     out[name] = load_split(sources[name], size, soft_key if is_train else None, limit)
   perm = np.asarray(meta.get('flip_permutation', np.arange(config.data.num_landmarks)))
-  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca)
+  scheme = SCHEMES.get(config.data.name.split('/')[0])
+  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +196,12 @@ def to_target(points: np.ndarray, size: int, space: str) -> np.ndarray:
 
 def from_target(flat: np.ndarray, size: int, space: str) -> np.ndarray:
   """Inverse of `to_target`: (…, 2N) -> (…, N, 2) crop pixels (x = S/2 − S·u)."""
-  flat = np.asarray(flat, np.float32)
+  if isinstance(flat, np.ndarray | list | tuple):
+    flat = np.asarray(flat, np.float32)  # (jax arrays stay jax arrays: used inside jit too)
   if space == 'normalized':
     flat = size / 2.0 - size * flat
+  elif space != 'pixel':
+    raise FkdError(f"target space must be 'normalized' or 'pixel', got {space!r}")
   return flat.reshape(*flat.shape[:-1], -1, 2)
 
 
@@ -203,6 +214,68 @@ def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
   flipped = points[:, perm].copy()
   flipped[..., 0] = size - 1 - flipped[..., 0]
   return images[:, :, ::-1], flipped
+
+
+# TFDS name -> the augmentation constants of fkd.data.augment (copies per face, WFLW extras).
+SCHEMES = {'ibug_300w': '300w', 'wflw': 'wflw', 'cofw': 'cofw', 'synthetic_faces': '300w'}
+
+
+def _augment_kd(data: Data, split: Split, idx: np.ndarray, images: np.ndarray,
+                points: np.ndarray, rngs: list[np.random.Generator]):
+  """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
+
+  The offline original stores F copies per face: the plain crop and F − 1 augmented ones (F from
+  `augment.num_copies`, WFLW adds copies per attribute flag). Online, each draw is the plain crop
+  with probability 1/F, so the mix of plain and augmented faces is the same. The re-crop margin is
+  method.md's 3 px at 224², scaled to the model resolution.
+  """
+  from fkd.data import augment
+
+  out_images, out_points = np.empty_like(images), np.empty_like(points)
+  margin = 3.0 * data.image_size / 224.0
+
+  def one(i: int) -> None:
+    attrs = split.attributes[idx[i]] if split.attributes is not None else None
+    copies = augment.num_copies(data.scheme, attrs) if data.scheme else 1
+    out_images[i], out_points[i] = augment.augment_kd(
+        images[i], points[i], rngs[i], data.flip_permutation, margin=margin,
+        plain_prob=1.0 / copies)
+
+  if _POOL.workers > 1 and len(idx) > 1:
+    list(_POOL.get().map(one, range(len(idx))))
+  else:
+    for i in range(len(idx)):
+      one(i)
+  return out_images, out_points
+
+
+class _Pool:
+  """Threads for the per-image augmentation (PIL and NumPy release the GIL); results don't depend
+  on the number of workers, every image has its own random stream."""
+
+  def __init__(self) -> None:
+    self.workers = 1
+    self._pool = None
+
+  def set(self, workers: int) -> None:
+    workers = max(1, int(workers))
+    if workers != self.workers and self._pool is not None:
+      self._pool.shutdown()
+      self._pool = None
+    self.workers = workers
+
+  def get(self) -> concurrent.futures.ThreadPoolExecutor:
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, 'fkd-augment')
+    return self._pool
+
+
+_POOL = _Pool()
+
+
+def set_workers(workers: int) -> None:
+  """Number of threads that augment a batch (config.data.num_workers; 0 = os.cpu_count())."""
+  _POOL.set(workers or os.cpu_count() or 1)
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
@@ -235,9 +308,12 @@ def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, a
       points = points.copy()
       images[flip], points[flip] = _flip(images[flip], points[flip], data.flip_permutation,
                                          data.image_size)
+  elif augment == 'kd':
+    first = process_index * local
+    rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
+    images, points = _augment_kd(data, train, idx, images, points, rngs)
   elif augment != 'none':
-    raise FkdError(f"config.data.augment={augment!r} is not supported for {data.name}; "
-                   "use 'flip' or 'none'")
+    raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
   batch = {'image': images, 'landmarks': points}
   if data.pca is not None:
     batch['soft_landmarks'] = asm.asm_project(data.pca, points).astype(np.float32)

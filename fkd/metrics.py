@@ -69,6 +69,13 @@ def ced(nme: np.ndarray, threshold: float = 0.1, num: int = 101) -> tuple[np.nda
   return t, np.mean(np.asarray(nme)[None, :] <= t[:, None], axis=1)
 
 
+def ranked(nme: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of the k best (lowest NME first) and k worst (highest first) images."""
+  order = np.argsort(np.asarray(nme), kind='stable')
+  k = min(k, len(order))
+  return order[:k], order[::-1][:k]
+
+
 def summarize(nme: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
   """The per-split record of results.json: NME %, FR %, AUC (0..1) and the KD AUC variant."""
   return {

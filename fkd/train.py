@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import signal
 import threading
@@ -23,7 +22,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, evaluate, losses, models, pretrained, sharding
+from fkd import checkpoint, evaluate, losses, metric_writer, models, pretrained, sharding
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
@@ -76,6 +75,9 @@ def validate(config: Any, workdir: str) -> None:
   for name in config.stages:
     pretrained.check(stage_spec(name, config).model_config, pretrained.config_key(name))
   losses.KDParams.from_config(config.kd)
+  if config.eval.frame != 'crop':
+    raise FkdError(f"config.eval.frame: only 'crop' is implemented (NME in the model's face crop, "
+                   f"as KD-Loss reports it), got {config.eval.frame!r}")
   ip.check_prepared_or_buildable(config)
   if 'student_kd' in config.stages:
     for which in TEACHERS:
@@ -124,11 +126,6 @@ def init_state(model, optimizer, image_size: int, seed: int) -> dict[str, Any]:
           'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
 
 
-def _targets(points: jax.Array, size: int, space: str) -> jax.Array:
-  flat = points.reshape(points.shape[0], -1)
-  return (size / 2.0 - flat) / size if space == 'normalized' else flat
-
-
 def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: losses.KDParams,
                     image_size: int, space: str):
   """A pure step(state, batch, rng, teachers) -> (state, metrics); teachers are frozen inputs."""
@@ -139,9 +136,9 @@ def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: lo
 
   def step(state, batch, rng, teachers):
     images = batch['image'].astype(jnp.float32) / 255.0  # method.md §2.4: pixel/255, no mean/std
-    gt = _targets(batch['landmarks'], image_size, space)
-    target = gt if stage.target == 'landmarks' else _targets(batch['soft_landmarks'], image_size,
-                                                             space)
+    gt = ip.to_target(batch['landmarks'], image_size, space)
+    target = gt if stage.target == 'landmarks' else ip.to_target(batch['soft_landmarks'],
+                                                                  image_size, space)
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
@@ -286,7 +283,10 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
   meta = _meta(stage, config, steps)
-  log_path = os.path.join(stage_dir, 'metrics.jsonl')
+  schedule = make_schedule(tc, steps)
+  lead = jax.process_index() == 0
+  # TensorBoard events + metrics.jsonl in the stage directory (no TensorFlow needed).
+  writer = metric_writer.MetricWriter(stage_dir, active=lead)
 
   print(f'[{stage.name}] {stage.model_config.name} {dict(stage.model_config.kwargs)}: '
         f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
@@ -294,7 +294,9 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   t0 = time.time()
   t_log, n_log = t0, 0
   pending = None  # (step, metrics) of the previous step, checked once the next one is queued
-  with _preemption_guard() as preempted:
+  bar = metric_writer.progress(total=steps, initial=start, desc=stage.name, unit='step',
+                               enabled=lead)
+  with _preemption_guard() as preempted, bar, writer:
     for step in range(start, steps):
       batch = ip.train_batch(data, config.data.train_split, tc.batch_size, step, seed,
                              config.data.augment, jax.process_index(), jax.process_count())
@@ -304,21 +306,22 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
       done = step + 1
       pending = (done, metrics)
       n_log += 1
+      bar.update(1)
       if done % tc.log_every_steps == 0 or done == steps or done == start + 1:
         values = _check_finite(stage.name, done, metrics, stage_dir)
         now = time.time()
         rate = n_log * tc.batch_size / max(now - t_log, 1e-9)
         eta = (steps - done) * tc.batch_size / max(rate, 1e-9)
         terms = ' '.join(f'{k}={v:.4g}' for k, v in values.items())
-        print(f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s eta {eta:.0f}s',
-              flush=True)
-        if jax.process_index() == 0:
-          with open(log_path, 'a') as f:
-            f.write(json.dumps({'step': done, **values, 'img_per_s': rate}) + '\n')
+        metric_writer.write(f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s '
+                            f'eta {eta:.0f}s')
+        writer.write_scalars(done, {**values, 'lr': float(schedule(done - 1)),
+                                    'img_per_s': rate})
         t_log, n_log = now, 0
       stop = preempted(done)
       if done % tc.checkpoint_every_steps == 0 or done == steps or stop:
         _check_finite(stage.name, done, metrics, stage_dir)
+        writer.flush()
         checkpoint.save(mgr, done, jax.device_get(state), meta)
       if stop and done < steps:
         mgr.close()
@@ -337,6 +340,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   t0 = time.time()
   validate(config, workdir)
   data = ip.load(config)
+  ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()
   os.makedirs(workdir, exist_ok=True)
   for name in config.stages:

@@ -6,6 +6,8 @@ import tempfile
 
 import pytest
 
+from configs import kd as kd_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Many tests compile the same tiny programs (in this process and in the subprocesses they start):
@@ -29,3 +31,26 @@ def shared_data() -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f'shared data folder {path} is absent')
   return path
+
+
+def tiny_kd_config(data_dir: str):
+  """configs/kd.py:runlocal cut to a few steps per stage (for tests of what follows training)."""
+  config = kd_config.get_config('runlocal')
+  config.data.data_dir = data_dir
+  for tc in (config.train, config.teacher_train):
+    tc.num_steps = 6
+    tc.log_every_steps = 6
+    tc.checkpoint_every_steps = 6
+  return config
+
+
+@pytest.fixture(scope='session')
+def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
+  """A finished tiny KD run (3 stages, results written), trained once per session."""
+  from fkd import train
+
+  workdir = tmp_path_factory.getbasetemp() / 'kd_tiny_run'
+  config = tiny_kd_config(data_dir)
+  if not all(train.is_finished(str(workdir / s)) for s in config.stages):
+    train.run(config, str(workdir))
+  return workdir

@@ -79,3 +79,31 @@ def test_ced_monotone():
   t, c = metrics.ced(np.array([0.0, 0.05, 0.2]))
   assert c[0] == pytest.approx(1 / 3) and c[-1] == pytest.approx(2 / 3)
   assert np.all(np.diff(c) >= 0) and t[-1] == pytest.approx(0.1)
+
+
+def test_single_failure_among_good_images():
+  # Hand-computed: NME 0.02, 0.03, 0.04 and one failure at 0.15.
+  nme = np.array([0.02, 0.03, 0.04, 0.15])
+  s = metrics.summarize(nme)
+  assert s['fr'] == 25.0 and s['count'] == 4
+  assert s['nme'] == pytest.approx(6.0)
+  assert s['auc'] == pytest.approx((0.8 + 0.7 + 0.6 + 0.0) / 4)
+  # KD variant: each image adds (0.1/38)(361 − (k−1)²), k the first t_k = 0.1k/19 ≥ NME_j:
+  # k = 4, 6, 8 -> 352 + 336 + 312; the failure adds 0.
+  assert s['auc_kd'] == pytest.approx(0.1 / 38 * (352 + 336 + 312) / 4)
+  t, c = metrics.ced(nme)
+  assert c[-1] == pytest.approx(0.75)
+
+
+def test_threshold_is_configurable():
+  nme = np.array([0.05, 0.09])
+  assert metrics.failure_rate(nme, 0.08) == 50.0 and metrics.failure_rate(nme) == 0.0
+  assert metrics.auc(nme, 0.08) == pytest.approx((1 - 0.05 / 0.08) / 2)
+  assert metrics.summarize(nme, 0.08)['fr'] == 50.0
+
+
+def test_ranked():
+  best, worst = metrics.ranked(np.array([0.3, 0.1, 0.2, 0.05]), 2)
+  assert best.tolist() == [3, 1] and worst.tolist() == [0, 2]
+  best, worst = metrics.ranked(np.array([0.1]), 5)
+  assert best.tolist() == worst.tolist() == [0]

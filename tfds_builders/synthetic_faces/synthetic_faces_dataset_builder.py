@@ -24,21 +24,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from fkd import asm
-from fkd.data import crops, synthetic_render
+from fkd.data import crops, schemes, synthetic_render
 
 NUM_LANDMARKS = 68
 # Variance fractions of the stored soft landmarks (feature / metadata key -> acc).
 ASM_ACCS = {"p80": 0.80, "p85": 0.85, "p90": 0.90, "p95": 0.95, "p97": 0.97}
-# 300W horizontal-flip permutation (method.md §3.1).
-FLIP_PERMUTATION = [
-    16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
-    26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
-    27, 28, 29, 30, 35, 34, 33, 32, 31,
-    45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
-    54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,
-    64, 63, 62, 61, 60, 67, 66, 65,
-]  # fmt: skip
-INTER_OCULAR = [36, 45]
+# 300W horizontal-flip permutation (method.md §3.1) and outer eye corners.
+FLIP_PERMUTATION = list(schemes.SCHEMES["300w"].flip_permutation)
+INTER_OCULAR = list(schemes.SCHEMES["300w"].inter_ocular)
 
 _DESCRIPTION = """\
 Procedurally rendered faces (numpy + PIL) with 68 landmarks in the 300W point order, for fast

@@ -1,0 +1,202 @@
+"""Export of a trained model for deployment: StableHLO (`jax.export`) or TFLite (via jax2tf).
+
+  python -m fkd.export --workdir=DIR --format=stablehlo [--stage=student_kd] [--batch=0]
+      [--output=DIR/export/student_kd.stablehlo]
+  python -m fkd.export --workdir=DIR --format=tflite      # needs TensorFlow installed
+
+The exported function is the whole inference: uint8 face crops (B, S, S, 3), S = the model's
+`image_size`, -> landmarks (B, N, 2) float32 in crop pixels (pixel centres at integers), with the
+parameters baked in as constants. Map them to the photo with the inverse crop affine
+(`fkd.predict`). `--batch=0` (default) exports a symbolic batch size for StableHLO; TFLite always
+gets a fixed batch (1 when 0). Next to the artifact a `.json` file records the input/output
+contract and the model. Load the StableHLO artifact with
+
+  exp = jax.export.deserialize(open(path, 'rb').read()); landmarks = exp.call(images)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fkd import checkpoint
+from fkd.errors import FkdError
+
+FORMATS = ('stablehlo', 'tflite')
+
+
+def inference_fn(stage_dir: str) -> tuple[Callable[[jax.Array], jax.Array], dict[str, Any]]:
+  """`f(images uint8 (B, S, S, 3)) -> landmarks (B, N, 2)` in crop pixels, and the stage's meta.
+
+  The parameters are closed over, so they become constants of the exported program.
+  """
+  from fkd import predict
+
+  predictor = predict.Predictor(stage_dir)
+  return functools.partial(predictor.landmarks, predictor.variables), predictor.meta
+
+
+def export_stablehlo(fn: Callable, image_size: int, batch: int = 0,
+                     platforms: Sequence[str] | None = None) -> jax.export.Exported:
+  """`jax.export` of `fn` on uint8 (batch, S, S, 3); batch 0 = symbolic batch size 'b'."""
+  (b,) = jax.export.symbolic_shape('b') if batch <= 0 else (batch,)
+  spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
+  return jax.export.export(jax.jit(fn), platforms=platforms)(spec)
+
+
+def load_stablehlo(path: str) -> jax.export.Exported:
+  with open(path, 'rb') as f:
+    return jax.export.deserialize(bytearray(f.read()))
+
+
+def export_tflite(fn: Callable, image_size: int, batch: int = 1) -> bytes:
+  """A TFLite flatbuffer through jax2tf + a SavedModel (TFLite reads the embedded StableHLO)."""
+  try:
+    import tensorflow as tf
+  except ImportError:
+    raise FkdError('--format=tflite needs TensorFlow (pip install tensorflow), which is not '
+                   'installed; --format=stablehlo needs only JAX') from None
+  from jax.experimental import jax2tf
+
+  spec = tf.TensorSpec((max(batch, 1), image_size, image_size, 3), tf.uint8, name='images')
+  tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), input_signature=[spec],
+                      autograph=False)
+  module = tf.Module()
+  module.serve = tf_fn
+  with tempfile.TemporaryDirectory() as tmp:
+    tf.saved_model.save(module, tmp, signatures=tf_fn.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                           tf.lite.OpsSet.SELECT_TF_OPS]
+    return converter.convert()
+
+
+def run_tflite(model: bytes, images: np.ndarray) -> np.ndarray:
+  """Runs a TFLite flatbuffer on a batch (TensorFlow's interpreter)."""
+  import tensorflow as tf
+
+  interpreter = tf.lite.Interpreter(model_content=model)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]['index'], images)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+
+
+def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
+           stage: str | None = None, batch: int = 0,
+           platforms: Sequence[str] | None = None) -> dict[str, Any]:
+  """Exports a stage of `workdir` (default: the student) and checks it against JAX.
+
+  Returns the record written next to the artifact (paths, shapes, model, parity).
+  """
+  from fkd import predict
+
+  if fmt not in FORMATS:
+    raise FkdError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+  stage_dir = os.path.join(workdir, stage) if stage else predict.find_stage(workdir)
+  if checkpoint.read_meta(stage_dir) is None:
+    raise FkdError(f'no checkpoint in {stage_dir}')
+  fn, meta = inference_fn(stage_dir)
+  size = int(meta['image_size'])
+  name = os.path.basename(os.path.normpath(stage_dir))
+  output = output or os.path.join(workdir, 'export', f'{name}.{fmt}')
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+
+  probe_batch = batch if batch > 0 else 2
+  probe = np.random.default_rng(0).integers(0, 256, (probe_batch, size, size, 3), np.uint8)
+  expected = np.asarray(jax.jit(fn)(probe))
+  if fmt == 'stablehlo':
+    exported = export_stablehlo(fn, size, batch, platforms)
+    try:
+      data = exported.serialize()
+    except ImportError as e:  # jax.export serialization needs the `flatbuffers` package
+      raise FkdError(f'--format=stablehlo: {e}') from None
+    got = np.asarray(jax.export.deserialize(data).call(probe))
+    in_shape = [d if isinstance(d, int) else str(d) for d in exported.in_avals[0].shape]
+    extra = {'platforms': list(exported.platforms),
+             'load': "jax.export.deserialize(open(path, 'rb').read()).call(images)"}
+  else:
+    if batch <= 0:
+      batch = probe_batch = 1
+      probe = probe[:1]
+      expected = expected[:1]
+    data = export_tflite(fn, size, batch)
+    got = run_tflite(data, probe)
+    in_shape = [batch, size, size, 3]
+    extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
+  with open(output, 'wb') as f:
+    f.write(data)
+  diff = float(np.max(np.abs(got - expected)))
+  record = {
+      'artifact': os.path.abspath(output), 'format': fmt, 'bytes': len(data),
+      'input': {'name': 'images', 'shape': in_shape, 'dtype': 'uint8',
+                'meaning': 'RGB face crops, the box resized anisotropically (fkd.predict)'},
+      'output': {'shape': [in_shape[0], int(meta['num_landmarks']), 2], 'dtype': 'float32',
+                 'meaning': 'landmarks (x, y) in crop pixels, pixel centres at integers'},
+      'model': {'checkpoint': os.path.abspath(stage_dir),
+                **{k: meta[k] for k in ('stage', 'model', 'model_kwargs', 'dataset',
+                                        'image_size', 'num_landmarks', 'target_space')
+                   if k in meta}},
+      'parity_max_abs_diff': diff, **extra}
+  with open(os.path.splitext(output)[0] + '.json', 'w') as f:
+    json.dump(record, f, indent=1)
+  return record
+
+
+def _define_flags():
+  from absl import flags
+
+  flags.DEFINE_string('workdir', None, 'Run directory.')
+  flags.DEFINE_enum('format', 'stablehlo', FORMATS, 'Artifact format.')
+  flags.DEFINE_string('output', None, 'Artifact path (default DIR/export/<stage>.<format>).')
+  flags.DEFINE_string('stage', None, 'Stage to export (default: student_kd, else '
+                      'student_baseline, else a teacher).')
+  flags.DEFINE_integer('batch', 0, 'Fixed batch size; 0 = symbolic (StableHLO) or 1 (TFLite).')
+  flags.DEFINE_list('platforms', None, 'StableHLO lowering platforms (cpu, cuda, rocm, tpu); '
+                    'default: this machine\'s backend.')
+  flags.mark_flags_as_required(['workdir'])
+  return flags.FLAGS
+
+
+def _main(argv: list[str]) -> None:
+  from absl import app, logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines
+  f = _FLAGS
+  try:
+    record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
+  except FkdError as e:
+    print(f'fkd: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  print(f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
+        f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
+        f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}', flush=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  from absl import flags
+
+  try:
+    return _FLAGS(argv)
+  except flags.Error as e:
+    print(f'fkd: error: bad command line: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  _FLAGS = _define_flags()
+  app.run(_main, flags_parser=parse_flags)

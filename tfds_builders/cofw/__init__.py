@@ -1,0 +1,5 @@
+"""cofw dataset, configs `default` (29 points) and `cofw68` (import registers the builder)."""
+
+from tfds_builders.cofw.cofw_dataset_builder import Cofw, CofwConfig
+
+__all__ = ["Cofw", "CofwConfig"]
