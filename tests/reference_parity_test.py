@@ -86,7 +86,7 @@ def _randomize_keras(model, seed: int, to_input, norm: tuple | None = None) -> N
   batch: with the init's trivial statistics (or random ones) the deep random nets saturate and
   their logits stop depending on the input, which would make the comparison hollow."""
   rng = np.random.default_rng(seed)
-  for layer in model.layers:
+  for layer in model.layers:  # (kernels: Keras' initialisers under keras.utils.set_random_seed)
     cls = type(layer).__name__
     if cls == 'BatchNormalization':
       c = layer.gamma.shape[0]
@@ -110,6 +110,7 @@ def _keras_logits(model, x):
 
 def test_keras_mobilenet_v2(tmp_path):
   keras = pytest.importorskip('keras')
+  keras.utils.set_random_seed(0)
   model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
   to_input = lambda x: keras.applications.mobilenet_v2.preprocess_input(x * 255.0)
   _randomize_keras(model, 0, to_input)
@@ -125,6 +126,7 @@ def test_keras_efficientnet_b0(tmp_path):
   """The `.keras` path (layer names and Normalization read from the config), random input
   normalisation; both depthwise implementations."""
   keras = pytest.importorskip('keras')
+  keras.utils.set_random_seed(0)
   model = keras.applications.EfficientNetB0(weights=None, input_shape=(224, 224, 3))
   _randomize_keras(model, 1, lambda x: x * 255.0)
   src = str(tmp_path / 'b0.keras')
@@ -143,6 +145,7 @@ def test_keras_efficientnet_imagenet_normalization_from_weights_h5(tmp_path):
   here lacks that layer, so it is emulated on the input: with c = 1/√stddev, feeding
   x' = 255·(c·x + (1 − c)·mean) gives (x'/255 − mean) = c·(x − mean)."""
   keras = pytest.importorskip('keras')
+  keras.utils.set_random_seed(0)
   model = keras.applications.EfficientNetB0(weights=None, input_shape=(224, 224, 3))
   mean = np.array([0.485, 0.456, 0.406])
   stddev = np.array(import_weights.KERAS_IMAGENET_STDDEV_RGB)
