@@ -82,6 +82,20 @@ def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
   return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
+def save_model(directory: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Writes {'params', 'batch_stats'} + meta as step 0 of `directory` (imported weights).
+
+  The layout is a stage directory's without the `train` item, so `load_model` and `read_meta`
+  read it and configs can name it as `init_from`.
+  """
+  mgr = manager(directory)
+  model = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  mgr.save(0, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
+                                      meta=ocp.args.JsonSave(meta)), force=True)
+  mgr.wait_until_finished()
+  mgr.close()
+
+
 def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """Host (NumPy) {'params', 'batch_stats'} and metadata of a stage's latest step.
 

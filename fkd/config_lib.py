@@ -93,15 +93,19 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
   ))
 
   # method.md §2.4: MobileNetV2 1.0 student, GAP -> Dense(2N), random init, no dropout.
+  # `init_from` (student and teacher): an fkd checkpoint directory to start from, e.g. ImageNet
+  # weights converted by `python -m fkd.tools.import_weights` (method.md §2.4: "fkd default:
+  # random init; option: ImageNet init"); None = random init. See fkd/pretrained.py.
   c.student = ml_collections.ConfigDict(dict(
-      name='mobilenet_v2',
+      name='mobilenet_v2', init_from=config_dict.placeholder(str),
       # CPU size: BN momentum 0.99 so the running statistics settle within a short run (Keras'
       # 0.999 needs thousands of steps).
       kwargs=dict(width=1.0, depth=1.0) if paper else
       dict(width=0.5, depth=0.5, bn_momentum=0.99)))
   # method.md §2.4: EfficientNet-B3 teachers at 224, top dropout 0.5, drop-connect 0.2.
   c.teacher = ml_collections.ConfigDict(dict(
-      name='efficientnet_b3', kwargs=dict(dropout=0.5, drop_connect_rate=0.2)))
+      name='efficientnet_b3', init_from=config_dict.placeholder(str),
+      kwargs=dict(dropout=0.5, drop_connect_rate=0.2)))
   if not paper:
     # CPU size: a shrunken EfficientNet-B3 (width x0.35, depth x0.4) did not beat the mean shape
     # within this budget (17.6 % vs 16.7 % NME after 800 steps, with or without dropout), while

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, evaluate, fan_train, losses, metric_writer, models, sharding
+from fkd import checkpoint, evaluate, fan_train, losses, metric_writer, models, pretrained, sharding
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
@@ -80,7 +80,7 @@ def teacher_dir(config: Any, workdir: str, which: str) -> str:
 
 def validate(config: Any, workdir: str) -> None:
   for name in config.stages:
-    stage_spec(name, config)
+    pretrained.check(stage_spec(name, config).model_config, pretrained.config_key(name))
   if fan_train.is_fan(config):
     fan_train.validate(config, workdir)
   losses.KDParams.from_config(config.kd)
@@ -254,6 +254,7 @@ def is_finished(stage_dir: str) -> bool:
 def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
                 mesh: jax.sharding.Mesh) -> None:
   """Trains one stage to its final step, resuming from the stage's latest checkpoint."""
+  stage = pretrained.resolve_stage(stage)  # init_from's input normalisation and BN epsilon
   stage_dir = os.path.join(workdir, stage.name)
   tc = stage.train_config
   sharding.check_batch_size(tc.batch_size)
@@ -289,6 +290,9 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   if mgr.latest_step() is not None:
     state = checkpoint.restore(mgr, state)
     print(f'[{stage.name}] resuming from step {int(state["step"])}', flush=True)
+  elif stage.model_config.get('init_from'):
+    state = pretrained.load_into(state, stage, optimizer)
+    print(f'[{stage.name}] initialised from {stage.model_config.init_from}', flush=True)
   state = sharding.replicate(state, mesh)
   start = int(state['step'])
 

@@ -152,3 +152,16 @@ def test_depthwise_kernel_gradient_batch_sharded():
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
+
+
+def test_depthwise_symmetric_padding_by_hand():
+  """All-ones 4x4 input and 3x3 kernel, stride 2: PyTorch-style padding 1 on every side gives
+  window sums 4, 6 / 6, 9; TF 'SAME' pads (0, 1) and gives 9, 6 / 6, 4. Both implementations."""
+  x = jnp.ones((1, 4, 4, 2))
+  expected = {'symmetric': [[4, 6], [6, 9]], 'same': [[9, 6], [6, 4]]}
+  for padding, want in expected.items():
+    for impl in ('shifted', 'grouped'):
+      layer = layers.DepthwiseConv(3, 2, impl=impl, padding=padding,
+                                   kernel_init=nn.initializers.ones)
+      y, _ = layer.init_with_output(jax.random.key(0), x)
+      np.testing.assert_allclose(y[0, :, :, 0], want, err_msg=f'{padding} {impl}')

@@ -187,7 +187,7 @@ def test_get_model_registry():
   assert isinstance(get_model('mobilenet_v2', num_outputs=3), MobileNetV2)
   assert set(models.model_names()) >= {'mobilenet_v2', 'efficientnet', 'efficientnet_b0'}
   with pytest.raises(ValueError):
-    get_model('resnet50')
+    get_model('resnet18')
   small = get_model('efficientnet_b3', width_scale=0.5, depth_scale=0.5)
   _, feats = _apply_shapes(small, 32)
   assert feats['stem'].shape[-1] == 24  # make_divisible(32 * 1.2 * 0.5)

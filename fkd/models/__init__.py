@@ -4,7 +4,9 @@
 dropout=0.5)`, `get_model('efficientnet', width_coefficient=..., depth_coefficient=...)`.
 For `efficientnet_bX` the preset width/depth coefficients and top dropout of
 `EFFICIENTNET_PARAMS` are defaults that kwargs override; the preset resolution is not a model
-field (KD-Loss feeds its teachers 224×224).
+field (KD-Loss feeds its teachers 224×224). `get_model('resnet50', num_outputs=1000)` is
+torchvision's ResNet-50; `'resnet'` takes `stage_sizes` and `width` (tiny test models).
+Lists in kwargs (as JSON checkpoint meta gives them) become tuples.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from fkd.models.fan import PRESETS as HEATMAP_PRESETS
 from fkd.models.fan import HeatmapNet
 from fkd.models.layers import Conv1x1, DepthwiseConv, PointwiseConv, make_divisible
 from fkd.models.mobilenet_v2 import MobileNetV2
+from fkd.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet
 
 __all__ = [
-    'EFFICIENTNET_PARAMS', 'HEATMAP_PRESETS', 'Conv1x1', 'DepthwiseConv', 'EfficientNet',
-    'HeatmapNet', 'MobileNetV2', 'PointwiseConv', 'count_params', 'get_model', 'is_heatmap_model',
+    'EFFICIENTNET_PARAMS', 'HEATMAP_PRESETS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Conv1x1',
+    'DepthwiseConv', 'EfficientNet', 'HeatmapNet', 'MobileNetV2', 'PointwiseConv', 'ResNet',
+    'count_params', 'get_model', 'is_heatmap_model',
     'make_divisible', 'model_names',
 ]
 
 
 def model_names() -> list[str]:
   return (['mobilenet_v2', 'efficientnet'] + [f'efficientnet_{k}' for k in EFFICIENTNET_PARAMS]
-          + ['heatmap_net', *HEATMAP_PRESETS])
+          + ['resnet', 'resnet50', 'heatmap_net', *HEATMAP_PRESETS])
 
 
 def is_heatmap_model(name: str) -> bool:
@@ -40,6 +44,7 @@ def is_heatmap_model(name: str) -> bool:
 
 def get_model(name: str, /, **kwargs: Any) -> nn.Module:
   """Builds a model by name; kwargs are module fields (including the Flax `name`)."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # JSON meta
   if name == 'mobilenet_v2':
     return MobileNetV2(**kwargs)
   if name == 'efficientnet':
@@ -49,6 +54,10 @@ def get_model(name: str, /, **kwargs: Any) -> nn.Module:
     kwargs = {'width_coefficient': width, 'depth_coefficient': depth, 'dropout': dropout,
               **kwargs}
     return EfficientNet(**kwargs)
+  if name == 'resnet':
+    return ResNet(**kwargs)
+  if name == 'resnet50':
+    return ResNet(**{'stage_sizes': (3, 4, 6, 3), **kwargs})
   if name == 'heatmap_net':
     return HeatmapNet(**kwargs)
   if name in HEATMAP_PRESETS:

@@ -1,6 +1,10 @@
 """EfficientNet-B0…B7 as `keras.applications.EfficientNetB*` builds them, in Flax linen.
 
-Keras' Rescaling/Normalization preprocessing layers are left out: fkd feeds float NHWC in [0, 1].
+fkd feeds float NHWC in [0, 1]. Keras' Rescaling(1/255) + Normalization (+ the extra Rescaling of
+`weights='imagenet'`) input layers are expressed as `input_mean` / `input_std` on that [0, 1]
+input (None = no normalisation, the KD-Loss setting); `fkd.tools.import_weights` sets them from
+the source file. Padding is TF 'SAME', which equals Keras' explicit `correct_pad` + 'valid'
+before every stride-2 convolution at every input size.
 `__call__(x, *, train)` returns `(out, features)`:
 
 - `out`: (B, num_outputs), or the pooled features when `num_outputs` is None;
@@ -28,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible
+from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
 
 Array = jax.Array
 
@@ -111,6 +115,8 @@ class EfficientNet(nn.Module):
     include_top_conv: the final 1x1 conv to round_filters(1280) (+BN+swish).
     width_scale, depth_scale: CPU knobs multiplying the coefficients (1.0 = preset), e.g. to
       shrink a B3 teacher for smoke runs.
+    input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
+      None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
   """
   num_outputs: int | None = None
@@ -124,6 +130,8 @@ class EfficientNet(nn.Module):
   include_top_conv: bool = True
   width_scale: float = 1.0
   depth_scale: float = 1.0
+  input_mean: tuple[float, ...] | None = None
+  input_std: tuple[float, ...] | None = None
   dtype: Any = None
 
   def round_filters(self, filters: int) -> int:
@@ -137,6 +145,7 @@ class EfficientNet(nn.Module):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                    epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     features = {}
+    x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(self.round_filters(32), (3, 3), strides=2, padding='SAME', use_bias=False,
                 kernel_init=_conv_init, dtype=self.dtype, name='stem_conv')(x)
     x = features['stem'] = nn.swish(bn('stem_bn')(x))

@@ -39,6 +39,21 @@ def same_padding(size: Sequence[int], kernel_size: int, strides: int) -> list[tu
                              (strides,) * len(size), 'SAME')
 
 
+def normalize_input(x: Array, mean: Sequence[float] | None,
+                    std: Sequence[float] | None) -> Array:
+  """Per-channel `(x - mean) / std` on NHWC input in [0, 1]; identity when both are None.
+
+  This is where a backbone imported from ImageNet weights applies its source's preprocessing
+  (recorded by `fkd.tools.import_weights` in the checkpoint meta), so the rest of fkd always feeds
+  pixel/255.
+  """
+  if mean is None and std is None:
+    return x
+  mean = jnp.asarray(0.0 if mean is None else tuple(mean), x.dtype)
+  std = jnp.asarray(1.0 if std is None else tuple(std), x.dtype)
+  return (x - mean) / std
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere."""
   if impl not in DEPTHWISE_IMPLS:
@@ -144,18 +159,29 @@ _DEPTHWISE_FNS = {
 }
 
 
+def conv_padding(padding: str, size: Sequence[int], kernel_size: int,
+                 strides: int) -> list[tuple[int, int]]:
+  """'same' = TF/Keras (asymmetric when odd), 'symmetric' = PyTorch's `k // 2` on every side."""
+  if padding == 'same':
+    return same_padding(size, kernel_size, strides)
+  if padding == 'symmetric':
+    return [(kernel_size // 2, kernel_size // 2)] * len(size)
+  raise ValueError(f"padding must be 'same' or 'symmetric', got {padding!r}")
+
+
 class DepthwiseConv(nn.Module):
-  """k×k depthwise convolution (depth multiplier 1), TF 'SAME' padding.
+  """k×k depthwise convolution (depth multiplier 1), TF 'SAME' or PyTorch symmetric padding.
 
   Params `kernel` (k, k, 1, C) and optional `bias` (C,), as `nn.Conv(features=C,
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
   multiply-adds with a custom-VJP kernel gradient), 'shifted_autodiff' (the same, plain
-  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere).
+  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere). `padding`: 'same' | 'symmetric'.
   """
   kernel_size: int = 3
   strides: int = 1
   use_bias: bool = False
   impl: str = 'auto'
+  padding: str = 'same'
   kernel_init: Initializer = nn.linear.default_kernel_init
   bias_init: Initializer = nn.initializers.zeros_init()
   dtype: Dtype | None = None
@@ -167,7 +193,7 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, c), self.param_dtype)
     bias = self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    pads = tuple(tuple(p) for p in same_padding(x.shape[1:3], k, self.strides))
+    pads = tuple(tuple(p) for p in conv_padding(self.padding, x.shape[1:3], k, self.strides))
     y = _DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)](x, kernel, self.strides, pads)
     return y if bias is None else y + bias
 

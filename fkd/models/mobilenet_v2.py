@@ -1,6 +1,11 @@
 """MobileNetV2 as Keras `MobileNetV2(alpha, include_top)` builds it, in Flax linen.
 
-Input: float NHWC in [0, 1], no normalisation inside (KD-Loss feeds pixel/255).
+Input: float NHWC in [0, 1] (KD-Loss feeds pixel/255); no normalisation inside unless `input_mean`
+/ `input_std` are set (Keras' `mobilenet_v2.preprocess_input`, x/127.5 − 1, is mean = std = 0.5).
+Padding is TF 'SAME' (`padding='same'`), which equals Keras' explicit `correct_pad` + 'valid'
+before the stride-2 depthwise convolutions at every input size; `padding='symmetric'` pads 1 on
+every side like torchvision's `mobilenet_v2` (with `bn_epsilon=1e-5`, as the import tool sets for
+torch weights).
 `__call__(x, *, train)` returns `(out, features)`:
 
 - `out`: (B, num_outputs), or the pooled features (B, C_last) when `num_outputs` is None;
@@ -22,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible
+from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
 
 Array = jax.Array
 
@@ -47,6 +52,7 @@ class InvertedResidual(nn.Module):
   bn_momentum: float
   bn_epsilon: float
   depthwise_impl: str = 'auto'
+  padding: str = 'same'
   dtype: Any = None
 
   @nn.compact
@@ -59,8 +65,8 @@ class InvertedResidual(nn.Module):
       y = Conv1x1(self.expansion * cin, use_bias=False, kernel_init=_glorot, dtype=self.dtype,
                   name='expand')(y)
       y = relu6(bn('expand_bn')(y))
-    y = DepthwiseConv(3, self.strides, impl=self.depthwise_impl, kernel_init=_glorot,
-                      dtype=self.dtype, name='depthwise')(y)
+    y = DepthwiseConv(3, self.strides, impl=self.depthwise_impl, padding=self.padding,
+                      kernel_init=_glorot, dtype=self.dtype, name='depthwise')(y)
     y = relu6(bn('depthwise_bn')(y))
     y = Conv1x1(self.features, use_bias=False, kernel_init=_glorot, dtype=self.dtype,
                 name='project')(y)
@@ -81,6 +87,9 @@ class MobileNetV2(nn.Module):
     dropout: dropout rate before the head ('dropout' rng, train only).
     bn_momentum, bn_epsilon: Keras values 0.999 and 1e-3.
     depthwise_impl: 'auto' | 'shifted' | 'shifted_autodiff' | 'grouped' (see layers.py).
+    padding: 'same' (Keras) | 'symmetric' (torchvision).
+    input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
+      None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
   """
   num_outputs: int | None = None
@@ -91,6 +100,9 @@ class MobileNetV2(nn.Module):
   bn_momentum: float = 0.999
   bn_epsilon: float = 1e-3
   depthwise_impl: str = 'auto'
+  padding: str = 'same'
+  input_mean: tuple[float, ...] | None = None
+  input_std: tuple[float, ...] | None = None
   dtype: Any = None
 
   @nn.compact
@@ -98,7 +110,9 @@ class MobileNetV2(nn.Module):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                    epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     features = {}
-    x = nn.Conv(make_divisible(32 * self.width, 8), (3, 3), strides=2, padding='SAME',
+    x = normalize_input(x, self.input_mean, self.input_std)
+    x = nn.Conv(make_divisible(32 * self.width, 8), (3, 3), strides=2,
+                padding='SAME' if self.padding == 'same' else ((1, 1), (1, 1)),
                 use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='stem_conv')(x)
     x = features['stem'] = relu6(bn('stem_bn')(x))
 
@@ -107,7 +121,7 @@ class MobileNetV2(nn.Module):
       for i in range(max(1, math.ceil(n * self.depth))):
         x = InvertedResidual(
             t, make_divisible(int(c * self.width), 8), s if i == 0 else 1,
-            self.bn_momentum, self.bn_epsilon, self.depthwise_impl, self.dtype,
+            self.bn_momentum, self.bn_epsilon, self.depthwise_impl, self.padding, self.dtype,
             name=f'block_{block_id}')(x, train=train)
         block_id += 1
       features[f'stage_{stage}'] = x
