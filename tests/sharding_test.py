@@ -19,8 +19,10 @@ _SCRIPT = textwrap.dedent('''
     teacher_model = train.build_model(config.teacher, n_out)
     # SGD: Adam's m/sqrt(v) turns float32 noise in near-zero gradients into +-lr steps, which
     # would hide real mismatches behind tolerance; the step code is the same for any optimizer.
+    # lr 0.01: at 0.05 the second step lands where the gradient norm is ill-conditioned (a BN
+    # channel of near-zero batch variance) and float32 summation order alone moved it by 0.7 %.
     import optax
-    opt = optax.sgd(0.05)
+    opt = optax.sgd(0.01)
     rng = np.random.default_rng(0)
     batch = {'image': rng.integers(0, 255, (8, size, size, 3), dtype=np.uint8),
              'landmarks': rng.uniform(0, size, (8, 68, 2)).astype(np.float32)}
