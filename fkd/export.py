@@ -30,6 +30,7 @@ import numpy as np
 
 from fkd import checkpoint
 from fkd.errors import FkdError
+from fkd.models import layers
 
 FORMATS = ('stablehlo', 'tflite')
 
@@ -115,7 +116,8 @@ def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
   probe = np.random.default_rng(0).integers(0, 256, (probe_batch, size, size, 3), np.uint8)
   expected = np.asarray(jax.jit(fn)(probe))
   if fmt == 'stablehlo':
-    exported = export_stablehlo(fn, size, batch, platforms)
+    with layers.portable_ops():  # standard conv ops for other runtimes
+      exported = export_stablehlo(fn, size, batch, platforms)
     try:
       data = exported.serialize()
     except ImportError as e:  # jax.export serialization needs the `flatbuffers` package
@@ -129,7 +131,8 @@ def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
       batch = probe_batch = 1
       probe = probe[:1]
       expected = expected[:1]
-    data = export_tflite(fn, size, batch)
+    with layers.portable_ops():  # TFLite's native CONV_2D / DEPTHWISE_CONV_2D
+      data = export_tflite(fn, size, batch)
     got = run_tflite(data, probe)
     in_shape = [batch, size, size, 3]
     extra = {'load': 'tf.lite.Interpreter(model_path=path)'}

@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -165,3 +166,22 @@ def test_depthwise_symmetric_padding_by_hand():
                                    kernel_init=nn.initializers.ones)
       y, _ = layer.init_with_output(jax.random.key(0), x)
       np.testing.assert_allclose(y[0, :, :, 0], want, err_msg=f'{padding} {impl}')
+
+
+def test_portable_ops_give_the_same_model_outputs():
+  """Export traces standard convolutions (layers.portable_ops); the maths must not change."""
+  from fkd.models import MobileNetV2, layers
+
+  model = MobileNetV2(num_outputs=6, width=0.35, depth=0.34)
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  fast, _ = model.apply(variables, x, train=False)
+  with layers.portable_ops():
+    jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+    portable, _ = model.apply(variables, x, train=False)
+  # Grouped depthwise convolutions; the only matrix product left is the Dense head.
+  groups = [int(g) for g in re.findall(r'feature_group_count=(\d+)', jaxpr)]
+  assert max(groups) > 1 and jaxpr.count('dot_general[') == 1, (groups, jaxpr.count('dot_general['))
+  np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
+  assert layers.resolve_depthwise_impl('auto') == (
+      'shifted' if jax.default_backend() == 'cpu' else 'grouped')

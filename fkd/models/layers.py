@@ -8,6 +8,8 @@ weights, and 1x1 convolutions as one 2-D `dot_general` (see docs/cpu-speed.md). 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -54,12 +56,28 @@ def normalize_input(x: Array, mean: Sequence[float] | None,
   return (x - mean) / std
 
 
+_PORTABLE = contextvars.ContextVar('fkd_portable_ops', default=False)
+
+
+@contextlib.contextmanager
+def portable_ops():
+  """Inside, models trace to the standard ops whatever the backend: 'auto' depthwise convolutions
+  as grouped convolutions and `Conv1x1` as a 1x1 convolution. For export: TFLite and other
+  runtimes map them to their native CONV_2D / DEPTHWISE_CONV_2D kernels (the CPU-fast forms are
+  XLA:CPU workarounds). Same maths, tested equal."""
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
 def resolve_depthwise_impl(impl: str) -> str:
-  """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere."""
+  """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere (and inside `portable_ops`)."""
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'Unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}.')
   if impl == 'auto':
-    return 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+    return 'shifted' if jax.default_backend() == 'cpu' and not _PORTABLE.get() else 'grouped'
   return impl
 
 
@@ -218,9 +236,14 @@ class Conv1x1(nn.Module):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = lax.dot_general(x.reshape(-1, cin), kernel.reshape(cin, self.features),
-                        (((1,), (0,)), ((), ())), precision=self.precision)
-    y = y.reshape(*x.shape[:-1], self.features)
+    if _PORTABLE.get() and x.ndim == 4:
+      y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   precision=self.precision)
+    else:
+      y = lax.dot_general(x.reshape(-1, cin), kernel.reshape(cin, self.features),
+                          (((1,), (0,)), ((), ())), precision=self.precision)
+      y = y.reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias
 
 
