@@ -16,7 +16,8 @@ The Keras side builds the same models with `keras.applications` (random weights,
 step is one Keras model whose output concatenates the student's and the frozen teachers' (called
 with `training=False`, `trainable=False`) predictions, with KD-Loss (released-code constants)
 written in `keras.ops`. Keras runs on TensorFlow (`KERAS_BACKEND=tensorflow`, set here) with
-Keras' default `jit_compile='auto'` unless `--keras-jit` says otherwise.
+Keras' default `jit_compile='auto'` (which means no XLA on a CPU-only machine: TensorFlow's
+graph runtime with its oneDNN kernels) unless `--keras-jit` says otherwise.
 
 Each pair is compiled (fkd: `jit(...).lower().compile()` time; Keras: the first call), warmed up,
 then fkd and Keras alternate step by step so a shared machine's noise hits both alike; medians of
