@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -177,29 +176,14 @@ def _main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines
   f = _FLAGS
-  try:
-    record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
-  except FkdError as e:
-    print(f'fkd: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
   print(f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
         f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
         f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}', flush=True)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  from absl import flags
-
-  try:
-    return _FLAGS(argv)
-  except flags.Error as e:
-    print(f'fkd: error: bad command line: {e}', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  from absl import app
+  from fkd import cli
 
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   _FLAGS = _define_flags()
-  app.run(_main, flags_parser=parse_flags)
+  cli.run(_main)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -243,28 +242,12 @@ def _main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines
   f = _FLAGS
-  try:
-    run(f.image, f.output, f.workdir, f.checkpoint, parse_bbox(f.bbox) if f.bbox else None,
-        f.margin)
-  except FkdError as e:
-    print(f'fkd: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with one-line errors (as `fkd.main.parse_flags`)."""
-  from absl import flags
-
-  try:
-    return _FLAGS(argv)
-  except flags.Error as e:
-    print(f'fkd: error: bad command line: {e}', file=sys.stderr)
-    sys.exit(2)
+  run(f.image, f.output, f.workdir, f.checkpoint, parse_bbox(f.bbox) if f.bbox else None,
+      f.margin)
 
 
 if __name__ == '__main__':
-  from absl import app
+  from fkd import cli
 
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   _FLAGS = _define_flags()
-  app.run(_main, flags_parser=parse_flags)
+  cli.run(_main)

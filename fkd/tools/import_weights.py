@@ -43,7 +43,6 @@ import math
 import os
 import re
 import string
-import sys
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -468,14 +467,7 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  from absl import app
+  from fkd import cli
+
   _define_flags()
-
-  def _main(argv: list[str]) -> None:
-    try:
-      main(argv)
-    except FkdError as e:
-      print(f'fkd: error: {e}', file=sys.stderr)
-      sys.exit(2)
-
-  app.run(_main)
+  cli.run(main, one_line_flag_errors=False)

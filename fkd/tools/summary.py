@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from typing import Any
 
 import jax
@@ -84,15 +83,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
+
+  from fkd import cli
+
   flags.DEFINE_integer('num_classes', 1000, 'Head size; 0 = no head (pooled features).')
   flags.DEFINE_integer('resolution', 224, 'Input height and width.')
 
-  def _main(argv: list[str]) -> None:
-    try:
-      main(argv)
-    except FkdError as e:
-      print(f'fkd: error: {e}', file=sys.stderr)
-      sys.exit(2)
-
-  app.run(_main)
+  cli.run(main, one_line_flag_errors=False)
