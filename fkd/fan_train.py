@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from fkd import affinity, checkpoint, heatmaps, models, sharding
 from fkd.errors import FkdError
@@ -145,6 +144,8 @@ def distill_terms(student: dict[str, jax.Array], teacher: dict[str, jax.Array],
 
 def make_train_step(model, optimizer, stage: Any, teacher_model, config: Any):
   """A pure step(state, batch, rng, teachers) -> (state, metrics); teachers are frozen inputs."""
+  from fkd import train  # local import: train imports this module
+
   fan = config.fan
   size = config.data.image_size
   weights = {'fa': fan.lambda_fa, 'fs': fan.lambda_fs, 'ps': fan.lambda_ps}
@@ -175,14 +176,9 @@ def make_train_step(model, optimizer, stage: Any, teacher_model, config: Any):
 
     (loss, (terms, batch_stats, pred, stride)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state['params'])
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    new_state, metrics = train.apply_update(optimizer, state, grads, batch_stats, loss, terms)
     decoded = heatmaps.decode_to_crop(jax.lax.stop_gradient(pred), stride, fan.decode)
-    metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
-               'grad_norm': optax.global_norm(grads),
-               'mae_px': jnp.mean(jnp.abs(decoded - points))}
-    new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
-                 'step': state['step'] + 1}
+    metrics['mae_px'] = jnp.mean(jnp.abs(decoded - points))
     return new_state, metrics
 
   return step

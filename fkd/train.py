@@ -177,16 +177,23 @@ def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: lo
 
     (loss, (terms, batch_stats, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'])
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
-               'grad_norm': optax.global_norm(grads),
-               'mae': jnp.mean(jnp.abs(pred - gt))}
-    new_state = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state,
-                 'step': state['step'] + 1}
+    new_state, metrics = apply_update(optimizer, state, grads, batch_stats, loss, terms)
+    metrics['mae'] = jnp.mean(jnp.abs(pred - gt))
     return new_state, metrics
 
   return step
+
+
+def apply_update(optimizer: optax.GradientTransformation, state: dict[str, Any], grads: Any,
+                 batch_stats: Any, loss: jax.Array,
+                 terms: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """The end of every train step: the optimizer update, and the loss / gradient-norm metrics."""
+  updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+  new_state = {'params': optax.apply_updates(state['params'], updates),
+               'batch_stats': batch_stats, 'opt_state': opt_state, 'step': state['step'] + 1}
+  metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
+             'grad_norm': optax.global_norm(grads)}
+  return new_state, metrics
 
 
 # ---------------------------------------------------------------------------------------------
