@@ -73,6 +73,12 @@ def test_one_shard_keeps_the_single_process_order():
 TIMEOUT_S = 420  # per launch; a healthy launch takes ~15-60 s (compiles), CI must never hang
 
 
+# Steps of the tiny runs: enough that a SIGTERM seen at step 2 still finds the stage running once
+# JAX's preemption sync point has agreed on a step (on a quiet machine 8 steps of ~0.1 s ran out
+# before it did).
+STEPS = 40
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -82,7 +88,7 @@ def _free_port() -> int:
 def _command(workdir, data_dir, *extra):
   return [sys.executable, '-m', 'fkd.main', '--config=configs/baseline.py:runlocal',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.train.num_steps=8', '--config.train.log_every_steps=1',
+          f'--config.train.num_steps={STEPS}', '--config.train.log_every_steps=1',
           '--config.train.checkpoint_every_steps=100',
           '--config.student.kwargs.depth=0.1',  # one block per stage: compiles faster
           *extra]
@@ -166,13 +172,13 @@ def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_pat
   # same step, they save one checkpoint together and exit with 143.
   workdir = tmp_path / 'multi'
   first = _two_processes(tmp_path, 'first', workdir, data_dir)
-  first.wait_for(0, 'step 2/8')
+  first.wait_for(0, f'step 2/{STEPS}')
   first.procs[0].send_signal(signal.SIGTERM)
   logs = first.finish(expected_rc=143)
   stopped = {e.strip().splitlines()[-1].split(' at step ')[1].split('/')[0] for _, e in logs}
   assert len(stopped) == 1, logs  # one common step
   stop = int(stopped.pop())
-  assert 2 <= stop < 8
+  assert 2 <= stop < STEPS
   assert checkpoint.latest_step(str(workdir / STAGE)) == stop
   for p, (o, _) in enumerate(logs):
     # Each process decoded only its half of the 256 runlocal training crops.
@@ -184,7 +190,8 @@ def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_pat
   assert f'resuming from step {stop}' in out0 and f'resuming from step {stop}' in out1
   assert '| student_baseline |' in out0 and '| student_baseline |' not in out1
   logged = [json.loads(line)['step'] for line in (workdir / STAGE / 'metrics.jsonl').open()]
-  assert logged == [*range(1, stop + 1), *range(stop + 1, 9)], logged  # one writer, no repeats
+  # One writer, no repeats.
+  assert logged == [*range(1, stop + 1), *range(stop + 1, STEPS + 1)], logged
 
   one, _ = checkpoint.load_model(str(tmp_path / 'single' / STAGE))
   two, _ = checkpoint.load_model(str(workdir / STAGE))
