@@ -7,6 +7,7 @@ workdir holds. Each stage lives in `<workdir>/<stage>/` as Orbax checkpoints.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -22,7 +23,17 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, evaluate, fan_train, losses, metric_writer, models, pretrained, sharding
+from fkd import (
+  checkpoint,
+  evaluate,
+  fan_train,
+  losses,
+  metric_writer,
+  models,
+  pretrained,
+  runtime,
+  sharding,
+)
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
@@ -322,15 +333,26 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   print(f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
         f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
         f'{tc.batch_size} on {jax.device_count()} device(s)', flush=True)
+  if cpu_note := runtime.describe():
+    print(f'[{stage.name}] {cpu_note}', flush=True)
   t0 = time.time()
   t_log, n_log = t0, 0
   pending = None  # (step, metrics) of the previous step, checked once the next one is queued
   bar = metric_writer.progress(total=steps, initial=start, desc=stage.name, unit='step',
                                enabled=lead)
-  with _preemption_guard() as preempted, bar, writer:
+  def batch_at(i: int) -> dict[str, np.ndarray]:
+    return ip.train_batch(data, config.data.train_split, tc.batch_size, i, seed,
+                          config.data.augment, jax.process_index(), jax.process_count())
+
+  # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
+  # see fkd/runtime.py); batches are a pure function of the step, so resumption is unchanged.
+  prefetch = concurrent.futures.ThreadPoolExecutor(1, 'fkd-prefetch')
+  next_batch = prefetch.submit(batch_at, start)
+  with _preemption_guard() as preempted, bar, writer, prefetch:
     for step in range(start, steps):
-      batch = ip.train_batch(data, config.data.train_split, tc.batch_size, step, seed,
-                             config.data.augment, jax.process_index(), jax.process_count())
+      batch = next_batch.result()
+      if step + 1 < steps:
+        next_batch = prefetch.submit(batch_at, step + 1)
       state, metrics = jit_step(state, sharding.shard_batch(batch, mesh), rng, teachers)
       if pending is not None:
         _check_finite(stage.name, *pending, stage_dir)

@@ -185,3 +185,20 @@ def test_portable_ops_give_the_same_model_outputs():
   np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
   assert layers.resolve_depthwise_impl('auto') == (
       'shifted' if jax.default_backend() == 'cpu' else 'grouped')
+
+
+@pytest.mark.parametrize('size, stride, k, padding', [
+    (8, 2, 3, 'same'), (7, 2, 3, 'same'), (8, 2, 3, 'symmetric'), (9, 2, 5, 'symmetric'),
+    (8, 2, 4, 'same'), (10, 3, 3, 'same'), (11, 3, 5, 'symmetric')])
+def test_depthwise_input_grad_polyphase(size, stride, k, padding):
+  """Phase-by-phase input gradient = autodiff of the strided shifted forward (float64)."""
+  rng = np.random.default_rng(size + 10 * stride + 100 * k)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, 5)))
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, 5)))
+    pads = tuple(tuple(p) for p in layers.conv_padding(padding, x.shape[1:3], k, stride))
+    y, vjp = jax.vjp(lambda v: layers.depthwise_conv_shifted_autodiff(v, kernel, stride, pads), x)
+    g = jnp.asarray(rng.normal(size=y.shape))
+    expected = vjp(g)[0]
+    got = layers.depthwise_input_grad_polyphase(g, kernel, stride, pads, x.shape[1:3])
+  np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

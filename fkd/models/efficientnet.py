@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fkd.models.batch_norm import BatchNorm
 from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
 
 Array = jax.Array
@@ -74,18 +75,18 @@ class MBConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
+    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
+                                          dtype=self.dtype, name=name)
     cin = x.shape[-1]
     filters = cin * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
       y = Conv1x1(filters, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                   name='expand')(y)
-      y = nn.swish(bn('expand_bn')(y))
+      y = bn('expand_bn', nn.swish)(y)
     y = DepthwiseConv(self.kernel_size, self.strides, impl=self.depthwise_impl,
                       kernel_init=_depthwise_init, dtype=self.dtype, name='depthwise')(y)
-    y = nn.swish(bn('depthwise_bn')(y))
+    y = bn('depthwise_bn', nn.swish)(y)
     if 0 < self.se_ratio <= 1:
       se = jnp.mean(y, axis=(1, 2), keepdims=True)
       se = nn.swish(Conv1x1(max(1, int(cin * self.se_ratio)), kernel_init=_conv_init,
@@ -142,13 +143,13 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
+    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
+                                          dtype=self.dtype, name=name)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(self.round_filters(32), (3, 3), strides=2, padding='SAME', use_bias=False,
                 kernel_init=_conv_init, dtype=self.dtype, name='stem_conv')(x)
-    x = features['stem'] = nn.swish(bn('stem_bn')(x))
+    x = features['stem'] = bn('stem_bn', nn.swish)(x)
 
     num_blocks = sum(self.round_repeats(a[-1]) for a in EFFICIENTNET_BLOCKS)
     b = 0
@@ -165,7 +166,7 @@ class EfficientNet(nn.Module):
     if self.include_top_conv:
       x = Conv1x1(self.round_filters(1280), use_bias=False, kernel_init=_conv_init,
                   dtype=self.dtype, name='top_conv')(x)
-      x = features['top'] = nn.swish(bn('top_bn')(x))
+      x = features['top'] = bn('top_bn', nn.swish)(x)
 
     x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
     if self.num_outputs is None:

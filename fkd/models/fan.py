@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fkd.affinity import Adapter
+from fkd.models.batch_norm import BatchNorm
 
 Array = jax.Array
 
@@ -193,9 +194,9 @@ class HeatmapNet(nn.Module):
     features = {'encoder': x}
     for i in range(1, self.num_stages + 1):
       x = self._upsample(x, i)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, name=f'decoder_bn_{i}')(x)
-      x = features[f'decoder_{i}'] = nn.relu(x)
+      x = features[f'decoder_{i}'] = BatchNorm(not train, self.bn_momentum, self.bn_epsilon,
+                                               nn.relu, dtype=self.dtype,
+                                               name=f'decoder_bn_{i}')(x)
     heatmaps = nn.Conv(self.num_landmarks, (1, 1), kernel_init=_small, dtype=self.dtype,
                        name='head')(x)
     if self.adapter_channels and adapt:

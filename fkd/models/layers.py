@@ -72,6 +72,11 @@ def portable_ops():
     _PORTABLE.reset(token)
 
 
+def portable() -> bool:
+  """Whether the caller is inside `portable_ops()`."""
+  return _PORTABLE.get()
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere (and inside `portable_ops`)."""
   if impl not in DEPTHWISE_IMPLS:
@@ -121,13 +126,56 @@ def depthwise_conv_shifted(x: Array, kernel: Array, strides: int, pads) -> Array
   image per device and step when the batch divides `jax.device_count()`, so a batch-sharded step
   stays local).
   Input gradient: at stride 1 a shifted correlation of the cotangent with the flipped kernel,
-  otherwise autodiff of the forward (pad/slice transposes).
+  otherwise `depthwise_input_grad_polyphase`.
   """
   return depthwise_conv_shifted_autodiff(x, kernel, strides, pads)
 
 
 def _dw_fwd(x, kernel, strides, pads):
   return depthwise_conv_shifted_autodiff(x, kernel, strides, pads), (x, kernel)
+
+
+def depthwise_input_grad_polyphase(g: Array, kernel: Array, strides: int, pads,
+                                   in_hw: tuple[int, int]) -> Array:
+  """Input gradient of a strided depthwise conv, phase by phase.
+
+  Input pixel (s·m + p, s·n + q) receives only the taps i ≡ p + pad_top, j ≡ q + pad_left
+  (mod s), each from cotangent (m + (p + pad_top − i)/s, n + (q + pad_left − j)/s). Each of the
+  s² phases is a sum of those shifted cotangent windows × weights; the phases are interleaved
+  back. At stride 2 and k = 3 that is 9 multiply-adds per 4 input pixels, where autodiff of the
+  strided slices evaluates all 9 padded taps at every pixel (and XLA:CPU recomputes the fused
+  cotangent producer 9 times).
+  """
+  kh, kw = kernel.shape[:2]
+  s = strides
+  b, oh, ow, c = g.shape
+  h, w = in_hw
+  mh, mw = -(-h // s), -(-w // s)
+
+  def taps(k: int, pad_lo: int, phase: int) -> list[tuple[int, int]]:
+    return [(i, (phase + pad_lo - i) // s) for i in range(k) if (phase + pad_lo - i) % s == 0]
+
+  rows = [taps(kh, pads[0][0], p) for p in range(s)]
+  cols = [taps(kw, pads[1][0], p) for p in range(s)]
+  d_h = [d for r in rows for _, d in r]
+  d_w = [d for r in cols for _, d in r]
+  lo_h, lo_w = max(0, -min(d_h)), max(0, -min(d_w))
+  hi_h, hi_w = max(0, max(d_h) + mh - oh), max(0, max(d_w) + mw - ow)
+  gp = jnp.pad(g, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+  phase_rows = []
+  for row_taps in rows:
+    phases = []
+    for col_taps in cols:
+      acc = jnp.zeros((b, mh, mw, c), g.dtype)
+      for i, di in row_taps:
+        for j, dj in col_taps:
+          window = lax.slice(gp, (0, lo_h + di, lo_w + dj, 0),
+                             (b, lo_h + di + mh, lo_w + dj + mw, c))
+          acc = acc + window * kernel[i, j, 0]
+      phases.append(acc)
+    phase_rows.append(jnp.stack(phases, axis=3))  # (b, mh, mw, s, c)
+  full = jnp.stack(phase_rows, axis=2).reshape(b, mh * s, mw * s, c)
+  return full[:, :h, :w]
 
 
 def _dw_bwd(strides, pads, res, g):
@@ -138,8 +186,7 @@ def _dw_bwd(strides, pads, res, g):
     g_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
     dx = depthwise_conv_shifted_autodiff(g, kernel[::-1, ::-1], 1, g_pads)
   else:
-    _, vjp_x = jax.vjp(lambda x_: depthwise_conv_shifted_autodiff(x_, kernel, strides, pads), x)
-    (dx,) = vjp_x(g)
+    dx = depthwise_input_grad_polyphase(g, kernel, strides, pads, x.shape[1:3])
 
   # Scan over the images of each device's shard: with a batch-sharded `x` (data parallelism)
   # the (devices, batch / devices) split keeps every step local; partial sums are added last.

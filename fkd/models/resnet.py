@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fkd.models.batch_norm import BatchNorm
 from fkd.models.layers import Conv1x1, normalize_input
 
 Array = jax.Array
@@ -52,15 +53,15 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
+    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
+                                          dtype=self.dtype, name=name)
     out_features = 4 * self.features
     y = Conv1x1(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                 name='conv1')(x)
-    y = nn.relu(bn('bn1')(y))
+    y = bn('bn1', nn.relu)(y)
     y = nn.Conv(self.features, (3, 3), self.strides, padding=_pad(3), use_bias=False,
                 kernel_init=_conv_init, dtype=self.dtype, name='conv2')(y)
-    y = nn.relu(bn('bn2')(y))
+    y = bn('bn2', nn.relu)(y)
     y = Conv1x1(out_features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                 name='conv3')(y)
     y = bn('bn3')(y)
@@ -96,13 +97,13 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                   epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
+    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
+                                          dtype=self.dtype, name=name)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(self.width, (7, 7), 2, padding=_pad(7), use_bias=False, kernel_init=_conv_init,
                 dtype=self.dtype, name='conv1')(x)
-    x = features['stem'] = nn.relu(bn('bn1')(x))
+    x = features['stem'] = bn('bn1', nn.relu)(x)
     x = features['stem_pool'] = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
