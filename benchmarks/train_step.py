@@ -19,6 +19,10 @@ written in `keras.ops`. Keras runs on TensorFlow (`KERAS_BACKEND=tensorflow`, se
 Keras' default `jit_compile='auto'` (which means no XLA on a CPU-only machine: TensorFlow's
 graph runtime with its oneDNN kernels) unless `--keras-jit` says otherwise.
 
+fkd is imported before JAX initialises, so its CPU process settings (`fkd/runtime.py`:
+synchronous CPU dispatch, glibc malloc that keeps freed memory) are in effect, as in training;
+the header line says so. `FKD_CPU_TUNING=0` measures without them.
+
 Each pair is compiled (fkd: `jit(...).lower().compile()` time; Keras: the first call), warmed up,
 then fkd and Keras alternate step by step so a shared machine's noise hits both alike; medians of
 img/s. The last line is JSON with the student step's figures and the other ratios.
@@ -43,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fkd import config_lib, losses, train  # noqa: E402
+from fkd import config_lib, losses, runtime, train  # noqa: E402
 from fkd import input_pipeline as ip  # noqa: E402
 
 STAGES = {'student': 'student_baseline', 'teacher': 'teacher_tough', 'kd': 'student_kd'}
@@ -193,7 +197,7 @@ def main():
       print(f'Keras/TensorFlow not importable ({e}); pip install -e ".[bench]". fkd only.')
       use_keras = False
   print(f'{versions}; batch {args.batch}, {args.res}x{args.res}, XLA_FLAGS='
-        f'{os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+        f'{os.environ.get("XLA_FLAGS", "")!r}; {runtime.describe()}', flush=True)
 
   rows = {}
   for kind in kinds:

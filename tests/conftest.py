@@ -6,8 +6,6 @@ import tempfile
 
 import pytest
 
-from configs import kd as kd_config
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Many tests compile the same tiny programs (in this process and in the subprocesses they start):
@@ -16,6 +14,9 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), f'fkd-jax-cache-{os.getuid()}'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+# After the cache settings: `import fkd` imports JAX, which reads them once.
+from configs import kd as kd_config  # noqa: E402
 
 
 @pytest.fixture(scope='session')
