@@ -13,7 +13,8 @@ the effect; see README "Speed on CPU"):
   the same pages (resident memory stays at the peak of a step, as in TensorFlow).
 
 Both only take effect if set before JAX creates its CPU client, hence at import; GPU and TPU
-computations are unaffected. `FKD_CPU_TUNING=0` in the environment turns this off. Training
+computations are unaffected (the malloc settings are skipped when a GPU/TPU plugin is installed
+and JAX_PLATFORMS does not say cpu). `FKD_CPU_TUNING=0` in the environment turns this off. Training
 prefetches the next batch on a thread, so synchronous dispatch loses no overlap.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 import sys
 
@@ -38,9 +40,21 @@ def _backends_initialized() -> bool:
   return bool(check()) if check is not None else bool(getattr(xla_bridge, '_backends', {}))
 
 
+_ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                        'jax_rocm7_plugin', 'libtpu')
+
+
+def _accelerator_installed() -> bool:
+  """Whether JAX may pick a GPU/TPU (checked without initialising JAX's backends)."""
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return platforms.split(',')[0].strip() not in ('cpu', '')
+  return any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_PLUGINS)
+
+
 def _tune_glibc_malloc() -> bool:
-  if not sys.platform.startswith('linux'):
-    return False
+  if not sys.platform.startswith('linux') or _accelerator_installed():
+    return False  # on GPU/TPU hosts the step's memory is on the device: keep glibc's defaults
   try:
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
     gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (not musl)
@@ -55,7 +69,7 @@ def configure() -> dict[str, bool]:
   if os.environ.get('FKD_CPU_TUNING', '1') == '0' or status['async_dispatch_off']:
     return status
   if _backends_initialized():
-    return status  # too late for the client option; `tuned()` reports it
+    return status  # too late for the client option; `describe()` says so
   jax.config.update('jax_cpu_enable_async_dispatch', False)
   status['async_dispatch_off'] = True
   status['malloc_tuned'] = _tune_glibc_malloc()
@@ -70,5 +84,8 @@ def describe() -> str:
     return 'CPU tuning on (synchronous dispatch, glibc malloc keeps freed memory)'
   if os.environ.get('FKD_CPU_TUNING', '1') == '0':
     return 'CPU tuning off (FKD_CPU_TUNING=0)'
+  if status['async_dispatch_off']:
+    return ('CPU tuning partial: synchronous dispatch on, glibc malloc settings skipped (not '
+            'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)')
   return ('CPU tuning not applied: JAX was initialised before fkd was imported (import fkd '
           'first for ~1.5x faster CPU train steps)')

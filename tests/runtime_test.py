@@ -56,3 +56,11 @@ def test_cpu_tuning_removes_page_faults():
   assert 'FKD_CPU_TUNING=0' in off['describe']
   late = _probe('jax_first')  # too late for the client option: says so instead of pretending
   assert not late['async_dispatch_off'] and 'not applied' in late['describe'], late
+
+
+def test_malloc_settings_skipped_for_accelerators(monkeypatch):
+  from fkd import runtime
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
+  assert runtime._accelerator_installed()
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert not runtime._accelerator_installed()
