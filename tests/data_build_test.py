@@ -74,3 +74,21 @@ def test_kd_augmentation_in_train_batches(tmp_path):
                              input_pipeline.asm.asm_project(data.pca, one["landmarks"]), atol=1e-4)
   # The re-crop keeps the face inside the frame (3 px margin at 224², scaled).
   assert one["landmarks"].min() > -1 and one["landmarks"].max() < 32
+
+
+def test_builders_leave_no_temp_dirs(tmp_path):
+  """TFDS makes an empty /tmp/tmp…tfds (and asks GCS) for an unprepared dataset's info; fkd's
+  builders skip that, so repeated runs do not litter the temp directory."""
+  import glob
+  import os
+  import tempfile
+
+  import tensorflow_datasets as tfds
+
+  import tfds_builders  # noqa: F401  (registers the builders)
+
+  pattern = os.path.join(tempfile.gettempdir(), 'tmp*tfds')
+  before = set(glob.glob(pattern))
+  for name in ('synthetic_faces', 'ibug_300w', 'wflw', 'cofw'):
+    tfds.builder(name, data_dir=str(tmp_path))
+  assert set(glob.glob(pattern)) == before

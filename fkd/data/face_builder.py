@@ -76,6 +76,18 @@ class Face:
     return f"{self.filename}#{self.face_index}"
 
 
+def local_dataset_info(**kwargs) -> tfds.core.DatasetInfo:
+  """`tfds.core.DatasetInfo` of a dataset that is only ever built locally (manual or embedded).
+
+  TFDS' `initialize_from_bucket`, called when a builder is made for a dataset not yet prepared,
+  creates a `/tmp/tmp…tfds` directory it never removes and queries the public GCS bucket; these
+  datasets are never there, so both are skipped.
+  """
+  info = tfds.core.DatasetInfo(**kwargs)
+  info.initialize_from_bucket = lambda: None
+  return info
+
+
 @dataclasses.dataclass(eq=False)
 class FaceBuilderConfig(tfds.core.BuilderConfig):
   """Options shared by the real-dataset builders (a new option value needs a new config name)."""
@@ -134,7 +146,7 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     scalar = lambda: tfds.features.Tensor(shape=(), dtype=np.float32)
     here = pathlib.Path(sys.modules[type(self).__module__].__file__).parent
     readme, bib = here / "README.md", here / "CITATIONS.bib"
-    return tfds.core.DatasetInfo(
+    return local_dataset_info(
         builder=self,
         description=readme.read_text(encoding="utf-8") if readme.exists() else self.__doc__,
         citation=bib.read_text(encoding="utf-8") if bib.exists() else None,

@@ -25,6 +25,7 @@ from PIL import Image
 
 from fkd import asm
 from fkd.data import crops, schemes, synthetic_render
+from fkd.data.face_builder import local_dataset_info
 
 NUM_LANDMARKS = 68
 # Variance fractions of the stored soft landmarks (feature / metadata key -> acc).
@@ -85,7 +86,7 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     landmarks = lambda: tfds.features.Tensor(shape=(NUM_LANDMARKS, 2), dtype=np.float32)
-    return tfds.core.DatasetInfo(
+    return local_dataset_info(
         builder=self,
         description=_DESCRIPTION,
         features=tfds.features.FeaturesDict({
