@@ -64,9 +64,13 @@ def _tune_glibc_malloc() -> bool:
     return False
 
 
+def _disabled() -> bool:
+  return os.environ.get('FKD_CPU_TUNING', '1') == '0'
+
+
 def configure() -> dict[str, bool]:
   """Applies the settings above once (idempotent); returns what is in effect."""
-  if os.environ.get('FKD_CPU_TUNING', '1') == '0' or status['async_dispatch_off']:
+  if _disabled() or status['async_dispatch_off']:
     return status
   if _backends_initialized():
     return status  # too late for the client option; `describe()` says so
@@ -82,7 +86,7 @@ def describe() -> str:
     return ''
   if status['async_dispatch_off'] and status['malloc_tuned']:
     return 'CPU tuning on (synchronous dispatch, glibc malloc keeps freed memory)'
-  if os.environ.get('FKD_CPU_TUNING', '1') == '0':
+  if _disabled():
     return 'CPU tuning off (FKD_CPU_TUNING=0)'
   if status['async_dispatch_off']:
     return ('CPU tuning partial: synchronous dispatch on, glibc malloc settings skipped (not '

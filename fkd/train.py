@@ -340,6 +340,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   pending = None  # (step, metrics) of the previous step, checked once the next one is queued
   bar = metric_writer.progress(total=steps, initial=start, desc=stage.name, unit='step',
                                enabled=lead)
+
   def batch_at(i: int) -> dict[str, np.ndarray]:
     return ip.train_batch(data, config.data.train_split, tc.batch_size, i, seed,
                           config.data.augment, jax.process_index(), jax.process_count())

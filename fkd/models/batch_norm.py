@@ -43,11 +43,8 @@ BATCH_NORM_IMPLS = ('auto', 'fused', 'plain')
 
 
 def resolve_impl(impl: str) -> str:
-  if impl not in BATCH_NORM_IMPLS:
-    raise ValueError(f'Unknown batch-norm impl {impl!r}; expected one of {BATCH_NORM_IMPLS}.')
-  if impl == 'auto':
-    return 'fused' if jax.default_backend() == 'cpu' and not layers.portable() else 'plain'
-  return impl
+  """Maps 'auto' to 'fused' on CPU and 'plain' elsewhere (and inside `layers.portable_ops`)."""
+  return layers.resolve_impl(impl, BATCH_NORM_IMPLS, 'batch-norm', 'fused', 'plain')
 
 
 def _batch_stats(x32: Array) -> tuple[Array, Array]:
@@ -143,3 +140,12 @@ class BatchNorm(nn.Module):
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y
+
+
+def factory(train: bool, momentum: float, epsilon: float,
+            dtype: Any = None) -> Callable[..., BatchNorm]:
+  """`bn(name, activation=None)` for a model's compact method: its BatchNorms, in training or
+  inference mode, with the model's momentum, epsilon and dtype."""
+  return lambda name, activation=None: BatchNorm(
+      use_running_average=not train, momentum=momentum, epsilon=epsilon, activation=activation,
+      dtype=dtype, name=name)

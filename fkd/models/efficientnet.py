@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models.batch_norm import BatchNorm
+from fkd.models import batch_norm
 from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
 
 Array = jax.Array
@@ -75,8 +75,7 @@ class MBConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
-                                          dtype=self.dtype, name=name)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     cin = x.shape[-1]
     filters = cin * self.expand_ratio
     y = x
@@ -143,8 +142,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
-                                          dtype=self.dtype, name=name)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(self.round_filters(32), (3, 3), strides=2, padding='SAME', use_bias=False,

@@ -194,9 +194,9 @@ class HeatmapNet(nn.Module):
     features = {'encoder': x}
     for i in range(1, self.num_stages + 1):
       x = self._upsample(x, i)
-      x = features[f'decoder_{i}'] = BatchNorm(not train, self.bn_momentum, self.bn_epsilon,
-                                               nn.relu, dtype=self.dtype,
-                                               name=f'decoder_bn_{i}')(x)
+      x = features[f'decoder_{i}'] = BatchNorm(
+          use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+          activation=nn.relu, dtype=self.dtype, name=f'decoder_bn_{i}')(x)
     heatmaps = nn.Conv(self.num_landmarks, (1, 1), kernel_init=_small, dtype=self.dtype,
                        name='head')(x)
     if self.adapter_channels and adapt:

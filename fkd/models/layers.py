@@ -72,18 +72,19 @@ def portable_ops():
     _PORTABLE.reset(token)
 
 
-def portable() -> bool:
-  """Whether the caller is inside `portable_ops()`."""
-  return _PORTABLE.get()
+def resolve_impl(impl: str, impls: Sequence[str], what: str, cpu: str, other: str) -> str:
+  """Checks `impl` is one of `impls`; maps 'auto' to `cpu` on CPU outside `portable_ops`, else
+  to `other` (the standard formulation)."""
+  if impl not in impls:
+    raise ValueError(f'Unknown {what} impl {impl!r}; expected one of {tuple(impls)}.')
+  if impl == 'auto':
+    return cpu if jax.default_backend() == 'cpu' and not _PORTABLE.get() else other
+  return impl
 
 
 def resolve_depthwise_impl(impl: str) -> str:
   """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere (and inside `portable_ops`)."""
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}.')
-  if impl == 'auto':
-    return 'shifted' if jax.default_backend() == 'cpu' and not _PORTABLE.get() else 'grouped'
-  return impl
+  return resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'shifted', 'grouped')
 
 
 def _shift_slices(xp: Array, kh: int, kw: int, strides: int, out_hw: tuple[int, int]):

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models.batch_norm import BatchNorm
+from fkd.models import batch_norm
 from fkd.models.layers import Conv1x1, normalize_input
 
 Array = jax.Array
@@ -53,8 +53,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
-                                          dtype=self.dtype, name=name)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     out_features = 4 * self.features
     y = Conv1x1(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                 name='conv1')(x)
@@ -97,8 +96,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = lambda name, act=None: BatchNorm(not train, self.bn_momentum, self.bn_epsilon, act,
-                                          dtype=self.dtype, name=name)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(self.width, (7, 7), 2, padding=_pad(7), use_bias=False, kernel_init=_conv_init,
