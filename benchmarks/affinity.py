@@ -51,11 +51,17 @@ def main() -> None:
   # Post-ReLU-like features (non-negative, some all-zero pixels as after a ReLU).
   fs = jnp.asarray(np.maximum(rng.normal(size=(args.batch, args.n, args.cs)), 0), jnp.float32)
   ft = jnp.asarray(np.maximum(rng.normal(size=(args.batch, args.n, args.ct)), 0), jnp.float32)
-  print(f'B={args.batch} N={args.n} Cs={args.cs} Ct={args.ct} fp32, value_and_grad w.r.t. the '
-        f'student features, {jax.devices()[0].platform}', flush=True)
+  print(
+    f'B={args.batch} N={args.n} Cs={args.cs} Ct={args.ct} fp32, value_and_grad w.r.t. the '
+    f'student features, {jax.devices()[0].platform}',
+    flush=True,
+  )
 
-  forms = {'naive': affinity.affinity_mse_naive, 'gram_plain': affinity.affinity_mse_gram_plain,
-           'gram': affinity.affinity_mse}
+  forms = {
+    'naive': affinity.affinity_mse_naive,
+    'gram_plain': affinity.affinity_mse_gram_plain,
+    'gram': affinity.affinity_mse,
+  }
   results, outputs = {}, {}
   for name, fn in forms.items():
     compiled = compile_loss_and_grad(fn, fs, ft)
@@ -81,4 +87,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  from fkd import cli
+
+  cli.start()  # the CPU process settings of `python -m fkd.*`
   main()

@@ -42,8 +42,9 @@ def make_step(model, tx):
     params, batch_stats, opt_state = state
 
     def loss_fn(p):
-      (out, _), upd = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
-                                  mutable=['batch_stats'])
+      (out, _), upd = model.apply(
+        {'params': p, 'batch_stats': batch_stats}, x, train=True, mutable=['batch_stats']
+      )
       return jnp.mean((out - y) ** 2), upd['batch_stats']
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -78,8 +79,11 @@ def main():
     t1 = time.perf_counter()
     state, loss = compiled(state, x, y)
     loss.block_until_ready()
-    print(f'{impl:>16}: compile {t1 - t0:6.1f} s, first step {time.perf_counter() - t1:5.2f} s, '
-          f'loss {float(loss):.4f}', flush=True)
+    print(
+      f'{impl:>16}: compile {t1 - t0:6.1f} s, first step {time.perf_counter() - t1:5.2f} s, '
+      f'loss {float(loss):.4f}',
+      flush=True,
+    )
     runs[impl] = [compiled, state, []]
 
   for _ in range(args.rounds):
@@ -92,9 +96,14 @@ def main():
   for impl, (_, _, ips) in runs.items():
     med = statistics.median(ips)
     base = base or med
-    print(f'{impl:>16}: {med:6.2f} img/s median ({min(ips):.2f}-{max(ips):.2f}), '
-          f'{med / base:5.2f}x the first')
+    print(
+      f'{impl:>16}: {med:6.2f} img/s median ({min(ips):.2f}-{max(ips):.2f}), '
+      f'{med / base:5.2f}x the first'
+    )
 
 
 if __name__ == '__main__':
+  from fkd import cli
+
+  cli.start()  # the CPU process settings of `python -m fkd.*`
   main()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fkd import input_pipeline  # noqa: E402
 from fkd.data import schemes, testing  # noqa: E402
 
-PERM = schemes.SCHEMES["300w"].flip_permutation
+PERM = schemes.SCHEMES['300w'].flip_permutation
 
 
 def _crops(n: int, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,15 +36,17 @@ def _crops(n: int, res: int) -> tuple[np.ndarray, np.ndarray]:
 
 def augment_rate(images, points, batch: int, rounds: int, workers: int) -> float:
   """Images per second of `input_pipeline.train_batch(augment='kd')` on `workers` threads."""
-  split = input_pipeline.Split(images, points.astype(np.float32), None,
-                               [str(i) for i in range(len(images))])
-  data = input_pipeline.Data("bench", {"train": split}, images.shape[1], points.shape[1],
-                             np.asarray(PERM), None, "300w")
+  split = input_pipeline.Split(
+    images, points.astype(np.float32), None, [str(i) for i in range(len(images))]
+  )
+  data = input_pipeline.Data(
+    'bench', {'train': split}, images.shape[1], points.shape[1], np.asarray(PERM), None, '300w'
+  )
   input_pipeline.set_workers(workers)
-  input_pipeline.train_batch(data, "train", batch, 0, 0, "kd")  # warm-up
+  input_pipeline.train_batch(data, 'train', batch, 0, 0, 'kd')  # warm-up
   t0 = time.perf_counter()
   for r in range(rounds):
-    input_pipeline.train_batch(data, "train", batch, r + 1, 0, "kd")
+    input_pipeline.train_batch(data, 'train', batch, r + 1, 0, 'kd')
   return rounds * batch / (time.perf_counter() - t0)
 
 
@@ -65,12 +67,15 @@ def train_rate(batch: int, res: int, width: float, rounds: int) -> float:
   model = MobileNetV2(num_outputs=136, width=width)
   tx = optax.adam(1e-3)
   variables = random_variables(model, x)
-  state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+  state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
   step = make_step(model, tx)
   t0 = time.perf_counter()
   compiled = step.lower(state, x, y).compile()
-  print(f"train step compiled in {time.perf_counter() - t0:.1f} s (jax {jax.__version__}, "
-        f"{jax.default_backend()})", flush=True)
+  print(
+    f'train step compiled in {time.perf_counter() - t0:.1f} s (jax {jax.__version__}, '
+    f'{jax.default_backend()})',
+    flush=True,
+  )
   state, loss = compiled(state, x, y)
   loss.block_until_ready()
   rates = []
@@ -83,25 +88,34 @@ def train_rate(batch: int, res: int, width: float, rounds: int) -> float:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--res", type=int, default=224)
-  p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--rounds", type=int, default=4, help="batches / steps timed")
-  p.add_argument("--workers", default="1,2",
-                 help="comma-separated thread counts (config.data.num_workers)")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--res', type=int, default=224)
+  p.add_argument('--width', type=float, default=1.0)
+  p.add_argument('--rounds', type=int, default=4, help='batches / steps timed')
+  p.add_argument(
+    '--workers', default='1,2', help='comma-separated thread counts (config.data.num_workers)'
+  )
   args = p.parse_args()
   images, points = _crops(32, args.res)
   step = train_rate(args.batch, args.res, args.width, args.rounds)
-  print(f"student train step: {step:8.1f} img/s (batch {args.batch}, {args.res} px, "
-        f"width {args.width})")
-  for w in map(int, args.workers.split(",")):
+  print(
+    f'student train step: {step:8.1f} img/s (batch {args.batch}, {args.res} px, width {args.width})'
+  )
+  for w in map(int, args.workers.split(',')):
     aug = augment_rate(images, points, args.batch, args.rounds * 2, w)
-    print(f"train_batch(augment=kd), {w} thread(s): {aug:8.1f} img/s = {aug / step:5.1f}x "
-          "the train step "
-          f"({'ok' if aug >= 3 * step else 'below the 3x goal'})", flush=True)
+    print(
+      f'train_batch(augment=kd), {w} thread(s): {aug:8.1f} img/s = {aug / step:5.1f}x '
+      'the train step '
+      f'({"ok" if aug >= 3 * step else "below the 3x goal"})',
+      flush=True,
+    )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
+  from fkd import cli
+
+  cli.start()  # the CPU process settings of `python -m fkd.*`
   main()

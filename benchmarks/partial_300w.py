@@ -50,13 +50,17 @@ def assemble(manual: pathlib.Path, test_faces: int) -> dict[str, int]:
   boxes = manual / 'Bounding Boxes'
   boxes.mkdir()
   for name in ('afw', 'helen_trainset'):
-    os.symlink(SHARED / 'luvli-300w-bounding-boxes' / 'Bounding Boxes' /
-               f'bounding_boxes_{name}.mat', boxes / f'bounding_boxes_{name}.mat')
+    os.symlink(
+      SHARED / 'luvli-300w-bounding-boxes' / 'Bounding Boxes' / f'bounding_boxes_{name}.mat',
+      boxes / f'bounding_boxes_{name}.mat',
+    )
   # Synthetic stand-ins for the test folders (no real 300W test image is in ../shared/data).
   seed = 10_000
-  for folder, box_set, ext, n in (('helen/testset', 'helen_testset', '.jpg', test_faces // 2),
-                                  ('lfpw/testset', 'lfpw_testset', '.png', test_faces // 2),
-                                  ('ibug', 'ibug', '.jpg', test_faces // 4)):
+  for folder, box_set, ext, n in (
+    ('helen/testset', 'helen_testset', '.jpg', test_faces // 2),
+    ('lfpw/testset', 'lfpw_testset', '.png', test_faces // 2),
+    ('ibug', 'ibug', '.jpg', test_faces // 4),
+  ):
     (manual / folder).mkdir(parents=True)
     entries = []
     for i in range(n):
@@ -84,9 +88,16 @@ def main() -> None:
   shutil.rmtree(root, ignore_errors=True)
   counts = assemble(root / 'manual', args.test_faces)
   print('manual tree:', counts, flush=True)
-  cmd = [sys.executable, '-m', 'fkd.main', '--config=configs/kd.py:300w,runlocal',
-         f'--workdir={root / "run"}', f'--config.data.manual_dir={root / "manual"}',
-         '--config.data.allow_partial=True', f'--config.data.data_dir={root / "tfds"}']
+  cmd = [
+    sys.executable,
+    '-m',
+    'fkd.main',
+    '--config=configs/kd.py:300w,runlocal',
+    f'--workdir={root / "run"}',
+    f'--config.data.manual_dir={root / "manual"}',
+    '--config.data.allow_partial=True',
+    f'--config.data.data_dir={root / "tfds"}',
+  ]
   print(' '.join(cmd), flush=True)
   t0 = time.time()
   subprocess.run(cmd, cwd=REPO, check=True)

@@ -19,9 +19,10 @@ written in `keras.ops`. Keras runs on TensorFlow (`KERAS_BACKEND=tensorflow`, se
 Keras' default `jit_compile='auto'` (which means no XLA on a CPU-only machine: TensorFlow's
 graph runtime with its oneDNN kernels) unless `--keras-jit` says otherwise.
 
-fkd is imported before JAX initialises, so its CPU process settings (`fkd/runtime.py`:
-synchronous CPU dispatch, glibc malloc that keeps freed memory) are in effect, as in training;
-the header line says so. `FKD_CPU_TUNING=0` measures without them.
+The benchmark calls `fkd.cli.start()` before JAX initialises, as `python -m fkd.main` does, so the
+CPU process settings (`fkd/runtime.py`: synchronous CPU dispatch, glibc malloc that keeps freed
+memory) are in effect, as in training; the header line says so. `FKD_CPU_TUNING=0` measures
+without them.
 
 Each pair is compiled (fkd: `jit(...).lower().compile()` time; Keras: the first call), warmed up,
 then fkd and Keras alternate step by step so a shared machine's noise hits both alike; medians of
@@ -47,8 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fkd import config_lib, losses, runtime, train  # noqa: E402
-from fkd import input_pipeline as ip  # noqa: E402
+from fkd import cli, config_lib, heads, losses, methods, runtime, train  # noqa: E402
 
 STAGES = {'student': 'student_baseline', 'teacher': 'teacher_tough', 'kd': 'student_kd'}
 
@@ -56,8 +56,11 @@ STAGES = {'student': 'student_baseline', 'teacher': 'teacher_tough', 'kd': 'stud
 def make_batch(batch: int, res: int, num_landmarks: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   pts = rng.uniform(0.2 * res, 0.8 * res, (batch, num_landmarks, 2)).astype(np.float32)
-  return {'image': rng.integers(0, 256, (batch, res, res, 3), dtype=np.uint8),
-          'landmarks': pts, 'soft_landmarks': pts}
+  return {
+    'image': rng.integers(0, 256, (batch, res, res, 3), dtype=np.uint8),
+    'landmarks': pts,
+    'soft_landmarks': pts,
+  }
 
 
 class FkdRunner:
@@ -66,26 +69,34 @@ class FkdRunner:
 
   def __init__(self, kind: str, config, batch: dict[str, np.ndarray]):
     res = config.data.image_size
-    num_outputs = 2 * config.data.num_landmarks
-    stage = train.stage_spec(STAGES[kind], config)
-    model = train.build_model(stage.model_config, num_outputs)
+    n = config.data.num_landmarks
+    method = methods.get(config)
+    stage = method.stage(STAGES[kind], config)
+    model = train.build_model(stage, n)
     optimizer = train.make_optimizer(stage.train_config, 1000)
-    teacher_model, teachers = None, {}
-    if kind == 'kd':
-      teacher_model = train.build_model(config.teacher, num_outputs)
-      for i, which in enumerate(train.TEACHERS):
-        t = train.init_state(teacher_model, optimizer, res, seed=10 + i)
-        teachers[which] = {'params': t['params'], 'batch_stats': t['batch_stats']}
+    teachers, frozen = {}, {}
+    for i, which in enumerate(stage.teachers):
+      teacher_stage = method.stage(which, config)
+      teacher_model = train.build_model(teacher_stage, n)
+      t = train.init_state(teacher_model, optimizer, res, seed=10 + i)
+      teachers[which] = {'params': t['params'], 'batch_stats': t['batch_stats']}
+      frozen[which] = methods.Frozen(teacher_model, teacher_stage.head, {})
     self.state = train.init_state(model, optimizer, res, seed=0)
-    step = train.make_train_step(model, optimizer, stage, teacher_model,
-                                 losses.KDParams.from_config(config.kd), res,
-                                 config.data.target_space)
+    step = train.make_train_step(
+      model,
+      optimizer,
+      stage,
+      method.loss_fn(stage, config),
+      frozen,
+      method.train_apply_kwargs(stage, config),
+    )
     self.batch = jax.device_put(batch)
     self.rng = jax.random.key_data(jax.random.key(0))
     self.teachers = teachers
     t0 = time.perf_counter()
-    self.compiled = jax.jit(step, donate_argnums=(0,)).lower(
-        self.state, self.batch, self.rng, teachers).compile()
+    self.compiled = (
+      jax.jit(step, donate_argnums=(0,)).lower(self.state, self.batch, self.rng, teachers).compile()
+    )
     self.compile_s = time.perf_counter() - t0
 
   def __call__(self) -> float:
@@ -104,13 +115,16 @@ def keras_kd_loss(num_outputs: int, p: losses.KDParams):
     return ops.mean(w * ops.abs(d - e))
 
   def loss(g, y):
-    s, tou, tol = (y[:, i * num_outputs:(i + 1) * num_outputs] for i in range(3))
+    s, tou, tol = (y[:, i * num_outputs : (i + 1) * num_outputs] for i in range(3))
     tou, tol = ops.stop_gradient(tou), ops.stop_gradient(tol)
     lam = ops.abs(tol - g)
     e = ops.abs(s - g)
     main = ops.where(e <= lam, p.main_slope * e, e * e + p.main_slope * lam - lam * lam)
-    return (p.w_main * ops.mean(main) + p.w_tou * aloss(s, tou, g, p.alpha_tou, p.alpha_neg_tou)
-            + p.w_tol * aloss(s, tol, g, p.alpha_tol, p.alpha_neg_tol))
+    return (
+      p.w_main * ops.mean(main)
+      + p.w_tou * aloss(s, tou, g, p.alpha_tou, p.alpha_neg_tou)
+      + p.w_tol * aloss(s, tol, g, p.alpha_tol, p.alpha_neg_tol)
+    )
 
   return loss
 
@@ -120,30 +134,35 @@ class KerasRunner:
 
   def __init__(self, kind: str, config, batch: dict[str, np.ndarray], jit_compile):
     import keras
+
     keras.utils.set_random_seed(0)
     res = config.data.image_size
     n = 2 * config.data.num_landmarks
     shape = (res, res, 3)
 
     def student():
-      base = keras.applications.MobileNetV2(input_shape=shape, include_top=False, weights=None,
-                                            pooling='avg')
+      base = keras.applications.MobileNetV2(
+        input_shape=shape, include_top=False, weights=None, pooling='avg'
+      )
       return keras.Sequential([base, keras.layers.Dense(n)])
 
     def teacher():
-      base = keras.applications.EfficientNetB3(input_shape=shape, include_top=False,
-                                               weights=None, pooling='avg')
+      base = keras.applications.EfficientNetB3(
+        input_shape=shape, include_top=False, weights=None, pooling='avg'
+      )
       return keras.Sequential([base, keras.layers.Dropout(0.5), keras.layers.Dense(n)])
 
     tc = config.train if kind != 'teacher' else config.teacher_train
-    optimizer = keras.optimizers.Adam(tc.lr, beta_1=tc.adam_b1, beta_2=tc.adam_b2,
-                                      epsilon=tc.adam_eps)
+    optimizer = keras.optimizers.Adam(
+      tc.lr, beta_1=tc.adam_b1, beta_2=tc.adam_b2, epsilon=tc.adam_eps
+    )
     if kind == 'kd':
       inputs = keras.Input(shape)
       tough, tolerant = teacher(), teacher()
       tough.trainable = tolerant.trainable = False
-      out = keras.layers.Concatenate()([student()(inputs), tough(inputs, training=False),
-                                        tolerant(inputs, training=False)])
+      out = keras.layers.Concatenate()(
+        [student()(inputs), tough(inputs, training=False), tolerant(inputs, training=False)]
+      )
       model = keras.Model(inputs, out)
       loss = keras_kd_loss(n, losses.KDParams.from_config(config.kd))
     else:
@@ -152,7 +171,7 @@ class KerasRunner:
     model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
     self.model = model
     self.x = batch['image'].astype(np.float32) / 255.0
-    self.y = np.asarray(ip.to_target(batch['landmarks'], res, config.data.target_space))
+    self.y = np.asarray(heads.to_target(batch['landmarks'], res, config.data.target_space))
     t0 = time.perf_counter()
     self()
     self.compile_s = time.perf_counter() - t0
@@ -168,14 +187,19 @@ def timed(fn) -> float:
 
 
 def main():
+  cli.start()
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--res', type=int, default=224)
   parser.add_argument('--rounds', type=int, default=5, help='timed steps of each framework')
   parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compiling')
   parser.add_argument('--steps', default='student,teacher,kd')
-  parser.add_argument('--keras-jit', default='auto', choices=('auto', 'true', 'false'),
-                      help="Keras' compile(jit_compile=...); 'auto' is Keras' default")
+  parser.add_argument(
+    '--keras-jit',
+    default='auto',
+    choices=('auto', 'true', 'false'),
+    help="Keras' compile(jit_compile=...); 'auto' is Keras' default",
+  )
   parser.add_argument('--no-keras', action='store_true', help='fkd only')
   args = parser.parse_args()
   kinds = args.steps.split(',')
@@ -192,12 +216,16 @@ def main():
     try:
       import keras
       import tensorflow as tf
+
       versions += f', keras {keras.__version__} on {keras.backend.backend()} (tf {tf.__version__})'
     except ImportError as e:
       print(f'Keras/TensorFlow not importable ({e}); pip install -e ".[bench]". fkd only.')
       use_keras = False
-  print(f'{versions}; batch {args.batch}, {args.res}x{args.res}, XLA_FLAGS='
-        f'{os.environ.get("XLA_FLAGS", "")!r}; {runtime.describe()}', flush=True)
+  print(
+    f'{versions}; batch {args.batch}, {args.res}x{args.res}, XLA_FLAGS='
+    f'{os.environ.get("XLA_FLAGS", "")!r}; {runtime.describe()}',
+    flush=True,
+  )
 
   rows = {}
   for kind in kinds:
@@ -217,30 +245,49 @@ def main():
         t_ref.append(timed(ref))
     fkd_ips = args.batch / statistics.median(t_fkd)
     ref_ips = args.batch / statistics.median(t_ref) if ref is not None else None
-    rows[kind] = dict(fkd=fkd_ips, keras=ref_ips, compile=fkd.compile_s,
-                      keras_compile=ref.compile_s if ref is not None else None,
-                      ratio=fkd_ips / ref_ips if ref_ips else None)
-    print(f'[{kind}] fkd {fkd_ips:.2f} img/s' +
-          (f', keras {ref_ips:.2f} img/s, ratio {fkd_ips / ref_ips:.2f}' if ref_ips else ''),
-          flush=True)
+    rows[kind] = dict(
+      fkd=fkd_ips,
+      keras=ref_ips,
+      compile=fkd.compile_s,
+      keras_compile=ref.compile_s if ref is not None else None,
+      ratio=fkd_ips / ref_ips if ref_ips else None,
+    )
+    print(
+      f'[{kind}] fkd {fkd_ips:.2f} img/s'
+      + (f', keras {ref_ips:.2f} img/s, ratio {fkd_ips / ref_ips:.2f}' if ref_ips else ''),
+      flush=True,
+    )
     del fkd, ref
     gc.collect()
 
   fmt = lambda v, f='.2f': '-' if v is None else format(v, f)
-  print(f'\n{"step":<8} {"fkd img/s":>10} {"keras img/s":>12} {"ratio":>6} '
-        f'{"fkd compile s":>14} {"keras 1st step s":>17}')
+  print(
+    f'\n{"step":<8} {"fkd img/s":>10} {"keras img/s":>12} {"ratio":>6} '
+    f'{"fkd compile s":>14} {"keras 1st step s":>17}'
+  )
   for kind, r in rows.items():
-    print(f'{kind:<8} {fmt(r["fkd"]):>10} {fmt(r["keras"]):>12} {fmt(r["ratio"]):>6} '
-          f'{fmt(r["compile"], ".1f"):>14} {fmt(r["keras_compile"], ".1f"):>17}')
+    print(
+      f'{kind:<8} {fmt(r["fkd"]):>10} {fmt(r["keras"]):>12} {fmt(r["ratio"]):>6} '
+      f'{fmt(r["compile"], ".1f"):>14} {fmt(r["keras_compile"], ".1f"):>17}'
+    )
   s = rows.get('student', {})
-  out = {'backend': jax.default_backend(), 'fkd_img_s': s.get('fkd'),
-         'keras_img_s': s.get('keras'), 'ratio_vs_keras': s.get('ratio'),
-         'compile_s': s.get('compile')}
+  out = {
+    'backend': jax.default_backend(),
+    'fkd_img_s': s.get('fkd'),
+    'keras_img_s': s.get('keras'),
+    'ratio_vs_keras': s.get('ratio'),
+    'compile_s': s.get('compile'),
+  }
   for kind in ('teacher', 'kd'):
     if kind in rows:
-      out.update({f'{kind}_fkd_img_s': rows[kind]['fkd'], f'{kind}_keras_img_s':
-                  rows[kind]['keras'], f'{kind}_ratio_vs_keras': rows[kind]['ratio'],
-                  f'{kind}_compile_s': rows[kind]['compile']})
+      out.update(
+        {
+          f'{kind}_fkd_img_s': rows[kind]['fkd'],
+          f'{kind}_keras_img_s': rows[kind]['keras'],
+          f'{kind}_ratio_vs_keras': rows[kind]['ratio'],
+          f'{kind}_compile_s': rows[kind]['compile'],
+        }
+      )
   print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
 
 

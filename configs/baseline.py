@@ -3,14 +3,14 @@
 Same data, network and budget as the KD student of configs/kd.py. Run it into the same workdir to
 see `student_baseline` beside `student_kd` in results.json:
   python -m fkd.main --config=configs/baseline.py --workdir=runs/kd
-Args: as configs/kd.py (synthetic | 300w | wflw | cofw, runlocal).
+Args: as configs/kd.py (synthetic | 300w | wflw | cofw, runlocal, tiny).
 """
 
 from fkd import config_lib
 
 
 def get_config(arg: str | None = None):
-  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False)
-  config = config_lib.kd_base(arg.dataset, arg.runlocal)
+  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False)
+  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny)
   config.stages = ('student_baseline',)
   return config

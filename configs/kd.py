@@ -6,19 +6,19 @@ fkd/config_lib.py with a comment citing method.md.
 
 Embedded synthetic dataset, CPU-sized (the README quick start; ~10 min on 2 cores):
   python -m fkd.main --config=configs/kd.py --workdir=runs/kd
-Quick look / tests (a few minutes, tiny models):
+Quick look (a few minutes, tiny models); `tiny` is a few steps per stage (tests, smoke runs):
   python -m fkd.main --config=configs/kd.py:runlocal --workdir=/tmp/kd
 Paper scale (224², batch 70, 150 epochs; TPU/GPU) on a real dataset:
   python -m fkd.main --config=configs/kd.py:300w --workdir=runs/kd_300w \
       --config.data.manual_dir=/data/300W
-Args (comma-separated): synthetic (default) | 300w | wflw | cofw, and runlocal.
+Args (comma-separated): synthetic (default) | 300w | wflw | cofw; runlocal; tiny.
 """
 
 from fkd import config_lib
 
 
 def get_config(arg: str | None = None):
-  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False)
-  config = config_lib.kd_base(arg.dataset, arg.runlocal)
+  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False)
+  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny)
   config.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
   return config

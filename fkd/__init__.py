@@ -1,5 +1,6 @@
-"""fkd: facial-landmark knowledge distillation in JAX/Flax."""
+"""fkd: facial-landmark knowledge distillation in JAX/Flax.
 
-from fkd import runtime as _runtime
-
-_runtime.configure()  # XLA:CPU settings that must precede JAX's CPU client; see fkd/runtime.py
+Importing fkd changes no process settings: entry points (`python -m fkd.*`, benchmarks,
+notebooks) call `fkd.cli.start()` for the CPU tuning of `fkd.runtime` (and the multi-host
+start-up of `fkd.distributed`) before JAX initialises.
+"""

@@ -102,21 +102,38 @@ def _grams(fs: Array, ft: Array, ns: Array, nt: Array, block: int):
   def body(i, acc):
     gss, gtt, gts = acc
     lo = i * block
-    s = lax.dynamic_slice_in_dim(fs, lo, block, axis=1) * \
-        lax.dynamic_slice_in_dim(ns, lo, block, axis=1)[..., None]
-    t = lax.dynamic_slice_in_dim(ft, lo, block, axis=1) * \
-        lax.dynamic_slice_in_dim(nt, lo, block, axis=1)[..., None]
-    return (gss + jnp.einsum('bnc,bnd->bcd', s, s, precision=_HI),
-            gtt + jnp.einsum('bnc,bnd->bcd', t, t, precision=_HI),
-            gts + jnp.einsum('bnc,bnd->bcd', t, s, precision=_HI))
+    s = (
+      lax.dynamic_slice_in_dim(fs, lo, block, axis=1)
+      * lax.dynamic_slice_in_dim(ns, lo, block, axis=1)[..., None]
+    )
+    t = (
+      lax.dynamic_slice_in_dim(ft, lo, block, axis=1)
+      * lax.dynamic_slice_in_dim(nt, lo, block, axis=1)[..., None]
+    )
+    return (
+      gss + jnp.einsum('bnc,bnd->bcd', s, s, precision=_HI),
+      gtt + jnp.einsum('bnc,bnd->bcd', t, t, precision=_HI),
+      gts + jnp.einsum('bnc,bnd->bcd', t, s, precision=_HI),
+    )
 
-  zeros = (jnp.zeros((b, cs, cs), jnp.float32), jnp.zeros((b, ct, ct), jnp.float32),
-           jnp.zeros((b, ct, cs), jnp.float32))
+  zeros = (
+    jnp.zeros((b, cs, cs), jnp.float32),
+    jnp.zeros((b, ct, ct), jnp.float32),
+    jnp.zeros((b, ct, cs), jnp.float32),
+  )
   return lax.fori_loop(0, n // block, body, zeros)
 
 
-def _grad_rows(f: Array, inv: Array, own: Array, other_f: Array, other_inv: Array,
-               cross: Array, scale: Array, block: int) -> Array:
+def _grad_rows(
+  f: Array,
+  inv: Array,
+  own: Array,
+  other_f: Array,
+  other_inv: Array,
+  cross: Array,
+  scale: Array,
+  block: int,
+) -> Array:
   """∂L/∂f for one side, block by block: g = scale (S·own − T·cross), then through the norm."""
 
   def body(i, out):
@@ -124,10 +141,14 @@ def _grad_rows(f: Array, inv: Array, own: Array, other_f: Array, other_inv: Arra
     fb = lax.dynamic_slice_in_dim(f, lo, block, axis=1)
     ib = lax.dynamic_slice_in_dim(inv, lo, block, axis=1)[..., None]
     s = fb * ib
-    t = lax.dynamic_slice_in_dim(other_f, lo, block, axis=1) * \
-        lax.dynamic_slice_in_dim(other_inv, lo, block, axis=1)[..., None]
-    g = scale * (jnp.einsum('bnc,bcd->bnd', s, own, precision=_HI) -
-                 jnp.einsum('bne,bed->bnd', t, cross, precision=_HI))
+    t = (
+      lax.dynamic_slice_in_dim(other_f, lo, block, axis=1)
+      * lax.dynamic_slice_in_dim(other_inv, lo, block, axis=1)[..., None]
+    )
+    g = scale * (
+      jnp.einsum('bnc,bcd->bnd', s, own, precision=_HI)
+      - jnp.einsum('bne,bed->bnd', t, cross, precision=_HI)
+    )
     g = (g - s * jnp.sum(s * g, axis=-1, keepdims=True)) * ib
     return lax.dynamic_update_slice_in_dim(out, g, lo, axis=1)
 
@@ -172,8 +193,10 @@ def affinity_mse(fs: Array, ft: Array, eps: float = EPS, block: int | None = Non
   """
   fs, ft = _flat(fs), _flat(ft)
   if fs.shape[:2] != ft.shape[:2]:
-    raise FkdError(f'affinity: student {fs.shape} and teacher {ft.shape} features differ in batch '
-                   'or spatial size')
+    raise FkdError(
+      f'affinity: student {fs.shape} and teacher {ft.shape} features differ in batch '
+      'or spatial size'
+    )
   block = block or _block_size(fs.shape[1])
   if fs.shape[1] % block:
     raise FkdError(f'affinity: block {block} does not divide the {fs.shape[1]} nodes')
@@ -187,39 +210,17 @@ def affinity_mse(fs: Array, ft: Array, eps: float = EPS, block: int | None = Non
 def feature_aligned_mse(adapted: Array, teacher: Array) -> Array:
   """mean((φ(S) − T)²) for one layer (method.md §5.4 / §6.4 L_FA); φ is the Adapter module."""
   if adapted.shape != teacher.shape:
-    raise FkdError(f'feature-aligned distillation: adapted student {adapted.shape} vs teacher '
-                   f'{teacher.shape}')
+    raise FkdError(
+      f'feature-aligned distillation: adapted student {adapted.shape} vs teacher {teacher.shape}'
+    )
   return jnp.mean(jnp.square(adapted.astype(jnp.float32) - teacher.astype(jnp.float32)))
-
-
-class Adapter(nn.Module):
-  """1x1 conv (no bias) -> BN -> ReLU, lifting a student feature to the teacher's channels.
-
-  Initialisation N(0, 2/(k·k·C_out)) (method.md §5.1, "every other conv"); BN as PyTorch
-  (momentum 0.9 in Flax terms, ε 1e-5; §8). With `plain=True`, a 1x1 conv with bias only
-  (EfficientFAN's encoder option, §6.4).
-  """
-  features: int
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  plain: bool = False
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-    x = nn.Conv(self.features, (1, 1), use_bias=self.plain, kernel_init=init, name='conv')(x)
-    if self.plain:
-      return x
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, name='bn')(x)
-    return nn.relu(x)
 
 
 def pool(f: Array, k: int, how: str = 'avg') -> Array:
   """(B, H, W, C) pooled with a 2^k x 2^k window and stride (k = 0: unchanged)."""
   if k == 0:
     return f
-  w = 2 ** k
+  w = 2**k
   if how == 'avg':
     return nn.avg_pool(f, (w, w), (w, w))
   if how == 'max':
@@ -230,19 +231,21 @@ def pool(f: Array, k: int, how: str = 'avg') -> Array:
 def patch_scales(size: int, min_scale: int = 0) -> list[int]:
   """Scales k = min_scale … n−1 for a 2^n map, i.e. down to a 2x2 grid (method.md §6.4)."""
   n = int(size).bit_length() - 1
-  if 2 ** n != size or n < 1:
+  if 2**n != size or n < 1:
     raise FkdError(f'patch similarity needs a power-of-two feature map of side >= 2, got {size}')
   return list(range(min_scale, n))
 
 
-def patch_similarity_mse(fs: Array, ft: Array, min_scale: int = 0, how: str = 'avg',
-                         affinity=None) -> Array:
+def patch_similarity_mse(
+  fs: Array, ft: Array, min_scale: int = 0, how: str = 'avg', affinity=None
+) -> Array:
   """(1/K) Σ_k mean (A_S^(k) − A_T^(k))² over the pooled scales (method.md §6.4, one layer)."""
   affinity = affinity or affinity_mse
   if fs.shape[1] != fs.shape[2]:
     raise FkdError(f'patch similarity needs square feature maps, got {fs.shape}')
   scales = patch_scales(fs.shape[1], min_scale)
   if not scales:
-    raise FkdError(f'patch similarity: min_scale {min_scale} leaves no scale for a '
-                   f'{fs.shape[1]}² map')
+    raise FkdError(
+      f'patch similarity: min_scale {min_scale} leaves no scale for a {fs.shape[1]}² map'
+    )
   return sum(affinity(pool(fs, k, how), pool(ft, k, how)) for k in scales) / len(scales)

@@ -53,28 +53,28 @@ class PCAModel:
   def to_dict(self) -> dict[str, Any]:
     """JSON-serialisable dict (lists of Python floats)."""
     return {
-        "mean": self.mean.tolist(),
-        "components": self.components.tolist(),
-        "eigenvalues": self.eigenvalues.tolist(),
-        "acc": None if self.acc is None else float(self.acc),
-        "k": int(self.k),
-        "ratio": self.ratio.tolist(),
-        "num_shapes": int(self.num_shapes),
+      'mean': self.mean.tolist(),
+      'components': self.components.tolist(),
+      'eigenvalues': self.eigenvalues.tolist(),
+      'acc': None if self.acc is None else float(self.acc),
+      'k': int(self.k),
+      'ratio': self.ratio.tolist(),
+      'num_shapes': int(self.num_shapes),
     }
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> PCAModel:
     """Inverse of `to_dict`."""
-    k = int(d["k"])
-    mean = np.asarray(d["mean"], np.float64)
+    k = int(d['k'])
+    mean = np.asarray(d['mean'], np.float64)
     return cls(
-        mean=mean,
-        components=np.asarray(d["components"], np.float64).reshape(mean.shape[0], k),
-        eigenvalues=np.asarray(d["eigenvalues"], np.float64).reshape(k),
-        acc=None if d.get("acc") is None else float(d["acc"]),
-        k=k,
-        ratio=np.asarray(d.get("ratio", [np.nan] * k), np.float64).reshape(k),
-        num_shapes=int(d.get("num_shapes", 0)),
+      mean=mean,
+      components=np.asarray(d['components'], np.float64).reshape(mean.shape[0], k),
+      eigenvalues=np.asarray(d['eigenvalues'], np.float64).reshape(k),
+      acc=None if d.get('acc') is None else float(d['acc']),
+      k=k,
+      ratio=np.asarray(d.get('ratio', [np.nan] * k), np.float64).reshape(k),
+      num_shapes=int(d.get('num_shapes', 0)),
     )
 
 
@@ -93,7 +93,7 @@ def fit_pca(shapes: np.ndarray, acc: float | None = 0.90, k: int | None = None) 
   x = x.reshape(x.shape[0], -1)
   m = x.shape[0]
   if m < 2:
-    raise ValueError(f"Need at least 2 shapes to fit a PCA, got {m}.")
+    raise ValueError(f'Need at least 2 shapes to fit a PCA, got {m}.')
   mean = x.mean(axis=0)
   _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
   # Fix the arbitrary SVD signs (largest-|v| entry positive) so stored models are reproducible.
@@ -102,19 +102,19 @@ def fit_pca(shapes: np.ndarray, acc: float | None = 0.90, k: int | None = None) 
   ratio = lam / lam.sum()
   if k is None:
     if acc is None:
-      raise ValueError("Give acc or k.")
-    k = int(np.searchsorted(np.cumsum(ratio), acc, side="right")) + 1
+      raise ValueError('Give acc or k.')
+    k = int(np.searchsorted(np.cumsum(ratio), acc, side='right')) + 1
   else:
     acc = None
   k = int(min(max(k, 1), lam.shape[0]))
   return PCAModel(
-      mean=mean,
-      components=np.ascontiguousarray(vt[:k].T),
-      eigenvalues=lam[:k],
-      acc=None if acc is None else float(acc),
-      k=k,
-      ratio=ratio[:k],
-      num_shapes=m,
+    mean=mean,
+    components=np.ascontiguousarray(vt[:k].T),
+    eigenvalues=lam[:k],
+    acc=None if acc is None else float(acc),
+    k=k,
+    ratio=ratio[:k],
+    num_shapes=m,
   )
 
 
@@ -132,7 +132,7 @@ def asm_project(pca: PCAModel, shapes, clip_sigmas: float | None = 3.0):
   Returns:
     Soft shapes with the shape of `shapes`.
   """
-  if isinstance(shapes, np.ndarray) or not hasattr(shapes, "reshape"):
+  if isinstance(shapes, np.ndarray) or not hasattr(shapes, 'reshape'):
     x = np.asarray(shapes)
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     x = x.astype(np.float64)

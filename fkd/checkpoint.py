@@ -27,8 +27,9 @@ _ITEMS = ('model', 'train', 'meta')
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager for one stage directory."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
@@ -36,33 +37,48 @@ def _reader(directory: str) -> ocp.CheckpointManager:
   """A read-only manager local to this process: no barriers, no directory creation."""
   me = jax.process_index()
   options = ocp.CheckpointManagerOptions(
-      create=False, enable_async_checkpointing=False,
-      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me,
-                                                                 active_processes={me}))
+    create=False,
+    enable_async_checkpointing=False,
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}
+    ),
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: dict[str, Any],
-         meta: dict[str, Any]) -> None:
+def save(
+  mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], meta: dict[str, Any]
+) -> None:
   """Saves a train state {'params', 'batch_stats', 'opt_state', 'step'} plus JSON metadata."""
   model = {'params': state['params'], 'batch_stats': state['batch_stats']}
   train = {'opt_state': state['opt_state'], 'step': state['step']}
-  mgr.save(step, args=ocp.args.Composite(
-      model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train),
-      meta=ocp.args.JsonSave(meta)), force=True)
+  mgr.save(
+    step,
+    args=ocp.args.Composite(
+      model=ocp.args.StandardSave(model),
+      train=ocp.args.StandardSave(train),
+      meta=ocp.args.JsonSave(meta),
+    ),
+    force=True,
+  )
   mgr.wait_until_finished()
 
 
-def restore(mgr: ocp.CheckpointManager, abstract_state: dict[str, Any],
-            step: int | None = None) -> dict[str, Any]:
+def restore(
+  mgr: ocp.CheckpointManager, abstract_state: dict[str, Any], step: int | None = None
+) -> dict[str, Any]:
   """Restores the full train state of `step` (default: latest) into the given structure."""
   step = mgr.latest_step() if step is None else step
   model = {'params': abstract_state['params'], 'batch_stats': abstract_state['batch_stats']}
   train = {'opt_state': abstract_state['opt_state'], 'step': abstract_state['step']}
   as_abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)
-  got = mgr.restore(step, args=ocp.args.Composite(
+  got = mgr.restore(
+    step,
+    args=ocp.args.Composite(
       model=ocp.args.StandardRestore(as_abstract(model)),
-      train=ocp.args.StandardRestore(as_abstract(train))))
+      train=ocp.args.StandardRestore(as_abstract(train)),
+    ),
+  )
   return {**got['model'], **got['train']}
 
 
@@ -90,8 +106,11 @@ def save_model(directory: str, variables: dict[str, Any], meta: dict[str, Any]) 
   """
   mgr = manager(directory)
   model = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-  mgr.save(0, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
-                                      meta=ocp.args.JsonSave(meta)), force=True)
+  mgr.save(
+    0,
+    args=ocp.args.Composite(model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
   mgr.wait_until_finished()
   mgr.close()
 
@@ -113,6 +132,8 @@ def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   # Restored as NumPy: the saved shardings name devices of the run that wrote them.
   as_numpy = lambda m: np.empty(m.shape, m.dtype)
   target = jax.tree.map(as_numpy, mgr.item_metadata(step)['model'])
-  got = mgr.restore(step, args=ocp.args.Composite(
-      model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  got = mgr.restore(
+    step,
+    args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+  )
   return got['model'], got['meta']

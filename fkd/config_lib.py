@@ -1,8 +1,13 @@
-"""Shared pieces of the configs in `configs/`: arg parsing and the per-dataset presets.
+"""Shared pieces of the configs in `configs/`: arg parsing, the common blocks, the KD-Loss base.
 
 Configs are big_vision style: `get_config(arg)` where `arg` is a comma-separated list such as
 `300w,runlocal`. The first bare word naming a dataset picks it; `runlocal` shrinks everything so the
-whole pipeline runs in a few minutes on a 2-core CPU; `key=value` items set other options.
+whole pipeline runs in a few minutes on a 2-core CPU; `tiny` shrinks it further to a few steps per
+stage (unit tests, notebooks' smoke runs); `key=value` items set other options.
+
+Blocks: `common` (seed, method, stages, data, eval: every method), `regression_base` (+ student,
+teacher, losses and optimizers of the regression methods), `kd_base` (+ ASM and KD-Loss). The
+heatmap methods build on `common` in `fkd/fan_config.py`.
 """
 
 from __future__ import annotations
@@ -10,18 +15,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = {
-    # name in the config arg -> (TFDS name, landmarks, target space, eval splits)
-    'synthetic': ('synthetic_faces', 68, 'normalized', ('test',)),
-    '300w': ('ibug_300w', 68, 'normalized', ('common', 'challenging', 'full')),
-    'wflw': ('wflw', 98, 'normalized',
-             ('test', 'pose', 'expression', 'illumination', 'makeup', 'occlusion', 'blur')),
-    'cofw': ('cofw', 29, 'pixel', ('test',)),
-}
-# KD-Loss normalises WFLW by the pupils 96/97, 300W and COFW by the outer eye corners
-# (method.md §2.7, results.md §2).
-KD_NORM = {'synthetic': 'inter_ocular', '300w': 'inter_ocular', 'wflw': 'inter_pupil',
-           'cofw': 'inter_ocular'}
+from fkd.data import datasets
+
+DATASETS = tuple(k for k in datasets.DATASETS if k != 'cofw68')  # the config-arg dataset names
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -38,15 +34,19 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     elif item in out and isinstance(defaults[item], bool):
       out[item] = True
     else:
-      raise ValueError(f'unknown config arg {item!r}; datasets: {sorted(DATASETS)}, '
-                       f'flags: {sorted(k for k, v in defaults.items() if isinstance(v, bool))}')
+      raise ValueError(
+        f'unknown config arg {item!r}; datasets: {sorted(DATASETS)}, '
+        f'flags: {sorted(k for k, v in defaults.items() if isinstance(v, bool))}'
+      )
   return out
 
 
-def optimizer_config(*, batch_size: int, num_epochs: float, num_steps: int = -1,
-                     lr: float = 1e-3) -> ml_collections.ConfigDict:
+def optimizer_config(
+  *, batch_size: int, num_epochs: float, num_steps: int = -1, lr: float = 1e-3
+) -> ml_collections.ConfigDict:
   """Adam + Keras' legacy inverse-time decay, the KD-Loss recipe (method.md §2.6)."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       batch_size=batch_size,
       num_epochs=num_epochs,  # converted to steps with floor(N_train / batch) per epoch
       num_steps=num_steps,  # > 0 overrides num_epochs
@@ -54,32 +54,47 @@ def optimizer_config(*, batch_size: int, num_epochs: float, num_steps: int = -1,
       schedule='inverse_time',  # method.md §2.6: lr_t = lr / (1 + decay t), Keras `decay=1e-4`
       lr_decay=1e-4,  # method.md §2.6
       warmup_steps=0,  # 'cosine' only: linear warm-up before the cosine decay to 0
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-7,  # method.md §2.6: Keras Adam defaults
+      adam_b1=0.9,
+      adam_b2=0.999,
+      adam_eps=1e-7,  # method.md §2.6: Keras Adam defaults
       log_every_steps=50,
       checkpoint_every_steps=500,
-  ))
+    )
+  )
 
 
-def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collections.ConfigDict:
-  """Everything a KD-Loss run needs; configs/kd.py and configs/baseline.py pick the stages."""
+def shrink_to_tiny(config: ml_collections.ConfigDict, steps: int = 6) -> None:
+  """`tiny`: a few steps per stage, logging and checkpointing at the last (tests, smoke runs)."""
+  for t in (config.train, config.teacher_train):
+    t.num_steps = steps
+    t.log_every_steps = steps
+    t.checkpoint_every_steps = steps
+
+
+def common(
+  dataset: str = 'synthetic', runlocal: bool = False, *, method: str, norm: str
+) -> ml_collections.ConfigDict:
+  """What every method's config has: seed, method, stages (set by the caller), data and eval."""
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; known: {sorted(DATASETS)}')
-  tfds_name, num_landmarks, space, eval_splits = DATASETS[dataset]
+  facts = datasets.get(dataset)
   paper = dataset != 'synthetic'
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
+  c.method = method  # a key of fkd.methods.REGISTRY
+  c.stages = ()
 
-  c.data = ml_collections.ConfigDict(dict(
-      name=tfds_name,
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name=facts.tfds_name,
       data_dir=config_dict.placeholder(str),  # TFDS data_dir; None = TFDS default
       manual_dir=config_dict.placeholder(str),  # raw download, builds the dataset on first use
       allow_partial=False,
       image_size=224 if paper else 64,  # method.md §2.2: 224x224 crops
-      num_landmarks=num_landmarks,
-      target_space=space,  # method.md §2.2 / §9 #5: pixels for COFW, normalised otherwise
+      num_landmarks=facts.num_landmarks,
+      target_space=facts.kd_space,  # method.md §2.2 / §9 #5: pixels for COFW, normalised otherwise
       train_split='train',
-      eval_splits=eval_splits,
+      eval_splits=facts.eval_splits,
       augment='kd' if paper else 'flip',  # 'kd': method.md §2.2 online; 'flip'; 'none'
       num_workers=0,  # augmentation threads; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
@@ -87,48 +102,69 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
       # 0 = one per process. Fix it to keep the data order when the number of hosts changes.
       num_shards=0,
       max_eval_examples=-1,
-  ))
-  c.asm = ml_collections.ConfigDict(dict(
-      acc=0.90,  # method.md §2.3 / §9 #3: ASM variance fraction of the Tolerant targets
-  ))
+    )
+  )
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      norm=norm,
+      frame='crop',  # results.md §1: KD-Loss measures in the 224 crop frame
+      fr_threshold=0.1,
+      batch_size=128,
+    )
+  )
+  if runlocal:
+    if dataset == 'synthetic':
+      c.data.name = 'synthetic_faces/small'
+    c.data.image_size = 32
+    c.data.max_train_examples = 256
+    c.data.max_eval_examples = 64
+    c.eval.batch_size = 64
+  return c
+
+
+def regression_base(
+  dataset: str = 'synthetic', runlocal: bool = False, tiny: bool = False, *, method: str
+) -> ml_collections.ConfigDict:
+  """The regression student and teacher of KD-Loss, their losses and optimizers."""
+  runlocal = runlocal or tiny
+  paper = dataset != 'synthetic'
+  c = common(dataset, runlocal, method=method, norm=datasets.get(dataset).kd_norm)
 
   # method.md §2.4: MobileNetV2 1.0 student, GAP -> Dense(2N), random init, no dropout.
   # `init_from` (student and teacher): an fkd checkpoint directory to start from, e.g. ImageNet
   # weights converted by `python -m fkd.tools.import_weights` (method.md §2.4: "fkd default:
   # random init; option: ImageNet init"); None = random init. See fkd/pretrained.py.
-  c.student = ml_collections.ConfigDict(dict(
-      name='mobilenet_v2', init_from=config_dict.placeholder(str),
+  c.student = ml_collections.ConfigDict(
+    dict(
+      name='mobilenet_v2',
+      init_from=config_dict.placeholder(str),
       # CPU size: BN momentum 0.99 so the running statistics settle within a short run (Keras'
       # 0.999 needs thousands of steps).
-      kwargs=dict(width=1.0, depth=1.0) if paper else
-      dict(width=0.5, depth=0.5, bn_momentum=0.99)))
+      kwargs=dict(width=1.0, depth=1.0) if paper else dict(width=0.5, depth=0.5, bn_momentum=0.99),
+    )
+  )
   # method.md §2.4: EfficientNet-B3 teachers at 224, top dropout 0.5, drop-connect 0.2.
-  c.teacher = ml_collections.ConfigDict(dict(
-      name='efficientnet_b3', init_from=config_dict.placeholder(str),
-      kwargs=dict(dropout=0.5, drop_connect_rate=0.2)))
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      name='efficientnet_b3',
+      init_from=config_dict.placeholder(str),
+      kwargs=dict(dropout=0.5, drop_connect_rate=0.2),
+    )
+  )
   if not paper:
-    # CPU size: a shrunken EfficientNet-B3 (width x0.35, depth x0.4) did not beat the mean shape
-    # within this budget (17.6 % vs 16.7 % NME after 800 steps, with or without dropout), while
-    # MobileNetV2 learns; so the embedded-dataset teachers are a wider MobileNetV2.
+    # CPU size: a shrunken EfficientNet-B3 did not beat the mean shape within this budget
+    # (README, "CPU-sized configs"), while MobileNetV2 learns; so the embedded-dataset teachers
+    # are a wider MobileNetV2.
     c.teacher.name = 'mobilenet_v2'
     c.teacher.kwargs = dict(width=0.75, depth=0.5, bn_momentum=0.99)
-  c.loss = ml_collections.ConfigDict(dict(
+  c.loss = ml_collections.ConfigDict(
+    dict(
       teacher='mse',  # method.md §2.5.1
       baseline='mse',  # method.md §2.5.4 / §9 #6
-  ))
-  c.kd = ml_collections.ConfigDict(dict(
-      mode='code',  # method.md §9 #1: released-code constants; 'figure' for the paper figures
-      # Any of these overrides the mode's constants (losses.KDParams); None keeps them.
-      alpha_tou=config_dict.placeholder(float), alpha_neg_tou=config_dict.placeholder(float),
-      alpha_tol=config_dict.placeholder(float), alpha_neg_tol=config_dict.placeholder(float),
-      beta=config_dict.placeholder(float), main_slope=config_dict.placeholder(float),
-      w_main=config_dict.placeholder(float), w_tou=config_dict.placeholder(float),
-      w_tol=config_dict.placeholder(float), lambda_source=config_dict.placeholder(str),
-      lambda_const=config_dict.placeholder(float), low_region=config_dict.placeholder(str),
-  ))
-  # Teacher checkpoints for the student stage: None = <workdir>/teacher_{tough,tolerant}.
+    )
+  )
+  # Teacher checkpoint used in place of training that stage (None: train it into the workdir).
   c.teacher_tough_ckpt = config_dict.placeholder(str)
-  c.teacher_tolerant_ckpt = config_dict.placeholder(str)
 
   if paper:
     # method.md §2.6: batch 70, 150 epochs, Adam 1e-3 with inverse-time decay 1e-4, for the
@@ -136,33 +172,25 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
     c.train = optimizer_config(batch_size=70, num_epochs=150)
     c.teacher_train = optimizer_config(batch_size=70, num_epochs=150)
   else:
-    # Embedded dataset on a CPU: sized so the whole job (dataset build included) finishes in about
-    # 12.5 minutes on 2 cores (13.5 with a fresh pip install, measured).
-    # A short run learns faster with a warm-up + cosine decay from 2e-3 than with the paper's
-    # slowly decaying 1e-3 (measured on this data: 8.3 vs 14 % NME after 1500 / 800 steps).
+    # Embedded dataset on a CPU: sized so the whole KD job (dataset build included) finishes well
+    # within the README's quick-start time on 2 cores. A short run learns faster with a warm-up
+    # + cosine decay from 2e-3 than with the paper's slowly decaying 1e-3 (README, "CPU-sized
+    # configs").
     c.train = optimizer_config(batch_size=32, num_epochs=16, lr=2e-3)
     c.teacher_train = optimizer_config(batch_size=32, num_epochs=9, lr=2e-3)
     for t in (c.train, c.teacher_train):
       t.schedule = 'cosine'
       t.warmup_steps = 50
 
-  c.eval = ml_collections.ConfigDict(dict(
-      norm=KD_NORM[dataset],
-      frame='crop',  # results.md §1: KD-Loss measures in the 224 crop frame
-      fr_threshold=0.1,
-      batch_size=128,
-  ))
-
   if runlocal:
-    if dataset == 'synthetic':
-      c.data.name = 'synthetic_faces/small'
-    c.data.image_size = 32
-    c.data.max_train_examples = 256
-    c.data.max_eval_examples = 64
     c.student.kwargs = dict(width=0.35, depth=0.34, bn_momentum=0.9)
-    c.teacher.kwargs = (dict(width=0.35, depth=0.34, bn_momentum=0.9) if not paper else
-                        dict(dropout=0.2, drop_connect_rate=0.1, width_scale=0.25,
-                             depth_scale=0.25, bn_momentum=0.9))
+    c.teacher.kwargs = (
+      dict(width=0.35, depth=0.34, bn_momentum=0.9)
+      if not paper
+      else dict(
+        dropout=0.2, drop_connect_rate=0.1, width_scale=0.25, depth_scale=0.25, bn_momentum=0.9
+      )
+    )
     for t in (c.train, c.teacher_train):
       t.batch_size = 16
       t.num_epochs = 2
@@ -175,5 +203,62 @@ def kd_base(dataset: str = 'synthetic', runlocal: bool = False) -> ml_collection
         t.schedule, t.lr, t.warmup_steps = 'cosine', 2e-3, 20
         t.log_every_steps = 50
         t.checkpoint_every_steps = 200
-    c.eval.batch_size = 64
+  if tiny:
+    shrink_to_tiny(c)
   return c
+
+
+def kd_base(
+  dataset: str = 'synthetic', runlocal: bool = False, tiny: bool = False
+) -> ml_collections.ConfigDict:
+  """Everything a KD-Loss run needs; configs/kd.py and configs/baseline.py pick the stages."""
+  c = regression_base(dataset, runlocal, tiny, method='kd')
+  c.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
+  c.asm = ml_collections.ConfigDict(
+    dict(
+      acc=0.90,  # method.md §2.3 / §9 #3: ASM variance fraction of the Tolerant targets
+    )
+  )
+  c.kd = ml_collections.ConfigDict(
+    dict(
+      mode='code',  # method.md §9 #1: released-code constants; 'figure' for the paper figures
+      # The frozen teachers of student_kd: both (method.md §2.5); one of them, or none (with
+      # lambda_source='constant'), gives the ablations of §2.5.4 (fkd.ablation).
+      teachers=('teacher_tough', 'teacher_tolerant'),
+      # Any of these overrides the mode's constants (losses.KDParams); None keeps them.
+      alpha_tou=config_dict.placeholder(float),
+      alpha_neg_tou=config_dict.placeholder(float),
+      alpha_tol=config_dict.placeholder(float),
+      alpha_neg_tol=config_dict.placeholder(float),
+      beta=config_dict.placeholder(float),
+      main_slope=config_dict.placeholder(float),
+      w_main=config_dict.placeholder(float),
+      w_tou=config_dict.placeholder(float),
+      w_tol=config_dict.placeholder(float),
+      lambda_source=config_dict.placeholder(str),
+      lambda_const=config_dict.placeholder(float),
+      low_region=config_dict.placeholder(str),
+    )
+  )
+  c.teacher_tolerant_ckpt = config_dict.placeholder(str)
+  return c
+
+
+def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=path:arg` loads it (notebooks, tools).
+
+  `path` may carry the arg itself: `load('configs/kd.py:tiny')`.
+  """
+  import importlib.util
+  import os
+
+  if arg is None and ':' in os.path.basename(path):
+    path, arg = path.rsplit(':', 1)
+  spec = importlib.util.spec_from_file_location(
+    f'fkd_config_{os.path.splitext(os.path.basename(path))[0]}', path
+  )
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f'no config file {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

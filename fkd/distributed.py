@@ -28,6 +28,3 @@ def maybe_initialize() -> bool:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # used by CPU backends only
   jax.distributed.initialize(**kwargs)
   return True
-
-
-maybe_initialize()

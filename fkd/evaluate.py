@@ -31,35 +31,37 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fkd import checkpoint, fan_train, metric_writer, metrics, models, sharding
+from fkd import inference, methods, metric_writer, metrics, sharding
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
-MODEL_ORDER = ('mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd', 'student_baseline')
-FAN_MODEL_ORDER = ('mean_shape', *fan_train.FAN_STAGES)
-# The model that `worst.png`, `fkd.predict` and `fkd.export` show by default: the first present.
-PREFERRED = ('student_kd', 'student_distill', 'student_baseline', 'teacher_tough',
-             'teacher_tolerant', 'teacher')
 PUBLISHED_METHOD = 'kd_loss'
 OVERLAY_COUNT = 5  # faces per row of worst.png
 
 
-def predict_split(predict, variables, split: ip.Split, batch_size: int, size: int,
-                  space: str, mesh, desc: str | None = None) -> np.ndarray:
+def predict_split(
+  predict, variables, split: ip.Split, batch_size: int, mesh, desc: str | None = None
+) -> np.ndarray:
   """Landmarks (M, N, 2) in crop pixels for every image of a split (every process gets all)."""
   batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
   local = batch_size // jax.process_count()
   lo = jax.process_index() * local
   out = []
-  batches = metric_writer.progress(ip.eval_batches(split, batch_size),
-                                   total=math.ceil(len(split) / batch_size), desc=desc,
-                                   unit='batch', enabled=jax.process_index() == 0)
+  batches = metric_writer.progress(
+    ip.eval_batches(split, batch_size),
+    total=math.ceil(len(split) / batch_size),
+    desc=desc,
+    unit='batch',
+    enabled=jax.process_index() == 0,
+  )
   for images, n in batches:
-    flat = predict(variables, sharding.shard_batch({'image': images[lo:lo + local]}, mesh)['image'])
+    flat = predict(
+      variables, sharding.shard_batch({'image': images[lo : lo + local]}, mesh)['image']
+    )
     if jax.process_count() > 1:
       flat = multihost_utils.process_allgather(flat, tiled=True)
     out.append(np.asarray(jax.device_get(flat))[:n])
-  return ip.from_target(np.concatenate(out), size, space)
+  return np.concatenate(out)
 
 
 def _mean_shape(train: ip.Split) -> np.ndarray:
@@ -68,8 +70,7 @@ def _mean_shape(train: ip.Split) -> np.ndarray:
   sums = per_shard.astype(np.float64).sum(axis=1).astype(np.float32)  # JAX gathers float32
   if jax.process_count() > 1:
     sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, *sums.shape[1:])
-  return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(
-      np.float32)
+  return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(np.float32)
 
 
 def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
@@ -78,16 +79,12 @@ def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
 
 
 def model_dirs(config: Any, workdir: str) -> dict[str, str]:
-  """Stage name -> directory of every finished stage of a run (teachers may live elsewhere)."""
-  from fkd import train  # local import: train imports this module
-
+  """Stage name -> directory of every finished stage of a run, in the method's order (teachers
+  may live elsewhere: `config.<stage>_ckpt`)."""
   dirs = {}
-  fan = fan_train.is_fan(config)
-  for name in (FAN_MODEL_ORDER if fan else MODEL_ORDER)[1:]:
-    path = train.teacher_dir(config, workdir, name) if name in train.TEACHERS and not fan else \
-        fan_train.teacher_dir(config, workdir) if name == 'teacher' and fan else \
-        os.path.join(workdir, name)
-    if train.is_finished(path):
+  for name in methods.get(config).stages:
+    path = methods.stage_dir(config, workdir, name)
+    if inference.is_finished(path):
       dirs[name] = path
   return dirs
 
@@ -108,9 +105,15 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   eval_splits = list(config.data.eval_splits)
   threshold = config.eval.fr_threshold
   results: dict[str, Any] = {
-      'dataset': config.data.name, 'norm': config.eval.norm, 'frame': config.eval.frame,
-      'fr_threshold': threshold, 'image_size': data.image_size, 'models': {},
-      'steps': {}, 'nme_per_image': {}}
+    'dataset': config.data.name,
+    'norm': config.eval.norm,
+    'frame': config.eval.frame,
+    'fr_threshold': threshold,
+    'image_size': data.image_size,
+    'models': {},
+    'steps': {},
+    'nme_per_image': {},
+  }
   preds: dict[str, dict[str, np.ndarray]] = {}
 
   def add(name: str, split: str, pred: np.ndarray) -> None:
@@ -123,23 +126,26 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   for s in eval_splits:
     add('mean_shape', s, np.broadcast_to(mean_shape, data.splits[s].landmarks.shape))
   for name, path in model_dirs(config, workdir).items():
-    variables, meta = checkpoint.load_model(path)
-    results['steps'][name] = int(meta.get('total_steps', 0))
-    variables = sharding.replicate(
-        {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}, mesh)
-    if meta.get('output') == 'heatmaps':  # decoded to crop pixels (method.md §4.6)
-      predict = fan_train.make_predict(meta, data.num_landmarks, data.image_size,
-                                       config.fan.decode)
-    else:
-      model = models.get_model(meta['model'], num_outputs=2 * data.num_landmarks,
-                               **meta['model_kwargs'])
-      predict = jax.jit(lambda v, x, model=model: model.apply(
-          v, x.astype(np.float32) / 255.0, train=False)[0])
+    predictor = inference.Predictor(path)
+    if predictor.num_landmarks != data.num_landmarks or predictor.image_size != data.image_size:
+      raise FkdError(
+        f'{path} predicts {predictor.num_landmarks} landmarks on '
+        f'{predictor.image_size}² crops; the evaluation data has '
+        f'{data.num_landmarks} on {data.image_size}² (config.data)'
+      )
+    results['steps'][name] = int(predictor.meta.get('total_steps', 0))
+    variables = sharding.replicate(predictor.variables, mesh)
+    predict = jax.jit(predictor.landmarks)
     for s in eval_splits:
-      add(name, s, predict_split(predict, variables, data.splits[s], config.eval.batch_size,
-                                 data.image_size, meta['target_space'], mesh, f'eval {name}/{s}'))
+      add(
+        name,
+        s,
+        predict_split(
+          predict, variables, data.splits[s], config.eval.batch_size, mesh, f'eval {name}/{s}'
+        ),
+      )
 
-  shown = next((m for m in PREFERRED if m in preds), None)
+  shown = next((m for m in methods.preferred_stages() if m in preds), None)
   if shown is not None:
     split = _overlay_split(eval_splits)
     nme = np.asarray(results['nme_per_image'][shown][split])
@@ -147,9 +153,15 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
     sel = np.concatenate([best, worst])
     sp = data.splits[split]
     results['_overlay'] = {
-        'model': shown, 'split': split, 'rows': {'best': len(best), 'worst': len(worst)},
-        'images': sp.images[sel], 'gt': sp.landmarks[sel], 'pred': preds[shown][split][sel],
-        'nme': nme[sel], 'names': [sp.names[i] for i in sel]}
+      'model': shown,
+      'split': split,
+      'rows': {'best': len(best), 'worst': len(worst)},
+      'images': sp.images[sel],
+      'gt': sp.landmarks[sel],
+      'pred': preds[shown][split][sel],
+      'nme': nme[sel],
+      'names': [sp.names[i] for i in sel],
+    }
   return results
 
 
@@ -163,16 +175,19 @@ def published() -> dict[str, Any]:
   return json.loads((importlib.resources.files('fkd') / 'published.json').read_text())
 
 
-def published_rows(dataset: str, split: str, model: str,
-                   method: str = PUBLISHED_METHOD) -> list[dict[str, Any]]:
+def published_rows(
+  dataset: str, split: str, model: str, method: str = PUBLISHED_METHOD
+) -> list[dict[str, Any]]:
   """Published records for a TFDS dataset name ('ibug_300w', 'wflw/...'), split and model."""
   base = dataset.split('/')[0].split(':')[0]
-  return [r for r in published()['methods'][method]['results']
-          if r['dataset'] == base and r['split'] == split and r['model'] == model]
+  return [
+    r
+    for r in published()['methods'][method]['results']
+    if r['dataset'] == base and r['split'] == split and r['model'] == model
+  ]
 
 
-def _fmt_published(rows: list[dict[str, Any]], norm: str, frame: str,
-                   refs: dict[str, int]) -> str:
+def _fmt_published(rows: list[dict[str, Any]], norm: str, frame: str, refs: dict[str, int]) -> str:
   cells = []
   for r in rows:
     values = [f'{r["nme"]:.2f}']
@@ -198,17 +213,22 @@ def markdown_table(results: dict[str, Any]) -> str:
   parts = []
   for split in splits:
     count = next(iter(results['models'].values()))[split].get('count')
-    lines = [f'### {split}' + (f' ({count} images)' if count else ''), '',
-             '| model | NME % | FR % | AUC | AUC_KD | published NME % / FR % / AUC_KD (source) |',
-             '|---|---:|---:|---:|---:|---|']
+    lines = [
+      f'### {split}' + (f' ({count} images)' if count else ''),
+      '',
+      '| model | NME % | FR % | AUC | AUC_KD | published NME % / FR % / AUC_KD (source) |',
+      '|---|---:|---:|---:|---:|---|',
+    ]
     for name, per_split in results['models'].items():
       r = per_split[split]
-      pub = _fmt_published(published_rows(results['dataset'], split, name), results['norm'],
-                           results['frame'], refs)
+      pub = _fmt_published(
+        published_rows(results['dataset'], split, name), results['norm'], results['frame'], refs
+      )
       other_protocol |= '†' in pub
       auc_kd = f'{r["auc_kd"]:.4f}' if 'auc_kd' in r else '—'
-      lines.append(f'| {name} | {r["nme"]:.2f} | {r["fr"]:.2f} | {r["auc"]:.4f} | {auc_kd} | '
-                   f'{pub} |')
+      lines.append(
+        f'| {name} | {r["nme"]:.2f} | {r["fr"]:.2f} | {r["auc"]:.4f} | {auc_kd} | {pub} |'
+      )
     parts.append('\n'.join(lines))
   notes = []
   if refs:
@@ -217,20 +237,24 @@ def markdown_table(results: dict[str, Any]) -> str:
       notes.append('† published under another normalisation or frame than this evaluation.')
   else:
     datasets = sorted({r['dataset'] for r in published()['methods'][PUBLISHED_METHOD]['results']})
-    notes.append(f'No published numbers for {results["dataset"]}: KD-Loss reports on '
-                 f'{", ".join(datasets)} (fkd/published.json).')
+    notes.append(
+      f'No published numbers for {results["dataset"]}: KD-Loss reports on '
+      f'{", ".join(datasets)} (fkd/published.json).'
+    )
   return '\n\n'.join(parts) + '\n\n' + '\n'.join(f'- {n}' for n in notes)
 
 
 def _markdown(results: dict[str, Any]) -> str:
   files = [f for f in ('ced.png', 'worst.png') if f in results.get('_figures', ())]
   figures = ''.join(f'\n![{f}]({f})\n' for f in files)
-  return (f'# fkd results: {results["dataset"]}\n\n'
-          f'NME normalised {results["norm"]} in the {results["frame"]} frame '
-          f'({results["image_size"]} px crops), in %; FR (strict >) and AUC at '
-          f'{results["fr_threshold"]}. AUC is the standard closed form (perfect = 1); AUC_KD is '
-          f'the KD-Loss codebase variant (perfect = 0.95), comparable only with the published '
-          f'AUC_KD (shared/docs/results.md §1).\n\n{markdown_table(results)}\n{figures}')
+  return (
+    f'# fkd results: {results["dataset"]}\n\n'
+    f'NME normalised {results["norm"]} in the {results["frame"]} frame '
+    f'({results["image_size"]} px crops), in %; FR (strict >) and AUC at '
+    f'{results["fr_threshold"]}. AUC is the standard closed form (perfect = 1); AUC_KD is '
+    f'the KD-Loss codebase variant (perfect = 0.95), comparable only with the published '
+    f'AUC_KD (docs/results.md §1).\n\n{markdown_table(results)}\n{figures}'
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,10 +263,15 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def _ced_range(per_image: dict[str, dict[str, list[float]]], threshold: float) -> float:
   """θ, or a multiple of it that covers 90 % of the best model's images when models are poor."""
-  q = min(float(np.quantile(v, 0.9)) for per_split in per_image.values() for v in per_split.values()
-          if len(v))
-  return next(threshold * m for m in (1, 2, 3, 5, 10, 20, 50, 100) if threshold * m >= q or
-              m == 100)
+  q = min(
+    float(np.quantile(v, 0.9))
+    for per_split in per_image.values()
+    for v in per_split.values()
+    if len(v)
+  )
+  return next(
+    threshold * m for m in (1, 2, 3, 5, 10, 20, 50, 100) if threshold * m >= q or m == 100
+  )
 
 
 def plot_ced(results: dict[str, Any], path: str) -> None:
@@ -262,19 +291,25 @@ def plot_ced(results: dict[str, Any], path: str) -> None:
       nme = np.asarray(per_split[split])
       t, frac = metrics.ced(nme, x_max, 401)
       style = dict(color='0.45', ls='--') if name == 'mean_shape' else {}
-      label = (f'{name}: NME {100 * nme.mean():.2f} %, '
-               f'FR {metrics.failure_rate(nme, threshold):.1f} %, '
-               f'AUC {metrics.auc(nme, threshold):.3f}')
+      label = (
+        f'{name}: NME {100 * nme.mean():.2f} %, '
+        f'FR {metrics.failure_rate(nme, threshold):.1f} %, '
+        f'AUC {metrics.auc(nme, threshold):.3f}'
+      )
       ax.plot(100 * t, frac, lw=1.8, label=label, **style)
     if x_max > threshold:
       ax.axvline(100 * threshold, color='k', lw=0.8, ls=':')
       ax.annotate(f' θ = {100 * threshold:g} %', (100 * threshold, 0.97), fontsize=8, va='top')
-    ax.set(xlim=(0, 100 * x_max), ylim=(0, 1.0), xlabel=f'NME (%, {results["norm"]})',
-           ylabel='fraction of images ≤ NME',
-           title=f'{results["dataset"]} / {split} ({len(nme)} images)')
+    ax.set(
+      xlim=(0, 100 * x_max),
+      ylim=(0, 1.0),
+      xlabel=f'NME (%, {results["norm"]})',
+      ylabel='fraction of images ≤ NME',
+      title=f'{results["dataset"]} / {split} ({len(nme)} images)',
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
-  for ax in axes[len(splits):]:
+  for ax in axes[len(splits) :]:
     ax.set_visible(False)
   fig.suptitle(f'Cumulative error distribution (FR and AUC at θ = {threshold:g})')
   fig.savefig(path, dpi=110)
@@ -297,16 +332,27 @@ def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
     ax = axes[row, col]
     gt, pred = overlay['gt'][i], overlay['pred'][i]
     ax.imshow(overlay['images'][i], interpolation='bilinear')
-    ax.plot(np.stack([gt[:, 0], pred[:, 0]]), np.stack([gt[:, 1], pred[:, 1]]), color='yellow',
-            lw=0.6, alpha=0.8)
+    ax.plot(
+      np.stack([gt[:, 0], pred[:, 0]]),
+      np.stack([gt[:, 1], pred[:, 1]]),
+      color='yellow',
+      lw=0.6,
+      alpha=0.8,
+    )
     ax.scatter(gt[:, 0], gt[:, 1], s=dot, c='lime', edgecolors='black', linewidths=0.3)
     ax.scatter(pred[:, 0], pred[:, 1], s=dot, c='red', marker='x', linewidths=0.8)
     ax.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
-    ax.set_title(f'{"best" if row == 0 else "worst"}: NME {100 * overlay["nme"][i]:.1f} %\n'
-                 f'{overlay["names"][i]}', fontsize=8)
-  fig.suptitle(f'{overlay["model"]} on {overlay["split"]}: best (top) and worst (bottom) faces'
-               f'{" by " + norm + " NME" if norm else ""}\n'
-               'green ● ground truth, red × prediction, yellow: error', fontsize=10)
+    ax.set_title(
+      f'{"best" if row == 0 else "worst"}: NME {100 * overlay["nme"][i]:.1f} %\n'
+      f'{overlay["names"][i]}',
+      fontsize=8,
+    )
+  fig.suptitle(
+    f'{overlay["model"]} on {overlay["split"]}: best (top) and worst (bottom) faces'
+    f'{" by " + norm + " NME" if norm else ""}\n'
+    'green ● ground truth, red × prediction, yellow: error',
+    fontsize=10,
+  )
   fig.savefig(path, dpi=100)
 
 
@@ -324,8 +370,9 @@ def _write(path: str, data: bytes | str) -> None:
 def _dumps(record: dict[str, Any]) -> str:
   """Indented JSON with every list of numbers on one line (the per-image NMEs)."""
   text = json.dumps(record, indent=2)
-  return re.sub(r'\[\s+([-+0-9.eE,\s]+?)\s+\]',
-                lambda m: '[' + ' '.join(m.group(1).split()) + ']', text)
+  return re.sub(
+    r'\[\s+([-+0-9.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text
+  )
 
 
 def write_figures(results: dict[str, Any], workdir: str) -> list[str]:
@@ -346,8 +393,12 @@ def write_scalars(results: dict[str, Any], workdir: str) -> None:
   for name, step in results.get('steps', {}).items():
     stage_dir = os.path.join(workdir, name)
     if os.path.isdir(stage_dir):
-      scalars = {f'eval/{split}/{k}': r[k] for split, r in results['models'][name].items()
-                 for k in ('nme', 'fr', 'auc', 'auc_kd') if k in r}
+      scalars = {
+        f'eval/{split}/{k}': r[k]
+        for split, r in results['models'][name].items()
+        for k in ('nme', 'fr', 'auc', 'auc_kd')
+        if k in r
+      }
       with metric_writer.MetricWriter(stage_dir, jsonl='eval.jsonl') as writer:
         writer.write_scalars(step, scalars)
 
@@ -383,28 +434,11 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def _main(argv: list[str]) -> None:
-  import sys
-
-  from absl import app, logging
-
-  from fkd import main as cli
-
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.ERROR)
-  from fkd import distributed  # noqa: F401  (initialises multi-host runs from the environment)
-
-  try:
-    evaluate(cli._CONFIG.value, cli._WORKDIR.value)
-  except FkdError as e:
-    print(f'fkd: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  from absl import app
+  from fkd import cli
 
-  from fkd import main as cli
-
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  app.run(_main, flags_parser=cli.parse_flags)
+  _CONFIG, _WORKDIR = cli.define_run_flags()
+  cli.run(_main, distributed=True)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fkd import checkpoint
+from fkd import checkpoint, heads, inference
 from fkd.errors import FkdError
 from fkd.models import layers
 
@@ -39,14 +39,17 @@ def inference_fn(stage_dir: str) -> tuple[Callable[[jax.Array], jax.Array], dict
 
   The parameters are closed over, so they become constants of the exported program.
   """
-  from fkd import predict
-
-  predictor = predict.Predictor(stage_dir)
+  predictor = inference.Predictor(stage_dir)
   return functools.partial(predictor.landmarks, predictor.variables), predictor.meta
 
 
-def export_stablehlo(fn: Callable, image_size: int, batch: int = 0,
-                     platforms: Sequence[str] | None = None) -> jax.export.Exported:
+def predictor_head(meta: dict[str, Any]) -> dict[str, Any]:
+  return heads.from_meta(meta).meta()
+
+
+def export_stablehlo(
+  fn: Callable, image_size: int, batch: int = 0, platforms: Sequence[str] | None = None
+) -> jax.export.Exported:
   """`jax.export` of `fn` on uint8 (batch, S, S, 3); batch 0 = symbolic batch size 'b'."""
   (b,) = jax.export.symbolic_shape('b') if batch <= 0 else (batch,)
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
@@ -63,20 +66,25 @@ def export_tflite(fn: Callable, image_size: int, batch: int = 1) -> bytes:
   try:
     import tensorflow as tf
   except ImportError:
-    raise FkdError('--format=tflite needs TensorFlow (pip install tensorflow), which is not '
-                   'installed; --format=stablehlo needs only JAX') from None
+    raise FkdError(
+      '--format=tflite needs TensorFlow (pip install tensorflow), which is not '
+      'installed; --format=stablehlo needs only JAX'
+    ) from None
   from jax.experimental import jax2tf
 
   spec = tf.TensorSpec((max(batch, 1), image_size, image_size, 3), tf.uint8, name='images')
-  tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), input_signature=[spec],
-                      autograph=False)
+  tf_fn = tf.function(
+    jax2tf.convert(fn, with_gradient=False), input_signature=[spec], autograph=False
+  )
   module = tf.Module()
   module.serve = tf_fn
   with tempfile.TemporaryDirectory() as tmp:
     tf.saved_model.save(module, tmp, signatures=tf_fn.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
-                                           tf.lite.OpsSet.SELECT_TF_OPS]
+    converter.target_spec.supported_ops = [
+      tf.lite.OpsSet.TFLITE_BUILTINS,
+      tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
     return converter.convert()
 
 
@@ -91,18 +99,21 @@ def run_tflite(model: bytes, images: np.ndarray) -> np.ndarray:
   return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
 
 
-def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
-           stage: str | None = None, batch: int = 0,
-           platforms: Sequence[str] | None = None) -> dict[str, Any]:
+def export(
+  workdir: str,
+  fmt: str = 'stablehlo',
+  output: str | None = None,
+  stage: str | None = None,
+  batch: int = 0,
+  platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
   """Exports a stage of `workdir` (default: the student) and checks it against JAX.
 
   Returns the record written next to the artifact (paths, shapes, model, parity).
   """
-  from fkd import predict
-
   if fmt not in FORMATS:
     raise FkdError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
-  stage_dir = os.path.join(workdir, stage) if stage else predict.find_stage(workdir)
+  stage_dir = os.path.join(workdir, stage) if stage else inference.find_stage(workdir)
   if checkpoint.read_meta(stage_dir) is None:
     raise FkdError(f'no checkpoint in {stage_dir}')
   fn, meta = inference_fn(stage_dir)
@@ -123,8 +134,10 @@ def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
       raise FkdError(f'--format=stablehlo: {e}') from None
     got = np.asarray(jax.export.deserialize(data).call(probe))
     in_shape = [d if isinstance(d, int) else str(d) for d in exported.in_avals[0].shape]
-    extra = {'platforms': list(exported.platforms),
-             'load': "jax.export.deserialize(open(path, 'rb').read()).call(images)"}
+    extra = {
+      'platforms': list(exported.platforms),
+      'load': "jax.export.deserialize(open(path, 'rb').read()).call(images)",
+    }
   else:
     if batch <= 0:
       batch = probe_batch = 1
@@ -139,16 +152,40 @@ def export(workdir: str, fmt: str = 'stablehlo', output: str | None = None,
     f.write(data)
   diff = float(np.max(np.abs(got - expected)))
   record = {
-      'artifact': os.path.abspath(output), 'format': fmt, 'bytes': len(data),
-      'input': {'name': 'images', 'shape': in_shape, 'dtype': 'uint8',
-                'meaning': 'RGB face crops, the box resized anisotropically (fkd.predict)'},
-      'output': {'shape': [in_shape[0], int(meta['num_landmarks']), 2], 'dtype': 'float32',
-                 'meaning': 'landmarks (x, y) in crop pixels, pixel centres at integers'},
-      'model': {'checkpoint': os.path.abspath(stage_dir),
-                **{k: meta[k] for k in ('stage', 'model', 'model_kwargs', 'dataset',
-                                        'image_size', 'num_landmarks', 'target_space')
-                   if k in meta}},
-      'parity_max_abs_diff': diff, **extra}
+    'artifact': os.path.abspath(output),
+    'format': fmt,
+    'bytes': len(data),
+    'input': {
+      'name': 'images',
+      'shape': in_shape,
+      'dtype': 'uint8',
+      'meaning': 'RGB face crops, the box resized anisotropically (fkd.predict)',
+    },
+    'output': {
+      'shape': [in_shape[0], int(meta['num_landmarks']), 2],
+      'dtype': 'float32',
+      'meaning': 'landmarks (x, y) in crop pixels, pixel centres at integers',
+    },
+    'model': {
+      'checkpoint': os.path.abspath(stage_dir),
+      'head': predictor_head(meta),
+      **{
+        k: meta[k]
+        for k in (
+          'stage',
+          'method',
+          'model',
+          'model_kwargs',
+          'dataset',
+          'image_size',
+          'num_landmarks',
+        )
+        if k in meta
+      },
+    },
+    'parity_max_abs_diff': diff,
+    **extra,
+  }
   with open(os.path.splitext(output)[0] + '.json', 'w') as f:
     json.dump(record, f, indent=1)
   return record
@@ -160,26 +197,28 @@ def _define_flags():
   flags.DEFINE_string('workdir', None, 'Run directory.')
   flags.DEFINE_enum('format', 'stablehlo', FORMATS, 'Artifact format.')
   flags.DEFINE_string('output', None, 'Artifact path (default DIR/export/<stage>.<format>).')
-  flags.DEFINE_string('stage', None, 'Stage to export (default: student_kd, else '
-                      'student_baseline, else a teacher).')
+  flags.DEFINE_string(
+    'stage', None, 'Stage to export (default: student_kd, else student_baseline, else a teacher).'
+  )
   flags.DEFINE_integer('batch', 0, 'Fixed batch size; 0 = symbolic (StableHLO) or 1 (TFLite).')
-  flags.DEFINE_list('platforms', None, 'StableHLO lowering platforms (cpu, cuda, rocm, tpu); '
-                    'default: this machine\'s backend.')
+  flags.DEFINE_list(
+    'platforms',
+    None,
+    "StableHLO lowering platforms (cpu, cuda, rocm, tpu); default: this machine's backend.",
+  )
   flags.mark_flags_as_required(['workdir'])
   return flags.FLAGS
 
 
 def _main(argv: list[str]) -> None:
-  from absl import app, logging
-
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines
   f = _FLAGS
   record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
-  print(f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
-        f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
-        f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}', flush=True)
+  print(
+    f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
+    f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
+    f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}',
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

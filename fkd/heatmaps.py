@@ -56,10 +56,12 @@ def render(points: Array, size: int, sigma: float = 1.0, quantize: bool = False)
   grid = jnp.arange(size, dtype=jnp.float32)
   radius = 3.0 * sigma
   x, y = centre[..., 0, None], centre[..., 1, None]  # (..., L, 1)
-  gx = jnp.exp(-(grid - x) ** 2 / (2 * sigma ** 2)) * (jnp.abs(grid - window[..., 0, None]) <=
-                                                       radius)
-  gy = jnp.exp(-(grid - y) ** 2 / (2 * sigma ** 2)) * (jnp.abs(grid - window[..., 1, None]) <=
-                                                       radius)
+  gx = jnp.exp(-((grid - x) ** 2) / (2 * sigma**2)) * (
+    jnp.abs(grid - window[..., 0, None]) <= radius
+  )
+  gy = jnp.exp(-((grid - y) ** 2) / (2 * sigma**2)) * (
+    jnp.abs(grid - window[..., 1, None]) <= radius
+  )
   maps = gy[..., :, None] * gx[..., None, :]  # (..., L, H, W), separable
   return jnp.moveaxis(maps, -3, -1)
 
@@ -141,8 +143,9 @@ def to_original(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
   return out.astype(np.float32)
 
 
-def targets_for_batch(points: Array, image_size: int, stride: int, sigma: float,
-                      quantize: bool = False) -> Array:
+def targets_for_batch(
+  points: Array, image_size: int, stride: int, sigma: float, quantize: bool = False
+) -> Array:
   """Crop-pixel landmarks (B, L, 2) -> (B, H, W, L) Gaussian targets at image_size / stride."""
   if image_size % stride:
     raise FkdError(f'image size {image_size} is not a multiple of the heatmap stride {stride}')

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from fkd import asm
+from fkd.data import datasets, formats, schemes
 from fkd.errors import FkdError
 
 
@@ -64,14 +64,10 @@ class Data:
   scheme: str | None = None  # '300w' | 'wflw' | 'cofw': the KD augmentation's per-dataset constants
 
 
-def _register_builders() -> None:
-  import tfds_builders  # noqa: F401  (registers every fkd builder with TFDS)
-
-
 def _builder(config: Any):
   import tensorflow_datasets as tfds
 
-  _register_builders()
+  datasets.register_builders()
   data_dir = config.data.data_dir
   try:
     return tfds.builder(config.data.name, data_dir=data_dir, file_format='array_record')
@@ -107,9 +103,10 @@ def check_prepared_or_buildable(config: Any) -> Any:
     return builder
   if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) and not config.data.manual_dir:
     raise FkdError(
-        f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
-        'config.data.manual_dir is not set: download it by hand (see README) and pass '
-        '--config.data.manual_dir=<folder>')
+      f'dataset {config.data.name!r} is not built in {builder.data_dir_root} and '
+      'config.data.manual_dir is not set: download it by hand (see README) and pass '
+      '--config.data.manual_dir=<folder>'
+    )
   if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
     raise FkdError(f'config.data.manual_dir {config.data.manual_dir} is not a directory')
   return builder
@@ -118,7 +115,7 @@ def check_prepared_or_buildable(config: Any) -> Any:
 def _decode(data: bytes | np.ndarray) -> Image.Image:
   if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
     return Image.fromarray(data)
-  return Image.open(io.BytesIO(data)).convert('RGB')
+  return formats.open_image(bytes(data))
 
 
 def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
@@ -126,8 +123,9 @@ def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
   return (s * (points + 0.5) - 0.5).astype(np.float32)
 
 
-def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1,
-               records: range | None = None) -> Split:
+def load_split(
+  source: Any, size: int, soft_key: str | None, limit: int = -1, records: range | None = None
+) -> Split:
   """Decodes a TFDS data source of square face crops into memory at size x size.
 
   `records`: which records to read (default: all, or the first `limit`).
@@ -154,8 +152,13 @@ def load_split(source: Any, size: int, soft_key: str | None, limit: int = -1,
       attributes.append(np.asarray(ex['attributes'], bool))
     name = ex.get('filename', str(r))
     names.append(name.decode() if isinstance(name, bytes) else str(name))
-  return Split(images, np.stack(landmarks), np.stack(soft) if soft else None, names,
-               np.stack(attributes) if attributes else None)
+  return Split(
+    images,
+    np.stack(landmarks),
+    np.stack(soft) if soft else None,
+    names,
+    np.stack(attributes) if attributes else None,
+  )
 
 
 def _affine_pca(pca: asm.PCAModel, a: float, c: float) -> asm.PCAModel:
@@ -163,45 +166,54 @@ def _affine_pca(pca: asm.PCAModel, a: float, c: float) -> asm.PCAModel:
   return dataclasses.replace(pca, mean=a * pca.mean + c, eigenvalues=a * a * pca.eigenvalues)
 
 
-def shard_records(num_records: int, num_shards: int, process_index: int,
-                  process_count: int) -> range:
+def shard_records(
+  num_records: int, num_shards: int, process_index: int, process_count: int
+) -> range:
   """The records a process reads: its num_shards / process_count of num_shards equal contiguous
   shards (the last num_records % num_shards records are dropped)."""
   if num_shards % process_count:
-    raise FkdError(f'config.data.num_shards={num_shards} must be a multiple of the '
-                   f'{process_count} processes')
+    raise FkdError(
+      f'config.data.num_shards={num_shards} must be a multiple of the {process_count} processes'
+    )
   size = num_records // num_shards
   if size == 0:
-    raise FkdError(f'the train split has {num_records} examples, fewer than the {num_shards} '
-                   'shards (config.data.num_shards)')
+    raise FkdError(
+      f'the train split has {num_records} examples, fewer than the {num_shards} '
+      'shards (config.data.num_shards)'
+    )
   per_process = num_shards // process_count
   return range(process_index * per_process * size, (process_index + 1) * per_process * size)
 
 
-def load(config: Any, splits: tuple[str, ...] | None = None, process_index: int = 0,
-         process_count: int = 1) -> Data:
+def load(
+  config: Any, splits: tuple[str, ...] | None = None, process_index: int = 0, process_count: int = 1
+) -> Data:
   """Loads this process's shards of the train split and the whole eval splits into memory."""
   builder = prepare(config)
   meta = builder.info.metadata or {}
   size = config.data.image_size
   native = int(meta.get('image_size', size))
-  soft_key = f'p{round(100 * config.asm.acc)}'
+  # Soft landmarks (ASM, method.md §2.3) only for configs that ask for them (`config.asm`).
+  soft_key = f'p{round(100 * config.asm.acc)}' if config.get('asm') else None
   pca = None
-  if 'pca' in meta:
+  if 'pca' in meta and soft_key is not None:
     if soft_key not in meta['pca']:
-      raise FkdError(f'config.asm.acc={config.asm.acc}: the dataset stores ASM fractions '
-                     f'{sorted(meta["pca"])}')
+      raise FkdError(
+        f'config.asm.acc={config.asm.acc}: the dataset stores ASM fractions {sorted(meta["pca"])}'
+      )
     # The PCA lives in the builder's pixel frame; x -> s(x + 1/2) - 1/2 is isotropic, so the ASM
     # operator carries over exactly (method.md §2.3 equivariance).
-    pca = _affine_pca(asm.PCAModel.from_dict(meta['pca'][soft_key]), size / native,
-                      0.5 * size / native - 0.5)
+    pca = _affine_pca(
+      asm.PCAModel.from_dict(meta['pca'][soft_key]), size / native, 0.5 * size / native - 0.5
+    )
   sources = builder.as_data_source()
   wanted = splits or (config.data.train_split, *config.data.eval_splits)
   out = {}
   for name in dict.fromkeys(wanted):
     if name not in sources:
-      raise FkdError(f'dataset {config.data.name!r} has no split {name!r}; '
-                     f'it has {sorted(sources)}')
+      raise FkdError(
+        f'dataset {config.data.name!r} has no split {name!r}; it has {sorted(sources)}'
+      )
     is_train = name == config.data.train_split
     limit = config.data.max_train_examples if is_train else config.data.max_eval_examples
     if not is_train:
@@ -212,41 +224,20 @@ def load(config: Any, splits: tuple[str, ...] | None = None, process_index: int 
     records = shard_records(n, num_shards, process_index, process_count)
     per_process = num_shards // process_count
     if process_count > 1:
-      print(f'[data] process {process_index} of {process_count} reads train records '
-            f'[{records.start}, {records.stop}) of {n} ({per_process} of {num_shards} shards)',
-            flush=True)
+      print(
+        f'[data] process {process_index} of {process_count} reads train records '
+        f'[{records.start}, {records.stop}) of {n} ({per_process} of {num_shards} shards)',
+        flush=True,
+      )
     out[name] = dataclasses.replace(
-        load_split(sources[name], size, soft_key, records=records),
-        shards=range(process_index * per_process, (process_index + 1) * per_process),
-        num_shards=num_shards)
+      load_split(sources[name], size, soft_key, records=records),
+      shards=range(process_index * per_process, (process_index + 1) * per_process),
+      num_shards=num_shards,
+    )
   perm = np.asarray(meta.get('flip_permutation', np.arange(config.data.num_landmarks)))
-  scheme = SCHEMES.get(config.data.name.split('/')[0])
+  facts = datasets.by_tfds_name(config.data.name)
+  scheme = facts.scheme if facts else None  # the augmentation constants of fkd.data.augment
   return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme)
-
-
-# ---------------------------------------------------------------------------------------------
-# Targets: the regression space of method.md §2.2.
-
-
-def to_target(points: np.ndarray, size: int, space: str) -> np.ndarray:
-  """(…, N, 2) crop pixels -> flat interleaved targets (…, 2N): u = (S/2 − x)/S or pixels."""
-  flat = points.reshape(*points.shape[:-2], -1)
-  if space == 'normalized':
-    return ((size / 2.0 - flat) / size).astype(np.float32)
-  if space == 'pixel':
-    return flat.astype(np.float32)
-  raise FkdError(f"config.data.target_space must be 'normalized' or 'pixel', got {space!r}")
-
-
-def from_target(flat: np.ndarray, size: int, space: str) -> np.ndarray:
-  """Inverse of `to_target`: (…, 2N) -> (…, N, 2) crop pixels (x = S/2 − S·u)."""
-  if isinstance(flat, np.ndarray | list | tuple):
-    flat = np.asarray(flat, np.float32)  # (jax arrays stay jax arrays: used inside jit too)
-  if space == 'normalized':
-    flat = size / 2.0 - size * flat
-  elif space != 'pixel':
-    raise FkdError(f"target space must be 'normalized' or 'pixel', got {space!r}")
-  return flat.reshape(*flat.shape[:-1], -1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,18 +245,18 @@ def from_target(flat: np.ndarray, size: int, space: str) -> np.ndarray:
 
 
 def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
-  """Horizontal flip: x -> S − 1 − x and re-index with the dataset's permutation (method.md §3)."""
-  flipped = points[:, perm].copy()
-  flipped[..., 0] = size - 1 - flipped[..., 0]
-  return images[:, :, ::-1], flipped
+  """Horizontal flip of a batch: x -> S − 1 − x and re-index with the dataset's permutation."""
+  return images[:, :, ::-1], schemes.flip_points(points, perm, size)
 
 
-# TFDS name -> the augmentation constants of fkd.data.augment (copies per face, WFLW extras).
-SCHEMES = {'ibug_300w': '300w', 'wflw': 'wflw', 'cofw': 'cofw', 'synthetic_faces': '300w'}
-
-
-def _augment_kd(data: Data, split: Split, idx: np.ndarray, images: np.ndarray,
-                points: np.ndarray, rngs: list[np.random.Generator]):
+def _augment_kd(
+  data: Data,
+  split: Split,
+  idx: np.ndarray,
+  images: np.ndarray,
+  points: np.ndarray,
+  rngs: list[np.random.Generator],
+):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
 
   The offline original stores F copies per face: the plain crop and F − 1 augmented ones (F from
@@ -282,8 +273,8 @@ def _augment_kd(data: Data, split: Split, idx: np.ndarray, images: np.ndarray,
     attrs = split.attributes[idx[i]] if split.attributes is not None else None
     copies = augment.num_copies(data.scheme, attrs) if data.scheme else 1
     out_images[i], out_points[i] = augment.augment_kd(
-        images[i], points[i], rngs[i], data.flip_permutation, margin=margin,
-        plain_prob=1.0 / copies)
+      images[i], points[i], rngs[i], data.flip_permutation, margin=margin, plain_prob=1.0 / copies
+    )
 
   if _POOL.workers > 1 and len(idx) > 1:
     list(_POOL.get().map(one, range(len(idx))))
@@ -333,24 +324,33 @@ def num_examples(split: Split) -> int:
   return len(split) // len(split.shards) * split.num_shards
 
 
-def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int,
-                   offset: int) -> np.ndarray:
+def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int, offset: int) -> np.ndarray:
   """Indices into `split` of this process's slice of a global batch: batch_size / num_shards from
   a per-epoch permutation of each of its shards, in shard order."""
   if batch_size % split.num_shards:
-    raise FkdError(f'batch size {batch_size} is not divisible by the {split.num_shards} data '
-                   'shards (config.data.num_shards)')
+    raise FkdError(
+      f'batch size {batch_size} is not divisible by the {split.num_shards} data '
+      'shards (config.data.num_shards)'
+    )
   size = len(split) // len(split.shards)
   per_shard = batch_size // split.num_shards
   idx = []
   for k, shard in enumerate(split.shards):
     rng = np.random.default_rng([seed, epoch] if split.num_shards == 1 else [seed, epoch, shard])
-    idx.append(k * size + rng.permutation(size)[offset * per_shard:(offset + 1) * per_shard])
+    idx.append(k * size + rng.permutation(size)[offset * per_shard : (offset + 1) * per_shard])
   return np.concatenate(idx)
 
 
-def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, augment: str,
-                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+def train_batch(
+  data: Data,
+  split: str,
+  batch_size: int,
+  step: int,
+  seed: int,
+  augment: str,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
@@ -362,18 +362,21 @@ def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, a
   idx = _batch_indices(train, batch_size, seed, epoch, offset)
   local = batch_size // process_count
   if len(idx) != local:
-    raise FkdError(f'{split} holds {len(train.shards)} of {train.num_shards} shards, not the '
-                   f'share of process {process_index} of {process_count}')
+    raise FkdError(
+      f'{split} holds {len(train.shards)} of {train.num_shards} shards, not the '
+      f'share of process {process_index} of {process_count}'
+    )
   images = train.images[idx]
   points = train.landmarks[idx]
   if augment == 'flip':
     flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
-    flip = flip[process_index * local:(process_index + 1) * local]
+    flip = flip[process_index * local : (process_index + 1) * local]
     if flip.any():
       images = images.copy()
       points = points.copy()
-      images[flip], points[flip] = _flip(images[flip], points[flip], data.flip_permutation,
-                                         data.image_size)
+      images[flip], points[flip] = _flip(
+        images[flip], points[flip], data.flip_permutation, data.image_size
+      )
   elif augment == 'kd':
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
@@ -391,7 +394,7 @@ def train_batch(data: Data, split: str, batch_size: int, step: int, seed: int, a
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
   """Fixed-size batches over a split (the last one zero-padded) and how many rows are real."""
   for start in range(0, len(split), batch_size):
-    images = split.images[start:start + batch_size]
+    images = split.images[start : start + batch_size]
     n = len(images)
     if n < batch_size:
       images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])

@@ -59,8 +59,18 @@ class KDParams:
   @classmethod
   def figure(cls, **overrides: Any) -> KDParams:
     """Paper-figure constants (method.md §2.5.3, `fkd` defaults for `figure` mode)."""
-    base = dict(alpha_tou=0.9, alpha_neg_tou=-0.45, alpha_tol=0.9, alpha_neg_tol=-0.45, beta=0.4,
-                low_region='ramp', main_slope=1.0, w_main=2.5, w_tou=1.0, w_tol=1.0)
+    base = dict(
+      alpha_tou=0.9,
+      alpha_neg_tou=-0.45,
+      alpha_tol=0.9,
+      alpha_neg_tol=-0.45,
+      beta=0.4,
+      low_region='ramp',
+      main_slope=1.0,
+      w_main=2.5,
+      w_tou=1.0,
+      w_tol=1.0,
+    )
     base.update(overrides)
     return cls(**base)
 
@@ -69,6 +79,7 @@ class KDParams:
     """Builds from a `config.kd` ConfigDict: `mode` picks the variant, set fields override it."""
     cfg = dict(kd_config)
     mode = cfg.pop('mode', 'code')
+    cfg.pop('teachers', None)  # which teachers are loaded: the method's business (fkd.methods.kd)
     overrides = {k: v for k, v in cfg.items() if v is not None}
     if mode == 'code':
       return cls.code(**overrides)
@@ -77,8 +88,9 @@ class KDParams:
     raise ValueError(f"config.kd.mode must be 'code' or 'figure', got {mode!r}")
 
 
-def assistive_weight(e: jax.Array, d: jax.Array, alpha: float, alpha_neg: float, beta: float,
-                     low_region: str) -> jax.Array:
+def assistive_weight(
+  e: jax.Array, d: jax.Array, alpha: float, alpha_neg: float, beta: float, low_region: str
+) -> jax.Array:
   """ω_t(e): the piecewise weight of ALoss for one teacher whose distance to g is d."""
   if low_region == 'zero':
     # Released code: R_P is e > d, R_N is β·d ≤ e ≤ d, R_L (e < β·d) has weight 0, and ω = 0 at
@@ -93,8 +105,15 @@ def assistive_weight(e: jax.Array, d: jax.Array, alpha: float, alpha_neg: float,
   raise ValueError(f"low_region must be 'zero' or 'ramp', got {low_region!r}")
 
 
-def aloss(pred: jax.Array, teacher: jax.Array, gt: jax.Array, alpha: float, alpha_neg: float,
-          beta: float, low_region: str = 'zero') -> jax.Array:
+def aloss(
+  pred: jax.Array,
+  teacher: jax.Array,
+  gt: jax.Array,
+  alpha: float,
+  alpha_neg: float,
+  beta: float,
+  low_region: str = 'zero',
+) -> jax.Array:
   """Per-entry Assistive Loss ω_t(e)·|d_t − e| (teacher treated as a constant)."""
   teacher = jax.lax.stop_gradient(teacher)
   e = jnp.abs(pred - gt)
@@ -109,8 +128,13 @@ def main_loss(pred: jax.Array, gt: jax.Array, lam: jax.Array, slope: float) -> j
   return jnp.where(e <= lam, slope * e, jnp.square(e) + slope * lam - jnp.square(lam))
 
 
-def kd_loss(pred: jax.Array, gt: jax.Array, tough: jax.Array | None, tolerant: jax.Array | None,
-            params: KDParams) -> tuple[jax.Array, dict[str, jax.Array]]:
+def kd_loss(
+  pred: jax.Array,
+  gt: jax.Array,
+  tough: jax.Array | None,
+  tolerant: jax.Array | None,
+  params: KDParams,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """KD-Loss = w_main·mean(Loss_Main) + w_tou·mean(ALoss_tou) + w_tol·mean(ALoss_tol).
 
   Either teacher may be None (the Tough-only / Tolerant-only ablations of method.md §2.5.4);
@@ -131,10 +155,12 @@ def kd_loss(pred: jax.Array, gt: jax.Array, tough: jax.Array | None, tolerant: j
   terms = {'main': params.w_main * jnp.mean(main_loss(pred, gt, lam, params.main_slope))}
   if tough is not None:
     terms['aloss_tough'] = params.w_tou * jnp.mean(
-        aloss(pred, tough, gt, params.alpha_tou, params.alpha_neg_tou, params.beta,
-              params.low_region))
+      aloss(pred, tough, gt, params.alpha_tou, params.alpha_neg_tou, params.beta, params.low_region)
+    )
   if tolerant is not None:
     terms['aloss_tolerant'] = params.w_tol * jnp.mean(
-        aloss(pred, tolerant, gt, params.alpha_tol, params.alpha_neg_tol, params.beta,
-              params.low_region))
+      aloss(
+        pred, tolerant, gt, params.alpha_tol, params.alpha_neg_tol, params.beta, params.low_region
+      )
+    )
   return sum(terms.values()), terms

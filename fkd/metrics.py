@@ -6,12 +6,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Normalising index sets per dataset (datasets.md §6). A pair of ints names two points; a pair of
-# ranges names two point groups whose means are used (eye centres).
+from fkd.data import schemes
+
+# Normalising index sets per point count, from the mark-ups of fkd.data.schemes (datasets.md §6).
+# A pair of ints names two points; a pair of groups names two point groups whose means are used
+# (eye centres).
 NORMALISATION = {
-    68: {'inter_ocular': (36, 45), 'inter_pupil': (range(36, 42), range(42, 48))},
-    98: {'inter_ocular': (60, 72), 'inter_pupil': (96, 97)},
-    29: {'inter_ocular': (8, 9), 'inter_pupil': (16, 17)},
+  s.num_landmarks: {
+    'inter_ocular': s.inter_ocular,
+    'inter_pupil': tuple(g if len(g) > 1 else g[0] for g in s.inter_pupil),
+  }
+  for s in schemes.SCHEMES.values()
 }
 
 
@@ -29,13 +34,15 @@ def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') 
     if table is None or norm not in table:
       raise ValueError(f'no {norm!r} normalisation known for {gt.shape[1]} landmarks')
     norm = table[norm]
-  a, b = (gt[:, list(i)].mean(axis=1) if isinstance(i, range | list | tuple) else gt[:, i]
-          for i in norm)
+  a, b = (
+    gt[:, list(i)].mean(axis=1) if isinstance(i, range | list | tuple) else gt[:, i] for i in norm
+  )
   return np.linalg.norm(a - b, axis=-1)
 
 
-def nme_per_image(pred: np.ndarray, gt: np.ndarray,
-                  norm: str | Sequence = 'inter_ocular') -> np.ndarray:
+def nme_per_image(
+  pred: np.ndarray, gt: np.ndarray, norm: str | Sequence = 'inter_ocular'
+) -> np.ndarray:
   """NME_j = mean_i ||p_i − g_i|| / d_j for each image (a fraction, not %)."""
   pred = np.asarray(pred, np.float64)
   gt = np.asarray(gt, np.float64)
@@ -79,9 +86,9 @@ def ranked(nme: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def summarize(nme: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
   """The per-split record of results.json: NME %, FR %, AUC (0..1) and the KD AUC variant."""
   return {
-      'nme': float(100.0 * np.mean(nme)),
-      'fr': failure_rate(nme, threshold),
-      'auc': auc(nme, threshold),
-      'auc_kd': auc_kd(nme, threshold),
-      'count': int(len(nme)),
+    'nme': float(100.0 * np.mean(nme)),
+    'fr': failure_rate(nme, threshold),
+    'auc': auc(nme, threshold),
+    'auc_kd': auc_kd(nme, threshold),
+    'count': int(len(nme)),
   }

@@ -11,7 +11,8 @@ The face crop follows the training crops (method.md §2.2): the box is widened b
 width / height on each side and resized anisotropically to the model's `image_size`; predictions are
 mapped back with the inverse crop affine (`fkd.data.crops`). Without `--bbox` the whole image is the
 face crop (it says so): fine for photos that are already face crops.
-`--workdir` picks the run's `student_kd`, else `student_baseline`, else a teacher.
+`--workdir` picks the run's finished student (`student_kd`, `student_distill`, ...), else a teacher
+(`fkd.inference.find_stage`).
 """
 
 from __future__ import annotations
@@ -22,75 +23,29 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fkd import checkpoint, fan_train, models
-from fkd import input_pipeline as ip
-from fkd.data import crops
+from fkd.data import crops, formats
 from fkd.errors import FkdError
+from fkd.inference import Predictor, find_stage
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 DEFAULT_MARGIN = 0.05  # synthetic_faces' crop margin; 300W's ±5 px is ~2-3 % of a face
 # 68-point (300W) face parts for the overlay: (first, last, closed).
-PARTS_68 = ((0, 16, False), (17, 21, False), (22, 26, False), (27, 30, False), (31, 35, False),
-            (36, 41, True), (42, 47, True), (48, 59, True), (60, 67, True))
+PARTS_68 = (
+  (0, 16, False),
+  (17, 21, False),
+  (22, 26, False),
+  (27, 30, False),
+  (31, 35, False),
+  (36, 41, True),
+  (42, 47, True),
+  (48, 59, True),
+  (60, 67, True),
+)
 
-
-def find_stage(workdir: str) -> str:
-  """The directory of the model a workdir serves: student_kd > student_baseline > teachers."""
-  from fkd import evaluate, train
-
-  if not os.path.isdir(workdir):
-    raise FkdError(f'workdir {workdir} does not exist')
-  candidates = [os.path.join(workdir, name) for name in evaluate.PREFERRED]
-  for path in candidates:
-    if train.is_finished(path):
-      return path
-  for path in candidates:  # an unfinished stage is better than nothing
-    if checkpoint.read_meta(path) is not None:
-      return path
-  raise FkdError(f'no trained model in {workdir} (looked for {", ".join(evaluate.PREFERRED)})')
-
-
-class Predictor:
-  """A stage's model as `predict(crops uint8 (B, S, S, 3)) -> landmarks (B, N, 2) crop pixels`."""
-
-  def __init__(self, stage_dir: str):
-    variables, meta = checkpoint.load_model(stage_dir)
-    self.stage_dir = stage_dir
-    self.meta = meta
-    self.image_size = int(meta['image_size'])
-    self.num_landmarks = int(meta['num_landmarks'])
-    self.step = checkpoint.manager(stage_dir).latest_step()
-    self.heatmap_predict = None
-    if meta.get('output') == 'heatmaps':  # MobileFAN / EfficientFAN: decode the heatmaps
-      self.heatmap_predict = fan_train.make_predict(meta, self.num_landmarks, self.image_size)
-    else:
-      self.model = models.get_model(meta['model'], num_outputs=2 * self.num_landmarks,
-                                    **meta['model_kwargs'])
-    self.variables = {'params': variables['params'],
-                      'batch_stats': variables.get('batch_stats', {})}
-    self._apply = jax.jit(self.landmarks)
-
-  def landmarks(self, variables: Any, images: jax.Array) -> jax.Array:
-    """The pure inference function: uint8 crops -> (B, N, 2) float32 crop pixels."""
-    if self.heatmap_predict is not None:
-      flat = self.heatmap_predict(variables, images)
-      return flat.reshape(flat.shape[0], -1, 2)
-    flat, _ = self.model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
-    return ip.from_target(flat, self.image_size, self.meta['target_space'])
-
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.uint8)))
-
-  def info(self) -> dict[str, Any]:
-    keys = ('stage', 'model', 'model_kwargs', 'dataset', 'image_size', 'num_landmarks',
-            'target_space')
-    return {'checkpoint': os.path.abspath(self.stage_dir), 'step': self.step,
-            **{k: self.meta[k] for k in keys if k in self.meta}}
+__all__ = ['Predictor', 'find_stage', 'predict_image', 'run']
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -103,8 +58,9 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
   return x, y, w, h
 
 
-def face_box(image_size: tuple[int, int], bbox: Sequence[float] | None,
-             margin: float) -> np.ndarray:
+def face_box(
+  image_size: tuple[int, int], bbox: Sequence[float] | None, margin: float
+) -> np.ndarray:
   """[L, T, R, B] pixel-edge box (pixel centres at integers) of `bbox` = (x, y, w, h).
 
   (x, y) is the top-left pixel of the box, which covers pixels x..x+w−1; the box is widened by
@@ -114,8 +70,9 @@ def face_box(image_size: tuple[int, int], bbox: Sequence[float] | None,
     w, h = image_size
     return np.array([-0.5, -0.5, w - 0.5, h - 0.5])
   x, y, w, h = bbox
-  return np.array([x - 0.5 - margin * w, y - 0.5 - margin * h,
-                   x + w - 0.5 + margin * w, y + h - 0.5 + margin * h])
+  return np.array(
+    [x - 0.5 - margin * w, y - 0.5 - margin * h, x + w - 0.5 + margin * w, y + h - 0.5 + margin * h]
+  )
 
 
 def crop_face(img: Image.Image, box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,45 +83,53 @@ def crop_face(img: Image.Image, box: np.ndarray, size: int) -> tuple[np.ndarray,
   """
   a = crops.box_transform(box, size)
   lo = box + 0.5  # PIL's box is in pixel-corner coordinates
-  pad = [max(0, math.ceil(-lo[0])), max(0, math.ceil(-lo[1])),
-         max(0, math.ceil(lo[2] - img.width)), max(0, math.ceil(lo[3] - img.height))]
+  pad = [
+    max(0, math.ceil(-lo[0])),
+    max(0, math.ceil(-lo[1])),
+    max(0, math.ceil(lo[2] - img.width)),
+    max(0, math.ceil(lo[3] - img.height)),
+  ]
   if any(pad):
     canvas = Image.new('RGB', (img.width + pad[0] + pad[2], img.height + pad[1] + pad[3]))
     canvas.paste(img, (pad[0], pad[1]))
     img, lo = canvas, lo + np.array([pad[0], pad[1], pad[0], pad[1]])
-  crop = img.resize((size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in lo),
-                    reducing_gap=2.0)  # as input_pipeline.load_split
+  crop = img.resize(
+    (size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in lo), reducing_gap=2.0
+  )  # as input_pipeline.load_split
   return np.asarray(crop, np.uint8), a
 
 
-def predict_image(predictor: Predictor, path: str, bbox: Sequence[float] | None = None,
-                  margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
+def predict_image(
+  predictor: Predictor,
+  path: str,
+  bbox: Sequence[float] | None = None,
+  margin: float = DEFAULT_MARGIN,
+) -> dict[str, Any]:
   """The JSON record of one photo: landmarks in original pixels, box, crop affine, model."""
-  try:
-    img = Image.open(path).convert('RGB')
-  except (OSError, ValueError) as e:
-    raise FkdError(f'cannot read image {path}: {e}') from e
+  img = formats.open_image(path)
   box = face_box(img.size, bbox, margin)
   crop, a = crop_face(img, box, predictor.image_size)
   points = crops.apply(crops.invert(a), predictor(crop[None])[0])
   return {
-      'image': os.path.abspath(path),
-      'image_size': list(img.size),
-      'num_landmarks': predictor.num_landmarks,
-      'landmarks': [[round(float(x), 3), round(float(y), 3)] for x, y in points],
-      'coordinates': 'original image pixels, 0-based, pixel centres at integer coordinates',
-      'box': {'source': 'bbox' if bbox is not None else 'whole_image',
-              'bbox': list(bbox) if bbox is not None else [0, 0, *img.size],
-              'margin': margin if bbox is not None else 0.0,
-              'crop_box': [round(float(v), 3) for v in box]},
-      'crop_transform': np.round(a, 6).tolist(),
-      'model': predictor.info(),
+    'image': os.path.abspath(path),
+    'image_size': list(img.size),
+    'num_landmarks': predictor.num_landmarks,
+    'landmarks': [[round(float(x), 3), round(float(y), 3)] for x, y in points],
+    'coordinates': 'original image pixels, 0-based, pixel centres at integer coordinates',
+    'box': {
+      'source': 'bbox' if bbox is not None else 'whole_image',
+      'bbox': list(bbox) if bbox is not None else [0, 0, *img.size],
+      'margin': margin if bbox is not None else 0.0,
+      'crop_box': [round(float(v), 3) for v in box],
+    },
+    'crop_transform': np.round(a, 6).tolist(),
+    'model': predictor.info(),
   }
 
 
 def draw_overlay(path: str, record: dict[str, Any]) -> Image.Image:
   """The photo with the crop box (yellow), face contours (cyan, 68 points) and landmarks (red)."""
-  img = Image.open(path).convert('RGB')
+  img = formats.open_image(path)
   draw = ImageDraw.Draw(img)
   pts = np.asarray(record['landmarks'])
   box = np.asarray(record['box']['crop_box']) + 0.5
@@ -174,7 +139,7 @@ def draw_overlay(path: str, record: dict[str, Any]) -> Image.Image:
   draw.rectangle([float(v) for v in box], outline=(255, 220, 0), width=width)
   if len(pts) == 68:
     for first, last, closed in PARTS_68:
-      line = [tuple(p) for p in pts[first:last + 1] + 0.5]
+      line = [tuple(p) for p in pts[first : last + 1] + 0.5]
       draw.line(line + line[:1] if closed else line, fill=(0, 220, 255), width=width)
   for x, y in pts + 0.5:
     draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 40, 40))
@@ -183,8 +148,9 @@ def draw_overlay(path: str, record: dict[str, Any]) -> Image.Image:
 
 def image_paths(image: str) -> list[str]:
   if os.path.isdir(image):
-    paths = sorted(os.path.join(image, f) for f in os.listdir(image)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths = sorted(
+      os.path.join(image, f) for f in os.listdir(image) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not paths:
       raise FkdError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {image}')
     return paths
@@ -193,16 +159,24 @@ def image_paths(image: str) -> list[str]:
   return [image]
 
 
-def run(image: str, output: str, workdir: str | None = None, checkpoint_dir: str | None = None,
-        bbox: Sequence[float] | None = None, margin: float = DEFAULT_MARGIN) -> list[str]:
+def run(
+  image: str,
+  output: str,
+  workdir: str | None = None,
+  checkpoint_dir: str | None = None,
+  bbox: Sequence[float] | None = None,
+  margin: float = DEFAULT_MARGIN,
+) -> list[str]:
   """Predicts every image of `image` (a file or folder); returns the JSON paths written."""
   if bool(workdir) == bool(checkpoint_dir):
     raise FkdError('give exactly one of --workdir and --checkpoint')
   paths = image_paths(image)
   predictor = Predictor(checkpoint_dir or find_stage(workdir))
   info = predictor.info()
-  print(f'fkd: {info["stage"]} ({info["model"]}, step {info["step"]}) from {info["checkpoint"]}',
-        flush=True)
+  print(
+    f'fkd: {info["stage"]} ({info["model"]}, step {info["step"]}) from {info["checkpoint"]}',
+    flush=True,
+  )
   os.makedirs(output, exist_ok=True)
   written = []
   for path in paths:
@@ -222,28 +196,27 @@ def run(image: str, output: str, workdir: str | None = None, checkpoint_dir: str
 def _define_flags():
   from absl import flags
 
-  flags.DEFINE_string('workdir', None, 'Run directory: uses its student_kd (else baseline, '
-                      'else a teacher).')
+  flags.DEFINE_string(
+    'workdir', None, 'Run directory: uses its student_kd (else baseline, else a teacher).'
+  )
   flags.DEFINE_string('checkpoint', None, 'A stage directory (e.g. DIR/student_kd) instead.')
   flags.DEFINE_string('image', None, 'An image file or a folder of images.')
-  flags.DEFINE_string('bbox', None, 'Face box x,y,w,h in pixels (top-left pixel, size); '
-                      'default: the whole image.')
-  flags.DEFINE_float('margin', DEFAULT_MARGIN, 'Widening of --bbox per side, as a fraction of '
-                     'its width / height (like the training crops).')
+  flags.DEFINE_string(
+    'bbox', None, 'Face box x,y,w,h in pixels (top-left pixel, size); default: the whole image.'
+  )
+  flags.DEFINE_float(
+    'margin',
+    DEFAULT_MARGIN,
+    'Widening of --bbox per side, as a fraction of its width / height (like the training crops).',
+  )
   flags.DEFINE_string('output', None, 'Output folder for <stem>.json and <stem>.png.')
   flags.mark_flags_as_required(['image', 'output'])
   return flags.FLAGS
 
 
 def _main(argv: list[str]) -> None:
-  from absl import app, logging
-
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines
   f = _FLAGS
-  run(f.image, f.output, f.workdir, f.checkpoint, parse_bbox(f.bbox) if f.bbox else None,
-      f.margin)
+  run(f.image, f.output, f.workdir, f.checkpoint, parse_bbox(f.bbox) if f.bbox else None, f.margin)
 
 
 if __name__ == '__main__':

@@ -27,10 +27,6 @@ PREPROCESSING_KWARGS = ('input_mean', 'input_std', 'bn_epsilon', 'padding')
 DONT_LOAD = ('head/.*',)
 
 
-def config_key(stage_name: str) -> str:
-  return 'teacher' if stage_name.startswith('teacher') else 'student'
-
-
 def _init_from(model_config: Any) -> str | None:
   return model_config.get('init_from') if hasattr(model_config, 'get') else None
 
@@ -44,8 +40,10 @@ def check(model_config: Any, key: str) -> None:
   if meta is None:
     raise FkdError(f'config.{key}.init_from: no checkpoint at {path}')
   if meta.get('model') != model_config.name:
-    raise FkdError(f'config.{key}.init_from: {path} holds a {meta.get("model")!r} model, '
-                   f'config.{key}.name is {model_config.name!r}')
+    raise FkdError(
+      f'config.{key}.init_from: {path} holds a {meta.get("model")!r} model, '
+      f'config.{key}.name is {model_config.name!r}'
+    )
 
 
 def resolve_stage(stage: Any) -> Any:
@@ -53,7 +51,7 @@ def resolve_stage(stage: Any) -> Any:
   path = _init_from(stage.model_config)
   if not path:
     return stage
-  key = config_key(stage.name)
+  key = stage.role
   check(stage.model_config, key)
   meta = checkpoint.read_meta(path)
   recorded = {k: v for k, v in meta.get('model_kwargs', {}).items() if k in PREPROCESSING_KWARGS}
@@ -62,8 +60,9 @@ def resolve_stage(stage: Any) -> Any:
   return dataclasses.replace(stage, model_config=model_config)
 
 
-def merge_params(init: Any, loaded: Any, dont_load: Sequence[str] = DONT_LOAD,
-                 source: str = 'checkpoint') -> Any:
+def merge_params(
+  init: Any, loaded: Any, dont_load: Sequence[str] = DONT_LOAD, source: str = 'checkpoint'
+) -> Any:
   """`init` with every leaf taken from `loaded`, except paths matching a `dont_load` regex.
 
   Paths are '/'-joined dict keys below the collection (e.g. 'block_3/expand/kernel').
@@ -72,8 +71,10 @@ def merge_params(init: Any, loaded: Any, dont_load: Sequence[str] = DONT_LOAD,
     FkdError: a leaf of `init` is missing from `loaded` or has another shape.
   """
   patterns = [re.compile(p) for p in dont_load]
-  flat_loaded = {'/'.join(str(k.key) for k in path): leaf
-                 for path, leaf in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  flat_loaded = {
+    '/'.join(str(k.key) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(loaded)[0]
+  }
 
   def take(path, leaf):
     name = '/'.join(str(k.key) for k in path)
@@ -83,8 +84,10 @@ def merge_params(init: Any, loaded: Any, dont_load: Sequence[str] = DONT_LOAD,
       raise FkdError(f'{source}: has no {name} (shape {tuple(leaf.shape)})')
     new = flat_loaded[name]
     if tuple(new.shape) != tuple(leaf.shape):
-      raise FkdError(f'{source}: {name} has shape {tuple(new.shape)}, the model expects '
-                     f'{tuple(leaf.shape)} (check the model name and kwargs)')
+      raise FkdError(
+        f'{source}: {name} has shape {tuple(new.shape)}, the model expects '
+        f'{tuple(leaf.shape)} (check the model name and kwargs)'
+      )
     return np.asarray(new, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(take, init)
@@ -96,9 +99,12 @@ def load_into(state: dict[str, Any], stage: Any, optimizer: Any) -> dict[str, An
   if not path:
     return state
   variables, _ = checkpoint.load_model(path)
-  source = f'config.{config_key(stage.name)}.init_from={path}'
+  source = f'config.{stage.role}.init_from={path}'
   params = merge_params(state['params'], variables['params'], source=source)
-  batch_stats = merge_params(state['batch_stats'], variables.get('batch_stats', {}),
-                             source=source)
-  return {**state, 'params': params, 'batch_stats': batch_stats,
-          'opt_state': optimizer.init(params)}
+  batch_stats = merge_params(state['batch_stats'], variables.get('batch_stats', {}), source=source)
+  return {
+    **state,
+    'params': params,
+    'batch_stats': batch_stats,
+    'opt_state': optimizer.init(params),
+  }

@@ -1,4 +1,4 @@
-"""Process settings that make XLA:CPU train steps fast; applied when `fkd` is imported.
+"""Process settings that make XLA:CPU train steps fast; entry points apply them (`fkd.cli.start`).
 
 A MobileNetV2 train step at 224², batch 32, allocates ~2.6 GB of temporaries per step. XLA's
 CPU client runs steps on a worker thread, whose glibc arena serves allocations above 32 MB with
@@ -12,7 +12,8 @@ the effect; see README "Speed on CPU"):
   `mmap` for large blocks and never returns freed memory to the system, so the next step reuses
   the same pages (resident memory stays at the peak of a step, as in TensorFlow).
 
-Both only take effect if set before JAX creates its CPU client, hence at import; GPU and TPU
+Both only take effect if set before JAX creates its CPU client, so every entry point calls
+`configure()` first (`fkd.cli.start()`; importing fkd changes nothing); GPU and TPU
 computations are unaffected (the malloc settings are skipped when a GPU/TPU plugin is installed
 and JAX_PLATFORMS does not say cpu). `FKD_CPU_TUNING=0` in the environment turns this off. Training
 prefetches the next batch on a thread, so synchronous dispatch loses no overlap.
@@ -36,12 +37,18 @@ status: dict[str, bool] = {'async_dispatch_off': False, 'malloc_tuned': False}
 
 def _backends_initialized() -> bool:
   from jax._src import xla_bridge
+
   check = getattr(xla_bridge, 'backends_are_initialized', None)
   return bool(check()) if check is not None else bool(getattr(xla_bridge, '_backends', {}))
 
 
-_ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
-                        'jax_rocm7_plugin', 'libtpu')
+_ACCELERATOR_PLUGINS = (
+  'jax_cuda12_plugin',
+  'jax_cuda13_plugin',
+  'jax_rocm60_plugin',
+  'jax_rocm7_plugin',
+  'libtpu',
+)
 
 
 def _accelerator_installed() -> bool:
@@ -89,7 +96,11 @@ def describe() -> str:
   if _disabled():
     return 'CPU tuning off (FKD_CPU_TUNING=0)'
   if status['async_dispatch_off']:
-    return ('CPU tuning partial: synchronous dispatch on, glibc malloc settings skipped (not '
-            'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)')
-  return ('CPU tuning not applied: JAX was initialised before fkd was imported (import fkd '
-          'first for ~1.5x faster CPU train steps)')
+    return (
+      'CPU tuning partial: synchronous dispatch on, glibc malloc settings skipped (not '
+      'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)'
+    )
+  return (
+    'CPU tuning not applied: call fkd.cli.start() (fkd.runtime.configure()) before JAX '
+    'initialises (faster CPU train steps: README, "Speed on CPU")'
+  )

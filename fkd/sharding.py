@@ -19,10 +19,12 @@ DATA_AXIS = 'data'
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
   """A 1-D mesh named 'data' over all devices (global, so it also spans hosts), or `devices`."""
   if devices is not None:
-    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,),
-                             axis_types=(jax.sharding.AxisType.Auto,))
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.Mesh(
+      np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -42,18 +44,21 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+  )
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Turns this process's slice of the global batch into global arrays sharded on 'data'."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def check_batch_size(batch_size: int) -> None:
   """Every device must get the same number of examples."""
   if batch_size % jax.device_count():
     from fkd.errors import FkdError
+
     raise FkdError(f'batch size {batch_size} is not divisible by the {jax.device_count()} devices')

@@ -1,22 +1,24 @@
-"""KD-Loss training: teachers on hard / soft landmarks, then the student with KD-Loss.
+"""The generic trainer: every stage of every method (`fkd.methods`) trains the same way.
 
 `run(config, workdir)` is the whole job: validate, load data, train every stage of
-`config.stages` (skipping finished ones, resuming interrupted ones) and evaluate every model the
-workdir holds. Each stage lives in `<workdir>/<stage>/` as Orbax checkpoints.
+`config.stages` (skipping finished ones, resuming interrupted ones, and using `config.<stage>_ckpt`
+in place of training a stage) and evaluate every model the workdir holds. Each stage lives in
+`<workdir>/<stage>/` as Orbax checkpoints whose meta holds the model, its head and the method.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +28,8 @@ from jax.experimental import multihost_utils
 from fkd import (
   checkpoint,
   evaluate,
-  fan_train,
-  losses,
+  inference,
+  methods,
   metric_writer,
   models,
   pretrained,
@@ -36,85 +38,60 @@ from fkd import (
 )
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
-
-TEACHERS = ('teacher_tolerant', 'teacher_tough')
-STAGES = (*TEACHERS, 'student_kd', 'student_baseline')
+from fkd.methods import Frozen, Method, Stage
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """What one stage trains: a model on a target with a loss."""
-
-  name: str
-  model_config: Any  # ConfigDict with `name` and `kwargs`
-  train_config: Any  # optimizer_config()
-  target: str  # 'landmarks' or 'soft_landmarks'
-  loss: str  # 'mse', 'l1' or 'kd'
-
-
-def stage_spec(name: str, config: Any) -> Stage:
-  if fan_train.is_fan(config):
-    return fan_train.stage_spec(name, config)
-  if name == 'teacher_tolerant':
-    return Stage(name, config.teacher, config.teacher_train, 'soft_landmarks', config.loss.teacher)
-  if name == 'teacher_tough':
-    return Stage(name, config.teacher, config.teacher_train, 'landmarks', config.loss.teacher)
-  if name == 'student_kd':
-    return Stage(name, config.student, config.train, 'landmarks', 'kd')
-  if name == 'student_baseline':
-    return Stage(name, config.student, config.train, 'landmarks', config.loss.baseline)
-  raise FkdError(f'config.stages: unknown stage {name!r}; known: {", ".join(STAGES)}')
-
-
-def stage_index(name: str, config: Any) -> int:
-  """Position of a stage in its method's list (offsets the stage's seed)."""
-  return (fan_train.FAN_STAGES if fan_train.is_fan(config) else STAGES).index(name)
-
-
-def build_model(model_config: Any, num_outputs: int):
+def build_model(stage: Stage, num_landmarks: int, **extra: Any):
+  """The Flax module of a stage: its model config, head outputs and method extras."""
+  kwargs = {**methods.base.plain(stage.model_config.kwargs), **extra}
   try:
-    return models.get_model(model_config.name, num_outputs=num_outputs,
-                            **dict(model_config.kwargs))
+    return models.get_model(
+      stage.model_config.name, **stage.head.model_kwargs(num_landmarks), **kwargs
+    )
   except (KeyError, TypeError, ValueError) as e:
-    raise FkdError(f'model {model_config.name!r} with kwargs {dict(model_config.kwargs)}: {e}') \
-        from e
-
-
-def teacher_dir(config: Any, workdir: str, which: str) -> str:
-  path = config.teacher_tough_ckpt if which == 'teacher_tough' else config.teacher_tolerant_ckpt
-  return path or os.path.join(workdir, which)
+    raise FkdError(f'model {stage.model_config.name!r} with kwargs {kwargs}: {e}') from e
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation: everything that can be checked before a single file is written.
 
 
-def validate(config: Any, workdir: str) -> None:
-  for name in config.stages:
-    pretrained.check(stage_spec(name, config).model_config, pretrained.config_key(name))
-  if fan_train.is_fan(config):
-    fan_train.validate(config, workdir)
-  losses.KDParams.from_config(config.kd)
+def validate(config: Any, workdir: str) -> Method:
+  """Checks the config and the stages' inputs; returns the config's method."""
+  method = methods.get(config)
+  stages = [method.stage(name, config) for name in config.stages]
+  for stage in stages:
+    pretrained.check(stage.model_config, stage.role)
+  method.validate(config)
   if config.eval.frame != 'crop':
-    raise FkdError(f"config.eval.frame: only 'crop' is implemented (NME in the model's face crop, "
-                   f"as KD-Loss reports it), got {config.eval.frame!r}")
+    raise FkdError(
+      f"config.eval.frame: only 'crop' is implemented (NME in the model's face crop, "
+      f'as KD-Loss reports it), got {config.eval.frame!r}'
+    )
   ip.check_prepared_or_buildable(config)
-  if 'student_kd' in config.stages and not fan_train.is_fan(config):
-    for which in TEACHERS:
-      explicit = config.teacher_tough_ckpt if which == 'teacher_tough' else \
-          config.teacher_tolerant_ckpt
+  for stage in stages:
+    if config.get(f'{stage.name}_ckpt'):
+      continue  # not trained here
+    for teacher in stage.teachers:
+      explicit = config.get(f'{teacher}_ckpt')
       if explicit and checkpoint.read_meta(explicit) is None:
-        raise FkdError(f'config.{which}_ckpt: no checkpoint at {explicit}')
-      if not explicit and which not in config.stages and \
-          checkpoint.read_meta(os.path.join(workdir, which)) is None:
-        raise FkdError(f'student_kd needs {which}: train it first (add it to config.stages) or '
-                       f'set config.{which}_ckpt')
+        raise FkdError(f'config.{teacher}_ckpt: no checkpoint at {explicit}')
+      if (
+        not explicit
+        and teacher not in config.stages
+        and checkpoint.read_meta(os.path.join(workdir, teacher)) is None
+      ):
+        raise FkdError(
+          f'{stage.name} needs {teacher}: train it first (add it to config.stages) '
+          f'or set config.{teacher}_ckpt'
+        )
   # Writability of the workdir, without leaving anything behind when it is new.
   probe = os.path.abspath(workdir)
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
     raise FkdError(f'workdir {workdir} is not writable ({probe} does not allow writing)')
+  return method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +108,8 @@ def make_schedule(tc: Any, steps: int) -> optax.Schedule:
   if tc.schedule == 'steps':  # x lr_decay_factor at each epoch of lr_boundaries_epochs
     per_epoch = steps / max(tc.num_epochs, 1e-9)
     return optax.piecewise_constant_schedule(
-        tc.lr, {round(b * per_epoch): tc.lr_decay_factor for b in tc.lr_boundaries_epochs})
+      tc.lr, {round(b * per_epoch): tc.lr_decay_factor for b in tc.lr_boundaries_epochs}
+    )
   raise FkdError(f"schedule must be 'inverse_time', 'cosine' or 'steps', got {tc.schedule!r}")
 
 
@@ -139,71 +117,97 @@ def make_optimizer(tc: Any, steps: int = 1) -> optax.GradientTransformation:
   return optax.adam(make_schedule(tc, steps), b1=tc.adam_b1, b2=tc.adam_b2, eps=tc.adam_eps)
 
 
-def init_state(model, optimizer, image_size: int, seed: int) -> dict[str, Any]:
-  """Fresh {'params', 'batch_stats', 'opt_state', 'step'} (init jitted: ~2x faster to compile)."""
+def init_state(
+  model, optimizer, image_size: int, seed: int, apply_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+  """Fresh {'params', 'batch_stats', 'opt_state', 'step'} (init jitted: faster to compile).
+
+  `apply_kwargs`: those of the train step, so training-only parts (adapters) get parameters.
+  """
   rng = jax.random.key(seed)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  init = jax.jit(functools.partial(model.init, train=False))
+  init = jax.jit(functools.partial(model.init, train=False, **dict(apply_kwargs or {})))
   variables = init({'params': rng, 'dropout': rng}, dummy)
   params = variables['params']
-  return {'params': params, 'batch_stats': variables.get('batch_stats', {}),
-          'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
+  return {
+    'params': params,
+    'batch_stats': variables.get('batch_stats', {}),
+    'opt_state': optimizer.init(params),
+    'step': jnp.zeros((), jnp.int32),
+  }
 
 
-def make_train_step(model, optimizer, stage: Stage, teacher_model, kd_params: losses.KDParams,
-                    image_size: int, space: str):
-  """A pure step(state, batch, rng, teachers) -> (state, metrics); teachers are frozen inputs."""
+def make_train_step(
+  model,
+  optimizer,
+  stage: Stage,
+  loss_fn: methods.LossFn,
+  teachers: Mapping[str, Frozen],
+  apply_kwargs: Mapping[str, Any] | None = None,
+):
+  """A pure step(state, batch, rng, teacher_variables) -> (state, metrics).
 
-  def predict_teacher(variables, images):
-    out, _ = teacher_model.apply(variables, images, train=False)
-    return jax.lax.stop_gradient(out)
+  The teachers are frozen inputs: inference-mode BatchNorm and `stop_gradient` on their outputs
+  and features. `loss_fn` is the method's (`Method.loss_fn`).
+  """
+  apply_kwargs = dict(apply_kwargs or {})
 
-  def step(state, batch, rng, teachers):
-    images = batch['image'].astype(jnp.float32) / 255.0  # method.md §2.4: pixel/255, no mean/std
-    gt = ip.to_target(batch['landmarks'], image_size, space)
-    target = gt if stage.target == 'landmarks' else ip.to_target(batch['soft_landmarks'],
-                                                                  image_size, space)
+  def step(state, batch, rng, teacher_variables):
+    chex.assert_rank(batch['image'], 4)
+    chex.assert_type(batch['image'], jnp.uint8)
+    images = batch['image'].astype(jnp.float32) / 255.0  # models normalise inside if they do
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
-    if stage.loss == 'kd':
-      tough = predict_teacher(teachers['teacher_tough'], images)
-      tolerant = predict_teacher(teachers['teacher_tolerant'], images)
+    teacher_outputs = {
+      name: jax.lax.stop_gradient(frozen.module.apply(teacher_variables[name], images, train=False))
+      for name, frozen in teachers.items()
+    }
 
-    def loss_fn(params):
-      (pred, _), mutated = model.apply(
-          {'params': params, 'batch_stats': state['batch_stats']}, images, train=True,
-          mutable=['batch_stats'], rngs={'dropout': rng})
-      if stage.loss == 'kd':
-        loss, terms = losses.kd_loss(pred, gt, tough, tolerant, kd_params)
-      elif stage.loss == 'mse':
-        loss = losses.mse(pred, target)
-        terms = {}
-      elif stage.loss == 'l1':
-        loss = losses.l1(pred, target)
-        terms = {}
-      else:
-        raise FkdError(f'unknown loss {stage.loss!r}')
-      return loss, (terms, mutated.get('batch_stats', {}), pred)
+    def objective(params):
+      (outputs, features), mutated = model.apply(
+        {'params': params, 'batch_stats': state['batch_stats']},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': rng},
+        **apply_kwargs,
+      )
+      loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
+      return loss, (terms, mutated.get('batch_stats', {}), outputs)
 
-    (loss, (terms, batch_stats, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
+    (loss, (terms, batch_stats, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state['params']
+    )
+    chex.assert_shape(loss, ())
     new_state, metrics = apply_update(optimizer, state, grads, batch_stats, loss, terms)
-    metrics['mae'] = jnp.mean(jnp.abs(pred - gt))
+    metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
     return new_state, metrics
 
   return step
 
 
-def apply_update(optimizer: optax.GradientTransformation, state: dict[str, Any], grads: Any,
-                 batch_stats: Any, loss: jax.Array,
-                 terms: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+def apply_update(
+  optimizer: optax.GradientTransformation,
+  state: dict[str, Any],
+  grads: Any,
+  batch_stats: Any,
+  loss: jax.Array,
+  terms: dict[str, jax.Array],
+) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """The end of every train step: the optimizer update, and the loss / gradient-norm metrics."""
   updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-  new_state = {'params': optax.apply_updates(state['params'], updates),
-               'batch_stats': batch_stats, 'opt_state': opt_state, 'step': state['step'] + 1}
-  metrics = {'loss': loss, **{f'loss/{k}': v for k, v in terms.items()},
-             'grad_norm': optax.global_norm(grads)}
+  new_state = {
+    'params': optax.apply_updates(state['params'], updates),
+    'batch_stats': batch_stats,
+    'opt_state': opt_state,
+    'step': state['step'] + 1,
+  }
+  metrics = {
+    'loss': loss,
+    **{f'loss/{k}': v for k, v in terms.items()},
+    'grad_norm': optax.global_norm(grads),
+  }
   return new_state, metrics
 
 
@@ -236,14 +240,17 @@ def _preemption_guard():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _check_finite(stage: str, step: int, metrics: dict[str, Any],
-                  stage_dir: str) -> dict[str, float]:
+def _check_finite(
+  stage: str, step: int, metrics: dict[str, Any], stage_dir: str
+) -> dict[str, float]:
   """Host values of a step's metrics; stops the stage on a NaN/Inf loss term or gradient."""
   values = {k: float(v) for k, v in jax.device_get(metrics).items()}
   bad = [k for k, v in values.items() if not np.isfinite(v)]
   if bad:
-    raise FkdError(f'[{stage}] non-finite {", ".join(bad)} at step {step}; stopped, the last '
-                   f'good checkpoint in {stage_dir} is kept')
+    raise FkdError(
+      f'[{stage}] non-finite {", ".join(bad)} at step {step}; stopped, the last '
+      f'good checkpoint in {stage_dir} is kept'
+    )
   return values
 
 
@@ -254,23 +261,30 @@ def total_steps(stage: Stage, num_train: int) -> int:
   return max(1, int(tc.num_epochs * ip.steps_per_epoch(num_train, tc.batch_size)))
 
 
-def _meta(stage: Stage, config: Any, steps: int) -> dict[str, Any]:
-  return {'stage': stage.name, 'model': stage.model_config.name,
-          'model_kwargs': dict(stage.model_config.kwargs),
-          'num_landmarks': config.data.num_landmarks, 'image_size': config.data.image_size,
-          'target_space': config.data.target_space, 'dataset': config.data.name,
-          'total_steps': steps}
+def _meta(
+  stage: Stage, method: Method, config: Any, extra: dict[str, Any], steps: int
+) -> dict[str, Any]:
+  """A stage's checkpoint meta: everything `fkd.inference` needs to serve it, and provenance."""
+  plain = methods.base.plain
+  return {
+    'stage': stage.name,
+    'method': method.name,
+    'model': stage.model_config.name,
+    'model_kwargs': plain({**plain(stage.model_config.kwargs), **extra}),
+    'head': stage.head.meta(),
+    'loss': stage.loss,
+    'teachers': list(stage.teachers),
+    'num_landmarks': config.data.num_landmarks,
+    'image_size': config.data.image_size,
+    'dataset': config.data.name,
+    'total_steps': steps,
+    **method.meta(stage, config),
+  }
 
 
-def is_finished(stage_dir: str) -> bool:
-  meta = checkpoint.read_meta(stage_dir)
-  if meta is None:
-    return False
-  return checkpoint.latest_step(stage_dir) >= meta['total_steps']
-
-
-def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
-                mesh: jax.sharding.Mesh) -> None:
+def train_stage(
+  stage: Stage, method: Method, config: Any, workdir: str, data: ip.Data, mesh: jax.sharding.Mesh
+) -> None:
   """Trains one stage to its final step, resuming from the stage's latest checkpoint."""
   stage = pretrained.resolve_stage(stage)  # init_from's input normalisation and BN epsilon
   stage_dir = os.path.join(workdir, stage.name)
@@ -278,33 +292,24 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   sharding.check_batch_size(tc.batch_size)
   num_train = ip.num_examples(data.splits[config.data.train_split])
   steps = total_steps(stage, num_train)
-  num_outputs = 2 * data.num_landmarks
-  fan = fan_train.is_fan(config)
-  if fan:
-    model, teachers, teacher_model = fan_train.setup(stage, config, workdir, data.num_landmarks,
-                                                     mesh)
-  else:
-    model = build_model(stage.model_config, num_outputs)
+  teachers, teacher_variables = {}, {}
+  for name in stage.teachers:
+    path = methods.stage_dir(config, workdir, name)
+    teachers[name], teacher_variables[name] = inference.load_frozen(path)
+    if teachers[name].meta['num_landmarks'] != data.num_landmarks:
+      raise FkdError(
+        f'{name} at {path} predicts {teachers[name].meta["num_landmarks"]} '
+        f'landmarks, the data has {data.num_landmarks}'
+      )
+  teacher_variables = sharding.replicate(teacher_variables, mesh)
+  extra = method.model_kwargs(stage, config, teachers)
+  model = build_model(stage, data.num_landmarks, **extra)
   optimizer = make_optimizer(tc, steps)
-  seed = config.seed + stage_index(stage.name, config)
-
-  if not fan:
-    teachers, teacher_model = {}, None
-  if stage.loss == 'kd':
-    for which in TEACHERS:
-      path = teacher_dir(config, workdir, which)
-      variables, meta = checkpoint.load_model(path)
-      if meta['num_landmarks'] != data.num_landmarks:
-        raise FkdError(f'{which} at {path} predicts {meta["num_landmarks"]} landmarks, the data '
-                       f'has {data.num_landmarks}')
-      teachers[which] = {'params': variables['params'],
-                         'batch_stats': variables.get('batch_stats', {})}
-      teacher_model = models.get_model(meta['model'], num_outputs=num_outputs,
-                                       **meta['model_kwargs'])
-    teachers = sharding.replicate(teachers, mesh)
+  seed = config.seed + method.seed_offset(stage.name)
 
   mgr = checkpoint.manager(stage_dir)
-  state = init_state(model, optimizer, config.data.image_size, seed)
+  apply_kwargs = method.train_apply_kwargs(stage, config)
+  state = init_state(model, optimizer, config.data.image_size, seed, apply_kwargs)
   if mgr.latest_step() is not None:
     state = checkpoint.restore(mgr, state)
     print(f'[{stage.name}] resuming from step {int(state["step"])}', flush=True)
@@ -314,36 +319,43 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
   state = sharding.replicate(state, mesh)
   start = int(state['step'])
 
-  kd_params = losses.KDParams.from_config(config.kd)
-  if fan:
-    step_fn = fan_train.make_train_step(model, optimizer, stage, teacher_model, config)
-  else:
-    step_fn = make_train_step(model, optimizer, stage, teacher_model, kd_params,
-                              config.data.image_size, config.data.target_space)
+  step_fn = make_train_step(
+    model, optimizer, stage, method.loss_fn(stage, config), teachers, apply_kwargs
+  )
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
-  meta = _meta(stage, config, steps)
+  meta = _meta(stage, method, config, extra, steps)
   schedule = make_schedule(tc, steps)
   lead = jax.process_index() == 0
   # TensorBoard events + metrics.jsonl in the stage directory (no TensorFlow needed).
   writer = metric_writer.MetricWriter(stage_dir, active=lead)
-  if fan:
-    meta.update(fan_train.meta_extra(stage, config, model))
 
-  print(f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
-        f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
-        f'{tc.batch_size} on {jax.device_count()} device(s)', flush=True)
+  print(
+    f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
+    f'{models.count_params(state["params"]):,} params, {steps} steps of batch '
+    f'{tc.batch_size} on {jax.device_count()} device(s)',
+    flush=True,
+  )
   if cpu_note := runtime.describe():
     print(f'[{stage.name}] {cpu_note}', flush=True)
   t0 = time.time()
   t_log, n_log = t0, 0
   pending = None  # (step, metrics) of the previous step, checked once the next one is queued
-  bar = metric_writer.progress(total=steps, initial=start, desc=stage.name, unit='step',
-                               enabled=lead)
+  bar = metric_writer.progress(
+    total=steps, initial=start, desc=stage.name, unit='step', enabled=lead
+  )
 
   def batch_at(i: int) -> dict[str, np.ndarray]:
-    return ip.train_batch(data, config.data.train_split, tc.batch_size, i, seed,
-                          config.data.augment, jax.process_index(), jax.process_count())
+    return ip.train_batch(
+      data,
+      config.data.train_split,
+      tc.batch_size,
+      i,
+      seed,
+      config.data.augment,
+      jax.process_index(),
+      jax.process_count(),
+    )
 
   # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
   # see fkd/runtime.py); batches are a pure function of the step, so resumption is unchanged.
@@ -354,7 +366,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
       batch = next_batch.result()
       if step + 1 < steps:
         next_batch = prefetch.submit(batch_at, step + 1)
-      state, metrics = jit_step(state, sharding.shard_batch(batch, mesh), rng, teachers)
+      state, metrics = jit_step(state, sharding.shard_batch(batch, mesh), rng, teacher_variables)
       if pending is not None:
         _check_finite(stage.name, *pending, stage_dir)
       done = step + 1
@@ -367,10 +379,10 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
         rate = n_log * tc.batch_size / max(now - t_log, 1e-9)
         eta = (steps - done) * tc.batch_size / max(rate, 1e-9)
         terms = ' '.join(f'{k}={v:.4g}' for k, v in values.items())
-        metric_writer.write(f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s '
-                            f'eta {eta:.0f}s')
-        writer.write_scalars(done, {**values, 'lr': float(schedule(done - 1)),
-                                    'img_per_s': rate})
+        metric_writer.write(
+          f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s eta {eta:.0f}s'
+        )
+        writer.write_scalars(done, {**values, 'lr': float(schedule(done - 1)), 'img_per_s': rate})
         t_log, n_log = now, 0
       stop = preempted(done)
       if done % tc.checkpoint_every_steps == 0 or done == steps or stop:
@@ -379,8 +391,10 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
         checkpoint.save(mgr, done, jax.device_get(state), meta)
       if stop and done < steps:
         mgr.close()
-        raise Preempted(f'[{stage.name}] stopped by SIGTERM at step {done}/{steps}; checkpoint '
-                        f'saved in {stage_dir}: rerun the same command to resume')
+        raise Preempted(
+          f'[{stage.name}] stopped by SIGTERM at step {done}/{steps}; checkpoint '
+          f'saved in {stage_dir}: rerun the same command to resume'
+        )
   mgr.close()
   print(f'[{stage.name}] done in {time.time() - t0:.0f}s', flush=True)
 
@@ -392,7 +406,7 @@ def train_stage(stage: Stage, config: Any, workdir: str, data: ip.Data,
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Trains every stage of `config.stages` and evaluates every model in `workdir`."""
   t0 = time.time()
-  validate(config, workdir)
+  method = validate(config, workdir)
   if jax.process_count() > 1:
     # Process 0 builds a missing dataset before the others look at it (on a shared filesystem
     # they then find it built; on local disks each builds its own copy after the barrier).
@@ -404,14 +418,13 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
   os.makedirs(workdir, exist_ok=True)
   for name in config.stages:
-    stage = stage_spec(name, config)
-    if fan_train.is_fan(config) and name == 'teacher' and config.teacher_ckpt:
-      print(f'[teacher] using the teacher at {config.teacher_ckpt}', flush=True)
+    if config.get(f'{name}_ckpt'):
+      print(f'[{name}] using {config.get(f"{name}_ckpt")} (config.{name}_ckpt)', flush=True)
       continue
-    if is_finished(os.path.join(workdir, name)):
+    if inference.is_finished(os.path.join(workdir, name)):
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
-    train_stage(stage, config, workdir, data, mesh)
+    train_stage(method.stage(name, config), method, config, workdir, data, mesh)
   results = evaluate.evaluate_workdir(config, workdir, data)
   results['wall_time_s'] = round(time.time() - t0, 1)
   if jax.process_index() == 0:

@@ -9,6 +9,7 @@ import pytest
 
 from fkd import affinity
 from fkd.errors import FkdError
+from fkd.models import fan
 
 
 def test_cosine_affinity_hand_value():
@@ -80,18 +81,20 @@ def test_patch_similarity_scales_average_pooled_affinities():
   assert affinity.patch_scales(64, min_scale=1) == [1, 2, 3, 4, 5]
   rng = np.random.default_rng(5)
   fs, ft = _features(rng, 2, 8, 4), _features(rng, 2, 8, 6)
-  want = np.mean([affinity.affinity_mse_naive(affinity.pool(fs, k), affinity.pool(ft, k))
-                  for k in (0, 1, 2)])
+  want = np.mean(
+    [affinity.affinity_mse_naive(affinity.pool(fs, k), affinity.pool(ft, k)) for k in (0, 1, 2)]
+  )
   np.testing.assert_allclose(affinity.patch_similarity_mse(fs, ft), want, rtol=1e-5)
   # pool(k=1) of a 2x2 map is its mean.
-  np.testing.assert_allclose(affinity.pool(fs[:, :2, :2], 1)[:, 0, 0],
-                             fs[:, :2, :2].mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(
+    affinity.pool(fs[:, :2, :2], 1)[:, 0, 0], fs[:, :2, :2].mean(axis=(1, 2)), rtol=1e-6
+  )
   with pytest.raises(FkdError, match='power-of-two'):
     affinity.patch_scales(12)
 
 
 def test_adapter_lifts_channels():
-  adapter = affinity.Adapter(6)
+  adapter = fan.Adapter(6)
   x = jnp.ones((2, 4, 4, 3))
   variables = adapter.init(jax.random.key(0), x, train=False)
   assert variables['params']['conv']['kernel'].shape == (1, 1, 3, 6)

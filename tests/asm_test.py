@@ -27,12 +27,11 @@ def _random_shapes(seed=0, m=200, n=10):
   base = rng.uniform(0, 100, (n, 2))
   modes = rng.normal(size=(4, n, 2)) * np.array([8.0, 4.0, 2.0, 1.0])[:, None, None]
   coef = rng.normal(size=(m, 4))
-  return base + np.einsum("mk,knd->mnd", coef, modes) + rng.normal(0, 0.2, (m, n, 2))
+  return base + np.einsum('mk,knd->mnd', coef, modes) + rng.normal(0, 0.2, (m, n, 2))
 
 
 def test_hand_computed_fit():
-  np.testing.assert_array_equal(
-      _SHAPES.reshape(3, 4), [[2, 3, 2, 5], [-1, 0, 3, 4], [2, 3, 4, 3]])
+  np.testing.assert_array_equal(_SHAPES.reshape(3, 4), [[2, 3, 2, 5], [-1, 0, 3, 4], [2, 3, 4, 3]])
   pca = asm.fit_pca(_SHAPES, acc=0.5)
   np.testing.assert_allclose(pca.mean, [1, 2, 3, 4], atol=1e-12)
   assert pca.k == 1 and pca.num_shapes == 3
@@ -70,8 +69,7 @@ def test_hand_computed_projection_and_clipping():
   expected = (_MEAN - np.sqrt(6.0) * _E1 + np.sqrt(2.0) * _E2).reshape(2, 2)
   np.testing.assert_allclose(asm.asm_project(pca, x, clip_sigmas=1.0), expected, atol=1e-12)
   # No clipping: plain projection.
-  np.testing.assert_allclose(
-      asm.asm_project(pca, x, clip_sigmas=None), x, atol=1e-12)
+  np.testing.assert_allclose(asm.asm_project(pca, x, clip_sigmas=None), x, atol=1e-12)
 
 
 def test_idempotence_and_batch_shapes():
@@ -94,7 +92,8 @@ def test_equivariance_under_isotropic_affine_map():
   np.testing.assert_allclose(pca2.eigenvalues, a**2 * pca.eigenvalues, rtol=1e-9)
   test = _random_shapes(2, m=20) * 1.2
   np.testing.assert_allclose(
-      asm.asm_project(pca2, a * test + c), a * asm.asm_project(pca, test) + c, atol=1e-10)
+    asm.asm_project(pca2, a * test + c), a * asm.asm_project(pca, test) + c, atol=1e-10
+  )
 
 
 def test_k_increases_with_acc_and_clip_bounds():
@@ -115,7 +114,7 @@ def test_to_dict_round_trip():
   pca = asm.fit_pca(_random_shapes(4), acc=0.85)
   d = json.loads(json.dumps(pca.to_dict()))
   pca2 = asm.PCAModel.from_dict(d)
-  for f in ("mean", "components", "eigenvalues", "ratio"):
+  for f in ('mean', 'components', 'eigenvalues', 'ratio'):
     np.testing.assert_array_equal(getattr(pca2, f), getattr(pca, f))
   assert (pca2.k, pca2.acc, pca2.num_shapes) == (pca.k, pca.acc, pca.num_shapes)
   x = _random_shapes(5, m=3)
@@ -123,7 +122,7 @@ def test_to_dict_round_trip():
 
 
 def test_jax_arrays():
-  jnp = pytest.importorskip("jax.numpy")
+  jnp = pytest.importorskip('jax.numpy')
   import jax
 
   shapes = _random_shapes(6).astype(np.float32)
@@ -137,17 +136,17 @@ def test_jax_arrays():
 
 
 def _shared_data() -> pathlib.Path:
-  env = os.environ.get("FKD_SHARED_DATA")
+  env = os.environ.get('FKD_SHARED_DATA')
   if env:
     return pathlib.Path(env)
-  return pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+  return pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
 
 def _load_300w_crops() -> np.ndarray:
-  root = _shared_data() / "spinkoo-face-alignement-300w"
-  files = sorted(glob.glob(str(root / "afw" / "*.pts")))
+  root = _shared_data() / 'spinkoo-face-alignement-300w'
+  files = sorted(glob.glob(str(root / 'afw' / '*.pts')))
   if not files:
-    pytest.skip(f"300W fixture shapes not found under {root}")
+    pytest.skip(f'300W fixture shapes not found under {root}')
   out = []
   for f in files:
     pts = np.loadtxt(f, dtype=np.float64).reshape(68, 2)
@@ -175,5 +174,7 @@ def test_real_300w_shapes():
   pca = asm.fit_pca(shapes, acc=0.9)
   pca_n = asm.fit_pca((112.0 - shapes) / 224.0, acc=0.9)
   np.testing.assert_allclose(
-      112.0 - 224.0 * asm.asm_project(pca_n, (112.0 - shapes) / 224.0),
-      asm.asm_project(pca, shapes), atol=1e-8)
+    112.0 - 224.0 * asm.asm_project(pca_n, (112.0 - shapes) / 224.0),
+    asm.asm_project(pca, shapes),
+    atol=1e-8,
+  )

@@ -20,17 +20,18 @@ def _blobs(points, size=S, sigma=1.6, values=None):
 
 
 def _centroid(img, p, r=4.0):
-  yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+  yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
   w = img.astype(np.float64).sum(-1) * (((xx - p[0]) ** 2 + (yy - p[1]) ** 2) < r * r)
   return np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize('seed', range(6))
 def test_landmarks_move_with_the_pixels(seed):
   colours = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])  # tell points apart
   img = _blobs(POINTS, values=colours)
-  out, pts = augment.augment_kd(img, POINTS, np.random.default_rng(seed), PERM,
-                                photometric_noise=False)
+  out, pts = augment.augment_kd(
+    img, POINTS, np.random.default_rng(seed), PERM, photometric_noise=False
+  )
   assert out.shape == img.shape and out.dtype == np.uint8 and pts.dtype == np.float32
   seen = []
   for p in pts:
@@ -46,12 +47,14 @@ def test_landmarks_move_with_the_pixels(seed):
 def test_flip_uses_the_permutation():
   img = _blobs(POINTS)
   rng = np.random.default_rng(0)
-  out, pts = augment.augment_kd(img, POINTS, rng, PERM, flip_prob=1.0, max_angle=0.0,
-                                photometric_noise=False)
+  out, pts = augment.augment_kd(
+    img, POINTS, rng, PERM, flip_prob=1.0, max_angle=0.0, photometric_noise=False
+  )
   # After a flip point 0 (image-left) is the mirrored point 1: still left of point 1.
   assert pts[0, 0] < pts[1, 0]
-  a, _ = augment.geometry(POINTS, flip=True, angle=0.0, margin=3.0, width=S, size=S,
-                          flip_permutation=PERM)
+  a, _ = augment.geometry(
+    POINTS, flip=True, angle=0.0, margin=3.0, width=S, size=S, flip_permutation=PERM
+  )
   assert a[0, 0] < 0  # a mirror
   for p in pts:
     assert np.abs(_centroid(out, p) - p).max() < 0.35
@@ -59,7 +62,7 @@ def test_flip_uses_the_permutation():
 
 def test_deterministic_for_a_seed():
   img, lm = testing.render(3, S)
-  perm = schemes.SCHEMES["300w"].flip_permutation
+  perm = schemes.SCHEMES['300w'].flip_permutation
   a = augment.augment_kd(img, lm, np.random.default_rng(11), perm, plain_prob=0.2)
   b = augment.augment_kd(img, lm, np.random.default_rng(11), perm, plain_prob=0.2)
   c = augment.augment_kd(img, lm, np.random.default_rng(12), perm, plain_prob=0.2)
@@ -82,16 +85,24 @@ def test_photometric_statistics():
 
 def test_augment_shape_copies_and_margins():
   _, lm = testing.render(5, 200)
-  perm = schemes.SCHEMES["300w"].flip_permutation
-  shapes = augment.augment_shape(lm, np.random.default_rng(0), copies=5, width=200, size=S,
-                                 flip_permutation=perm, margin=augment.margin_fn("300w"))
+  perm = schemes.SCHEMES['300w'].flip_permutation
+  shapes = augment.augment_shape(
+    lm,
+    np.random.default_rng(0),
+    copies=5,
+    width=200,
+    size=S,
+    flip_permutation=perm,
+    margin=augment.margin_fn('300w'),
+  )
   assert shapes.shape == (5, 68, 2)
   x = shapes[..., 0]
   assert (x[0, 36] < x[0, 45]) and (x[1, 36] < x[1, 45])  # flip re-indexes: left stays left
   lo, hi = shapes.min(1), shapes.max(1)
   assert np.all(lo > 0) and np.all(hi < S - 1) and np.all(hi - lo > S - 10)
-  assert augment.num_copies("wflw", [1, 0, 0, 0, 1, 0]) == 5 + 20 + 8
-  assert augment.num_copies("cofw") == 10 and augment.num_copies("300w") == 6
-  m = augment.margin_fn("cofw", image_height=104)
-  assert all(0.005 * 1000 + 5 <= m(np.random.default_rng(s)) <= 0.005 * 1000 + 10
-             for s in range(20))
+  assert augment.num_copies('wflw', [1, 0, 0, 0, 1, 0]) == 5 + 20 + 8
+  assert augment.num_copies('cofw') == 10 and augment.num_copies('300w') == 6
+  m = augment.margin_fn('cofw', image_height=104)
+  assert all(
+    0.005 * 1000 + 5 <= m(np.random.default_rng(s)) <= 0.005 * 1000 + 10 for s in range(20)
+  )

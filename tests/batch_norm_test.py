@@ -17,8 +17,12 @@ def test_batch_norm_by_hand():
   # Channel 0: values 1, 3, 5, 7 -> mean 4, biased var 5; channel 1: 2, 2, 2, 6 -> mean 3, var 3.
   x = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0], [7.0, 6.0]]).reshape(4, 1, 1, 2)
   scale, bias, eps = jnp.array([2.0, 0.5]), jnp.array([1.0, -1.0]), 1e-3
-  expected = np.array([[2 * (v - 4) / np.sqrt(5 + eps) + 1 for v in (1, 3, 5, 7)],
-                       [0.5 * (v - 3) / np.sqrt(3 + eps) - 1 for v in (2, 2, 2, 6)]]).T
+  expected = np.array(
+    [
+      [2 * (v - 4) / np.sqrt(5 + eps) + 1 for v in (1, 3, 5, 7)],
+      [0.5 * (v - 3) / np.sqrt(3 + eps) - 1 for v in (2, 2, 2, 6)],
+    ]
+  ).T
   for name, fn in TRAIN_FNS.items():
     y, mean, var = fn(x, scale, bias, eps)
     np.testing.assert_allclose(y.reshape(4, 2), expected, rtol=1e-6, err_msg=name)
@@ -44,8 +48,10 @@ def test_fused_equals_plain_value_and_gradients_float64(act):
       y, mean, var = fn(x, scale, bias, 1e-3, activation)
       return jnp.sum(y * w) + jnp.sum(mean * wm) + jnp.sum(var * wv)
 
-    results = {name: jax.value_and_grad(lambda *a, fn=fn: loss(fn, *a), argnums=(0, 1, 2))(
-        x, scale, bias) for name, fn in TRAIN_FNS.items()}
+    results = {
+      name: jax.value_and_grad(lambda *a, fn=fn: loss(fn, *a), argnums=(0, 1, 2))(x, scale, bias)
+      for name, fn in TRAIN_FNS.items()
+    }
   (v1, g1), (v2, g2) = results['fused'], results['plain']
   np.testing.assert_allclose(v1, v2, rtol=1e-12)
   for a, b in zip(g1, g2, strict=True):
@@ -78,16 +84,23 @@ def test_module_equals_nn_batch_norm(impl, act):
   assert dict(v_ours).keys() == unwrapped.keys()
   for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(unwrapped), strict=True):
     np.testing.assert_array_equal(a, b)  # same names (tree order), shapes and initial values
-  variables = {'params': {'scale': jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32),
-                          'bias': jnp.asarray(rng.normal(size=8), jnp.float32)},
-               'batch_stats': {'mean': jnp.asarray(rng.normal(size=8), jnp.float32),
-                               'var': jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32)}}
+  variables = {
+    'params': {
+      'scale': jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32),
+      'bias': jnp.asarray(rng.normal(size=8), jnp.float32),
+    },
+    'batch_stats': {
+      'mean': jnp.asarray(rng.normal(size=8), jnp.float32),
+      'var': jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32),
+    },
+  }
   wrap = lambda v: {k: {'BatchNorm_0': v[k]} for k in v}
   w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
 
   def ours_loss(params, x):
-    y, mut = ours.apply({**variables, 'params': params}, x, use_running_average=False,
-                        mutable=['batch_stats'])
+    y, mut = ours.apply(
+      {**variables, 'params': params}, x, use_running_average=False, mutable=['batch_stats']
+    )
     return jnp.sum(y * w), mut['batch_stats']
 
   def ref_loss(params, x):
@@ -99,13 +112,16 @@ def test_module_equals_nn_batch_norm(impl, act):
   for a, b in zip(jax.tree.leaves((g1, s1)), jax.tree.leaves((g2, s2)), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(b))))
   # Inference uses the running statistics, as nn.BatchNorm does.
-  np.testing.assert_allclose(ours.apply(variables, x, use_running_average=True),
-                             ref.apply(wrap(variables), x, False), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    ours.apply(variables, x, use_running_average=True),
+    ref.apply(wrap(variables), x, False),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_resolve_impl():
-  assert batch_norm.resolve_impl('auto') == ('fused' if jax.default_backend() == 'cpu'
-                                             else 'plain')
+  assert batch_norm.resolve_impl('auto') == ('fused' if jax.default_backend() == 'cpu' else 'plain')
   with layers.portable_ops():
     assert batch_norm.resolve_impl('auto') == 'plain'
   assert batch_norm.resolve_impl('plain') == 'plain'
@@ -129,8 +145,9 @@ def test_mobilenet_v2_fused_equals_plain_float64():
     variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
 
     def loss(params):
-      (y, _), mut = model.apply({**variables, 'params': params}, x, train=True,
-                                mutable=['batch_stats'])
+      (y, _), mut = model.apply(
+        {**variables, 'params': params}, x, train=True, mutable=['batch_stats']
+      )
       return jnp.sum(y * jnp.arange(1.0, 5.0)), mut
 
     fast = jax.grad(loss, has_aux=True)(variables['params'])

@@ -10,12 +10,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Many tests compile the same tiny programs (in this process and in the subprocesses they start):
 # a persistent compilation cache shared by all of them makes every compile after the first cheap.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), f'fkd-jax-cache-{os.getuid()}'))
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'fkd-jax-cache-{os.getuid()}')
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
-# After the cache settings: `import fkd` imports JAX, which reads them once.
+# After the cache settings (JAX reads them once): the entry points' process settings, as
+# `python -m fkd.*` applies them (fkd.cli.start: CPU tuning; importing fkd changes nothing).
+from fkd import cli  # noqa: E402
+
+cli.start()
+
 from configs import kd as kd_config  # noqa: E402
 
 
@@ -35,23 +41,19 @@ def shared_data() -> pathlib.Path:
 
 
 def tiny_kd_config(data_dir: str):
-  """configs/kd.py:runlocal cut to a few steps per stage (for tests of what follows training)."""
-  config = kd_config.get_config('runlocal')
+  """configs/kd.py:tiny (runlocal cut to a few steps per stage) on the session's data_dir."""
+  config = kd_config.get_config('tiny')
   config.data.data_dir = data_dir
-  for tc in (config.train, config.teacher_train):
-    tc.num_steps = 6
-    tc.log_every_steps = 6
-    tc.checkpoint_every_steps = 6
   return config
 
 
 @pytest.fixture(scope='session')
 def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
   """A finished tiny KD run (3 stages, results written), trained once per session."""
-  from fkd import train
+  from fkd import inference, train
 
   workdir = tmp_path_factory.getbasetemp() / 'kd_tiny_run'
   config = tiny_kd_config(data_dir)
-  if not all(train.is_finished(str(workdir / s)) for s in config.stages):
+  if not all(inference.is_finished(str(workdir / s)) for s in config.stages):
     train.run(config, str(workdir))
   return workdir

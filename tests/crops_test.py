@@ -9,15 +9,16 @@ from fkd.data import crops
 
 def test_box_edges_map_to_crop_edges():
   a = crops.box_transform(np.array([10.0, 20.0, 50.0, 100.0]), 8)
-  np.testing.assert_allclose(crops.apply(a, np.array([[10.0, 20.0], [50.0, 100.0]])),
-                             [[-0.5, -0.5], [7.5, 7.5]], atol=1e-6)
+  np.testing.assert_allclose(
+    crops.apply(a, np.array([[10.0, 20.0], [50.0, 100.0]])), [[-0.5, -0.5], [7.5, 7.5]], atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('point', [(37.0, 21.0), (5.0, 60.0), (70.0, 70.0)])
 def test_warped_pixel_lands_on_mapped_landmark(point):
   img = np.zeros((80, 90, 3), np.uint8)
   x, y = int(point[0]), int(point[1])
-  img[y - 1:y + 2, x - 1:x + 2] = 255  # a 3x3 blob centred on the landmark
+  img[y - 1 : y + 2, x - 1 : x + 2] = 255  # a 3x3 blob centred on the landmark
   box = crops.landmark_box(np.array([[2.0, 3.0], [85.0, 77.0]]), 0.0)
   a = crops.box_transform(box, 160)  # an (anisotropic) upscale
   out = np.asarray(crops.warp(Image.fromarray(img), a, 160)).astype(float)[..., 0]

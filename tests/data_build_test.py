@@ -9,71 +9,86 @@ from fkd import config_lib, input_pipeline
 from fkd.data import build
 from fkd.errors import FkdError
 
-BUILDERS = pathlib.Path(__file__).resolve().parents[1] / "tfds_builders"
+BUILDERS = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders'
 
 
 def test_cli_builds_and_prints_counts(tmp_path, capsys):
-  args = ["--dataset=cofw", f"--manual_dir={BUILDERS / 'cofw' / 'dummy_data'}",
-          f"--data_dir={tmp_path}", "--crop_size=48"]
+  args = [
+    '--dataset=cofw',
+    f'--manual_dir={BUILDERS / "cofw" / "dummy_data"}',
+    f'--data_dir={tmp_path}',
+    '--crop_size=48',
+  ]
   assert build.main(args) == 1  # not the official 1345 / 507 faces
   err = capsys.readouterr().err
-  assert "error: cofw: the manual download" in err and "official count is 1345" in err
-  assert not any(p.is_file() for p in tmp_path.rglob("*"))
-  assert build.main([*args, "--allow_partial"]) == 0
+  assert 'error: cofw: the manual download' in err and 'official count is 1345' in err
+  assert not any(p.is_file() for p in tmp_path.rglob('*'))
+  assert build.main([*args, '--allow_partial']) == 0
   out = capsys.readouterr().out
-  assert "cofw/default_48px/1.0.0" in out and "train" in out and "     4" in out
-  assert build.main([*args, "--allow_partial"]) == 0
-  assert "already built" in capsys.readouterr().out
-  assert build.main(["--dataset=cofw68", f"--manual_dir={BUILDERS / 'cofw' / 'dummy_data'}",
-                     f"--data_dir={tmp_path}", "--crop_size=48", "--allow_partial"]) == 0
-  assert "cofw/cofw68_48px/1.0.0" in capsys.readouterr().out
-  assert build.main(["--dataset=300w", "--manual_dir=/nonexistent"]) == 1
-  assert build.main(["--dataset=afw", "--manual_dir=/tmp"]) == 1
+  assert 'cofw/default_48px/1.0.0' in out and 'train' in out and '     4' in out
+  assert build.main([*args, '--allow_partial']) == 0
+  assert 'already built' in capsys.readouterr().out
+  assert (
+    build.main(
+      [
+        '--dataset=cofw68',
+        f'--manual_dir={BUILDERS / "cofw" / "dummy_data"}',
+        f'--data_dir={tmp_path}',
+        '--crop_size=48',
+        '--allow_partial',
+      ]
+    )
+    == 0
+  )
+  assert 'cofw/cofw68_48px/1.0.0' in capsys.readouterr().out
+  assert build.main(['--dataset=300w', '--manual_dir=/nonexistent']) == 1
+  assert build.main(['--dataset=afw', '--manual_dir=/tmp']) == 1
 
 
 def test_prepare_and_load_pass_allow_partial(tmp_path):
-  c = config_lib.kd_base("300w", runlocal=True)
+  c = config_lib.kd_base('300w', runlocal=True)
   c.data.data_dir = str(tmp_path)
-  c.data.manual_dir = str(BUILDERS / "ibug_300w" / "dummy_data")
-  with pytest.raises(FkdError, match="allow_partial"):
+  c.data.manual_dir = str(BUILDERS / 'ibug_300w' / 'dummy_data')
+  with pytest.raises(FkdError, match='allow_partial'):
     input_pipeline.prepare(c)
   c.data.allow_partial = True
   data = input_pipeline.load(c)
-  assert set(data.splits) == {"train", "common", "challenging", "full"}
-  assert len(data.splits["train"]) == 7 and data.splits["full"].images.shape[1:] == (32, 32, 3)
+  assert set(data.splits) == {'train', 'common', 'challenging', 'full'}
+  assert len(data.splits['train']) == 7 and data.splits['full'].images.shape[1:] == (32, 32, 3)
   assert data.pca is not None and data.pca.num_points == 68
   np.testing.assert_array_equal(data.flip_permutation[[36, 45]], [45, 36])
-  batch = input_pipeline.train_batch(data, "train", 4, 0, 0, "flip")
-  assert batch["soft_landmarks"].shape == (4, 68, 2)
+  batch = input_pipeline.train_batch(data, 'train', 4, 0, 0, 'flip')
+  assert batch['soft_landmarks'].shape == (4, 68, 2)
 
 
 def test_kd_augmentation_in_train_batches(tmp_path):
-  c = config_lib.kd_base("300w", runlocal=True)
+  c = config_lib.kd_base('300w', runlocal=True)
   c.data.data_dir = str(tmp_path)
-  c.data.manual_dir = str(BUILDERS / "ibug_300w" / "dummy_data")
+  c.data.manual_dir = str(BUILDERS / 'ibug_300w' / 'dummy_data')
   c.data.allow_partial = True
   data = input_pipeline.load(c)
-  assert c.data.augment == "kd" and data.scheme == "300w"
-  train = data.splits["train"]
+  assert c.data.augment == 'kd' and data.scheme == '300w'
+  train = data.splits['train']
   try:
     input_pipeline.set_workers(1)
-    one = input_pipeline.train_batch(data, "train", 6, 3, 0, "kd")
+    one = input_pipeline.train_batch(data, 'train', 6, 3, 0, 'kd')
     input_pipeline.set_workers(2)
-    two = input_pipeline.train_batch(data, "train", 6, 3, 0, "kd")
+    two = input_pipeline.train_batch(data, 'train', 6, 3, 0, 'kd')
   finally:
     input_pipeline.set_workers(1)
   # Deterministic for (seed, step) and independent of the number of worker threads.
-  for key in ("image", "landmarks", "soft_landmarks"):
+  for key in ('image', 'landmarks', 'soft_landmarks'):
     np.testing.assert_array_equal(one[key], two[key])
-  other = input_pipeline.train_batch(data, "train", 6, 3, 1, "kd")
-  assert not np.array_equal(one["landmarks"], other["landmarks"])
+  other = input_pipeline.train_batch(data, 'train', 6, 3, 1, 'kd')
+  assert not np.array_equal(one['landmarks'], other['landmarks'])
   # Augmented faces differ from every stored crop; the ASM targets follow the augmented shapes.
-  changed = [not any(np.array_equal(lm, t) for t in train.landmarks) for lm in one["landmarks"]]
+  changed = [not any(np.array_equal(lm, t) for t in train.landmarks) for lm in one['landmarks']]
   assert sum(changed) >= 3, changed
-  np.testing.assert_allclose(one["soft_landmarks"],
-                             input_pipeline.asm.asm_project(data.pca, one["landmarks"]), atol=1e-4)
+  np.testing.assert_allclose(
+    one['soft_landmarks'], input_pipeline.asm.asm_project(data.pca, one['landmarks']), atol=1e-4
+  )
   # The re-crop keeps the face inside the frame (3 px margin at 224², scaled).
-  assert one["landmarks"].min() > -1 and one["landmarks"].max() < 32
+  assert one['landmarks'].min() > -1 and one['landmarks'].max() < 32
 
 
 def test_builders_leave_no_temp_dirs(tmp_path):

@@ -66,8 +66,15 @@ def test_overlay_is_best_and_worst_of_the_student(run_dir, data_dir):
 
 def _fake_results(dataset, norm='inter_ocular', splits=('challenging', 'common', 'full')):
   rng = np.random.default_rng(0)
-  results = {'dataset': dataset, 'norm': norm, 'frame': 'crop', 'fr_threshold': 0.1,
-             'image_size': 224, 'models': {}, 'nme_per_image': {}}
+  results = {
+    'dataset': dataset,
+    'norm': norm,
+    'frame': 'crop',
+    'fr_threshold': 0.1,
+    'image_size': 224,
+    'models': {},
+    'nme_per_image': {},
+  }
   for name in ('mean_shape', 'teacher_tough', 'student_kd', 'student_baseline'):
     for s in splits:
       nme = rng.uniform(0.01, 0.12, 50)
@@ -79,11 +86,15 @@ def _fake_results(dataset, norm='inter_ocular', splits=('challenging', 'common',
 def test_table_shows_published_numbers_beside_ours(tmp_path):
   results = _fake_results('ibug_300w')
   md = evaluate.markdown_table(results)
-  rows = {line.split('|')[1].strip(): line for line in md.split('### full')[1].splitlines()
-          if line.startswith('| ') and not line.startswith('| model')}
+  rows = {
+    line.split('|')[1].strip(): line
+    for line in md.split('### full')[1].splitlines()
+    if line.startswith('| ') and not line.startswith('| model')
+  }
   assert rows['mean_shape'].rstrip().endswith('| — |')
-  assert '4.06 (paper [' in rows['student_kd'] and '4.06 / 0.87 / 0.7900 (notes [' in \
-      rows['student_kd']
+  assert (
+    '4.06 (paper [' in rows['student_kd'] and '4.06 / 0.87 / 0.7900 (notes [' in rows['student_kd']
+  )
   assert '3.82 / 0.72 / 0.8103 (notes' in rows['teacher_tough']
   assert '4.50 / 1.59 / 0.7578 (notes' in rows['student_baseline']
   assert '6.13 (paper' in md.split('### challenging')[1].split('###')[0]
@@ -100,19 +111,26 @@ def test_table_shows_published_numbers_beside_ours(tmp_path):
 def test_published_data_file():
   data = evaluate.published()
   kd = data['methods']['kd_loss']
-  assert data['methods']['mobilefan']['results'] == [] and 'No numeric' in \
-      data['methods']['mobilefan']['note']
+  assert (
+    data['methods']['mobilefan']['results'] == []
+    and 'No numeric' in data['methods']['mobilefan']['note']
+  )
   assert data['methods']['efficientfan']['results'] == []
   for r in kd['results']:
     assert r['source'].startswith(('[published]', '[notes]')) and r['frame'] == 'crop'
     assert r['norm'] == ('inter_pupil' if r['dataset'] == 'wflw' else 'inter_ocular')
-  paper = {(r['dataset'], r['split'], r['model']): r['nme'] for r in kd['results']
-           if r['label'] == 'paper'}
-  assert paper == {('ibug_300w', 'challenging', 'student_kd'): 6.13,
-                   ('ibug_300w', 'common', 'student_kd'): 3.56,
-                   ('ibug_300w', 'full', 'student_kd'): 4.06,
-                   ('cofw', 'test', 'student_kd'): 4.11, ('cofw', 'test', 'teacher_tough'): 3.81,
-                   ('wflw', 'test', 'student_kd'): 8.57, ('wflw', 'pose', 'student_kd'): 15.06}
+  paper = {
+    (r['dataset'], r['split'], r['model']): r['nme'] for r in kd['results'] if r['label'] == 'paper'
+  }
+  assert paper == {
+    ('ibug_300w', 'challenging', 'student_kd'): 6.13,
+    ('ibug_300w', 'common', 'student_kd'): 3.56,
+    ('ibug_300w', 'full', 'student_kd'): 4.06,
+    ('cofw', 'test', 'student_kd'): 4.11,
+    ('cofw', 'test', 'teacher_tough'): 3.81,
+    ('wflw', 'test', 'student_kd'): 8.57,
+    ('wflw', 'pose', 'student_kd'): 15.06,
+  }
   # results.md §2.5: 300W Full = Common ∪ Challenging, so failures add up and the Full NME is the
   # image-weighted mean of the subsets, for every model of the authors' notes.
   notes = {}
@@ -131,17 +149,38 @@ def test_cli(run_dir, data_dir, tmp_path):
   for name in ('results.json', 'results.md', 'ced.png', 'worst.png'):
     (run_dir / name).unlink(missing_ok=True)
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.evaluate', '--config=configs/kd.py:runlocal',
-       f'--workdir={run_dir}', f'--config.data.data_dir={data_dir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'fkd.evaluate',
+      '--config=configs/kd.py:runlocal',
+      f'--workdir={run_dir}',
+      f'--config.data.data_dir={data_dir}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '| student_kd |' in proc.stdout
   for name in ('results.json', 'results.md', 'ced.png', 'worst.png'):
     assert (run_dir / name).exists(), name
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.evaluate', '--config=configs/kd.py:runlocal',
-       f'--workdir={tmp_path / "nope"}', f'--config.data.data_dir={data_dir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'fkd.evaluate',
+      '--config=configs/kd.py:runlocal',
+      f'--workdir={tmp_path / "nope"}',
+      f'--config.data.data_dir={data_dir}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines() == [f'fkd: error: workdir {tmp_path / "nope"} does '
-                                              'not exist']
+  assert proc.stderr.strip().splitlines() == [
+    f'fkd: error: workdir {tmp_path / "nope"} does not exist'
+  ]

@@ -71,12 +71,27 @@ def test_tflite_without_tensorflow_is_a_clear_error(run_dir, tmp_path):
 def test_cli(run_dir, tmp_path):
   out = tmp_path / 'cli' / 'model.stablehlo'
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.export', f'--workdir={run_dir}', '--format=stablehlo',
-       f'--output={out}'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'fkd.export',
+      f'--workdir={run_dir}',
+      '--format=stablehlo',
+      f'--output={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'student_kd ->' in proc.stdout and 'max |exported − JAX|' in proc.stdout
   assert out.exists() and (tmp_path / 'cli' / 'model.json').exists()
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.export', f'--workdir={tmp_path / "none"}'], cwd=REPO,
-      capture_output=True, text=True, timeout=300)
+    [sys.executable, '-m', 'fkd.export', f'--workdir={tmp_path / "none"}'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2 and proc.stderr.strip().startswith('fkd: error: workdir')

@@ -40,7 +40,8 @@ def test_mobilefan_stages_and_results(mobilefan_run):
     assert saved['models'] == json.loads(json.dumps(results['models']))
     assert per_split['test']['nme'] > 0 and 0 <= per_split['test']['auc'] <= 1
   _, meta = checkpoint.load_model(os.path.join(workdir, 'student_distill'))
-  assert meta['output'] == 'heatmaps' and meta['model'] == 'mobilefan'
+  assert meta['head']['kind'] == 'heatmaps' and meta['model'] == 'mobilefan'
+  assert meta['method'] == 'fan' and meta['teachers'] == ['teacher']
   assert meta['model_kwargs']['adapter_channels'] == [32, 32, 32]  # the teacher's decoder width
 
 
@@ -60,21 +61,23 @@ def test_efficientfan_reuses_the_teacher(mobilefan_run, data_dir, tmp_path, caps
   config = _config(efficientfan_config, data_dir)
   config.teacher_ckpt = os.path.join(teacher_workdir, 'teacher')
   results = train.run(config, str(tmp_path))
-  assert 'using the teacher at' in capsys.readouterr().out
+  assert '[teacher] using ' in capsys.readouterr().out
   assert not os.path.exists(tmp_path / 'teacher')
   assert list(results['models']) == ['mean_shape', 'teacher', 'student_distill']
   record = _logged(str(tmp_path), 'student_distill')[-1]
   # method.md §6.4: L = MSE(H) + 0.01 Σ L_FA + 0.01 Σ L_PS, no pixel-affinity term.
   assert 'loss/fs' not in record
   np.testing.assert_allclose(
-      record['loss'], record['loss/heatmap'] + 0.01 * (record['loss/fa'] + record['loss/ps']),
-      rtol=1e-5)
+    record['loss'],
+    record['loss/heatmap'] + 0.01 * (record['loss/fa'] + record['loss/ps']),
+    rtol=1e-5,
+  )
 
 
 def test_student_without_teacher_is_an_error(data_dir, tmp_path):
   config = _config(mobilefan_config, data_dir)
   config.stages = ('student_distill',)
-  with pytest.raises(FkdError, match='student_distill needs the teacher'):
+  with pytest.raises(FkdError, match='student_distill needs teacher'):
     train.run(config, str(tmp_path / 'w'))
   config.stages = ('teacher', 'student_kd')
   with pytest.raises(FkdError, match="unknown stage 'student_kd' for method fan"):
@@ -87,12 +90,17 @@ def test_student_without_teacher_is_an_error(data_dir, tmp_path):
 
 
 def test_step_schedule_hand_values():
-  tc = ml_collections.ConfigDict(dict(schedule='steps', lr=1e-3, num_epochs=80,
-                                      lr_boundaries_epochs=(30, 50), lr_decay_factor=0.1))
+  tc = ml_collections.ConfigDict(
+    dict(
+      schedule='steps', lr=1e-3, num_epochs=80, lr_boundaries_epochs=(30, 50), lr_decay_factor=0.1
+    )
+  )
   schedule = train.make_schedule(tc, 800)  # 10 steps per epoch
-  np.testing.assert_allclose([schedule(0), schedule(299), schedule(300), schedule(499),
-                              schedule(500), schedule(799)],
-                             [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)
+  np.testing.assert_allclose(
+    [schedule(0), schedule(299), schedule(300), schedule(499), schedule(500), schedule(799)],
+    [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5],
+    rtol=1e-6,
+  )
 
 
 def test_paper_configs_build():
@@ -113,3 +121,19 @@ def test_predictor_decodes_heatmaps(mobilefan_run):
   points = predictor(images)
   assert points.shape == (2, 68, 2) and np.isfinite(points).all()
   assert (points >= -0.5).all() and (points <= 63.5).all()  # decoded inside the 64² crop
+
+
+def test_heatmap_checkpoint_written_before_heads_predicts_the_same(mobilefan_run, tmp_path):
+  from inference_test import old_style_copy
+
+  from fkd import inference
+
+  workdir, _ = mobilefan_run
+  stage_dir = os.path.join(workdir, 'student_distill')
+  old_style_copy(
+    stage_dir, str(tmp_path / 'old'), output='heatmaps', target_space='pixel', sigma=1.0
+  )
+  new, old = inference.Predictor(stage_dir), inference.Predictor(str(tmp_path / 'old'))
+  assert old.head == new.head and old.head.kind == 'heatmaps'
+  images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), np.uint8)
+  np.testing.assert_array_equal(old(images), new(images))

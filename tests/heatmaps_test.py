@@ -15,15 +15,14 @@ def test_render_hand_values():
   assert maps.shape == (1, 8, 8, 1)
   m = maps[0, :, :, 0]
   np.testing.assert_allclose(m[1, 2], math.exp(-0.09 / 2), rtol=1e-6)
-  np.testing.assert_allclose(m[1, 5], math.exp(-2.7 ** 2 / 2), rtol=1e-6)  # |5 − round(2.3)| = 3
-  np.testing.assert_allclose(m[3, 3], math.exp(-(0.7 ** 2 + 4) / 2), rtol=1e-6)
+  np.testing.assert_allclose(m[1, 5], math.exp(-(2.7**2) / 2), rtol=1e-6)  # |5 − round(2.3)| = 3
+  np.testing.assert_allclose(m[3, 3], math.exp(-(0.7**2 + 4) / 2), rtol=1e-6)
   assert m[1, 6] == 0 and m[5, 2] == 0  # outside the 3σ window around (2, 1)
   assert m.max() < 1.0  # the sub-pixel centre is not on a pixel
 
 
 def test_render_quantized_and_outside():
-  maps = np.asarray(hm.render(jnp.array([[2.7, 1.2], [-9.0, 3.0]]), 8, sigma=1.0,
-                              quantize=True))
+  maps = np.asarray(hm.render(jnp.array([[2.7, 1.2], [-9.0, 3.0]]), 8, sigma=1.0, quantize=True))
   np.testing.assert_allclose(maps[1, 2, 0], 1.0)  # centre truncated to (2, 1)
   np.testing.assert_allclose(maps[1, 3, 0], math.exp(-0.5), rtol=1e-6)
   assert not maps[..., 1].any()  # window entirely outside the map: all zero
@@ -70,8 +69,9 @@ def test_crop_round_trip():
   assert targets.shape == (4, 16, 16, 3)
   back = np.asarray(hm.decode_to_crop(targets, 4, 'quadratic'))
   np.testing.assert_allclose(back, points, atol=0.05 * 4)
-  np.testing.assert_allclose(hm.to_crop_coords(hm.to_heatmap_coords(points, 4), 4), points,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    hm.to_crop_coords(hm.to_heatmap_coords(points, 4), 4), points, rtol=1e-6
+  )
   # x_in = 4(x + ½) − ½: heatmap pixel 0 covers crop pixels −0.5 … 3.5, centre 1.5.
   np.testing.assert_allclose(hm.to_crop_coords(jnp.zeros(2), 4), [1.5, 1.5])
 

@@ -31,8 +31,9 @@ def _fkd_variables(name: str, num_classes: int | None, **kwargs) -> dict:
   return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
 
-def _write_keras_h5(path: str, arch: str, variables: dict, width: float = 1.0,
-                    norm: tuple | None = None) -> None:
+def _write_keras_h5(
+  path: str, arch: str, variables: dict, width: float = 1.0, norm: tuple | None = None
+) -> None:
   """A Keras 3 `.weights.h5`: `layers/<class key>[_n]/vars/<i>`, n counted per class in model
   order (as keras.saving writes it), Keras layouts (depthwise kernels (k, k, C, 1))."""
   p, s = variables['params'], variables['batch_stats']
@@ -43,8 +44,11 @@ def _write_keras_h5(path: str, arch: str, variables: dict, width: float = 1.0,
       counts[cls] = n + 1
       key = iw._snake(cls) + (f'_{n}' if n else '')
       if cls == 'Normalization':
-        arrays = [np.asarray(norm[0], np.float32), np.asarray(norm[1], np.float32),
-                  np.asarray(100, np.int64)]
+        arrays = [
+          np.asarray(norm[0], np.float32),
+          np.asarray(norm[1], np.float32),
+          np.asarray(100, np.int64),
+        ]
       else:
         module = iw.keras_to_fkd(arch, name)
         if module == ('head',) and 'head' not in p:
@@ -72,19 +76,49 @@ def test_keras_mobilenet_v2_cli(tmp_path):
   _write_keras_h5(src, 'mobilenet_v2', variables, width=0.35)
   dst = str(tmp_path / 'ckpt')
   out = subprocess.run(
-      [sys.executable, '-m', 'fkd.tools.import_weights', '--from=keras', '--arch=mobilenet_v2',
-       '--width=0.35', src, dst], cwd=REPO, capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      '-m',
+      'fkd.tools.import_weights',
+      '--from=keras',
+      '--arch=mobilenet_v2',
+      '--width=0.35',
+      src,
+      dst,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr
   assert 'mobilenet_v2' in out.stdout and '10 classes' in out.stdout
   loaded, meta = checkpoint.load_model(dst)
   _assert_tree_equal(loaded, variables)
   assert meta['model'] == 'mobilenet_v2' and meta['num_classes'] == 10
-  assert meta['model_kwargs'] == {'width': 0.35, 'bn_epsilon': 1e-3, 'input_mean': [0.5] * 3,
-                                  'input_std': [0.5] * 3}
+  assert meta['model_kwargs'] == {
+    'width': 0.35,
+    'bn_epsilon': 1e-3,
+    'input_mean': [0.5] * 3,
+    'input_std': [0.5] * 3,
+  }
   # A second conversion into the same directory is refused.
   again = subprocess.run(
-      [sys.executable, '-m', 'fkd.tools.import_weights', '--from=keras', '--arch=mobilenet_v2',
-       '--width=0.35', src, dst], cwd=REPO, capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      '-m',
+      'fkd.tools.import_weights',
+      '--from=keras',
+      '--arch=mobilenet_v2',
+      '--width=0.35',
+      src,
+      dst,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert again.returncode == 2 and 'not empty' in again.stderr
 
 
@@ -92,8 +126,11 @@ def test_keras_wrong_width_names_the_layer(tmp_path):
   variables = _fkd_variables('mobilenet_v2', None, width=0.35)
   src = str(tmp_path / 'mnv2.weights.h5')
   _write_keras_h5(src, 'mobilenet_v2', variables, width=0.35)
-  with pytest.raises(FkdError, match=r"Keras layer 'Conv1' \(conv2d\) has shape \(3, 3, 3, 16\)"
-                     r".*stem_conv/kernel expects \(3, 3, 3, 32\)"):
+  with pytest.raises(
+    FkdError,
+    match=r"Keras layer 'Conv1' \(conv2d\) has shape \(3, 3, 3, 16\)"
+    r'.*stem_conv/kernel expects \(3, 3, 3, 32\)',
+  ):
     iw.convert_keras('mobilenet_v2', src, width=1.0)
 
 
@@ -157,17 +194,23 @@ def test_torch_resnet50_safetensors(tmp_path):
   got, meta = iw.convert_torch('resnet50', src)
   p, s = got['params'], got['batch_stats']
   np.testing.assert_array_equal(p['conv1']['kernel'], state['conv1.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(p['layer2_0']['conv2']['kernel'],
-                                state['layer2.0.conv2.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(p['layer3_0']['downsample_conv']['kernel'][0, 0],
-                                state['layer3.0.downsample.0.weight'][:, :, 0, 0].T)
+  np.testing.assert_array_equal(
+    p['layer2_0']['conv2']['kernel'], state['layer2.0.conv2.weight'].transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+    p['layer3_0']['downsample_conv']['kernel'][0, 0],
+    state['layer3.0.downsample.0.weight'][:, :, 0, 0].T,
+  )
   np.testing.assert_array_equal(s['layer4_2']['bn3']['var'], state['layer4.2.bn3.running_var'])
   np.testing.assert_array_equal(p['layer4_2']['bn3']['scale'], state['layer4.2.bn3.weight'])
   np.testing.assert_array_equal(p['head']['kernel'], state['fc.weight'].T)
   assert models.count_params(p) == 25_557_032
   assert meta['num_classes'] == 1000
-  assert meta['model_kwargs'] == {'bn_epsilon': 1e-5, 'input_mean': models.IMAGENET_MEAN,
-                                  'input_std': models.IMAGENET_STD}
+  assert meta['model_kwargs'] == {
+    'bn_epsilon': 1e-5,
+    'input_mean': models.IMAGENET_MEAN,
+    'input_std': models.IMAGENET_STD,
+  }
 
 
 def test_torch_errors(tmp_path):
@@ -175,8 +218,11 @@ def test_torch_errors(tmp_path):
   state['layer1.0.conv2.weight'] = state['layer1.0.conv2.weight'][:32]
   src = str(tmp_path / 'bad.safetensors')
   save_file(state, src)
-  with pytest.raises(FkdError, match=r"'layer1.0.conv2.weight' has shape \(3, 3, 64, 32\), fkd "
-                     r'params/layer1_0/conv2/kernel expects \(3, 3, 64, 64\)'):
+  with pytest.raises(
+    FkdError,
+    match=r"'layer1.0.conv2.weight' has shape \(3, 3, 64, 32\), fkd "
+    r'params/layer1_0/conv2/kernel expects \(3, 3, 64, 64\)',
+  ):
     iw.convert_torch('resnet50', src)
   save_file({'features.0.weight': np.zeros((2, 2), np.float32)}, src)
   with pytest.raises(FkdError, match='not part of a torchvision ResNet'):
@@ -190,7 +236,8 @@ def test_converted_checkpoint_loads_into_the_paper_configs(tmp_path, who, arch):
   """The paper configs' teacher (EfficientNet-B3) and student (MobileNetV2 1.0) take a converted
   Keras checkpoint through `init_from` (training from it: pretrained_test.py)."""
   from configs import kd as kd_config
-  from fkd import pretrained, train
+  from fkd import methods, pretrained, train
+
   variables = _fkd_variables(arch, 1000)
   src = str(tmp_path / f'{arch}.weights.h5')
   _write_keras_h5(src, arch, variables, norm=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
@@ -198,19 +245,25 @@ def test_converted_checkpoint_loads_into_the_paper_configs(tmp_path, who, arch):
   config = kd_config.get_config('300w')
   config[who].init_from = str(tmp_path / 'ckpt')
   stage = pretrained.resolve_stage(
-      train.stage_spec('teacher_tough' if who == 'teacher' else 'student_kd', config))
+    methods.get(config).stage('teacher_tough' if who == 'teacher' else 'student_kd', config)
+  )
   assert stage.model_config.name == arch
-  np.testing.assert_allclose(stage.model_config.kwargs['input_std'], (
-      (0.5, 0.5, 0.5) if arch == 'mobilenet_v2' else (0.229, 0.224, 0.225)), rtol=1e-6)
-  model = train.build_model(stage.model_config, 136)
+  np.testing.assert_allclose(
+    stage.model_config.kwargs['input_std'],
+    ((0.5, 0.5, 0.5) if arch == 'mobilenet_v2' else (0.229, 0.224, 0.225)),
+    rtol=1e-6,
+  )
+  model = train.build_model(stage, 68)
   optimizer = train.make_optimizer(stage.train_config)
   state = jax.eval_shape(lambda: train.init_state(model, optimizer, 32, 0))
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
   state = pretrained.load_into(state, stage, optimizer)
   for collection in ('params', 'batch_stats'):
-    jax.tree.map(np.testing.assert_array_equal,
-                 {k: v for k, v in state[collection].items() if k != 'head'},
-                 {k: v for k, v in variables[collection].items() if k != 'head'})
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      {k: v for k, v in state[collection].items() if k != 'head'},
+      {k: v for k, v in variables[collection].items() if k != 'head'},
+    )
   assert state['params']['head']['kernel'].shape[-1] == 136
 
 
@@ -230,8 +283,15 @@ def test_torch_mobilenet_v2_flat_layout(tmp_path):
   conv('features.0.0', 32, 3, 3)
   bn('features.0.1', 32)
   cin, i = 32, 1
-  for t, c, n, _ in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                     (6, 160, 3, 2), (6, 320, 1, 1)):
+  for t, c, n, _ in (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+  ):
     for _ in range(n):
       p, hidden = f'features.{i}.conv', cin * t
       if t == 1:
@@ -250,16 +310,24 @@ def test_torch_mobilenet_v2_flat_layout(tmp_path):
   got, meta = iw.convert_torch('mobilenet_v2', src)
   p, s = got['params'], got['batch_stats']
   assert models.count_params(p) == 3_504_872
-  np.testing.assert_array_equal(p['block_0']['depthwise']['kernel'],
-                                state['features.1.conv.0.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(p['block_5']['expand']['kernel'][0, 0],
-                                state['features.6.conv.0.weight'][:, :, 0, 0].T)
-  np.testing.assert_array_equal(p['block_5']['depthwise']['kernel'][:, :, 0, 7],
-                                state['features.6.conv.3.weight'][7, 0])
-  np.testing.assert_array_equal(s['block_16']['project_bn']['var'],
-                                state['features.17.conv.7.running_var'])
+  np.testing.assert_array_equal(
+    p['block_0']['depthwise']['kernel'], state['features.1.conv.0.weight'].transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+    p['block_5']['expand']['kernel'][0, 0], state['features.6.conv.0.weight'][:, :, 0, 0].T
+  )
+  np.testing.assert_array_equal(
+    p['block_5']['depthwise']['kernel'][:, :, 0, 7], state['features.6.conv.3.weight'][7, 0]
+  )
+  np.testing.assert_array_equal(
+    s['block_16']['project_bn']['var'], state['features.17.conv.7.running_var']
+  )
   np.testing.assert_array_equal(p['last_bn']['scale'], state['features.18.1.weight'])
   np.testing.assert_array_equal(p['head']['kernel'], state['classifier.weight'].T)
-  assert meta['model_kwargs'] == {'width': 1.0, 'padding': 'symmetric', 'bn_epsilon': 1e-5,
-                                  'input_mean': models.IMAGENET_MEAN,
-                                  'input_std': models.IMAGENET_STD}
+  assert meta['model_kwargs'] == {
+    'width': 1.0,
+    'padding': 'symmetric',
+    'bn_epsilon': 1e-5,
+    'input_mean': models.IMAGENET_MEAN,
+    'input_std': models.IMAGENET_STD,
+  }

@@ -25,9 +25,20 @@ DW_GRAD_CASES = [(8, 1, 3), (7, 2, 3), (8, 2, 5), (7, 1, 5), (7, 1, 4)]
 FAST_IMPLS = ['shifted', 'shifted_autodiff']
 
 
-@pytest.mark.parametrize('v, expected', [
-    (32 * 0.35, 16), (24 * 0.35, 8), (16, 16), (1280 * 1.4, 1792), (112 * 1.2, 136),
-    (192 * 1.2, 232), (1280 * 1.2, 1536), (40 * 1.1, 48), (3, 8)])
+@pytest.mark.parametrize(
+  'v, expected',
+  [
+    (32 * 0.35, 16),
+    (24 * 0.35, 8),
+    (16, 16),
+    (1280 * 1.4, 1792),
+    (112 * 1.2, 136),
+    (192 * 1.2, 232),
+    (1280 * 1.2, 1536),
+    (40 * 1.1, 48),
+    (3, 8),
+  ],
+)
 def test_make_divisible(v, expected):
   assert layers.make_divisible(v, 8) == expected
 
@@ -53,8 +64,16 @@ def _depthwise_case(size, stride, k, dtype, use_bias=False):
   params = {'kernel': jnp.asarray(rng.normal(size=(k, k, 1, 6)), dtype)}
   if use_bias:
     params['bias'] = jnp.asarray(rng.normal(size=(6,)), dtype)
-  ref = nn.Conv(6, (k, k), strides=stride, padding='SAME', feature_group_count=6,
-                use_bias=use_bias, dtype=dtype, param_dtype=dtype)
+  ref = nn.Conv(
+    6,
+    (k, k),
+    strides=stride,
+    padding='SAME',
+    feature_group_count=6,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=dtype,
+  )
   out = -(-size // stride)
   cotangent = jnp.asarray(rng.normal(size=(2, out, out, 6)), dtype)
   return ref, {'params': params}, x, cotangent
@@ -76,8 +95,9 @@ def test_depthwise_forward_equals_nn_conv(impl, size, stride, k):
   ref, variables, x, _ = _depthwise_case(size, stride, k, jnp.float32, use_bias=True)
   module = layers.DepthwiseConv(k, stride, use_bias=True, impl=impl)
   assert _shapes(module, x) == _shapes(ref, x) == jax.tree.map(jnp.shape, variables)
-  np.testing.assert_allclose(jax.jit(module.apply)(variables, x),
-                             jax.jit(ref.apply)(variables, x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(module.apply)(variables, x), jax.jit(ref.apply)(variables, x), atol=1e-5, rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize('impl', FAST_IMPLS)
@@ -111,21 +131,27 @@ def test_conv1x1_equals_nn_conv(use_bias):
   ref = nn.Conv(7, (1, 1), use_bias=use_bias)
   module = layers.Conv1x1(7, use_bias=use_bias)
   assert _shapes(module, x) == _shapes(ref, x) == jax.tree.map(jnp.shape, {'params': params})
-  np.testing.assert_allclose(jax.jit(module.apply)({'params': params}, x),
-                             jax.jit(ref.apply)({'params': params}, x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(module.apply)({'params': params}, x),
+    jax.jit(ref.apply)({'params': params}, x),
+    atol=1e-5,
+    rtol=1e-5,
+  )
   assert layers.PointwiseConv is layers.Conv1x1
 
 
 def test_layers_dtype():
   x = jnp.ones((1, 6, 6, 4), jnp.float32)
-  for module in (layers.DepthwiseConv(impl='shifted', dtype=jnp.bfloat16),
-                 layers.Conv1x1(8, dtype=jnp.bfloat16)):
+  for module in (
+    layers.DepthwiseConv(impl='shifted', dtype=jnp.bfloat16),
+    layers.Conv1x1(8, dtype=jnp.bfloat16),
+  ):
     variables = jax.eval_shape(module.init, jax.random.key(0), x)
     assert jax.tree.leaves(variables)[0].dtype == jnp.float32
     assert jax.eval_shape(module.apply, variables, x).dtype == jnp.bfloat16
 
 
-_SHARDED_SCRIPT = '''
+_SHARDED_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from fkd.models import layers
@@ -143,15 +169,19 @@ for a, b in zip(got, want):
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 assert 'all-gather' not in grad.lower(k, xs, 'shifted').compile().as_text()
 print('OK')
-'''
+"""
 
 
 def test_depthwise_kernel_gradient_batch_sharded():
   """The custom VJP under a batch-sharded jit: same gradients, and no all-gather of the batch."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
-  result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', _SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
 
 
@@ -162,8 +192,9 @@ def test_depthwise_symmetric_padding_by_hand():
   expected = {'symmetric': [[4, 6], [6, 9]], 'same': [[9, 6], [6, 4]]}
   for padding, want in expected.items():
     for impl in ('shifted', 'grouped'):
-      layer = layers.DepthwiseConv(3, 2, impl=impl, padding=padding,
-                                   kernel_init=nn.initializers.ones)
+      layer = layers.DepthwiseConv(
+        3, 2, impl=impl, padding=padding, kernel_init=nn.initializers.ones
+      )
       y, _ = layer.init_with_output(jax.random.key(0), x)
       np.testing.assert_allclose(y[0, :, :, 0], want, err_msg=f'{padding} {impl}')
 
@@ -184,12 +215,22 @@ def test_portable_ops_give_the_same_model_outputs():
   assert max(groups) > 1 and jaxpr.count('dot_general[') == 1, (groups, jaxpr.count('dot_general['))
   np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
   assert layers.resolve_depthwise_impl('auto') == (
-      'shifted' if jax.default_backend() == 'cpu' else 'grouped')
+    'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+  )
 
 
-@pytest.mark.parametrize('size, stride, k, padding', [
-    (8, 2, 3, 'same'), (7, 2, 3, 'same'), (8, 2, 3, 'symmetric'), (9, 2, 5, 'symmetric'),
-    (8, 2, 4, 'same'), (10, 3, 3, 'same'), (11, 3, 5, 'symmetric')])
+@pytest.mark.parametrize(
+  'size, stride, k, padding',
+  [
+    (8, 2, 3, 'same'),
+    (7, 2, 3, 'same'),
+    (8, 2, 3, 'symmetric'),
+    (9, 2, 5, 'symmetric'),
+    (8, 2, 4, 'same'),
+    (10, 3, 3, 'same'),
+    (11, 3, 5, 'symmetric'),
+  ],
+)
 def test_depthwise_input_grad_polyphase(size, stride, k, padding):
   """Phase-by-phase input gradient = autodiff of the strided shifted forward (float64)."""
   rng = np.random.default_rng(size + 10 * stride + 100 * k)

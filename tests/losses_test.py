@@ -12,45 +12,59 @@ FIG = losses.KDParams.figure()
 
 
 def _aloss(p, q, g, alpha, alpha_neg, params):
-  return float(losses.aloss(jnp.float32(p), jnp.float32(q), jnp.float32(g), alpha, alpha_neg,
-                            params.beta, params.low_region))
+  return float(
+    losses.aloss(
+      jnp.float32(p),
+      jnp.float32(q),
+      jnp.float32(g),
+      alpha,
+      alpha_neg,
+      params.beta,
+      params.low_region,
+    )
+  )
 
 
 @pytest.mark.parametrize(
-    'p, q, expected',
-    [
-        (1.0, 0.5, 1.9 * 0.5),  # R_P: e=1 > d=0.5 -> alpha * |d - e|
-        (-1.0, 0.5, 1.9 * 0.5),  # sign of p - g does not matter
-        (0.3, 1.0, -0.45 * 0.7),  # R_N: beta*d=0.15 <= e=0.3 <= d=1
-        (0.1, 1.0, 0.0),  # R_L: e=0.1 < beta*d=0.15 -> weight 0
-        (0.5, -0.5, 0.0),  # e = d: R_N, |d - e| = 0
-        (0.0, 1.0, 0.0),  # e = 0 -> weight 0
-        (0.4, 0.0, 0.0),  # d = 0 -> weight 0 although e > d
-    ])
+  'p, q, expected',
+  [
+    (1.0, 0.5, 1.9 * 0.5),  # R_P: e=1 > d=0.5 -> alpha * |d - e|
+    (-1.0, 0.5, 1.9 * 0.5),  # sign of p - g does not matter
+    (0.3, 1.0, -0.45 * 0.7),  # R_N: beta*d=0.15 <= e=0.3 <= d=1
+    (0.1, 1.0, 0.0),  # R_L: e=0.1 < beta*d=0.15 -> weight 0
+    (0.5, -0.5, 0.0),  # e = d: R_N, |d - e| = 0
+    (0.0, 1.0, 0.0),  # e = 0 -> weight 0
+    (0.4, 0.0, 0.0),  # d = 0 -> weight 0 although e > d
+  ],
+)
 def test_aloss_code_branches(p, q, expected):
   assert _aloss(p, q, 0.0, 1.9, -0.45, CODE) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize(
-    'p, q, expected',
-    [
-        (2.0, 1.0, 0.9 * 1.0),  # R_P (e >= d)
-        (1.0, 1.0, 0.0),  # e = d belongs to R_P in the figure version, |d - e| = 0
-        (0.5, 1.0, -0.45 * 0.5),  # R_N: beta*d = 0.4 <= e < d
-        (0.2, 1.0, (-0.45 * 0.2 / 0.4) * 0.8),  # R_L ramp: omega = alpha_neg * e / (beta d)
-        (0.0, 1.0, 0.0),  # ramp starts at 0 at g
-    ])
+  'p, q, expected',
+  [
+    (2.0, 1.0, 0.9 * 1.0),  # R_P (e >= d)
+    (1.0, 1.0, 0.0),  # e = d belongs to R_P in the figure version, |d - e| = 0
+    (0.5, 1.0, -0.45 * 0.5),  # R_N: beta*d = 0.4 <= e < d
+    (0.2, 1.0, (-0.45 * 0.2 / 0.4) * 0.8),  # R_L ramp: omega = alpha_neg * e / (beta d)
+    (0.0, 1.0, 0.0),  # ramp starts at 0 at g
+  ],
+)
 def test_aloss_figure_branches(p, q, expected):
   assert _aloss(p, q, 0.0, 0.9, -0.45, FIG) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize('slope, e, lam, expected', [
+@pytest.mark.parametrize(
+  'slope, e, lam, expected',
+  [
     (3.0, 0.2, 0.5, 0.6),  # linear branch
     (3.0, 1.0, 0.5, 1.0 + 1.5 - 0.25),  # quadratic branch e^2 + 3 lam - lam^2
     (3.0, 0.5, 0.5, 1.5),  # continuity at e = lam
     (1.0, 0.2, 0.5, 0.2),  # figure slope 1
     (1.0, 1.0, 0.5, 1.0 + 0.5 - 0.25),
-])
+  ],
+)
 def test_main_loss_branches(slope, e, lam, expected):
   got = losses.main_loss(jnp.float32(e), jnp.float32(0.0), jnp.float32(lam), slope)
   assert float(got) == pytest.approx(expected, abs=1e-6)
@@ -81,12 +95,15 @@ def test_kd_loss_figure_total():
   assert float(total) == pytest.approx(main + 2 * aloss, abs=1e-5)
 
 
-@pytest.mark.parametrize('p, q, expected', [
+@pytest.mark.parametrize(
+  'p, q, expected',
+  [
     (1.0, 0.5, 1.9),  # R_P: sigma * alpha
     (-1.0, 0.5, -1.9),
     (0.3, 1.0, 0.45),  # R_N: sigma * |alpha_neg|, toward g
     (0.1, 1.0, 0.0),  # R_L
-])
+  ],
+)
 def test_aloss_code_gradients(p, q, expected):
   grad = jax.grad(lambda x: losses.aloss(x, jnp.float32(q), jnp.float32(0.0), 1.9, -0.45, 0.15))
   assert float(grad(jnp.float32(p))) == pytest.approx(expected, abs=1e-6)
@@ -113,7 +130,8 @@ def test_single_teacher_ablation_and_sign_invariance():
   assert set(terms) == {'main', 'aloss_tough'}
   lam = jnp.abs(a - g)  # lambda falls back to the only teacher present
   assert float(terms['main']) == pytest.approx(
-      float(2.0 * jnp.mean(losses.main_loss(p, g, lam, 3.0))), rel=1e-6)
+    float(2.0 * jnp.mean(losses.main_loss(p, g, lam, 3.0))), rel=1e-6
+  )
   assert np.isfinite(float(tough_only))
 
 

@@ -55,7 +55,8 @@ def test_normalisations():
   assert metrics.normalising_distance(g, 'inter_ocular')[0] == pytest.approx(np.hypot(7, 8))
   centre_left = np.array([-1.0, 0.0]) / 6
   assert metrics.normalising_distance(g, 'inter_pupil')[0] == pytest.approx(
-      np.linalg.norm(np.array([6.0, 8.0]) - centre_left))
+    np.linalg.norm(np.array([6.0, 8.0]) - centre_left)
+  )
   w = np.zeros((1, 98, 2))
   w[0, 96], w[0, 97] = [0, 0], [3, 4]
   assert metrics.normalising_distance(w, 'inter_pupil')[0] == 5.0

@@ -22,16 +22,20 @@ TINY_EFFICIENTNET = dict(width_coefficient=0.25, depth_coefficient=0.5)
 def _shapes(model, res=32):
   """Variables as ShapeDtypeStructs: nothing is computed."""
   return jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, res, res, 3)))
+    functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, res, res, 3))
+  )
 
 
 def _apply_shapes(model, res):
   variables = _shapes(model, res)
-  return jax.eval_shape(functools.partial(model.apply, train=False), variables,
-                        jnp.zeros((1, res, res, 3)))
+  return jax.eval_shape(
+    functools.partial(model.apply, train=False), variables, jnp.zeros((1, res, res, 3))
+  )
 
 
-@pytest.mark.parametrize('name, kwargs, collections, expected', [
+@pytest.mark.parametrize(
+  'name, kwargs, collections, expected',
+  [
     # Keras trainable parameters (`model.count_params()` minus non-trainable).
     ('mobilenet_v2', dict(num_outputs=1000), ('params',), 3_504_872),
     ('efficientnet_b0', dict(num_outputs=1000), ('params',), 5_288_548),
@@ -41,7 +45,8 @@ def _apply_shapes(model, res):
     ('mobilenet_v2', dict(num_outputs=196), ('params', 'batch_stats'), 2_509_060),
     ('mobilenet_v2', dict(num_outputs=58), ('params', 'batch_stats'), 2_332_282),
     ('mobilenet_v2', dict(num_outputs=None), ('params', 'batch_stats'), 2_257_984),
-])
+  ],
+)
 def test_param_counts_equal_keras(name, kwargs, collections, expected):
   variables = _shapes(get_model(name, **kwargs))
   assert count_params({c: variables[c] for c in collections}) == expected
@@ -60,9 +65,17 @@ def test_efficientnet_b3_channels_and_repeats():
 
 def test_mobilenet_v2_full_feature_shapes():
   _, feats = _apply_shapes(MobileNetV2(num_outputs=136), 224)
-  expected = {'stem': (112, 32), 'stage_1': (112, 16), 'stage_2': (56, 24),
-              'stage_3': (28, 32), 'stage_4': (14, 64), 'stage_5': (14, 96),
-              'stage_6': (7, 160), 'stage_7': (7, 320), 'last_conv': (7, 1280)}
+  expected = {
+    'stem': (112, 32),
+    'stage_1': (112, 16),
+    'stage_2': (56, 24),
+    'stage_3': (28, 32),
+    'stage_4': (14, 64),
+    'stage_5': (14, 96),
+    'stage_6': (7, 160),
+    'stage_7': (7, 320),
+    'last_conv': (7, 1280),
+  }
   for name, (size, channels) in expected.items():
     assert feats[name].shape == (1, size, size, channels), name
   assert feats['pre_logits'].shape == (1, 1280)
@@ -100,8 +113,9 @@ def _random_variables(model, x, seed=0):
 X = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype(np.float32)
 RNG0, RNG1 = jax.random.key(1), jax.random.key(2)
 MNV2 = MobileNetV2(num_outputs=10, dropout=0.5, depthwise_impl='shifted', **TINY_MOBILENET)
-EFFNET = EfficientNet(num_outputs=7, dropout=0.5, drop_connect_rate=0.5, depthwise_impl='shifted',
-                      **TINY_EFFICIENTNET)
+EFFNET = EfficientNet(
+  num_outputs=7, dropout=0.5, drop_connect_rate=0.5, depthwise_impl='shifted', **TINY_EFFICIENTNET
+)
 
 
 def _check_train_and_eval(model, num_outputs, feature_names):
@@ -113,8 +127,10 @@ def _check_train_and_eval(model, num_outputs, feature_names):
   # BN running statistics move in training mode.
   old, new = variables['batch_stats'], updates['batch_stats']
   assert jax.tree.structure(old) == jax.tree.structure(new)
-  assert all(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(old), jax.tree.leaves(new), strict=True))
+  assert all(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True)
+  )
   # Dropout: random in train mode (needs the 'dropout' rng), deterministic in eval mode.
   (out1, feats1), _ = _train_apply(model, variables, X, RNG1)
   assert not np.allclose(out, out1)
@@ -132,15 +148,25 @@ def test_mobilenet_v2_tiny_train_eval():
   variables, (_, feats, _), feats1 = _check_train_and_eval(MNV2, 10, names)
   # Top dropout does not touch the features.
   np.testing.assert_array_equal(feats['pre_logits'], feats1['pre_logits'])
-  strides = {'stem': 2, 'stage_1': 2, 'stage_2': 4, 'stage_3': 8, 'stage_4': 16,
-             'stage_5': 16, 'stage_6': 32, 'stage_7': 32, 'last_conv': 32}
+  strides = {
+    'stem': 2,
+    'stage_1': 2,
+    'stage_2': 4,
+    'stage_3': 8,
+    'stage_4': 16,
+    'stage_5': 16,
+    'stage_6': 32,
+    'stage_7': 32,
+    'last_conv': 32,
+  }
   for name, stride in strides.items():
     assert feats[name].shape[1:3] == (32 // stride,) * 2, name
   assert feats['stem'].shape[-1] == 16 and feats['stage_7'].shape[-1] == 112
   assert feats['last_conv'].shape[-1] == 1280 and feats['pre_logits'].shape == (4, 1280)
   # depth 0.25 keeps one block per group; Keras block ids otherwise.
   assert sorted(k for k in variables['params'] if k.startswith('block_')) == [
-      f'block_{i}' for i in range(7)]
+    f'block_{i}' for i in range(7)
+  ]
   assert 'expand' not in variables['params']['block_0']
 
 
@@ -197,6 +223,7 @@ def test_bfloat16_compute():
   model = MobileNetV2(num_outputs=3, dtype=jnp.bfloat16, **TINY_MOBILENET)
   variables = _shapes(model)
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
-  out, _ = jax.eval_shape(functools.partial(model.apply, train=False), variables,
-                          jnp.zeros((1, 32, 32, 3)))
+  out, _ = jax.eval_shape(
+    functools.partial(model.apply, train=False), variables, jnp.zeros((1, 32, 32, 3))
+  )
   assert out.dtype == jnp.bfloat16

@@ -28,11 +28,12 @@ STAGE = 'student_baseline'
 
 
 def _split(num_records: int, records: range, shards: range, num_shards: int) -> ip.Split:
-  ids = np.arange(num_records)[records.start:records.stop]
+  ids = np.arange(num_records)[records.start : records.stop]
   images = np.broadcast_to(ids[:, None, None, None], (len(ids), 4, 4, 3)).astype(np.uint8)
   landmarks = np.stack([ids, -ids], axis=-1)[:, None, :].repeat(3, axis=1).astype(np.float32)
-  return ip.Split(images, landmarks, None, [str(i) for i in ids], shards=shards,
-                  num_shards=num_shards)
+  return ip.Split(
+    images, landmarks, None, [str(i) for i in ids], shards=shards, num_shards=num_shards
+  )
 
 
 def _data(split: ip.Split) -> ip.Data:
@@ -86,12 +87,19 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, *extra):
-  return [sys.executable, '-m', 'fkd.main', '--config=configs/baseline.py:runlocal',
-          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          f'--config.train.num_steps={STEPS}', '--config.train.log_every_steps=1',
-          '--config.train.checkpoint_every_steps=100',
-          '--config.student.kwargs.depth=0.1',  # one block per stage: compiles faster
-          *extra]
+  return [
+    sys.executable,
+    '-m',
+    'fkd.main',
+    '--config=configs/baseline.py:runlocal',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    f'--config.train.num_steps={STEPS}',
+    '--config.train.log_every_steps=1',
+    '--config.train.checkpoint_every_steps=100',
+    '--config.student.kwargs.depth=0.1',  # one block per stage: compiles faster
+    *extra,
+  ]
 
 
 class _Launch:
@@ -115,8 +123,10 @@ class _Launch:
       if p.poll() is None:
         p.kill()
         p.wait()
-    tails = '\n'.join(f'--- process {i} stdout:\n{o[-1500:]}\n--- stderr:\n{e[-2500:]}'
-                      for i, (o, e) in enumerate(map(self.text, range(len(self.procs)))))
+    tails = '\n'.join(
+      f'--- process {i} stdout:\n{o[-1500:]}\n--- stderr:\n{e[-2500:]}'
+      for i, (o, e) in enumerate(map(self.text, range(len(self.procs))))
+    )
     raise AssertionError(f'{why}\n{tails}')
 
   def wait_for(self, i: int, needle: str) -> None:
@@ -150,10 +160,19 @@ def _env(**extra):
 
 def _two_processes(tmp_path, name, workdir, data_dir):
   port = _free_port()
-  return _Launch(tmp_path, name, [
-      (_command(workdir, data_dir), _env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                                         JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)))
-      for i in range(2)])
+  return _Launch(
+    tmp_path,
+    name,
+    [
+      (
+        _command(workdir, data_dir),
+        _env(
+          JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)
+        ),
+      )
+      for i in range(2)
+    ],
+  )
 
 
 def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_path):
@@ -162,9 +181,16 @@ def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_pat
   # reductions are sums of 2 operands, which float addition gives exactly in either order, so the
   # parameters must agree bit for bit (1 device vs several: tests/sharding_test.py).
   # The reference also builds the dataset before the two processes start.
-  single = _Launch(tmp_path, 'single', [(
-      _command(tmp_path / 'single', data_dir, '--config.data.num_shards=2'),
-      _env(XLA_FLAGS='--xla_force_host_platform_device_count=2'))])
+  single = _Launch(
+    tmp_path,
+    'single',
+    [
+      (
+        _command(tmp_path / 'single', data_dir, '--config.data.num_shards=2'),
+        _env(XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+      )
+    ],
+  )
   out, _ = single.finish()[0]
   assert 'on 2 device(s)' in out
 
@@ -197,6 +223,7 @@ def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_pat
   two, _ = checkpoint.load_model(str(workdir / STAGE))
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
     np.testing.assert_array_equal(a, b)
-  results = [json.loads((tmp_path / d / 'results.json').read_text())['models']
-             for d in ('single', 'multi')]
+  results = [
+    json.loads((tmp_path / d / 'results.json').read_text())['models'] for d in ('single', 'multi')
+  ]
   assert results[0] == results[1]

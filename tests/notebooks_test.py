@@ -23,11 +23,11 @@ def test_notebook_runs_tiny(path, monkeypatch):
       assert not cell.outputs and cell.execution_count is None, f'{path.name} has outputs'
   monkeypatch.setenv('FKD_TINY', '1')
   monkeypatch.setenv('FKD_PROGRESS', '0')
-  client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',
-                                   resources={'metadata': {'path': str(REPO)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': str(REPO)}}
+  )
   client.execute()  # raises CellExecutionError with the failing cell's traceback
-  text = '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
-                   for o in c.outputs)
+  text = '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
   assert 'Traceback' not in text
   if path.stem == '01_quickstart':
     assert 'student_kd' in text and 'landmarks ->' in text

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _read_pts(path):
   text = open(path).read()
-  body = text[text.index('{') + 1:text.index('}')]
+  body = text[text.index('{') + 1 : text.index('}')]
   return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()])
 
 
@@ -29,7 +29,7 @@ def _read_pts(path):
 def test_crop_puts_a_point_where_the_affine_says(box):
   img = np.zeros((120, 200, 3), np.uint8)
   p = np.array([150.0, 40.0]) if box[0] > 0 else np.array([20.0, 30.0])
-  img[int(p[1]) - 1:int(p[1]) + 2, int(p[0]) - 1:int(p[0]) + 2] = 255
+  img[int(p[1]) - 1 : int(p[1]) + 2, int(p[0]) - 1 : int(p[0]) + 2] = 255
   edges = np.array(box, float) - 0.5
   crop, a = predict.crop_face(Image.fromarray(img), edges, 32)
   assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
@@ -42,8 +42,9 @@ def test_crop_puts_a_point_where_the_affine_says(box):
 
 def test_face_box():
   np.testing.assert_allclose(predict.face_box((640, 480), None, 0.05), [-0.5, -0.5, 639.5, 479.5])
-  np.testing.assert_allclose(predict.face_box((640, 480), (10, 20, 100, 200), 0.1),
-                             [-0.5, -0.5, 119.5, 239.5])
+  np.testing.assert_allclose(
+    predict.face_box((640, 480), (10, 20, 100, 200), 0.1), [-0.5, -0.5, 119.5, 239.5]
+  )
   assert predict.parse_bbox('1,2.5,30,40') == (1.0, 2.5, 30.0, 40.0)
   with pytest.raises(FkdError, match='x,y,w,h'):
     predict.parse_bbox('1,2,3')
@@ -84,9 +85,20 @@ def test_cli_on_a_real_face_photo(run_dir, shared_data, tmp_path):
   bbox = ','.join(f'{v:.1f}' for v in (*lo, *(hi - lo)))
   out = tmp_path / 'out'
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.predict', f'--workdir={run_dir}', f'--image={photo}',
-       f'--bbox={bbox}', f'--output={out}'], cwd=REPO, capture_output=True, text=True,
-      timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'fkd.predict',
+      f'--workdir={run_dir}',
+      f'--image={photo}',
+      f'--bbox={bbox}',
+      f'--output={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'breakingbad.jpg: 68 landmarks' in proc.stdout and 'whole image' not in proc.stdout
   record = json.loads((out / 'breakingbad.json').read_text())
@@ -94,7 +106,8 @@ def test_cli_on_a_real_face_photo(run_dir, shared_data, tmp_path):
   assert points.shape == (68, 2) and record['num_landmarks'] == 68
   assert record['image_size'] == [1920, 1080]
   assert record['model']['stage'] == 'student_kd' and record['model']['checkpoint'].endswith(
-      'student_kd')
+    'student_kd'
+  )
   # Landmarks are in photo pixels, around the face box (the tiny model is not accurate).
   size = hi - lo
   assert np.all(points > lo - size) and np.all(points < hi + size)
@@ -102,11 +115,24 @@ def test_cli_on_a_real_face_photo(run_dir, shared_data, tmp_path):
     assert overlay.size == (1920, 1080)
   # Errors are one line.
   proc = subprocess.run(
-      [sys.executable, '-m', 'fkd.predict', f'--checkpoint={tmp_path / "none"}',
-       f'--image={photo}', '--bbox=1,2,3', f'--output={out}'], cwd=REPO, capture_output=True,
-      text=True, timeout=300)
-  assert proc.returncode == 2 and proc.stderr.strip() == \
-      "fkd: error: --bbox must be x,y,w,h (4 numbers), got '1,2,3'"
+    [
+      sys.executable,
+      '-m',
+      'fkd.predict',
+      f'--checkpoint={tmp_path / "none"}',
+      f'--image={photo}',
+      '--bbox=1,2,3',
+      f'--output={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert (
+    proc.returncode == 2
+    and proc.stderr.strip() == "fkd: error: --bbox must be x,y,w,h (4 numbers), got '1,2,3'"
+  )
 
 
 def test_errors(run_dir, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import kd as kd_config
-from fkd import checkpoint, models, pretrained, train
+from fkd import checkpoint, methods, models, pretrained, train
 from fkd.errors import FkdError
 
 NORM = {'input_mean': [0.4, 0.5, 0.6], 'input_std': [0.2, 0.25, 0.3]}
@@ -21,14 +21,23 @@ def _write_pretrained(path: str, seed: int, **kwargs) -> dict:
   """An imported-style checkpoint (1000-class head, recorded input normalisation)."""
   model = models.get_model('mobilenet_v2', num_outputs=1000, **kwargs)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    jax.random.key(seed), jnp.zeros((1, 32, 32, 3))
+  )
   variables = jax.tree.map(np.asarray, variables)
   rng = np.random.default_rng(seed)  # non-trivial BN statistics
   variables['batch_stats'] = jax.tree.map(
-      lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables['batch_stats'])
-  checkpoint.save_model(path, variables, {
-      'stage': 'import_weights', 'model': 'mobilenet_v2', 'num_classes': 1000,
-      'model_kwargs': {**kwargs, 'bn_epsilon': 1e-3, **NORM}})
+    lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables['batch_stats']
+  )
+  checkpoint.save_model(
+    path,
+    variables,
+    {
+      'stage': 'import_weights',
+      'model': 'mobilenet_v2',
+      'num_classes': 1000,
+      'model_kwargs': {**kwargs, 'bn_epsilon': 1e-3, **NORM},
+    },
+  )
   return variables
 
 
@@ -51,8 +60,9 @@ def test_teacher_and_student_start_from_init_from(tmp_path, data_dir, capsys):
   workdir = str(tmp_path / 'run')
 
   # One run of both stages (the tough teacher and the plain-MSE student need nothing else).
-  config = _config(kd_config.get_config('runlocal'), data_dir,
-                   ('teacher_tough', 'student_baseline'))
+  config = _config(
+    kd_config.get_config('runlocal'), data_dir, ('teacher_tough', 'student_baseline')
+  )
   config.teacher.init_from = config.student.init_from = str(tmp_path / 'imported')
   train.run(config, workdir)
 
@@ -61,8 +71,9 @@ def test_teacher_and_student_start_from_init_from(tmp_path, data_dir, capsys):
   for stage in ('teacher_tough', 'student_baseline'):
     variables, meta = checkpoint.load_model(os.path.join(workdir, stage))
     # Everything but the 136-output head is the checkpoint's; the head is freshly initialised.
-    jax.tree.map(np.testing.assert_array_equal, _no_head(variables['params']),
-                 _no_head(loaded['params']))
+    jax.tree.map(
+      np.testing.assert_array_equal, _no_head(variables['params']), _no_head(loaded['params'])
+    )
     assert variables['params']['head']['kernel'].shape == (1280, 136)
     # BN statistics moved from the loaded values (momentum 0.9, 2 steps), not from 0 / 1.
     var = variables['batch_stats']['block_3']['depthwise_bn']['var']
@@ -78,12 +89,15 @@ def test_shape_mismatch_names_the_parameter(tmp_path):
   _write_pretrained(str(tmp_path / 'wide'), seed=0, width=0.5, depth=0.34)
   config = kd_config.get_config('runlocal')
   config.teacher.init_from = str(tmp_path / 'wide')
-  stage = pretrained.resolve_stage(train.stage_spec('teacher_tough', config))
-  model = train.build_model(stage.model_config, 136)
+  stage = pretrained.resolve_stage(methods.get(config).stage('teacher_tough', config))
+  model = train.build_model(stage, 68)
   optimizer = train.make_optimizer(stage.train_config)
   state = train.init_state(model, optimizer, 32, 0)
-  with pytest.raises(FkdError, match=r'config.teacher.init_from=.*wide: block_1/project/kernel '
-                     r'has shape \(1, 1, 48, 16\), the model expects \(1, 1, 48, 8\)'):
+  with pytest.raises(
+    FkdError,
+    match=r'config.teacher.init_from=.*wide: block_1/project/kernel '
+    r'has shape \(1, 1, 48, 16\), the model expects \(1, 1, 48, 8\)',
+  ):
     pretrained.load_into(state, stage, optimizer)
 
 
@@ -95,8 +109,11 @@ def test_validation_before_anything_is_written(tmp_path, data_dir):
   _write_pretrained(str(tmp_path / 'mnv2'), seed=0, width=0.35, depth=0.34)
   config = _config(kd_config.get_config('300w,runlocal'), data_dir, ('student_baseline',))
   config.teacher.init_from = str(tmp_path / 'mnv2')
-  with pytest.raises(FkdError, match=r"holds a 'mobilenet_v2' model, config.teacher.name is "
-                     r"'efficientnet_b3'"):
+  with pytest.raises(
+    FkdError,
+    match=r"holds a 'mobilenet_v2' model, config.teacher.name is "
+    r"'efficientnet_b3'",
+  ):
     pretrained.check(config.teacher, 'teacher')
   assert not os.path.exists(tmp_path / 'run')
 

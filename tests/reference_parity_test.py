@@ -74,8 +74,10 @@ def _check(ours: np.ndarray, ref: np.ndarray) -> None:
   logit_diff = np.max(np.abs(ours - ref))
   prob_diff = np.max(np.abs(_softmax(ours) - _softmax(ref)))
   spread = np.max(np.abs(ref[0] - ref[1]))
-  print(f'max |logit diff| {logit_diff:.2e}, max |softmax diff| {prob_diff:.2e}, '
-        f'logit scale {np.abs(ref).max():.2f}, between the two images {spread:.2f}')
+  print(
+    f'max |logit diff| {logit_diff:.2e}, max |softmax diff| {prob_diff:.2e}, '
+    f'logit scale {np.abs(ref).max():.2f}, between the two images {spread:.2f}'
+  )
   assert spread > 0.1  # the logits depend on the input: the comparison is not hollow
   assert logit_diff <= 1e-3
   assert prob_diff <= 1e-4
@@ -90,8 +92,7 @@ def _randomize_keras(model, seed: int, to_input, norm: tuple | None = None) -> N
     cls = type(layer).__name__
     if cls == 'BatchNormalization':
       c = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), np.zeros(c),
-                         np.ones(c)])
+      layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), np.zeros(c), np.ones(c)])
       layer.momentum = 0.0  # the next training-mode call sets the moving statistics
     elif cls == 'Normalization':
       mean, var, count = layer.get_weights()
@@ -104,6 +105,7 @@ def _randomize_keras(model, seed: int, to_input, norm: tuple | None = None) -> N
 
 def _keras_logits(model, x):
   import keras
+
   model.get_layer('predictions').activation = keras.activations.linear
   return np.asarray(model(x, training=False), np.float64)
 
@@ -178,6 +180,7 @@ def _import_torchvision_models():
       package.__spec__ = spec
       sys.modules['torchvision'] = package
   from torchvision.models import mobilenetv2, resnet
+
   return torch, resnet, mobilenetv2
 
 
@@ -206,6 +209,7 @@ def _torch_logits(torch, model, x: np.ndarray) -> np.ndarray:
 def test_torchvision_resnet50(tmp_path):
   torch, resnet, _ = _import_torchvision_models()
   from safetensors.torch import save_file
+
   torch.manual_seed(0)
   model = resnet.resnet50()
   assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 25_557_032

@@ -14,8 +14,9 @@ from fkd.models.layers import normalize_input
 
 
 def _shapes(model, res):
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                        jnp.zeros((1, res, res, 3)))
+  return jax.eval_shape(
+    functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, res, res, 3))
+  )
 
 
 def test_resnet50_sizes_equal_torchvision():
@@ -36,13 +37,20 @@ def test_tiny_resnet_train_and_features():
   variables = model.init(jax.random.key(0), x, train=False)
   (out, feats), updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   assert out.shape == (2, 5) and np.all(np.isfinite(out))
-  expected = {'stem': (32, 4), 'stem_pool': (16, 4), 'stage_1': (16, 16), 'stage_2': (8, 32),
-              'stage_3': (4, 64), 'stage_4': (2, 128)}
+  expected = {
+    'stem': (32, 4),
+    'stem_pool': (16, 4),
+    'stage_1': (16, 16),
+    'stage_2': (8, 32),
+    'stage_3': (4, 64),
+    'stage_4': (2, 128),
+  }
   for name, (size, channels) in expected.items():
     assert feats[name].shape == (2, size, size, channels), name
   assert feats['pre_logits'].shape == (2, 128)
-  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), updates['batch_stats'],
-                       variables['batch_stats'])
+  moved = jax.tree.map(
+    lambda a, b: bool(np.any(a != b)), updates['batch_stats'], variables['batch_stats']
+  )
   assert all(jax.tree.leaves(moved))
   pooled, _ = ResNet(stage_sizes=(1, 1, 1, 1), width=4).apply(variables, x, train=False)
   assert pooled.shape == (2, 128)
@@ -64,19 +72,18 @@ def test_stem_padding_is_symmetric_like_pytorch():
   _, feats = model.apply({'params': params, 'batch_stats': stats}, x, train=False)
   stem = feats['stem'][0, :, :, 0]
   assert stem.shape == (112, 112)
-  np.testing.assert_allclose([stem[0, 0], stem[111, 111], stem[50, 50]], [48, 75, 147],
-                             rtol=1e-6)
+  np.testing.assert_allclose([stem[0, 0], stem[111, 111], stem[50, 50]], [48, 75, 147], rtol=1e-6)
 
 
 def test_normalize_input():
   x = jnp.full((1, 2, 2, 3), 0.5)
   y = normalize_input(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-  np.testing.assert_allclose(y[0, 0, 0], [(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
-                                          (0.5 - 0.406) / 0.225], rtol=1e-6)
+  np.testing.assert_allclose(
+    y[0, 0, 0], [(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.5 - 0.406) / 0.225], rtol=1e-6
+  )
   assert normalize_input(x, None, None) is x
   # A model with the kwargs (as JSON meta gives them, lists) normalises before the stem.
-  model = get_model('resnet', stage_sizes=(1,), width=2, input_mean=[0.5] * 3,
-                    input_std=[0.25] * 3)
+  model = get_model('resnet', stage_sizes=(1,), width=2, input_mean=[0.5] * 3, input_std=[0.25] * 3)
   assert model.input_mean == (0.5, 0.5, 0.5)
   variables = model.init(jax.random.key(0), x, train=False)
   _, feats = model.apply(variables, x, train=False)  # 0.5 -> 0, and BN(0) = β = 0 at init

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import baseline as baseline_config
-from fkd import checkpoint, train
+from fkd import checkpoint, inference, train
 from fkd import input_pipeline as ip
 from fkd.errors import FkdError
 
@@ -42,8 +42,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
   mgr = checkpoint.manager(str(tmp_path / 'student_baseline'))
   assert mgr.latest_step() == 8
   variables, _ = checkpoint.load_model(str(tmp_path / 'student_baseline'))
-  assert all(np.isfinite(np.asarray(x)).all() for x in
-             __import__('jax').tree.leaves(variables))
+  assert all(np.isfinite(np.asarray(x)).all() for x in __import__('jax').tree.leaves(variables))
 
 
 def test_same_seed_same_metrics_other_seed_differs(data_dir, tmp_path):
@@ -58,10 +57,21 @@ def test_same_seed_same_metrics_other_seed_differs(data_dir, tmp_path):
 
 def _start(workdir, data_dir):
   return subprocess.Popen(
-      [sys.executable, '-m', 'fkd.main', '--config=configs/baseline.py:runlocal',
-       f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-       '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=4'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      '-m',
+      'fkd.main',
+      '--config=configs/baseline.py:runlocal',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      '--config.train.log_every_steps=1',
+      '--config.train.checkpoint_every_steps=4',
+    ],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for_step(proc, step: int, timeout: float = 400) -> None:
@@ -84,13 +94,13 @@ def test_sigterm_saves_then_sigkill_resumes_to_the_uninterrupted_result(data_dir
   assert proc.returncode == 143, err
   assert 'stopped by SIGTERM at step' in err.strip().splitlines()[-1] and 'Traceback' not in err
   term_step = checkpoint.manager(stage_dir).latest_step()
-  assert term_step is not None and term_step >= 6 and not train.is_finished(stage_dir)
+  assert term_step is not None and term_step >= 6 and not inference.is_finished(stage_dir)
   # SIGKILL after the resume: nothing can be saved, the rerun starts from the last checkpoint.
   proc = _start(workdir, data_dir)
   _wait_for_step(proc, term_step + 6)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
-  assert not train.is_finished(stage_dir)
+  assert not inference.is_finished(stage_dir)
   proc = _start(workdir, data_dir)
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-2000:]
@@ -98,6 +108,6 @@ def test_sigterm_saves_then_sigkill_resumes_to_the_uninterrupted_result(data_dir
   with open(workdir / 'results.json') as f:
     resumed = json.load(f)['models']['student_baseline']
   uninterrupted = train.run(_config(data_dir), str(tmp_path / 'straight'))
-  np.testing.assert_allclose(resumed['test']['nme'],
-                             uninterrupted['models']['student_baseline']['test']['nme'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    resumed['test']['nme'], uninterrupted['models']['student_baseline']['test']['nme'], rtol=1e-5
+  )

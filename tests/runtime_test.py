@@ -1,4 +1,5 @@
-"""fkd.runtime: the CPU process settings are applied at import and stop per-step page faults."""
+"""fkd.runtime: entry points apply the CPU process settings (importing fkd does not); they stop
+per-step page faults."""
 
 import json
 import os
@@ -20,7 +21,9 @@ import json, resource, sys
 if sys.argv[1] == 'jax_first':
   import jax; jax.devices()
 import fkd, jax, jax.numpy as jnp
-from fkd import runtime
+from fkd import cli, runtime
+if sys.argv[1] != 'import_only':
+  cli.start()
 
 def loss(w, x):
   h = jnp.tanh(jnp.tanh(x @ w) @ w)
@@ -41,14 +44,22 @@ print(json.dumps({**runtime.status, 'faults': faults, 'describe': runtime.descri
 
 
 def _probe(order: str, **env) -> dict:
-  out = subprocess.run([sys.executable, '-c', PROBE, order], capture_output=True, text=True,
-                       check=True, timeout=300, cwd=REPO,
-                       env={**os.environ, 'JAX_PLATFORMS': 'cpu', **env})
+  out = subprocess.run(
+    [sys.executable, '-c', PROBE, order],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=300,
+    cwd=REPO,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', **env},
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux') or jax.default_backend() != 'cpu',
-                    reason='glibc malloc settings on a CPU backend')
+@pytest.mark.skipif(
+  not sys.platform.startswith('linux') or jax.default_backend() != 'cpu',
+  reason='glibc malloc settings on a CPU backend',
+)
 def test_cpu_tuning_removes_page_faults():
   pages = 64 * 2**20 // 4096  # 16384 pages per 64 MB intermediate
   tuned = _probe('fkd_first')
@@ -60,10 +71,13 @@ def test_cpu_tuning_removes_page_faults():
   assert 'FKD_CPU_TUNING=0' in off['describe']
   late = _probe('jax_first')  # too late for the client option: says so instead of pretending
   assert not late['async_dispatch_off'] and 'not applied' in late['describe'], late
+  imported = _probe('import_only')  # importing fkd alone changes no process setting
+  assert not imported['async_dispatch_off'] and not imported['malloc_tuned'], imported
 
 
 def test_malloc_settings_skipped_for_accelerators(monkeypatch):
   from fkd import runtime
+
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
   assert runtime._accelerator_installed()
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')

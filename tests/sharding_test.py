@@ -5,18 +5,20 @@ import subprocess
 import sys
 import textwrap
 
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     assert jax.device_count() == 4, jax.devices()
-    from fkd import config_lib, losses, sharding, train
+    from fkd import config_lib, methods, sharding, train
     config = config_lib.kd_base('synthetic', runlocal=True)
     config.student.kwargs = dict(width=0.35, depth=0.2)
     config.teacher.name = 'efficientnet_b3'  # the paper's teacher family in the KD step
     config.teacher.kwargs = dict(width_scale=0.25, depth_scale=0.15, dropout=0.2)
-    size, n_out = 32, 136
-    stage = train.stage_spec('student_kd', config)
-    student = train.build_model(config.student, n_out)
-    teacher_model = train.build_model(config.teacher, n_out)
+    size = 32
+    method = methods.get(config)
+    stage = method.stage('student_kd', config)
+    student = train.build_model(stage, 68)
+    teacher_stage = method.stage('teacher_tough', config)
+    teacher_model = train.build_model(teacher_stage, 68)
     # SGD: Adam's m/sqrt(v) turns float32 noise in near-zero gradients into +-lr steps, which
     # would hide real mismatches behind tolerance; the step code is the same for any optimizer.
     # lr 0.01: at 0.05 the second step lands where the gradient norm is ill-conditioned (a BN
@@ -27,11 +29,11 @@ _SCRIPT = textwrap.dedent('''
     batch = {'image': rng.integers(0, 255, (8, size, size, 3), dtype=np.uint8),
              'landmarks': rng.uniform(0, size, (8, 68, 2)).astype(np.float32)}
     teachers = {}
-    for i, which in enumerate(train.TEACHERS):
+    for i, which in enumerate(stage.teachers):
       s = train.init_state(teacher_model, opt, size, seed=10 + i)
       teachers[which] = {'params': s['params'], 'batch_stats': s['batch_stats']}
-    step = train.make_train_step(student, opt, stage, teacher_model, losses.KDParams.code(),
-                                 size, 'normalized')
+    frozen = {t: methods.Frozen(teacher_model, teacher_stage.head, {}) for t in stage.teachers}
+    step = train.make_train_step(student, opt, stage, method.loss_fn(stage, config), frozen)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = sharding.make_mesh(devices)
@@ -63,13 +65,13 @@ _SCRIPT = textwrap.dedent('''
     assert moved > 1e-2, moved  # the steps really trained
     one, four = results
     print('MATCH', float(one[2]['loss']), float(four[2]['loss']))
-''')
+""")
 
 
 def test_four_device_steps_match_one_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True,
-                        timeout=900)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+    [sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'MATCH' in proc.stdout

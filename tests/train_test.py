@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from configs import baseline as baseline_config
 from configs import kd as kd_config
-from fkd import checkpoint, train
+from fkd import checkpoint, inference, train
 from fkd.errors import FkdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +36,7 @@ def test_three_stages_and_results(kd_run):
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   assert saved['dataset'] == 'synthetic_faces/small'
-  assert list(saved['models']) == ['mean_shape', 'teacher_tolerant', 'teacher_tough',
-                                   'student_kd']
+  assert list(saved['models']) == ['mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd']
   for per_split in saved['models'].values():
     record = per_split['test']
     assert set(record) >= {'nme', 'fr', 'auc'}
@@ -45,7 +44,7 @@ def test_three_stages_and_results(kd_run):
   assert saved['models'] == json.loads(json.dumps(results['models']))
   assert os.path.exists(os.path.join(workdir, 'results.md'))
   for stage in ('teacher_tolerant', 'teacher_tough', 'student_kd'):
-    assert train.is_finished(os.path.join(workdir, stage))
+    assert inference.is_finished(os.path.join(workdir, stage))
     assert os.path.exists(os.path.join(workdir, stage, 'metrics.jsonl'))
   # Training did something (runlocal is far too short to beat the mean shape): every stage's
   # logged loss fell from its first to its last step.
@@ -73,8 +72,11 @@ def test_interrupted_stage_resumes_to_the_same_model(kd_run, data_dir, tmp_path,
   shutil.rmtree(os.path.join(stage_dir, str(steps[-1])))  # as if killed before the last save
   resumed = train.run(_config(data_dir), copy)
   assert f'resuming from step {steps[-2]}' in capsys.readouterr().out
-  np.testing.assert_allclose(resumed['models']['student_kd']['test']['nme'],
-                             results['models']['student_kd']['test']['nme'], rtol=1e-5)
+  np.testing.assert_allclose(
+    resumed['models']['student_kd']['test']['nme'],
+    results['models']['student_kd']['test']['nme'],
+    rtol=1e-5,
+  )
 
 
 def test_baseline_adds_to_the_same_workdir(kd_run, data_dir, tmp_path):
@@ -93,8 +95,9 @@ def test_baseline_adds_to_the_same_workdir(kd_run, data_dir, tmp_path):
 
 
 def _cli(*args, cwd=REPO):
-  return subprocess.run([sys.executable, '-m', 'fkd.main', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'fkd.main', *args], cwd=cwd, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_cli_misspelled_config_key(tmp_path):
@@ -108,9 +111,12 @@ def test_cli_misspelled_config_key(tmp_path):
 
 def test_cli_missing_teacher_checkpoint(tmp_path, data_dir):
   workdir = tmp_path / 'w'
-  proc = _cli('--config=configs/kd.py:runlocal', f'--workdir={workdir}',
-              f'--config.data.data_dir={data_dir}',
-              f'--config.teacher_tough_ckpt={tmp_path / "nope"}')
+  proc = _cli(
+    '--config=configs/kd.py:runlocal',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    f'--config.teacher_tough_ckpt={tmp_path / "nope"}',
+  )
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and 'teacher_tough_ckpt' in lines[0] and 'nope' in lines[0]
@@ -131,8 +137,12 @@ class ManualOnlyFaces(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Put the files in manual_dir.'
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {'landmarks': tfds.features.Tensor(shape=(68, 2), dtype=np.float32)}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {'landmarks': tfds.features.Tensor(shape=(68, 2), dtype=np.float32)}
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples()}

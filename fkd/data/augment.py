@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 from fkd.data import crops, schemes
 
 # Copies per training face in the offline original (method.md §2.2): plain crop + F − 1 augmented.
-COPIES = {"300w": 6, "cofw": 10, "wflw": 5}
+COPIES = {'300w': 6, 'cofw': 10, 'wflw': 5}
 # WFLW extra copies per attribute flag (pose, expression, illumination, make-up, occlusion, blur).
 WFLW_EXTRA_COPIES = (20, 7, 2, 2, 8, 2)
 PAD = 448  # zero padding of the original, which sets COFW's 0.005·H_padded margin
@@ -33,15 +33,16 @@ PAD = 448  # zero padding of the original, which sets COFW's 0.005·H_padded mar
 def num_copies(dataset: str, attributes: Sequence[bool] | None = None) -> int:
   """F for one training face: its plain crop plus F − 1 augmented copies."""
   f = COPIES[dataset]
-  if dataset == "wflw" and attributes is not None:
+  if dataset == 'wflw' and attributes is not None:
     f += int(np.dot(np.asarray(attributes, bool), WFLW_EXTRA_COPIES))
   return f
 
 
-def margin_fn(dataset: str, image_height: int | None = None) -> Callable[[np.random.Generator],
-                                                                          float]:
+def margin_fn(
+  dataset: str, image_height: int | None = None
+) -> Callable[[np.random.Generator], float]:
   """The re-crop margin (original pixels) of an augmented copy, method.md §2.2 step 5."""
-  if dataset == "cofw":
+  if dataset == 'cofw':
     h = 0.005 * ((image_height or 0) + 2 * PAD)
     return lambda rng: h + float(rng.integers(5, 11))  # {5, …, 10} inclusive (fkd default)
   return lambda rng: 3.0
@@ -51,8 +52,16 @@ def _to3(a: np.ndarray) -> np.ndarray:
   return np.vstack([a, [0.0, 0.0, 1.0]])
 
 
-def geometry(points: np.ndarray, *, flip: bool, angle: float, margin: float, width: float,
-             size: int, flip_permutation: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def geometry(
+  points: np.ndarray,
+  *,
+  flip: bool,
+  angle: float,
+  margin: float,
+  width: float,
+  size: int,
+  flip_permutation: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
   """The affine of one augmented copy and the landmarks it produces.
 
   Args:
@@ -84,10 +93,17 @@ def geometry(points: np.ndarray, *, flip: bool, angle: float, margin: float, wid
   return a[:2], crops.apply(a[:2], p)
 
 
-def augment_shape(points: np.ndarray, rng: np.random.Generator, *, copies: int, width: float,
-                  size: int, flip_permutation: Sequence[int],
-                  margin: Callable[[np.random.Generator], float], max_angle: float = 0.5
-                  ) -> np.ndarray:
+def augment_shape(
+  points: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  copies: int,
+  width: float,
+  size: int,
+  flip_permutation: Sequence[int],
+  margin: Callable[[np.random.Generator], float],
+  max_angle: float = 0.5,
+) -> np.ndarray:
   """Crop-frame landmarks of `copies` augmented copies (offline scheme: flip copies 0, 2, 4, …).
 
   Returns:
@@ -96,8 +112,17 @@ def augment_shape(points: np.ndarray, rng: np.random.Generator, *, copies: int, 
   out = []
   for j in range(copies):
     angle = float(rng.uniform(-max_angle, max_angle))
-    out.append(geometry(points, flip=j % 2 == 0, angle=angle, margin=margin(rng), width=width,
-                        size=size, flip_permutation=flip_permutation)[1])
+    out.append(
+      geometry(
+        points,
+        flip=j % 2 == 0,
+        angle=angle,
+        margin=margin(rng),
+        width=width,
+        size=size,
+        flip_permutation=flip_permutation,
+      )[1]
+    )
   return np.stack(out) if out else np.zeros((0, len(points), 2), np.float32)
 
 
@@ -126,10 +151,18 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out
 
 
-def augment_kd(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-               flip_permutation: Sequence[int], *, margin: float = 3.0, max_angle: float = 0.5,
-               flip_prob: float = 0.5, plain_prob: float = 0.0, photometric_noise: bool = True
-               ) -> tuple[np.ndarray, np.ndarray]:
+def augment_kd(
+  image: np.ndarray,
+  landmarks: np.ndarray,
+  rng: np.random.Generator,
+  flip_permutation: Sequence[int],
+  *,
+  margin: float = 3.0,
+  max_angle: float = 0.5,
+  flip_prob: float = 0.5,
+  plain_prob: float = 0.0,
+  photometric_noise: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
   """One online KD-Loss augmentation of a square face crop.
 
   Args:
@@ -151,8 +184,15 @@ def augment_kd(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
     return image, np.asarray(landmarks, np.float32)
   flip = bool(rng.random() < flip_prob)
   angle = float(rng.uniform(-max_angle, max_angle))
-  a, points = geometry(landmarks, flip=flip, angle=angle, margin=margin, width=image.shape[1],
-                       size=size, flip_permutation=flip_permutation)
+  a, points = geometry(
+    landmarks,
+    flip=flip,
+    angle=angle,
+    margin=margin,
+    width=image.shape[1],
+    size=size,
+    flip_permutation=flip_permutation,
+  )
   out = np.asarray(crops.warp(Image.fromarray(image), a, size))
   return (photometric(out, rng) if photometric_noise else out), points
 

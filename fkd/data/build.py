@@ -4,7 +4,7 @@
   python -m fkd.data.build --dataset=wflw --manual_dir=M --data_dir=D
   python -m fkd.data.build --dataset=cofw --manual_dir=M --data_dir=D [--config=cofw68]
 
-`--dataset` takes the names of `fkd.config_lib.DATASETS` (300w, wflw, cofw; also cofw68). The
+`--dataset` takes the names of `fkd.data.datasets.DATASETS` (300w, wflw, cofw, cofw68). The
 layout each one expects is printed by `--help_layout`. `--crop_size` other than 224 builds a
 separate config named `<config>_<size>px`. Prints the number of faces per split.
 """
@@ -15,45 +15,53 @@ import argparse
 import dataclasses
 import sys
 
+from fkd.data import datasets
 from fkd.errors import FkdError
 
-TFDS_NAMES = {"300w": "ibug_300w", "wflw": "wflw", "cofw": "cofw", "cofw68": "cofw"}
+MANUAL = tuple(k for k, d in datasets.DATASETS.items() if k != 'synthetic')
 
 
 def builder_class(dataset: str):
-  """The builder class of `dataset` (a `fkd.config_lib.DATASETS` name or a TFDS name)."""
-  from tfds_builders import cofw, ibug_300w, wflw
-
-  classes = {"ibug_300w": ibug_300w.Ibug300w, "wflw": wflw.Wflw, "cofw": cofw.Cofw}
-  name = TFDS_NAMES.get(dataset, dataset)
-  if name not in classes:
-    raise FkdError(f"--dataset={dataset!r}; expected one of {sorted(TFDS_NAMES)}")
-  return classes[name]
+  """The builder class of `dataset` (a `fkd.data.datasets` key or a TFDS name)."""
+  info = datasets.DATASETS.get(dataset) or datasets.by_tfds_name(dataset)
+  if info is None or info.key == 'synthetic':
+    raise FkdError(f'--dataset={dataset!r}; expected one of {sorted(MANUAL)}')
+  return info.builder_class()
 
 
-def make_builder(dataset: str, data_dir: str | None, config: str | None = None,
-                 crop_size: int | None = None, allow_partial: bool = False, **options):
+def make_builder(
+  dataset: str,
+  data_dir: str | None,
+  config: str | None = None,
+  crop_size: int | None = None,
+  allow_partial: bool = False,
+  **options,
+):
   """The TFDS builder of `dataset`; options other than None make a derived config."""
   cls = builder_class(dataset)
   name = cls.name
-  if dataset == "cofw68":
-    config = config or "cofw68"
+  info = datasets.DATASETS.get(dataset)
+  if info is not None and info.builder_config:
+    config = config or info.builder_config
   configs = {c.name: c for c in cls.BUILDER_CONFIGS}
   config = config or cls.DEFAULT_BUILDER_CONFIG_NAME
   if config not in configs:
-    raise FkdError(f"--config={config!r}; {name} has configs {sorted(configs)}")
+    raise FkdError(f'--config={config!r}; {name} has configs {sorted(configs)}')
   cfg = configs[config]
   changes = {k: v for k, v in options.items() if v is not None}
   if crop_size is not None and crop_size != cfg.crop_size:
-    changes["crop_size"] = crop_size
+    changes['crop_size'] = crop_size
   if changes:
-    suffix = f"_{changes['crop_size']}px" if "crop_size" in changes else ""
-    extra = "_".join(f"{k}-{v}" for k, v in sorted(changes.items()) if k != "crop_size")
-    desc = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    cfg = dataclasses.replace(cfg, name=cfg.name + suffix + (f"_{extra}" if extra else ""),
-                              description=f"{cfg.name} with {desc}", **changes)
-  return cls(config=cfg, data_dir=data_dir, file_format="array_record",
-             allow_partial=allow_partial)
+    suffix = f'_{changes["crop_size"]}px' if 'crop_size' in changes else ''
+    extra = '_'.join(f'{k}-{v}' for k, v in sorted(changes.items()) if k != 'crop_size')
+    desc = ', '.join(f'{k}={v}' for k, v in sorted(changes.items()))
+    cfg = dataclasses.replace(
+      cfg,
+      name=cfg.name + suffix + (f'_{extra}' if extra else ''),
+      description=f'{cfg.name} with {desc}',
+      **changes,
+    )
+  return cls(config=cfg, data_dir=data_dir, file_format='array_record', allow_partial=allow_partial)
 
 
 def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict[str, int]:
@@ -63,49 +71,62 @@ def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict
   import tensorflow_datasets as tfds
 
   if not os.path.isdir(manual_dir):
-    raise FkdError(f"--manual_dir={manual_dir} is not a directory")
+    raise FkdError(f'--manual_dir={manual_dir} is not a directory')
   builder = make_builder(dataset, data_dir, **kwargs)
   if builder.is_prepared():
-    print(f"{builder.info.full_name} is already built in {builder.data_dir}")
+    print(f'{builder.info.full_name} is already built in {builder.data_dir}')
   else:
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
   counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
-  print(f"{builder.info.full_name} in {builder.data_dir}:")
+  print(f'{builder.info.full_name} in {builder.data_dir}:')
   for split, n in counts.items():
-    print(f"  {split:14s} {n:6d}")
+    print(f'  {split:14s} {n:6d}')
   return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m fkd.data.build", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset", required=True, help="300w, wflw, cofw or cofw68")
-  p.add_argument("--manual_dir", help="the folder with the manual download")
-  p.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
-  p.add_argument("--config", default=None, help="builder config (cofw: default or cofw68)")
-  p.add_argument("--crop_size", type=int, default=None, help="face crop size (default 224)")
-  p.add_argument("--image_format", choices=("jpeg", "png"), default=None)
-  p.add_argument("--asm_fit_set", choices=("augmented", "plain_plus_flips", "plain"),
-                 default=None)
-  p.add_argument("--allow_partial", action="store_true",
-                 help="build whatever official files are present; leave out empty splits")
-  p.add_argument("--help_layout", action="store_true", help="print the expected layout")
+  p = argparse.ArgumentParser(
+    prog='python -m fkd.data.build',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument('--dataset', required=True, help='300w, wflw, cofw or cofw68')
+  p.add_argument('--manual_dir', help='the folder with the manual download')
+  p.add_argument('--data_dir', default=None, help="TFDS data_dir (default: TFDS's)")
+  p.add_argument('--config', default=None, help='builder config (cofw: default or cofw68)')
+  p.add_argument('--crop_size', type=int, default=None, help='face crop size (default 224)')
+  p.add_argument('--image_format', choices=('jpeg', 'png'), default=None)
+  p.add_argument('--asm_fit_set', choices=('augmented', 'plain_plus_flips', 'plain'), default=None)
+  p.add_argument(
+    '--allow_partial',
+    action='store_true',
+    help='build whatever official files are present; leave out empty splits',
+  )
+  p.add_argument('--help_layout', action='store_true', help='print the expected layout')
   args = p.parse_args(argv)
   try:
     if args.help_layout:
       print(builder_class(args.dataset).MANUAL_DOWNLOAD_INSTRUCTIONS)
       return 0
     if not args.manual_dir:
-      p.error("--manual_dir is required")
-    build(args.dataset, args.manual_dir, args.data_dir, config=args.config,
-          crop_size=args.crop_size, allow_partial=args.allow_partial,
-          image_format=args.image_format, asm_fit_set=args.asm_fit_set)
+      p.error('--manual_dir is required')
+    build(
+      args.dataset,
+      args.manual_dir,
+      args.data_dir,
+      config=args.config,
+      crop_size=args.crop_size,
+      allow_partial=args.allow_partial,
+      image_format=args.image_format,
+      asm_fit_set=args.asm_fit_set,
+    )
   except FkdError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)
     return 1
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

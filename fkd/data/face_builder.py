@@ -43,10 +43,12 @@ from fkd import asm
 from fkd.data import augment, crops, schemes
 from fkd.errors import FkdError
 
-ASM_ACCS = {"p80": 0.80, "p85": 0.85, "p90": 0.90, "p95": 0.95, "p97": 0.97}
-LICENCE = ("Research use only: fkd ships builders, never data. 300-W annotations are for research "
-           "purposes only (no commercial products); WFLW images are WIDER FACE images "
-           "(CC BY-NC-ND 4.0); no licence text is known for COFW.")
+ASM_ACCS = {'p80': 0.80, 'p85': 0.85, 'p90': 0.90, 'p95': 0.95, 'p97': 0.97}
+LICENCE = (
+  'Research use only: fkd ships builders, never data. 300-W annotations are for research '
+  'purposes only (no commercial products); WFLW images are WIDER FACE images '
+  '(CC BY-NC-ND 4.0); no licence text is known for COFW.'
+)
 
 
 @dataclasses.dataclass
@@ -73,7 +75,7 @@ class Face:
 
   @property
   def key(self) -> str:
-    return f"{self.filename}#{self.face_index}"
+    return f'{self.filename}#{self.face_index}'
 
 
 def local_dataset_info(**kwargs) -> tfds.core.DatasetInfo:
@@ -93,21 +95,21 @@ class FaceBuilderConfig(tfds.core.BuilderConfig):
   """Options shared by the real-dataset builders (a new option value needs a new config name)."""
 
   crop_size: int = 224  # method.md §2.2: 224 x 224 crops
-  image_format: str = "jpeg"  # 'jpeg' (as the original stores its crops) or 'png'
+  image_format: str = 'jpeg'  # 'jpeg' (as the original stores its crops) or 'png'
   jpeg_quality: int = 95
   clip_sigmas: float = 3.0  # method.md §2.3
-  asm_fit_set: str = "augmented"  # 'augmented' | 'plain_plus_flips' | 'plain'
+  asm_fit_set: str = 'augmented'  # 'augmented' | 'plain_plus_flips' | 'plain'
   asm_seed: int = 0
 
 
 class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base class; subclasses set SCHEME, ORIGIN_OFFSET, TARGET_SPACE and the hooks."""
 
-  SCHEME = "300w"  # key of fkd.data.schemes.SCHEMES (a config may override via `_scheme`)
-  AUGMENT = "300w"  # key of fkd.data.augment.COPIES / margin_fn
+  SCHEME = '300w'  # key of fkd.data.schemes.SCHEMES (a config may override via `_scheme`)
+  AUGMENT = '300w'  # key of fkd.data.augment.COPIES / margin_fn
   ORIGIN_OFFSET = 0.0  # method.md §1.3: added to raw values to get 0-based pixel centres
-  TARGET_SPACE = "normalized"  # method.md §2.2 regression space recommended for this dataset
-  CROP_PROTOCOL = ""
+  TARGET_SPACE = 'normalized'  # method.md §2.2 regression space recommended for this dataset
+  CROP_PROTOCOL = ''
   allow_partial = False
 
   def __init__(self, *, allow_partial: bool | None = None, **kwargs):
@@ -145,37 +147,47 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     points = lambda: tfds.features.Tensor(shape=(n, 2), dtype=np.float32)
     scalar = lambda: tfds.features.Tensor(shape=(), dtype=np.float32)
     here = pathlib.Path(sys.modules[type(self).__module__].__file__).parent
-    readme, bib = here / "README.md", here / "CITATIONS.bib"
+    readme, bib = here / 'README.md', here / 'CITATIONS.bib'
     return local_dataset_info(
-        builder=self,
-        description=readme.read_text(encoding="utf-8") if readme.exists() else self.__doc__,
-        citation=bib.read_text(encoding="utf-8") if bib.exists() else None,
-        features=tfds.features.FeaturesDict({
-            # Encoded JPEG/PNG of the crop_size² RGB face crop (tfds Image would need TF).
-            "image": tfds.features.Tensor(shape=(), dtype=np.object_),
-            "landmarks": points(),  # crop frame, pixel centres at integers
-            "landmarks_original": points(),  # raw values as in the annotation file
-            "soft_landmarks": tfds.features.FeaturesDict({k: points() for k in ASM_ACCS}),
-            # 2x3 affine: original pixels (raw + origin_offset) -> crop pixels.
-            "crop_transform": tfds.features.Tensor(shape=(2, 3), dtype=np.float32),
-            "crop_box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),  # (height, width)
-            "filename": tfds.features.Text(),
-            "face_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "norm": tfds.features.FeaturesDict({
-                "inter_ocular": scalar(), "inter_pupil": scalar(),  # crop frame
-                "inter_ocular_original": scalar(), "inter_pupil_original": scalar(),
-            }),
-            **self._extra_features(),
-        }),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=readme.read_text(encoding='utf-8') if readme.exists() else self.__doc__,
+      citation=bib.read_text(encoding='utf-8') if bib.exists() else None,
+      features=tfds.features.FeaturesDict(
+        {
+          # Encoded JPEG/PNG of the crop_size² RGB face crop (tfds Image would need TF).
+          'image': tfds.features.Tensor(shape=(), dtype=np.object_),
+          'landmarks': points(),  # crop frame, pixel centres at integers
+          'landmarks_original': points(),  # raw values as in the annotation file
+          'soft_landmarks': tfds.features.FeaturesDict({k: points() for k in ASM_ACCS}),
+          # 2x3 affine: original pixels (raw + origin_offset) -> crop pixels.
+          'crop_transform': tfds.features.Tensor(shape=(2, 3), dtype=np.float32),
+          'crop_box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+          'original_size': tfds.features.Tensor(shape=(2,), dtype=np.int32),  # (height, width)
+          'filename': tfds.features.Text(),
+          'face_index': tfds.features.Tensor(shape=(), dtype=np.int32),
+          'norm': tfds.features.FeaturesDict(
+            {
+              'inter_ocular': scalar(),
+              'inter_pupil': scalar(),  # crop frame
+              'inter_ocular_original': scalar(),
+              'inter_pupil_original': scalar(),
+            }
+          ),
+          **self._extra_features(),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def download_and_prepare(self, *args, **kwargs):
     """TFDS's, plus: on failure nothing this call created is left in data_dir."""
     root = pathlib.Path(os.fspath(self.data_dir_root))
-    candidates = [root / self.name / self.builder_config.name, root / self.name,
-                  root / "downloads", root]
+    candidates = [
+      root / self.name / self.builder_config.name,
+      root / self.name,
+      root / 'downloads',
+      root,
+    ]
     created = [p for p in candidates if not p.exists()]
     try:
       return super().download_and_prepare(*args, **kwargs)
@@ -193,53 +205,59 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     try:
       root = pathlib.Path(os.fspath(dl_manager.manual_dir))
     except AssertionError as e:
-      raise FkdError(f"{self.name}: {e}") from None
+      raise FkdError(f'{self.name}: {e}') from None
     cfg = self.builder_config
     splits, problems = self._collect(root)
     official = self._official_counts(splits)
     for split, want in official.items():
       have = len(splits.get(split, []))
       if have != want:
-        problems.append(f"split {split!r}: {have} faces; the official count is {want}")
-    counts = ", ".join(f"{s} {len(f)}" + (f"/{official[s]}" if s in official else "")
-                       for s, f in splits.items())
+        problems.append(f'split {split!r}: {have} faces; the official count is {want}')
+    counts = ', '.join(
+      f'{s} {len(f)}' + (f'/{official[s]}' if s in official else '') for s, f in splits.items()
+    )
     if problems and not self.allow_partial:
       raise FkdError(
-          f"{self.name}: the manual download in {root} is incomplete or not in the expected "
-          "layout:\n  - " + "\n  - ".join(problems) + f"\nfound: {counts}\n"
-          "Pass --allow_partial (fkd.main: --config.data.allow_partial=True) to build the files "
-          f"that are present. Expected layout:\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        f'{self.name}: the manual download in {root} is incomplete or not in the expected '
+        'layout:\n  - ' + '\n  - '.join(problems) + f'\nfound: {counts}\n'
+        'Pass --allow_partial (fkd.main: --config.data.allow_partial=True) to build the files '
+        f'that are present. Expected layout:\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
     for p in problems:
-      print(f"{self.name}: warning: {p}", flush=True)
+      print(f'{self.name}: warning: {p}', flush=True)
     splits = {s: sorted(f, key=lambda x: x.key) for s, f in splits.items() if f}
     if not splits:
-      raise FkdError(f"{self.name}: no faces found in {root}; expected layout:\n"
-                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    print(f"{self.name}/{cfg.name}: " + ", ".join(f"{s} {len(f)}" for s, f in splits.items()),
-          flush=True)
+      raise FkdError(
+        f'{self.name}: no faces found in {root}; expected layout:\n'
+        f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
+    print(
+      f'{self.name}/{cfg.name}: ' + ', '.join(f'{s} {len(f)}' for s, f in splits.items()),
+      flush=True,
+    )
 
     scheme = self._scheme()
     prepared = {s: [self._prepare(f) for f in faces] for s, faces in splits.items()}
-    pcas, fit_note = None, "no train split: soft landmarks are NaN"
-    if "train" in prepared:
-      pcas, fit_note = self._fit_pcas(prepared["train"])
+    pcas, fit_note = None, 'no train split: soft landmarks are NaN'
+    if 'train' in prepared:
+      pcas, fit_note = self._fit_pcas(prepared['train'])
     meta = {
-        "image_size": int(cfg.crop_size),
-        **scheme.metadata(),
-        "origin_offset": float(self.ORIGIN_OFFSET),
-        "space": "pixel",  # landmarks, soft landmarks and PCA are crop-frame pixels
-        "target_space": self.TARGET_SPACE,
-        "crop": self.CROP_PROTOCOL,
-        "pca_fit": fit_note,
-        "clip_sigmas": float(cfg.clip_sigmas),
-        "counts": {s: len(f) for s, f in prepared.items()},
-        "official_counts": official,
-        "partial": bool(problems),
-        "licence": LICENCE,
-        **self._extra_metadata(),
+      'image_size': int(cfg.crop_size),
+      **scheme.metadata(),
+      'origin_offset': float(self.ORIGIN_OFFSET),
+      'space': 'pixel',  # landmarks, soft landmarks and PCA are crop-frame pixels
+      'target_space': self.TARGET_SPACE,
+      'crop': self.CROP_PROTOCOL,
+      'pca_fit': fit_note,
+      'clip_sigmas': float(cfg.clip_sigmas),
+      'counts': {s: len(f) for s, f in prepared.items()},
+      'official_counts': official,
+      'partial': bool(problems),
+      'licence': LICENCE,
+      **self._extra_metadata(),
     }
     if pcas is not None:
-      meta["pca"] = {k: p.to_dict() for k, p in pcas.items()}
+      meta['pca'] = {k: p.to_dict() for k, p in pcas.items()}
     self.info.metadata.update(meta)
     return {s: self._generate_examples(items, pcas) for s, items in prepared.items()}
 
@@ -262,22 +280,32 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     cfg = self.builder_config
     scheme = self._scheme()
     shapes = [np.stack([lm for _, _, _, lm in train])]
-    if cfg.asm_fit_set == "plain_plus_flips":
+    if cfg.asm_fit_set == 'plain_plus_flips':
       shapes.append(schemes.flip_points(shapes[0], scheme.flip_permutation, cfg.crop_size))
-    elif cfg.asm_fit_set == "augmented":
+    elif cfg.asm_fit_set == 'augmented':
       for i, (face, _, _, _) in enumerate(train):
         rng = np.random.default_rng([cfg.asm_seed, i])
-        shapes.append(augment.augment_shape(
-            face.landmarks + self.ORIGIN_OFFSET, rng, copies=face.copies - 1,
-            width=face.size[0], size=cfg.crop_size, flip_permutation=scheme.flip_permutation,
-            margin=augment.margin_fn(self.AUGMENT, face.size[1])))
-    elif cfg.asm_fit_set != "plain":
-      raise FkdError(f"asm_fit_set={cfg.asm_fit_set!r}; expected 'augmented', "
-                     "'plain_plus_flips' or 'plain'")
+        shapes.append(
+          augment.augment_shape(
+            face.landmarks + self.ORIGIN_OFFSET,
+            rng,
+            copies=face.copies - 1,
+            width=face.size[0],
+            size=cfg.crop_size,
+            flip_permutation=scheme.flip_permutation,
+            margin=augment.margin_fn(self.AUGMENT, face.size[1]),
+          )
+        )
+    elif cfg.asm_fit_set != 'plain':
+      raise FkdError(
+        f"asm_fit_set={cfg.asm_fit_set!r}; expected 'augmented', 'plain_plus_flips' or 'plain'"
+      )
     fit = np.concatenate(shapes)
     pcas = fit_pcas(fit, ASM_ACCS)
-    note = (f"{cfg.asm_fit_set}: {len(fit)} shapes from the {len(train)} train faces, crop frame "
-            f"({cfg.crop_size} px), pixel space, no Procrustes, seed {cfg.asm_seed}")
+    note = (
+      f'{cfg.asm_fit_set}: {len(fit)} shapes from the {len(train)} train faces, crop frame '
+      f'({cfg.crop_size} px), pixel space, no Procrustes, seed {cfg.asm_seed}'
+    )
     return pcas, note
 
   def _crop_image(self, face: Face, a: np.ndarray) -> Image.Image:
@@ -287,9 +315,9 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     ratio = min(1 / abs(a[0, 0]), 1 / abs(a[1, 1]))  # source pixels per crop pixel
     r = max(1, int(math.floor(ratio)))
     img = face.load((math.ceil(w / r), math.ceil(h / r)) if r >= 2 else None)
-    d = int(img.info.get("draft_scale", 1))
+    d = int(img.info.get('draft_scale', 1))
     if (math.ceil(w / d), math.ceil(h / d)) != img.size and (w, h) != img.size:
-      raise FkdError(f"{face.filename}: decoded size {img.size}; expected {(w, h)}")
+      raise FkdError(f'{face.filename}: decoded size {img.size}; expected {(w, h)}')
     a = a.copy()
     if d > 1:  # reduced pixel j <- source pixel centres d j .. d j + d − 1
       a[:, 2] += a[:, :2] @ np.full(2, (d - 1) / 2)
@@ -297,8 +325,11 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     f = max(1, r // d)
     if f > 1:
       inv = crops.invert(a)
-      corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5],
-                          [size - 0.5, size - 0.5]]) @ inv[:, :2].T + inv[:, 2]
+      corners = (
+        np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+        @ inv[:, :2].T
+        + inv[:, 2]
+      )
       lo = np.floor(corners.min(0) - 2 * f).astype(int).clip(0, img.size)
       hi = np.ceil(corners.max(0) + 2 * f).astype(int).clip(0, img.size)
       if np.all(hi - lo >= f):
@@ -310,10 +341,10 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def _encode(self, img: Image.Image) -> bytes:
     cfg = self.builder_config
     buf = io.BytesIO()
-    if cfg.image_format == "jpeg":
-      img.save(buf, format="JPEG", quality=cfg.jpeg_quality)
-    elif cfg.image_format == "png":
-      img.save(buf, format="PNG", compress_level=3)
+    if cfg.image_format == 'jpeg':
+      img.save(buf, format='JPEG', quality=cfg.jpeg_quality)
+    elif cfg.image_format == 'png':
+      img.save(buf, format='PNG', compress_level=3)
     else:
       raise FkdError(f"image_format={cfg.image_format!r}; expected 'jpeg' or 'png'")
     return buf.getvalue()
@@ -325,24 +356,32 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     for face, box, a, lm in items:
       iod, ipd = scheme.distances(lm)
       iod0, ipd0 = scheme.distances(face.landmarks)
-      soft = ({k: asm.asm_project(p, lm, cfg.clip_sigmas).astype(np.float32)
-               for k, p in pcas.items()} if pcas is not None else
-              {k: np.full((n, 2), np.nan, np.float32) for k in ASM_ACCS})
-      yield face.key, {
-          "image": self._encode(self._crop_image(face, a)),
-          "landmarks": lm.astype(np.float32),
-          "landmarks_original": face.landmarks.astype(np.float32),
-          "soft_landmarks": soft,
-          "crop_transform": a.astype(np.float32),
-          "crop_box": box.astype(np.float32),
-          "original_size": np.array(face.size[::-1], np.int32),
-          "filename": face.filename,
-          "face_index": np.int32(face.face_index),
-          "norm": {"inter_ocular": np.float32(iod), "inter_pupil": np.float32(ipd),
-                   "inter_ocular_original": np.float32(iod0),
-                   "inter_pupil_original": np.float32(ipd0)},
+      soft = (
+        {k: asm.asm_project(p, lm, cfg.clip_sigmas).astype(np.float32) for k, p in pcas.items()}
+        if pcas is not None
+        else {k: np.full((n, 2), np.nan, np.float32) for k in ASM_ACCS}
+      )
+      yield (
+        face.key,
+        {
+          'image': self._encode(self._crop_image(face, a)),
+          'landmarks': lm.astype(np.float32),
+          'landmarks_original': face.landmarks.astype(np.float32),
+          'soft_landmarks': soft,
+          'crop_transform': a.astype(np.float32),
+          'crop_box': box.astype(np.float32),
+          'original_size': np.array(face.size[::-1], np.int32),
+          'filename': face.filename,
+          'face_index': np.int32(face.face_index),
+          'norm': {
+            'inter_ocular': np.float32(iod),
+            'inter_pupil': np.float32(ipd),
+            'inter_ocular_original': np.float32(iod0),
+            'inter_pupil_original': np.float32(ipd0),
+          },
           **face.extras,
-      }
+        },
+      )
 
 
 def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAModel]:
@@ -352,10 +391,15 @@ def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAMod
   cum = np.cumsum(top.ratio)
   out = {}
   for key, acc in accs.items():
-    k = min(int(np.searchsorted(cum, acc, side="right")) + 1, top.k)
+    k = min(int(np.searchsorted(cum, acc, side='right')) + 1, top.k)
     out[key] = dataclasses.replace(
-        top, components=np.ascontiguousarray(top.components[:, :k]),
-        eigenvalues=top.eigenvalues[:k], acc=float(acc), k=k, ratio=top.ratio[:k])
+      top,
+      components=np.ascontiguousarray(top.components[:, :k]),
+      eigenvalues=top.eigenvalues[:k],
+      acc=float(acc),
+      k=k,
+      ratio=top.ratio[:k],
+    )
   return out
 
 
@@ -374,17 +418,18 @@ def image_size(path: pathlib.Path, name: str) -> tuple[int, int]:
     with Image.open(path) as img:
       return img.size
   except (OSError, SyntaxError, ValueError) as e:
-    raise formats.DataFormatError(f"{name}: not a readable image ({e})") from None
+    raise formats.DataFormatError(f'{name}: not a readable image ({e})') from None
 
 
 def missing_list(names, limit: int = 8) -> str:
   """'a, b, c, … (+N more)' for diagnostics."""
-  names = sorted(names, key=lambda n: [int(t) if t.isdigit() else t
-                                       for t in re.split(r"(\d+)", n)])
-  more = f", … (+{len(names) - limit} more)" if len(names) > limit else ""
-  return ", ".join(names[:limit]) + more
+  names = sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', n)])
+  more = f', … (+{len(names) - limit} more)' if len(names) > limit else ''
+  return ', '.join(names[:limit]) + more
 
 
 def decode_image(data: bytes) -> np.ndarray:
-  """Decodes a stored `image` feature to uint8 (H, W, 3)."""
-  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  """Decodes a stored `image` feature to uint8 (H, W, 3) (`formats.open_image`, the one decoder)."""
+  from fkd.data import formats
+
+  return np.asarray(formats.open_image(data))

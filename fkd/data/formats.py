@@ -21,11 +21,12 @@ from fkd.errors import FkdError
 
 PathLike = str | os.PathLike
 
-WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
+WFLW_ATTRIBUTES = ('pose', 'expression', 'illumination', 'makeup', 'occlusion', 'blur')
 # File names of the official subset lists, in WFLW_ATTRIBUTES order.
 WFLW_SUBSET_FILES = tuple(
-    f"list_98pt_test_{a}.txt"
-    for a in ("largepose", "expression", "illumination", "makeup", "occlusion", "blur"))
+  f'list_98pt_test_{a}.txt'
+  for a in ('largepose', 'expression', 'illumination', 'makeup', 'occlusion', 'blur')
+)
 
 
 class DataFormatError(FkdError, ValueError):
@@ -36,7 +37,7 @@ def _finite(points: np.ndarray, where: str) -> np.ndarray:
   bad = ~np.isfinite(points)
   if bad.any():
     i = int(np.argwhere(bad.reshape(len(points), -1).any(axis=1))[0, 0])
-    raise DataFormatError(f"{where}: point {i} is {points[i].tolist()}; expected finite numbers")
+    raise DataFormatError(f'{where}: point {i} is {points[i].tolist()}; expected finite numbers')
   return points
 
 
@@ -44,8 +45,9 @@ def _finite(points: np.ndarray, where: str) -> np.ndarray:
 # 300W
 
 
-def parse_pts(text: str, name: str = "<pts>", expected_points: int | None = None,
-              allow_bare: bool = False) -> np.ndarray:
+def parse_pts(
+  text: str, name: str = '<pts>', expected_points: int | None = None, allow_bare: bool = False
+) -> np.ndarray:
   """Parses the text of an iBUG `.pts` file into raw (N, 2) float64 points.
 
   Accepts CRLF line ends and a missing final newline. The header is `version: 1`, then
@@ -60,13 +62,13 @@ def parse_pts(text: str, name: str = "<pts>", expected_points: int | None = None
   Returns:
     (N, 2) float64 raw points.
   """
-  lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+  lines = [ln.strip() for ln in text.replace('\r\n', '\n').replace('\r', '\n').split('\n')]
   n_points, start = None, None
   for i, ln in enumerate(lines):
-    if ln == "{":
+    if ln == '{':
       start = i + 1
       break
-    m = re.fullmatch(r"n_points\s*:\s*(\S+)", ln)
+    m = re.fullmatch(r'n_points\s*:\s*(\S+)', ln)
     if m:
       try:
         n_points = int(m.group(1))
@@ -74,15 +76,17 @@ def parse_pts(text: str, name: str = "<pts>", expected_points: int | None = None
         raise DataFormatError(f"{name}: bad header line {ln!r}; expected 'n_points:  68'") from None
   if start is None:
     if not allow_bare:
-      raise DataFormatError(f"{name}: no '{{' line; expected an iBUG .pts file "
-                            "('version: 1', 'n_points:  68', '{', x y pairs, '}')")
+      raise DataFormatError(
+        f"{name}: no '{{' line; expected an iBUG .pts file "
+        "('version: 1', 'n_points:  68', '{', x y pairs, '}')"
+      )
     body, end_seen = [ln for ln in lines if ln], True
   else:
     if n_points is None:
       raise DataFormatError(f"{name}: no 'n_points:' line before '{{'")
     body, end_seen = [], False
     for ln in lines[start:]:
-      if ln == "}":
+      if ln == '}':
         end_seen = True
         break
       if ln:
@@ -100,28 +104,29 @@ def parse_pts(text: str, name: str = "<pts>", expected_points: int | None = None
       raise DataFormatError(f"{name}: bad point line {ln!r}; expected 'x y'") from None
   points = np.asarray(pts, np.float64).reshape(-1, 2)
   if n_points is not None and len(points) != n_points:
-    raise DataFormatError(f"{name}: {len(points)} points but the header says n_points: {n_points}")
+    raise DataFormatError(f'{name}: {len(points)} points but the header says n_points: {n_points}')
   if expected_points is not None and len(points) != expected_points:
-    raise DataFormatError(f"{name}: {len(points)} points; expected {expected_points}")
+    raise DataFormatError(f'{name}: {len(points)} points; expected {expected_points}')
   return _finite(points, name)
 
 
-def read_pts(path: PathLike, expected_points: int | None = None,
-             allow_bare: bool = False) -> np.ndarray:
+def read_pts(
+  path: PathLike, expected_points: int | None = None, allow_bare: bool = False
+) -> np.ndarray:
   """Reads an iBUG `.pts` file (see `parse_pts`)."""
   try:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding='utf-8', newline='') as f:
       text = f.read()
   except UnicodeDecodeError:
-    raise DataFormatError(f"{path}: not a text .pts file") from None
+    raise DataFormatError(f'{path}: not a text .pts file') from None
   return parse_pts(text, os.fspath(path), expected_points, allow_bare)
 
 
-def format_pts(points: np.ndarray, newline: str = "\n", final_newline: bool = True) -> str:
+def format_pts(points: np.ndarray, newline: str = '\n', final_newline: bool = True) -> str:
   """The official `.pts` text of (N, 2) points (`n_points:` followed by two spaces)."""
-  rows = [f"{float(x):.6f} {float(y):.6f}" for x, y in np.asarray(points, np.float64)]
-  text = newline.join(["version: 1", f"n_points:  {len(rows)}", "{", *rows, "}"])
-  return text + (newline if final_newline else "")
+  rows = [f'{float(x):.6f} {float(y):.6f}' for x, y in np.asarray(points, np.float64)]
+  text = newline.join(['version: 1', f'n_points:  {len(rows)}', '{', *rows, '}'])
+  return text + (newline if final_newline else '')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,28 +145,31 @@ def read_300w_boxes(path: PathLike) -> list[Box300W]:
   try:
     mat = scipy.io.loadmat(os.fspath(path))
   except Exception as e:  # scipy raises several types for non-MAT input
-    raise DataFormatError(f"{path}: cannot read as a MATLAB v5 file ({e})") from None
-  if "bounding_boxes" not in mat:
-    raise DataFormatError(f"{path}: no variable 'bounding_boxes'; found "
-                          f"{sorted(k for k in mat if not k.startswith('__'))}")
+    raise DataFormatError(f'{path}: cannot read as a MATLAB v5 file ({e})') from None
+  if 'bounding_boxes' not in mat:
+    raise DataFormatError(
+      f"{path}: no variable 'bounding_boxes'; found "
+      f'{sorted(k for k in mat if not k.startswith("__"))}'
+    )
   out = []
-  for i, cell in enumerate(np.asarray(mat["bounding_boxes"]).ravel()):
+  for i, cell in enumerate(np.asarray(mat['bounding_boxes']).ravel()):
     try:
       e = cell.ravel()[0] if cell.dtype == object else cell
       e = e.ravel()[0]
-      name = str(np.asarray(e["imgName"]).ravel()[0])
-      det = np.asarray(e["bb_detector"], np.float64).reshape(4)
-      gt = np.asarray(e["bb_ground_truth"], np.float64).reshape(4)
+      name = str(np.asarray(e['imgName']).ravel()[0])
+      det = np.asarray(e['bb_detector'], np.float64).reshape(4)
+      gt = np.asarray(e['bb_ground_truth'], np.float64).reshape(4)
     except (ValueError, IndexError, KeyError, TypeError) as err:
-      raise DataFormatError(f"{path}: entry {i} is not a struct with imgName, bb_detector and "
-                            f"bb_ground_truth ({err})") from None
+      raise DataFormatError(
+        f'{path}: entry {i} is not a struct with imgName, bb_detector and bb_ground_truth ({err})'
+      ) from None
     out.append(Box300W(name, det, gt))
   return out
 
 
 def spaceless(name: str) -> str:
   """Name key for joins against HRNet CSV names (`image_092 _01.jpg` == `image_092_01.jpg`)."""
-  return name.replace(" ", "")
+  return name.replace(' ', '')
 
 
 def join_boxes(boxes: Sequence[Box300W], names: Sequence[str]) -> dict[str, Box300W]:
@@ -192,24 +200,32 @@ class CsvRow:
 def read_hrnet_csv(path: PathLike, num_points: int = 68) -> list[CsvRow]:
   """Reads HRNet's `face_landmarks_300w_*.csv` (header + 4 + 2N columns)."""
   rows = []
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline='', encoding='utf-8') as f:
     reader = csv.reader(f)
     header = next(reader, None)
     want = 4 + 2 * num_points
-    if header is None or len(header) != want or header[0] != "image_name":
-      raise DataFormatError(f"{path}: expected a header 'image_name,scale,center_w,center_h,"
-                            f"original_0_x,...' with {want} columns")
+    if header is None or len(header) != want or header[0] != 'image_name':
+      raise DataFormatError(
+        f"{path}: expected a header 'image_name,scale,center_w,center_h,"
+        f"original_0_x,...' with {want} columns"
+      )
     for line_no, r in enumerate(reader, start=2):
       if not r:
         continue
       if len(r) != want:
-        raise DataFormatError(f"{path}:{line_no}: {len(r)} columns; expected {want}")
+        raise DataFormatError(f'{path}:{line_no}: {len(r)} columns; expected {want}')
       try:
         vals = np.asarray([float(v) for v in r[1:]], np.float64)
       except ValueError:
-        raise DataFormatError(f"{path}:{line_no}: non-numeric value") from None
-      rows.append(CsvRow(r[0], float(vals[0]), vals[1:3],
-                         _finite(vals[3:].reshape(num_points, 2), f"{path}:{line_no}")))
+        raise DataFormatError(f'{path}:{line_no}: non-numeric value') from None
+      rows.append(
+        CsvRow(
+          r[0],
+          float(vals[0]),
+          vals[1:3],
+          _finite(vals[3:].reshape(num_points, 2), f'{path}:{line_no}'),
+        )
+      )
   return rows
 
 
@@ -236,28 +252,34 @@ def read_wflw_list(path: PathLike, with_rect_attr: bool = True) -> list[WflwFace
   """
   want = 207 if with_rect_attr else 197
   faces, seen = [], {}
-  with open(path, encoding="utf-8", newline="") as f:
+  with open(path, encoding='utf-8', newline='') as f:
     for line_no, ln in enumerate(f, start=1):
       fields = ln.split()
       if not fields:
         continue
       if len(fields) != want:
-        raise DataFormatError(f"{path}:{line_no}: {len(fields)} fields; expected {want} ("
-                              + ("196 coordinates, 4 rect, 6 attributes, image name)"
-                                 if with_rect_attr else "196 coordinates, image name)"))
+        raise DataFormatError(
+          f'{path}:{line_no}: {len(fields)} fields; expected {want} ('
+          + (
+            '196 coordinates, 4 rect, 6 attributes, image name)'
+            if with_rect_attr
+            else '196 coordinates, image name)'
+          )
+        )
       try:
         nums = np.asarray([float(v) for v in fields[:-1]], np.float64)
       except ValueError:
         raise DataFormatError(
-            f"{path}:{line_no}: non-numeric field before the image name") from None
-      where = f"{path}:{line_no}"
+          f'{path}:{line_no}: non-numeric field before the image name'
+        ) from None
+      where = f'{path}:{line_no}'
       points = _finite(nums[:196].reshape(98, 2), where)
       rect = attrs = None
       if with_rect_attr:
-        rect = _finite(nums[196:200].reshape(1, 4), where + " (rect)")[0]
+        rect = _finite(nums[196:200].reshape(1, 4), where + ' (rect)')[0]
         a = nums[200:206]
         if not np.all((a == 0) | (a == 1)):
-          raise DataFormatError(f"{where}: attributes {a.tolist()}; expected six 0/1 flags")
+          raise DataFormatError(f'{where}: attributes {a.tolist()}; expected six 0/1 flags')
         attrs = a.astype(bool)
       name = fields[-1]
       faces.append(WflwFace(name, points, rect, attrs, line_no, seen.get(name, 0)))
@@ -282,13 +304,13 @@ def wflw_subset_mask(faces: Sequence[WflwFace], attribute: str) -> np.ndarray:
 
 def is_mat_v73(path: PathLike) -> bool:
   """True for a MATLAB v7.3 (HDF5) file, from its 128-byte text header or the HDF5 signature."""
-  with open(path, "rb") as f:
+  with open(path, 'rb') as f:
     head = f.read(128)
-  if b"MATLAB 7.3 MAT-file" in head:
+  if b'MATLAB 7.3 MAT-file' in head:
     return True
   import h5py
 
-  return head[:8] != b"MATLAB 5" and h5py.is_hdf5(os.fspath(path))
+  return head[:8] != b'MATLAB 5' and h5py.is_hdf5(os.fspath(path))
 
 
 class CofwMat:
@@ -299,19 +321,19 @@ class CofwMat:
   """
 
   def __init__(self, path: PathLike, part: str):
-    if part not in ("train", "test"):
+    if part not in ('train', 'test'):
       raise ValueError(f"part must be 'train' or 'test', got {part!r}")
     self.path = os.fspath(path)
-    suffix = "Tr" if part == "train" else "T"
-    self.names = (f"Is{suffix}", f"phis{suffix}", f"bboxes{suffix}")
+    suffix = 'Tr' if part == 'train' else 'T'
+    self.names = (f'Is{suffix}', f'phis{suffix}', f'bboxes{suffix}')
     self._h5 = None
     if is_mat_v73(path):
       import h5py
 
       try:
-        self._h5 = h5py.File(self.path, "r")
+        self._h5 = h5py.File(self.path, 'r')
       except OSError as e:
-        raise DataFormatError(f"{path}: cannot open as MATLAB v7.3 / HDF5 ({e})") from None
+        raise DataFormatError(f'{path}: cannot open as MATLAB v7.3 / HDF5 ({e})') from None
       self._check_vars(self._h5.keys())
       images, phis, boxes = (self._h5[n] for n in self.names)
       # h5py returns MATLAB arrays transposed: (1, N) refs, (87, N), (4, N).
@@ -323,22 +345,24 @@ class CofwMat:
       try:
         mat = scipy.io.loadmat(self.path)
       except Exception as e:
-        raise DataFormatError(f"{path}: cannot read as a MATLAB file ({e})") from None
+        raise DataFormatError(f'{path}: cannot read as a MATLAB file ({e})') from None
       self._check_vars(mat.keys())
       self._arrays = np.asarray(mat[self.names[0]], dtype=object).ravel()
       phis = np.asarray(mat[self.names[1]], np.float64)
       boxes = np.asarray(mat[self.names[2]], np.float64)
     n = len(self._refs) if self._h5 is not None else len(self._arrays)
     if phis.ndim != 2 or phis.shape[1] != 87 or len(phis) != n:
-      raise DataFormatError(f"{path}: {self.names[1]} has shape {phis.shape} (after transposing "
-                            f"HDF5); expected ({n}, 87) = x1..x29, y1..y29, occ1..occ29")
+      raise DataFormatError(
+        f'{path}: {self.names[1]} has shape {phis.shape} (after transposing '
+        f'HDF5); expected ({n}, 87) = x1..x29, y1..y29, occ1..occ29'
+      )
     if boxes.shape != (n, 4):
-      raise DataFormatError(f"{path}: {self.names[2]} has shape {boxes.shape}; expected ({n}, 4)")
+      raise DataFormatError(f'{path}: {self.names[2]} has shape {boxes.shape}; expected ({n}, 4)')
     self.landmarks = np.stack([phis[:, :29], phis[:, 29:58]], axis=-1)
-    _finite(self.landmarks.reshape(-1, 2), f"{path}: {self.names[1]}")
+    _finite(self.landmarks.reshape(-1, 2), f'{path}: {self.names[1]}')
     occ = phis[:, 58:87]
     if not np.all((occ == 0) | (occ == 1)):
-      raise DataFormatError(f"{path}: {self.names[1]} occlusion columns 58..86 are not 0/1")
+      raise DataFormatError(f'{path}: {self.names[1]} occlusion columns 58..86 are not 0/1')
     self.occluded = occ.astype(bool)
     self.boxes = boxes
 
@@ -347,8 +371,9 @@ class CofwMat:
     missing = [n for n in self.names if n not in keys]
     if missing:
       raise DataFormatError(
-          f"{self.path}: missing variable(s) {missing}; expected {list(self.names)} "
-          f"(found {sorted(k for k in keys if not k.startswith('__') and k != '#refs#')})")
+        f'{self.path}: missing variable(s) {missing}; expected {list(self.names)} '
+        f'(found {sorted(k for k in keys if not k.startswith("__") and k != "#refs#")})'
+      )
 
   def __len__(self) -> int:
     return len(self.landmarks)
@@ -365,8 +390,10 @@ class CofwMat:
     if a.ndim == 2:
       a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] != 3:
-      raise DataFormatError(f"{self.path}: {self.names[0]}[{i}] has shape {a.shape}; expected "
-                            "an H x W x 3 or H x W image")
+      raise DataFormatError(
+        f'{self.path}: {self.names[0]}[{i}] has shape {a.shape}; expected '
+        'an H x W x 3 or H x W image'
+      )
     return np.ascontiguousarray(a.astype(np.uint8))
 
   def image_size(self, i: int) -> tuple[int, int]:
@@ -396,14 +423,14 @@ def read_cofw68_points(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   try:
     mat = scipy.io.loadmat(os.fspath(path))
   except Exception as e:
-    raise DataFormatError(f"{path}: cannot read as a MATLAB v5 file ({e})") from None
-  for k in ("Points", "Occ"):
+    raise DataFormatError(f'{path}: cannot read as a MATLAB v5 file ({e})') from None
+  for k in ('Points', 'Occ'):
     if k not in mat:
       raise DataFormatError(f"{path}: no variable {k!r}; expected 'Points' (68x2) and 'Occ' (1x68)")
-  points = np.asarray(mat["Points"], np.float64)
-  occ = np.asarray(mat["Occ"]).ravel()
+  points = np.asarray(mat['Points'], np.float64)
+  occ = np.asarray(mat['Occ']).ravel()
   if points.shape != (68, 2) or occ.shape != (68,):
-    raise DataFormatError(f"{path}: Points {points.shape}, Occ {occ.shape}; expected (68, 2), 68")
+    raise DataFormatError(f'{path}: Points {points.shape}, Occ {occ.shape}; expected (68, 2), 68')
   return _finite(points, os.fspath(path)), occ.astype(bool)
 
 
@@ -412,9 +439,9 @@ def read_cofw68_boxes(path: PathLike) -> np.ndarray:
   import scipy.io
 
   try:
-    boxes = scipy.io.loadmat(os.fspath(path)).get("bboxes")
+    boxes = scipy.io.loadmat(os.fspath(path)).get('bboxes')
   except Exception as e:
-    raise DataFormatError(f"{path}: cannot read as a MATLAB v5 file ({e})") from None
+    raise DataFormatError(f'{path}: cannot read as a MATLAB v5 file ({e})') from None
   if boxes is None or np.ndim(boxes) != 2 or np.shape(boxes)[1] != 4:
     raise DataFormatError(f"{path}: expected a variable 'bboxes' of shape (507, 4)")
   return np.asarray(boxes, np.float64)
@@ -430,8 +457,9 @@ def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
 # Images and mean shapes
 
 
-def open_image(source: PathLike | bytes, name: str | None = None,
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+  source: PathLike | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
   """Decodes an image fully into RGB (grayscale, palette and RGBA are converted).
 
   Args:
@@ -442,28 +470,29 @@ def open_image(source: PathLike | bytes, name: str | None = None,
   Returns:
     The RGB image; `img.info['draft_scale']` holds the integer reduction (1 without draft).
   """
-  name = name or (os.fspath(source) if not isinstance(source, bytes) else "<image bytes>")
+  name = name or (os.fspath(source) if not isinstance(source, bytes) else '<image bytes>')
   try:
     img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     full = img.size
-    if draft_size is not None and img.format == "JPEG":
-      img.draft("RGB", draft_size)
+    if draft_size is not None and img.format == 'JPEG':
+      img.draft('RGB', draft_size)
     img.load()
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise DataFormatError(f"{name}: cannot decode the image ({e}); expected a complete "
-                          "JPEG / PNG / PPM file") from None
+    raise DataFormatError(
+      f'{name}: cannot decode the image ({e}); expected a complete JPEG / PNG / PPM file'
+    ) from None
   scale = max(1, round(full[0] / img.size[0]))
-  out = img.convert("RGB")
-  out.info["draft_scale"] = scale
+  out = img.convert('RGB')
+  out.info['draft_scale'] = scale
   return out
 
 
 def read_meanface(path: PathLike) -> np.ndarray:
   """Reads a PIPNet `meanface.txt` (one line of 2N floats) into (N, 2)."""
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding='utf-8') as f:
     vals = np.asarray([float(v) for v in f.read().split()], np.float64)
   if vals.size % 2:
-    raise DataFormatError(f"{path}: {vals.size} values; expected an even number")
+    raise DataFormatError(f'{path}: {vals.size} values; expected an even number')
   return vals.reshape(-1, 2)
 
 
@@ -472,4 +501,3 @@ def iter_files(root: PathLike, exts: Sequence[str]) -> Iterator[str]:
   for entry in sorted(os.scandir(root), key=lambda e: e.name):
     if entry.is_file() and os.path.splitext(entry.name)[1].lower() in exts:
       yield entry.name
-

@@ -27,8 +27,37 @@ _FLIP_98 = (
     82, 81, 80, 79, 78, 77, 76, 87, 86, 85, 84, 83,
     92, 91, 90, 89, 88, 95, 94, 93, 97, 96,
 )  # fmt: skip
-_FLIP_29 = (1, 0, 3, 2, 6, 7, 4, 5, 9, 8, 11, 10, 14, 15, 12, 13, 17, 16, 19, 18,
-            20, 21, 23, 22, 24, 25, 26, 27, 28)
+_FLIP_29 = (
+  1,
+  0,
+  3,
+  2,
+  6,
+  7,
+  4,
+  5,
+  9,
+  8,
+  11,
+  10,
+  14,
+  15,
+  12,
+  13,
+  17,
+  16,
+  19,
+  18,
+  20,
+  21,
+  23,
+  22,
+  24,
+  25,
+  26,
+  27,
+  28,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +81,12 @@ class Scheme:
   def metadata(self) -> dict:
     """Index sets in the form `fkd.metrics.normalising_distance` takes (ints or groups)."""
     pupil = [list(g) if len(g) > 1 else g[0] for g in self.inter_pupil]
-    return {"inter_ocular": list(self.inter_ocular), "inter_pupil": pupil,
-            "flip_permutation": list(self.flip_permutation),
-            "num_landmarks": self.num_landmarks}
+    return {
+      'inter_ocular': list(self.inter_ocular),
+      'inter_pupil': pupil,
+      'flip_permutation': list(self.flip_permutation),
+      'num_landmarks': self.num_landmarks,
+    }
 
   def distances(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(inter-ocular, inter-pupil) distances of (..., N, 2) points, float64."""
@@ -66,10 +98,10 @@ class Scheme:
 
 _EYES_68 = (tuple(range(36, 42)), tuple(range(42, 48)))
 SCHEMES = {
-    "300w": Scheme("300w", 68, _FLIP_68, (36, 45), _EYES_68),
-    "wflw": Scheme("wflw", 98, _FLIP_98, (60, 72), ((96,), (97,))),
-    "cofw": Scheme("cofw", 29, _FLIP_29, (8, 9), ((16,), (17,))),
-    "cofw68": Scheme("cofw68", 68, _FLIP_68, (36, 45), _EYES_68),
+  '300w': Scheme('300w', 68, _FLIP_68, (36, 45), _EYES_68),
+  'wflw': Scheme('wflw', 98, _FLIP_98, (60, 72), ((96,), (97,))),
+  'cofw': Scheme('cofw', 29, _FLIP_29, (8, 9), ((16,), (17,))),
+  'cofw68': Scheme('cofw68', 68, _FLIP_68, (36, 45), _EYES_68),
 }
 
 

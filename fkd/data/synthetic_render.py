@@ -80,19 +80,72 @@ def _tnorm(rng, sigma, lim):
 # Template tables. Eyes: image-left eye 36..41 as (x along the eye in half-widths, outward = −1;
 # y offset; y coefficient of the lid height h; z). The image-right eye mirrors it with 39<->42,
 # 38<->43, 37<->44, 36<->45, 41<->46, 40<->47.
-_EYE = np.array([[-1.0, 0.012, 0.0, -0.12], [-0.35, 0.0, -1.0, 0.02], [0.3, 0.0, -1.0, 0.02],
-                 [1.0, 0.02, 0.0, -0.02], [0.3, 0.0, 0.6, 0.0], [-0.35, 0.0, 0.6, -0.02]])
+_EYE = np.array(
+  [
+    [-1.0, 0.012, 0.0, -0.12],
+    [-0.35, 0.0, -1.0, 0.02],
+    [0.3, 0.0, -1.0, 0.02],
+    [1.0, 0.02, 0.0, -0.02],
+    [0.3, 0.0, 0.6, 0.0],
+    [-0.35, 0.0, 0.6, -0.02],
+  ]
+)
 _EYE_MIRROR = [3, 2, 1, 0, 5, 4]
 _BROW_T = np.linspace(0.0, 1.0, 5)  # outer -> inner
 _NOSE_T = np.linspace(0.0, 1.0, 4)
 # Lips 48..67: (x in mouth half-widths, y in lip-thickness units, opening coefficient, z).
-_LIP_X = np.array([-1.0, -0.63, -0.25, 0.0, 0.25, 0.63, 1.0, 0.65, 0.3, 0.0, -0.3, -0.65,
-                   -0.85, -0.3, 0.0, 0.3, 0.85, 0.3, 0.0, -0.3])
-_LIP_Y = np.array([0.0, -0.75, -1.0, -0.8, -1.0, -0.75, 0.0, 0.75, 0.95, 1.0, 0.95, 0.75,
-                   0.0, -0.15, -0.1, -0.15, 0.0, 0.15, 0.1, 0.15])
+_LIP_X = np.array(
+  [
+    -1.0,
+    -0.63,
+    -0.25,
+    0.0,
+    0.25,
+    0.63,
+    1.0,
+    0.65,
+    0.3,
+    0.0,
+    -0.3,
+    -0.65,
+    -0.85,
+    -0.3,
+    0.0,
+    0.3,
+    0.85,
+    0.3,
+    0.0,
+    -0.3,
+  ]
+)
+_LIP_Y = np.array(
+  [
+    0.0,
+    -0.75,
+    -1.0,
+    -0.8,
+    -1.0,
+    -0.75,
+    0.0,
+    0.75,
+    0.95,
+    1.0,
+    0.95,
+    0.75,
+    0.0,
+    -0.15,
+    -0.1,
+    -0.15,
+    0.0,
+    0.15,
+    0.1,
+    0.15,
+  ]
+)
 _LIP_GAP = np.array([0.0] * 7 + [0.7, 0.95, 1.0, 0.95, 0.7] + [0.0] * 5 + [0.85, 1.0, 0.85])
-_LIP_Z = (np.array([0.08] * 12 + [0.06] * 8)
-          + np.array([0.24] * 7 + [0.2] * 5 + [0.18] * 8) * (1 - np.abs(_LIP_X)))
+_LIP_Z = np.array([0.08] * 12 + [0.06] * 8) + np.array([0.24] * 7 + [0.2] * 5 + [0.18] * 8) * (
+  1 - np.abs(_LIP_X)
+)
 _JAW_TH = np.pi * np.arange(17) / 16
 _JAW_SIDE = np.sign(np.arange(17) - 8.0)
 _JAW_OPEN = np.clip(1 - np.abs(np.arange(17) - 8) / 4.5, 0, 1) ** 1.2 * 0.85
@@ -160,9 +213,15 @@ def _template(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
   p[NOSE_BRIDGE, 1] = eye_y - 0.03 + (tip_y - eye_y + 0.03) * _NOSE_T
   p[NOSE_BRIDGE, 2] = (0.08 + 0.14 * np.arange(4)) * nose_len
   nb_y = tip_y + 0.12 * nose_len
-  p[NOSE_BOTTOM] = np.array([[-0.19 * nose_w, nb_y, 0.2], [-0.1 * nose_w, nb_y + 0.035, 0.3],
-                             [0.0, nb_y + 0.06, 0.38], [0.1 * nose_w, nb_y + 0.035, 0.3],
-                             [0.19 * nose_w, nb_y, 0.2]])
+  p[NOSE_BOTTOM] = np.array(
+    [
+      [-0.19 * nose_w, nb_y, 0.2],
+      [-0.1 * nose_w, nb_y + 0.035, 0.3],
+      [0.0, nb_y + 0.06, 0.38],
+      [0.1 * nose_w, nb_y + 0.035, 0.3],
+      [0.19 * nose_w, nb_y, 0.2],
+    ]
+  )
   # Lips (smile lifts and widens the corners; `gap` opens the mouth and drops the chin).
   my = nb_y + 0.06 + (chin_y - nb_y) * _u(rng, 0.27, 0.35)
   lift = 0.07 * smile
@@ -177,8 +236,17 @@ def _template(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
   fy = p[0, 1] - (p[0, 1] - eye_y + 0.95 * forehead_h) * np.sin(_FOREHEAD_AL) ** 0.8
   forehead = np.stack([fx, fy, -0.45 + 0.6 * np.sqrt(np.clip(1 - (fx / jaw_w) ** 2, 0, 1))], 1)
 
-  extras = dict(a=a, zc=jaw_zc, c=jaw_c, forehead=forehead, jaw_w=jaw_w, gap=gap, gaze=gaze,
-                eye_y=eye_y, chin_y=chin_y)
+  extras = dict(
+    a=a,
+    zc=jaw_zc,
+    c=jaw_c,
+    forehead=forehead,
+    jaw_w=jaw_w,
+    gap=gap,
+    gaze=gaze,
+    eye_y=eye_y,
+    chin_y=chin_y,
+  )
   return p, extras
 
 
@@ -210,20 +278,20 @@ def sample_geometry(rng: np.random.Generator, size: int = 128) -> FaceGeometry:
   shift = rng.normal(0.0, 1.0, 2)
   hair_style = int(rng.integers(0, 4))  # 0 bald, 1 short, 2 medium, 3 long
   hair_vol = _u(rng, 0.05, 0.3)
-  jw, eye_y, chin_y = ex["jaw_w"], ex["eye_y"], ex["chin_y"]
+  jw, eye_y, chin_y = ex['jaw_w'], ex['eye_y'], ex['chin_y']
 
   # Silhouette correction (yaw only) for the jaw and, blended towards the temples, the forehead.
-  sx, sz = _silhouette(ex["a"], ex["zc"], ex["c"], _JAW_SIDE, yaw)
+  sx, sz = _silhouette(ex['a'], ex['zc'], ex['c'], _JAW_SIDE, yaw)
   jaw = np.flatnonzero(_JAW_SIDE != 0)
   p[jaw, 0], p[jaw, 2] = sx[jaw], sz[jaw]
-  fh = ex["forehead"]
+  fh = ex['forehead']
   fsx, fsz = _silhouette(np.abs(fh[:, 0]), -0.45, 0.6, np.sign(fh[:, 0]), yaw)
   w = (np.abs(fh[:, 0]) / jw) ** 3
   fh[:, 0] += w * (fsx - fh[:, 0])
   fh[:, 2] += w * (fsz - fh[:, 2])
 
   # Hair outline (drawn behind the skin): an arc over the head, down the sides.
-  parts = {"landmarks": p, "forehead": fh}
+  parts = {'landmarks': p, 'forehead': fh}
   if hair_style > 0:
     top = fh[:, 1].min() - 0.2 - hair_vol
     bottom = (-0.1, 0.5, 1.8)[hair_style - 1] + eye_y
@@ -234,18 +302,34 @@ def sample_geometry(rng: np.random.Generator, size: int = 128) -> FaceGeometry:
     wh = (np.abs(hx) / hw) ** 2
     arc = np.stack([hx + wh * (hxs - hx), hy, hz + wh * (hzs - hz)], 1)
     inner_w = jw * (0.75 if hair_style == 3 else 0.95)
-    parts["hair"] = np.concatenate([
-        [[-inner_w, bottom, -0.6], [arc[0, 0], bottom, arc[0, 2]]], arc,
-        [[arc[-1, 0], bottom, arc[-1, 2]], [inner_w, bottom, -0.6]]])
-  for name, s in (("ear_l", -1), ("ear_r", 1)):
-    parts[name] = np.stack([s * (jw * 0.97 + 0.07 * (1 + np.cos(_EAR_BE))),
-                            0.25 + eye_y + 0.27 * np.sin(_EAR_BE), -0.62 + 0.14 * np.cos(_EAR_BE)],
-                           1)
+    parts['hair'] = np.concatenate(
+      [
+        [[-inner_w, bottom, -0.6], [arc[0, 0], bottom, arc[0, 2]]],
+        arc,
+        [[arc[-1, 0], bottom, arc[-1, 2]], [inner_w, bottom, -0.6]],
+      ]
+    )
+  for name, s in (('ear_l', -1), ('ear_r', 1)):
+    parts[name] = np.stack(
+      [
+        s * (jw * 0.97 + 0.07 * (1 + np.cos(_EAR_BE))),
+        0.25 + eye_y + 0.27 * np.sin(_EAR_BE),
+        -0.62 + 0.14 * np.cos(_EAR_BE),
+      ],
+      1,
+    )
   nx = 0.45 * jw
-  parts["neck"] = np.array([[-nx, 0.8, -0.45], [nx, 0.8, -0.45], [nx * 1.05, 3.0, -0.45],
-                            [-nx * 1.05, 3.0, -0.45]])
-  parts["shoulders"] = np.array([[-nx * 1.1, chin_y + 0.55, -0.4], [nx * 1.1, chin_y + 0.55, -0.4],
-                                 [3.0, chin_y + 1.5, -0.4], [-3.0, chin_y + 1.5, -0.4]])
+  parts['neck'] = np.array(
+    [[-nx, 0.8, -0.45], [nx, 0.8, -0.45], [nx * 1.05, 3.0, -0.45], [-nx * 1.05, 3.0, -0.45]]
+  )
+  parts['shoulders'] = np.array(
+    [
+      [-nx * 1.1, chin_y + 0.55, -0.4],
+      [nx * 1.1, chin_y + 0.55, -0.4],
+      [3.0, chin_y + 1.5, -0.4],
+      [-3.0, chin_y + 1.5, -0.4],
+    ]
+  )
 
   # Rotate about the pivot, project (weak perspective) and place in the image.
   q = np.concatenate(list(parts.values()))
@@ -259,19 +343,19 @@ def sample_geometry(rng: np.random.Generator, size: int = 128) -> FaceGeometry:
   q = ((q - (lo + hi) / 2.0) * unit + pos).astype(np.float32)
   out, i = {}, 0
   for name, v in parts.items():
-    out[name], i = q[i:i + len(v)], i + len(v)
+    out[name], i = q[i : i + len(v)], i + len(v)
 
   return FaceGeometry(
-      landmarks=out["landmarks"],
-      forehead=out["forehead"],
-      hair=out.get("hair"),
-      ears=[out["ear_l"], out["ear_r"]],
-      neck=out["neck"],
-      shoulders=out["shoulders"],
-      unit=float(unit),
-      mouth_open=float(ex["gap"]),
-      gaze=np.asarray(ex["gaze"]),
-      yaw=float(yaw),
+    landmarks=out['landmarks'],
+    forehead=out['forehead'],
+    hair=out.get('hair'),
+    ears=[out['ear_l'], out['ear_r']],
+    neck=out['neck'],
+    shoulders=out['shoulders'],
+    unit=float(unit),
+    mouth_open=float(ex['gap']),
+    gaze=np.asarray(ex['gaze']),
+    yaw=float(yaw),
   )
 
 
@@ -283,12 +367,25 @@ def sample_landmarks(rng: np.random.Generator, size: int = 128) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Appearance.
 
-_SKIN = np.array([[255, 224, 196], [234, 189, 157], [198, 144, 110], [150, 100, 70], [96, 62, 44],
-                  [62, 42, 32]], np.float64)
-_HAIR = np.array([[20, 16, 14], [55, 38, 26], [105, 72, 45], [190, 160, 105], [150, 70, 35],
-                  [160, 160, 160], [230, 225, 215]], np.float64)
-_IRIS = np.array([[70, 45, 25], [110, 75, 40], [60, 100, 150], [80, 120, 80], [40, 30, 25]],
-                 np.float64)
+_SKIN = np.array(
+  [[255, 224, 196], [234, 189, 157], [198, 144, 110], [150, 100, 70], [96, 62, 44], [62, 42, 32]],
+  np.float64,
+)
+_HAIR = np.array(
+  [
+    [20, 16, 14],
+    [55, 38, 26],
+    [105, 72, 45],
+    [190, 160, 105],
+    [150, 70, 35],
+    [160, 160, 160],
+    [230, 225, 215],
+  ],
+  np.float64,
+)
+_IRIS = np.array(
+  [[70, 45, 25], [110, 75, 40], [60, 100, 150], [80, 120, 80], [40, 30, 25]], np.float64
+)
 
 
 def _col(c) -> tuple[int, int, int]:
@@ -327,14 +424,15 @@ def _cv(q) -> list[float]:
 def _catmull_rom_matrix(k: int, closed: bool, n: int) -> np.ndarray:
   """(L, k) matrix resampling k points to a Catmull-Rom spline with n samples per segment."""
   t = np.linspace(0, 1, n, endpoint=False)[:, None]
-  w = 0.5 * np.concatenate([-t + 2 * t**2 - t**3, 2 - 5 * t**2 + 3 * t**3,
-                            t + 4 * t**2 - 3 * t**3, -(t**2) + t**3], 1)  # (n, 4)
+  w = 0.5 * np.concatenate(
+    [-t + 2 * t**2 - t**3, 2 - 5 * t**2 + 3 * t**3, t + 4 * t**2 - 3 * t**3, -(t**2) + t**3], 1
+  )  # (n, 4)
   segs = k if closed else k - 1
   m = np.zeros((segs * n + (0 if closed else 1), k))
   for i in range(segs):
     for j in range(4):
       col = (i - 1 + j) % k if closed else min(max(i - 1 + j, 0), k - 1)
-      m[i * n:(i + 1) * n, col] += w[:, j]
+      m[i * n : (i + 1) * n, col] += w[:, j]
   if not closed:
     m[-1, k - 1] = 1.0
   return m
@@ -376,8 +474,11 @@ def _background(rng, size: int) -> Image.Image:
     elif kind == 2:
       d.polygon((c + rng.uniform(-1, 1, (rng.integers(3, 6), 2)) * r).ravel().tolist(), fill=col)
     elif kind == 3:
-      d.line((rng.uniform(-0.1, 1.1, (rng.integers(2, 5), 2)) * big).ravel().tolist(), fill=col,
-             width=_lw(rng.uniform(0.5, 5)))
+      d.line(
+        (rng.uniform(-0.1, 1.1, (rng.integers(2, 5), 2)) * big).ravel().tolist(),
+        fill=col,
+        width=_lw(rng.uniform(0.5, 5)),
+      )
     else:  # stripes
       ang = rng.uniform(0, np.pi)
       step = rng.uniform(0.02, 0.06) * big
@@ -403,8 +504,15 @@ def _frame(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
   return (a + b) / 2, e, np.array([-e[1], e[0]]), w
 
 
-def _between(upper: np.ndarray, lower: np.ndarray, frame, s: np.ndarray, top: np.ndarray,
-             bot: np.ndarray | None = None, depth: float | None = None) -> np.ndarray:
+def _between(
+  upper: np.ndarray,
+  lower: np.ndarray,
+  frame,
+  s: np.ndarray,
+  top: np.ndarray,
+  bot: np.ndarray | None = None,
+  depth: float | None = None,
+) -> np.ndarray:
   """Polygon of the shape top(s) < t < bot(s) clipped to the region between two curves.
 
   Args:
@@ -444,14 +552,17 @@ def _sample_palette(rng) -> _Palette:
   skin = _jit(rng, _SKIN[0] + (_SKIN[-1] - _SKIN[0]) * rng.beta(1.2, 1.5), 10)
   hair = _col(_jit(rng, _HAIR[rng.integers(len(_HAIR))], 12))
   return _Palette(
-      skin=skin,
-      hair=hair,
-      lip=_col(_jit(rng, skin * 0.6 + np.array([175, 60, 70]) * 0.4, 12)),
-      iris=_col(_jit(rng, _IRIS[rng.integers(len(_IRIS))], 12)),
-      brow=_col(np.array(hair) * rng.uniform(0.5, 0.9) if rng.random() < 0.6
-                else skin * rng.uniform(0.25, 0.6)),
-      cloth=_rand_col(rng),
-      sclera=_col(_jit(rng, [235, 230, 225], 8) * rng.uniform(0.8, 1.0)),
+    skin=skin,
+    hair=hair,
+    lip=_col(_jit(rng, skin * 0.6 + np.array([175, 60, 70]) * 0.4, 12)),
+    iris=_col(_jit(rng, _IRIS[rng.integers(len(_IRIS))], 12)),
+    brow=_col(
+      np.array(hair) * rng.uniform(0.5, 0.9)
+      if rng.random() < 0.6
+      else skin * rng.uniform(0.25, 0.6)
+    ),
+    cloth=_rand_col(rng),
+    sclera=_col(_jit(rng, [235, 230, 225], 8) * rng.uniform(0.8, 1.0)),
   )
 
 
@@ -469,8 +580,9 @@ def _draw_head(d, dm, g: FaceGeometry, pal: _Palette, rng) -> None:
   d.polygon(_cv(outline), fill=_col(skin))
   dm.polygon((outline + 0.5).ravel().tolist(), fill=255)
   if rng.random() < 0.5:  # jaw-line shadow
-    d.line(_cv(_smooth(lm[2:15], closed=False, n=3)), fill=_col(skin * 0.72),
-           width=_lw(0.02 * g.unit))
+    d.line(
+      _cv(_smooth(lm[2:15], closed=False, n=3)), fill=_col(skin * 0.72), width=_lw(0.02 * g.unit)
+    )
 
 
 def _draw_brows(d, g: FaceGeometry, pal: _Palette, rng) -> None:
@@ -497,7 +609,7 @@ def _draw_eyes(d, g: FaceGeometry, pal: _Palette) -> None:
       s = c[0] + r * _DISC_S
       h = np.sqrt(np.clip(r**2 - (s - c[0]) ** 2, 0, None))
       d.polygon(_cv(_between(upper, lower, frame, s, c[1] - h, c[1] + h)), fill=col)
-    d.line(_cv(upper), fill=lid, width=_lw(0.028 * u), joint="curve")
+    d.line(_cv(upper), fill=lid, width=_lw(0.028 * u), joint='curve')
     d.line(_cv(lower), fill=lid, width=_lw(0.01 * u))
 
 
@@ -508,12 +620,12 @@ def _draw_nose(d, g: FaceGeometry, pal: _Palette) -> None:
   nw = _lw(0.035 * u)
   ridge = lm[NOSE_BRIDGE]
   side = -1.0 if g.yaw > 0 else 1.0
-  d.line(_cv(ridge[1:] + [side * 0.06 * u, 0.0]), fill=shade, width=nw, joint="curve")
-  d.line(_cv(ridge), fill=_col(skin * 1.12 + 10), width=_lw(0.017 * u), joint="curve")
+  d.line(_cv(ridge[1:] + [side * 0.06 * u, 0.0]), fill=shade, width=nw, joint='curve')
+  d.line(_cv(ridge), fill=_col(skin * 1.12 + 10), width=_lw(0.017 * u), joint='curve')
   nb = lm[NOSE_BOTTOM]
   for k in (0, 4):
     d.line(_cv([nb[k], nb[k] * 0.6 + lm[30] * 0.4 + [0, -0.05 * u]]), fill=shade, width=nw)
-  d.line(_cv(_smooth(nb, closed=False, n=3)), fill=shade, width=nw, joint="curve")
+  d.line(_cv(_smooth(nb, closed=False, n=3)), fill=shade, width=nw, joint='curve')
   nr = 0.035 * u
   for k in (1, 3):
     c = nb[k] * 0.7 + nb[2] * 0.3 + [0, -0.025 * u]
@@ -537,8 +649,7 @@ def _draw_mouth(d, g: FaceGeometry, pal: _Palette, rng) -> None:
       s = _TEETH_S * frame[3]
       teeth = _between(top, bot, frame, s, np.full(12, -np.inf), depth=0.06 * u)
       d.polygon(_cv(teeth), fill=_col(_jit(rng, [225, 220, 205], 10)))
-  d.line(_cv(_smooth(inner[:5], closed=False, n=2)), fill=_col(pal.skin * 0.3),
-         width=_lw(0.02 * u))
+  d.line(_cv(_smooth(inner[:5], closed=False, n=2)), fill=_col(pal.skin * 0.3), width=_lw(0.02 * u))
 
 
 def _draw_occluder(d, g: FaceGeometry, pal: _Palette, rng) -> None:
@@ -576,8 +687,8 @@ def _photometric(canvas, mask, g: FaceGeometry, skin: np.ndarray, rng, size: int
   xs = (np.arange(size, dtype=np.float32)[None, :] - ctr[0]) * np.cos(ang)
   ramp = np.clip((xs + ys) * np.float32(0.5 / (1.2 * g.unit)) + np.float32(0.5), 0, 1)
   shade = 255.0 - strength * ramp * np.asarray(mask, np.float32)
-  shade = Image.fromarray(shade.astype(np.uint8), "L")
-  img = ImageChops.multiply(img, Image.merge("RGB", (shade, shade, shade)))
+  shade = Image.fromarray(shade.astype(np.uint8), 'L')
+  img = ImageChops.multiply(img, Image.merge('RGB', (shade, shade, shade)))
   blur = float(rng.choice([0.0, rng.uniform(0.3, 1.0), rng.uniform(0.8, 2.0)], p=[0.4, 0.4, 0.2]))
   if blur > 0.2:
     img = img.filter(ImageFilter.BoxBlur(blur))
@@ -598,8 +709,8 @@ def _photometric(canvas, mask, g: FaceGeometry, skin: np.ndarray, rng, size: int
   shape = (size, size, 3) if rng.random() < 0.5 else (size, size)
   noise = np.clip(rng.standard_normal(shape, np.float32) * sigma + 128.5, 0, 255).astype(np.uint8)
   noise = Image.fromarray(noise)
-  if noise.mode == "L":
-    noise = Image.merge("RGB", (noise, noise, noise))
+  if noise.mode == 'L':
+    noise = Image.merge('RGB', (noise, noise, noise))
   return np.asarray(ImageChops.add(img, noise, offset=-128)).copy()
 
 
@@ -617,7 +728,7 @@ def render_face(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, 
   pal = _sample_palette(rng)
   canvas = _background(rng, size)
   d = ImageDraw.Draw(canvas)
-  mask = Image.new("L", (size, size))  # face mask for the shading, output resolution
+  mask = Image.new('L', (size, size))  # face mask for the shading, output resolution
   _draw_head(d, ImageDraw.Draw(mask), g, pal, rng)
   _draw_brows(d, g, pal, rng)
   _draw_eyes(d, g, pal)

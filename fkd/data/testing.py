@@ -28,10 +28,22 @@ def to_wflw98(p: np.ndarray) -> np.ndarray:
   lower_r = [(p[25] + p[26]) / 2, (p[24] + p[25]) / 2, (p[23] + p[24]) / 2, (p[22] + p[23]) / 2]
   eye_l = [p[36], p[37], (p[37] + p[38]) / 2, p[38], p[39], p[40], (p[40] + p[41]) / 2, p[41]]
   eye_r = [p[42], p[43], (p[43] + p[44]) / 2, p[44], p[45], p[46], (p[46] + p[47]) / 2, p[47]]
-  return np.concatenate([
-      jaw, p[17:22], np.asarray(lower_l) + down, p[22:27], np.asarray(lower_r) + down,
-      p[27:31], p[31:36], np.asarray(eye_l), np.asarray(eye_r), p[48:68],
-      p[36:42].mean(0, keepdims=True), p[42:48].mean(0, keepdims=True)])
+  return np.concatenate(
+    [
+      jaw,
+      p[17:22],
+      np.asarray(lower_l) + down,
+      p[22:27],
+      np.asarray(lower_r) + down,
+      p[27:31],
+      p[31:36],
+      np.asarray(eye_l),
+      np.asarray(eye_r),
+      p[48:68],
+      p[36:42].mean(0, keepdims=True),
+      p[42:48].mean(0, keepdims=True),
+    ]
+  )
 
 
 def to_cofw29(p: np.ndarray) -> np.ndarray:
@@ -39,11 +51,39 @@ def to_cofw29(p: np.ndarray) -> np.ndarray:
   p = np.asarray(p, np.float64)
   down = 0.15 * (p[36:48].mean(0) - p[17:27].mean(0))
   m = lambda *i: p[list(i)].mean(0)
-  return np.stack([
-      p[17], p[26], p[21], p[22], p[19], p[19] + down, p[24], p[24] + down,
-      p[36], p[45], p[39], p[42], m(37, 38), m(40, 41), m(43, 44), m(46, 47),
-      m(*range(36, 42)), m(*range(42, 48)), p[31], p[35], p[30], p[33], p[48], p[54],
-      p[51], p[62], p[66], p[57], p[8]])
+  return np.stack(
+    [
+      p[17],
+      p[26],
+      p[21],
+      p[22],
+      p[19],
+      p[19] + down,
+      p[24],
+      p[24] + down,
+      p[36],
+      p[45],
+      p[39],
+      p[42],
+      m(37, 38),
+      m(40, 41),
+      m(43, 44),
+      m(46, 47),
+      m(*range(36, 42)),
+      m(*range(42, 48)),
+      p[31],
+      p[35],
+      p[30],
+      p[33],
+      p[48],
+      p[54],
+      p[51],
+      p[62],
+      p[66],
+      p[57],
+      p[8],
+    ]
+  )
 
 
 def render(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -51,14 +91,14 @@ def render(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
   return synthetic_render.render_face(np.random.default_rng([7, seed]), size)
 
 
-def _save(img: np.ndarray, path: pathlib.Path, mode: str = "RGB") -> None:
+def _save(img: np.ndarray, path: pathlib.Path, mode: str = 'RGB') -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   im = Image.fromarray(img)
-  if mode == "L":
-    im = im.convert("L")
-  elif mode == "P":
-    im = im.convert("P", palette=Image.Palette.ADAPTIVE)
-  kw = {"quality": 90} if path.suffix == ".jpg" else {}
+  if mode == 'L':
+    im = im.convert('L')
+  elif mode == 'P':
+    im = im.convert('P', palette=Image.Palette.ADAPTIVE)
+  kw = {'quality': 90} if path.suffix == '.jpg' else {}
   im.save(path, **kw)
 
 
@@ -66,13 +106,18 @@ def _save(img: np.ndarray, path: pathlib.Path, mode: str = "RGB") -> None:
 # 300W
 
 W300_LAYOUT = (  # folder, box set, extension, default number of faces
-    ("afw", "afw", ".jpg", 3), ("helen/trainset", "helen_trainset", ".jpg", 2),
-    ("lfpw/trainset", "lfpw_trainset", ".png", 2), ("helen/testset", "helen_testset", ".jpg", 2),
-    ("lfpw/testset", "lfpw_testset", ".png", 1), ("ibug", "ibug", ".jpg", 2))
+  ('afw', 'afw', '.jpg', 3),
+  ('helen/trainset', 'helen_trainset', '.jpg', 2),
+  ('lfpw/trainset', 'lfpw_trainset', '.png', 2),
+  ('helen/testset', 'helen_testset', '.jpg', 2),
+  ('lfpw/testset', 'lfpw_testset', '.png', 1),
+  ('ibug', 'ibug', '.jpg', 2),
+)
 
 
-def write_300w(root: PathLike, size: int = 96, private: int = 2, boxes: bool = True,
-               crlf: bool = False) -> dict[str, np.ndarray]:
+def write_300w(
+  root: PathLike, size: int = 96, private: int = 2, boxes: bool = True, crlf: bool = False
+) -> dict[str, np.ndarray]:
   """Writes a tiny 300W manual directory; returns {relative image path: raw points}.
 
   Includes the ibug name with a space (`image_092 _01.jpg`), a grayscale JPEG, a palette PNG in
@@ -85,35 +130,36 @@ def write_300w(root: PathLike, size: int = 96, private: int = 2, boxes: bool = T
     entries = []
     for i in range(n):
       seed += 1
-      if folder == "ibug":
-        stem = "image_092 _01" if i == 0 else f"image_{100 + i:03d}"
-      elif folder.startswith("lfpw"):
-        stem = f"image_{i + 1:04d}"
+      if folder == 'ibug':
+        stem = 'image_092 _01' if i == 0 else f'image_{100 + i:03d}'
+      elif folder.startswith('lfpw'):
+        stem = f'image_{i + 1:04d}'
       else:
-        stem = f"{1000 + seed}_{i % 2 + 1}"
+        stem = f'{1000 + seed}_{i % 2 + 1}'
       img, lm = render(seed, size)
       raw = lm.astype(np.float64) + 1.0  # MATLAB-style .pts
-      _save(img, root / folder / f"{stem}{ext}", "L" if seed == 2 else "RGB")
-      (root / folder / f"{stem}.pts").write_text(
-          formats.format_pts(raw, "\r\n" if crlf else "\n", final_newline=seed % 2 == 0),
-          newline="")
-      out[f"{folder}/{stem}{ext}"] = raw
+      _save(img, root / folder / f'{stem}{ext}', 'L' if seed == 2 else 'RGB')
+      (root / folder / f'{stem}.pts').write_text(
+        formats.format_pts(raw, '\r\n' if crlf else '\n', final_newline=seed % 2 == 0), newline=''
+      )
+      out[f'{folder}/{stem}{ext}'] = raw
       ext_box = np.concatenate([raw.min(0), raw.max(0)])
-      entries.append((f"{stem}{ext}", ext_box + [-3, -4, 2, 5], ext_box))
+      entries.append((f'{stem}{ext}', ext_box + [-3, -4, 2, 5], ext_box))
     box_sets[box_set] = entries
   if boxes:
-    box_sets["ibug"] = box_sets["ibug"] + box_sets["afw"]  # stale AFW entries
+    box_sets['ibug'] = box_sets['ibug'] + box_sets['afw']  # stale AFW entries
     for s, entries in box_sets.items():
-      write_300w_boxes(root / "Bounding Boxes" / f"bounding_boxes_{s}.mat", entries)
+      write_300w_boxes(root / 'Bounding Boxes' / f'bounding_boxes_{s}.mat', entries)
   for i in range(private):
     seed += 1
     img, lm = render(seed, size)
-    folder, name = ("01_Indoor", f"indoor_{i + 1:03d}") if i % 2 == 0 else (
-        "02_Outdoor", f"outdoor_{i + 1:03d}")
-    _save(img, root / folder / f"{name}.png", "P")
+    folder, name = (
+      ('01_Indoor', f'indoor_{i + 1:03d}') if i % 2 == 0 else ('02_Outdoor', f'outdoor_{i + 1:03d}')
+    )
+    _save(img, root / folder / f'{name}.png', 'P')
     raw = lm.astype(np.float64) + 1.0
-    (root / folder / f"{name}.pts").write_text(formats.format_pts(raw))
-    out[f"{folder}/{name}.png"] = raw
+    (root / folder / f'{name}.pts').write_text(formats.format_pts(raw))
+    out[f'{folder}/{name}.png'] = raw
   return out
 
 
@@ -125,80 +171,86 @@ def write_300w_boxes(path: PathLike, entries) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   cells = np.empty((1, len(entries)), dtype=object)
   for i, (name, det, gt) in enumerate(entries):
-    cells[0, i] = {"imgName": name, "bb_detector": np.asarray(det, np.float64)[None],
-                   "bb_ground_truth": np.asarray(gt, np.float64)[None]}
-  scipy.io.savemat(path, {"bounding_boxes": cells})
+    cells[0, i] = {
+      'imgName': name,
+      'bb_detector': np.asarray(det, np.float64)[None],
+      'bb_ground_truth': np.asarray(gt, np.float64)[None],
+    }
+  scipy.io.savemat(path, {'bounding_boxes': cells})
 
 
 def wrap_bare_pts(src: PathLike, dst: PathLike) -> np.ndarray:
   """Writes a header-less `.pts` (the spinkoo copies) with the official header; returns points."""
   points = formats.read_pts(src, expected_points=68, allow_bare=True)
-  text = pathlib.Path(src).read_text(encoding="utf-8").strip("\n")
-  pathlib.Path(dst).write_text(f"version: 1\nn_points:  68\n{{\n{text}\n}}\n", encoding="utf-8")
+  text = pathlib.Path(src).read_text(encoding='utf-8').strip('\n')
+  pathlib.Path(dst).write_text(f'version: 1\nn_points:  68\n{{\n{text}\n}}\n', encoding='utf-8')
   return points
 
 
 # ---------------------------------------------------------------------------------------------
 # WFLW
 
-WFLW_EVENTS = ("0--Parade", "59--people--driving--car", "7--Cheering")
+WFLW_EVENTS = ('0--Parade', '59--people--driving--car', '7--Cheering')
 
 
 def wflw_line(points: np.ndarray, rect, attributes, name: str, with_rect_attr: bool = True) -> str:
   """One list line: 98 x y pairs [+ rect + 6 flags] + image name."""
-  fields = [f"{v:.6f}" for v in np.asarray(points, np.float64).ravel()]
+  fields = [f'{v:.6f}' for v in np.asarray(points, np.float64).ravel()]
   if with_rect_attr:
-    fields += [f"{int(round(v))}" for v in rect] + [str(int(a)) for a in attributes]
-  return " ".join(fields + [name])
+    fields += [f'{int(round(v))}' for v in rect] + [str(int(a)) for a in attributes]
+  return ' '.join(fields + [name])
 
 
-def write_wflw(root: PathLike, size: int = 96, num_train: int = 4, num_test_images: int = 3,
-               subsets: bool = True) -> dict[str, list]:
+def write_wflw(
+  root: PathLike, size: int = 96, num_train: int = 4, num_test_images: int = 3, subsets: bool = True
+) -> dict[str, list]:
   """Writes a tiny WFLW manual directory; the last test image holds two faces.
 
   Returns:
     {'train': [...], 'test': [...]} of (image name, face index, points, rect, attributes).
   """
   root = pathlib.Path(root)
-  recs: dict[str, list] = {"train": [], "test": []}
+  recs: dict[str, list] = {'train': [], 'test': []}
   seed = 100
-  for split, n in (("train", num_train), ("test", num_test_images)):
+  for split, n in (('train', num_train), ('test', num_test_images)):
     for i in range(n):
       seed += 1
       event = WFLW_EVENTS[i % len(WFLW_EVENTS)]
-      name = f"{event}/{event.split('--')[0]}_{event.split('--')[1]}_{split}_{i}.jpg"
+      name = f'{event}/{event.split("--")[0]}_{event.split("--")[1]}_{split}_{i}.jpg'
       img, lm = render(seed, size)
-      _save(img, root / "WFLW_images" / name)
+      _save(img, root / 'WFLW_images' / name)
       shapes = [to_wflw98(lm)]
-      if split == "test" and i == n - 1:
+      if split == 'test' and i == n - 1:
         shapes.append(to_wflw98(lm) * 0.5 + 2.0)  # a second (smaller) face in the same image
       for j, pts in enumerate(shapes):
         attrs = np.array([(i + j + k) % 3 == 0 for k in range(6)])
         rect = np.concatenate([pts.min(0) - 2, pts.max(0) + 2]).round()
         recs[split].append((name, j, pts, rect, attrs))
-  ann = root / "WFLW_annotations"
+  ann = root / 'WFLW_annotations'
   for split, rows in recs.items():
-    path = ann / "list_98pt_rect_attr_train_test" / f"list_98pt_rect_attr_{split}.txt"
+    path = ann / 'list_98pt_rect_attr_train_test' / f'list_98pt_rect_attr_{split}.txt'
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(wflw_line(p, r, a, n) for n, _, p, r, a in rows) + "\n")
+    path.write_text('\n'.join(wflw_line(p, r, a, n) for n, _, p, r, a in rows) + '\n')
   if subsets:
-    sub = ann / "list_98pt_test"
+    sub = ann / 'list_98pt_test'
     sub.mkdir(parents=True, exist_ok=True)
     for k, fname in enumerate(formats.WFLW_SUBSET_FILES):
-      rows = [wflw_line(p, r, a, n, False) for n, _, p, r, a in recs["test"] if a[k]]
-      (sub / fname).write_text("".join(r + "\n" for r in rows))
+      rows = [wflw_line(p, r, a, n, False) for n, _, p, r, a in recs['test'] if a[k]]
+      (sub / fname).write_text(''.join(r + '\n' for r in rows))
   return recs
 
 
 # ---------------------------------------------------------------------------------------------
 # COFW
 
-_MAT73_HEADER = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: fkd test fixture "
-                 b"HDF5 schema 1.00 .")
+_MAT73_HEADER = (
+  b'MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: fkd test fixture HDF5 schema 1.00 .'
+)
 
 
-def write_cofw_mat_v73(path: PathLike, part: str, images, points, occluded, boxes_xywh,
-                       drop: tuple[str, ...] = ()) -> None:
+def write_cofw_mat_v73(
+  path: PathLike, part: str, images, points, occluded, boxes_xywh, drop: tuple[str, ...] = ()
+) -> None:
   """Writes a COFW part in the MATLAB v7.3 (HDF5) layout, arrays transposed as MATLAB does.
 
   Args:
@@ -212,38 +264,43 @@ def write_cofw_mat_v73(path: PathLike, part: str, images, points, occluded, boxe
   """
   import h5py
 
-  s = "Tr" if part == "train" else "T"
-  phis = np.concatenate([np.asarray(points)[..., 0], np.asarray(points)[..., 1],
-                         np.asarray(occluded, np.float64)], axis=1)  # (M, 87)
-  with h5py.File(path, "w", userblock_size=512) as f:
-    refs = f.create_group("#refs#")
+  s = 'Tr' if part == 'train' else 'T'
+  phis = np.concatenate(
+    [np.asarray(points)[..., 0], np.asarray(points)[..., 1], np.asarray(occluded, np.float64)],
+    axis=1,
+  )  # (M, 87)
+  with h5py.File(path, 'w', userblock_size=512) as f:
+    refs = f.create_group('#refs#')
     ref_arr = np.empty((1, len(images)), dtype=h5py.ref_dtype)
     for i, img in enumerate(images):
       a = np.asarray(img, np.uint8)
       a = a.T if a.ndim == 2 else np.transpose(a, (2, 1, 0))  # MATLAB (H, W, 3) -> (3, W, H)
-      ref_arr[0, i] = refs.create_dataset(f"i{i}", data=a).ref
-    if f"Is{s}" not in drop:
-      f.create_dataset(f"Is{s}", data=ref_arr)
-    if f"phis{s}" not in drop:
-      f.create_dataset(f"phis{s}", data=phis.T)
-    if f"bboxes{s}" not in drop:
-      f.create_dataset(f"bboxes{s}", data=np.asarray(boxes_xywh, np.float64).T)
-  with open(path, "r+b") as f:
-    f.write(_MAT73_HEADER.ljust(128, b" "))
+      ref_arr[0, i] = refs.create_dataset(f'i{i}', data=a).ref
+    if f'Is{s}' not in drop:
+      f.create_dataset(f'Is{s}', data=ref_arr)
+    if f'phis{s}' not in drop:
+      f.create_dataset(f'phis{s}', data=phis.T)
+    if f'bboxes{s}' not in drop:
+      f.create_dataset(f'bboxes{s}', data=np.asarray(boxes_xywh, np.float64).T)
+  with open(path, 'r+b') as f:
+    f.write(_MAT73_HEADER.ljust(128, b' '))
 
 
 def write_cofw_mat_v5(path: PathLike, part: str, images, points, occluded, boxes_xywh) -> None:
   """The same content as a MATLAB v5 file (as the grayscale release may be)."""
   import scipy.io
 
-  s = "Tr" if part == "train" else "T"
+  s = 'Tr' if part == 'train' else 'T'
   cells = np.empty((len(images), 1), dtype=object)
   for i, img in enumerate(images):
     cells[i, 0] = np.asarray(img, np.uint8)
-  phis = np.concatenate([np.asarray(points)[..., 0], np.asarray(points)[..., 1],
-                         np.asarray(occluded, np.float64)], axis=1)
-  scipy.io.savemat(path, {f"Is{s}": cells, f"phis{s}": phis,
-                          f"bboxes{s}": np.asarray(boxes_xywh, np.float64)})
+  phis = np.concatenate(
+    [np.asarray(points)[..., 0], np.asarray(points)[..., 1], np.asarray(occluded, np.float64)],
+    axis=1,
+  )
+  scipy.io.savemat(
+    path, {f'Is{s}': cells, f'phis{s}': phis, f'bboxes{s}': np.asarray(boxes_xywh, np.float64)}
+  )
 
 
 def cofw_part(num: int, seed: int, size: int = 80, gray: int = 1):
@@ -262,30 +319,34 @@ def cofw_part(num: int, seed: int, size: int = 80, gray: int = 1):
   return images, np.stack(points), np.stack(occ), np.stack(boxes)
 
 
-def write_cofw(root: PathLike, num_train: int = 4, num_test: int = 3, cofw68: bool = True,
-               v73: bool = True) -> dict[str, tuple]:
+def write_cofw(
+  root: PathLike, num_train: int = 4, num_test: int = 3, cofw68: bool = True, v73: bool = True
+) -> dict[str, tuple]:
   """Writes a tiny COFW manual directory (+ COFW68_Data for the test faces)."""
   root = pathlib.Path(root)
   root.mkdir(parents=True, exist_ok=True)
-  parts = {"train": cofw_part(num_train, 1), "test": cofw_part(num_test, 2)}
+  parts = {'train': cofw_part(num_train, 1), 'test': cofw_part(num_test, 2)}
   write = write_cofw_mat_v73 if v73 else write_cofw_mat_v5
   for part, content in parts.items():
-    write(root / f"COFW_{part}_color.mat", part, *content)
+    write(root / f'COFW_{part}_color.mat', part, *content)
   if cofw68:
     import scipy.io
 
-    ann = root / "COFW68_Data" / "test_annotations"
+    ann = root / 'COFW68_Data' / 'test_annotations'
     ann.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     boxes = []
     for i in range(num_test):
       _, lm = render(200 + i, 80)
       pts = lm.astype(np.float64) + 1.0
-      scipy.io.savemat(ann / f"{i + 1}_points.mat",
-                       {"Points": pts, "Occ": (rng.random((1, 68)) < 0.2).astype(np.uint8)})
+      scipy.io.savemat(
+        ann / f'{i + 1}_points.mat',
+        {'Points': pts, 'Occ': (rng.random((1, 68)) < 0.2).astype(np.uint8)},
+      )
       boxes.append(np.concatenate([pts.min(0), pts.max(0) - pts.min(0)]).round())
-    scipy.io.savemat(root / "COFW68_Data" / "cofw68_test_bboxes.mat",
-                     {"bboxes": np.asarray(boxes, np.int16)})
+    scipy.io.savemat(
+      root / 'COFW68_Data' / 'cofw68_test_bboxes.mat', {'bboxes': np.asarray(boxes, np.int16)}
+    )
   return parts
 
 
@@ -293,15 +354,17 @@ def main() -> None:
   """Regenerates tfds_builders/*/dummy_data (small synthetic manual directories)."""
   import shutil
 
-  base = pathlib.Path(__file__).resolve().parents[2] / "tfds_builders"
-  for name, fn in (("ibug_300w", lambda d: write_300w(d, size=64)),
-                   ("wflw", lambda d: write_wflw(d, size=64)),
-                   ("cofw", lambda d: write_cofw(d))):
-    d = base / name / "dummy_data"
+  base = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders'
+  for name, fn in (
+    ('ibug_300w', lambda d: write_300w(d, size=64)),
+    ('wflw', lambda d: write_wflw(d, size=64)),
+    ('cofw', lambda d: write_cofw(d)),
+  ):
+    d = base / name / 'dummy_data'
     shutil.rmtree(d, ignore_errors=True)
     fn(d)
-    print(d, sum(f.stat().st_size for f in d.rglob("*") if f.is_file()), "bytes")
+    print(d, sum(f.stat().st_size for f in d.rglob('*') if f.is_file()), 'bytes')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

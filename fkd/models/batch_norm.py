@@ -59,8 +59,9 @@ def _apply(activation: Activation, x: Array) -> Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float,
-                     activation: Activation = None) -> tuple[Array, Array, Array]:
+def batch_norm_train(
+  x: Array, scale: Array, bias: Array, epsilon: float, activation: Activation = None
+) -> tuple[Array, Array, Array]:
   """act(batch-normalised x) over all axes but the last, and the batch (mean, var) (float32)."""
   return _fwd(x, scale, bias, epsilon, activation)[0]
 
@@ -95,8 +96,9 @@ def _bwd(epsilon, activation, res, cts):
 batch_norm_train.defvjp(_fwd, _bwd)
 
 
-def batch_norm_train_plain(x: Array, scale: Array, bias: Array, epsilon: float,
-                           activation: Activation = None) -> tuple[Array, Array, Array]:
+def batch_norm_train_plain(
+  x: Array, scale: Array, bias: Array, epsilon: float, activation: Activation = None
+) -> tuple[Array, Array, Array]:
   """`batch_norm_train` by autodiff, computed as `nn.BatchNorm` does."""
   mean, var = _batch_stats(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
   y = (x - mean.astype(x.dtype)) * (lax.rsqrt(var + epsilon) * scale).astype(x.dtype)
@@ -111,6 +113,7 @@ class BatchNorm(nn.Module):
   'plain'). No cross-device `axis_name`: under `jit` with a sharded batch the statistics are
   global already.
   """
+
   use_running_average: bool | None = None
   momentum: float = 0.99
   epsilon: float = 1e-5
@@ -121,8 +124,9 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
+    use_running_average = nn.merge_param(
+      'use_running_average', self.use_running_average, use_running_average
+    )
     c = x.shape[-1]
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
@@ -132,7 +136,8 @@ class BatchNorm(nn.Module):
     x = jnp.asarray(x, dtype)
     if use_running_average:
       y = (x - ra_mean.value.astype(dtype)) * (
-          lax.rsqrt(ra_var.value + self.epsilon) * scale).astype(dtype)
+        lax.rsqrt(ra_var.value + self.epsilon) * scale
+      ).astype(dtype)
       return _apply(self.activation, y + bias.astype(dtype))
     train_fn = batch_norm_train if resolve_impl(self.impl) == 'fused' else batch_norm_train_plain
     y, mean, var = train_fn(x, scale, bias, self.epsilon, self.activation)
@@ -142,10 +147,16 @@ class BatchNorm(nn.Module):
     return y
 
 
-def factory(train: bool, momentum: float, epsilon: float,
-            dtype: Any = None) -> Callable[..., BatchNorm]:
+def factory(
+  train: bool, momentum: float, epsilon: float, dtype: Any = None
+) -> Callable[..., BatchNorm]:
   """`bn(name, activation=None)` for a model's compact method: its BatchNorms, in training or
   inference mode, with the model's momentum, epsilon and dtype."""
   return lambda name, activation=None: BatchNorm(
-      use_running_average=not train, momentum=momentum, epsilon=epsilon, activation=activation,
-      dtype=dtype, name=name)
+    use_running_average=not train,
+    momentum=momentum,
+    epsilon=epsilon,
+    activation=activation,
+    dtype=dtype,
+    name=name,
+  )

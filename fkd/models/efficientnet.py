@@ -38,30 +38,38 @@ from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_
 Array = jax.Array
 
 # (expand ratio, kernel, stride, filters_in, filters_out, repeats) of the B0 stages.
-EFFICIENTNET_BLOCKS = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
-                       (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
-                       (6, 3, 1, 192, 320, 1))
+EFFICIENTNET_BLOCKS = (
+  (1, 3, 1, 32, 16, 1),
+  (6, 3, 2, 16, 24, 2),
+  (6, 5, 2, 24, 40, 2),
+  (6, 3, 2, 40, 80, 3),
+  (6, 5, 1, 80, 112, 3),
+  (6, 5, 2, 112, 192, 4),
+  (6, 3, 1, 192, 320, 1),
+)
 
 # name: (width_coefficient, depth_coefficient, resolution, dropout) as in Keras.
 EFFICIENTNET_PARAMS = {
-    'b0': (1.0, 1.0, 224, 0.2),
-    'b1': (1.0, 1.1, 240, 0.2),
-    'b2': (1.1, 1.2, 260, 0.3),
-    'b3': (1.2, 1.4, 300, 0.3),
-    'b4': (1.4, 1.8, 380, 0.4),
-    'b5': (1.6, 2.2, 456, 0.4),
-    'b6': (1.8, 2.6, 528, 0.5),
-    'b7': (2.0, 3.1, 600, 0.5),
+  'b0': (1.0, 1.0, 224, 0.2),
+  'b1': (1.0, 1.1, 240, 0.2),
+  'b2': (1.1, 1.2, 260, 0.3),
+  'b3': (1.2, 1.4, 300, 0.3),
+  'b4': (1.4, 1.8, 380, 0.4),
+  'b5': (1.6, 2.2, 456, 0.4),
+  'b6': (1.8, 2.6, 528, 0.5),
+  'b7': (2.0, 3.1, 600, 0.5),
 }
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
 _depthwise_init = nn.initializers.variance_scaling(
-    2.0, 'fan_out', 'truncated_normal', in_axis=-1, out_axis=-2)
+  2.0, 'fan_out', 'truncated_normal', in_axis=-1, out_axis=-2
+)
 _dense_init = nn.initializers.glorot_uniform()
 
 
 class MBConv(nn.Module):
   """Mobile inverted bottleneck with squeeze-excitation and drop-connect (Keras `block`)."""
+
   expand_ratio: int
   kernel_size: int
   strides: int
@@ -80,21 +88,36 @@ class MBConv(nn.Module):
     filters = cin * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = Conv1x1(filters, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                  name='expand')(y)
+      y = Conv1x1(filters, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='expand')(
+        y
+      )
       y = bn('expand_bn', nn.swish)(y)
-    y = DepthwiseConv(self.kernel_size, self.strides, impl=self.depthwise_impl,
-                      kernel_init=_depthwise_init, dtype=self.dtype, name='depthwise')(y)
+    y = DepthwiseConv(
+      self.kernel_size,
+      self.strides,
+      impl=self.depthwise_impl,
+      kernel_init=_depthwise_init,
+      dtype=self.dtype,
+      name='depthwise',
+    )(y)
     y = bn('depthwise_bn', nn.swish)(y)
     if 0 < self.se_ratio <= 1:
       se = jnp.mean(y, axis=(1, 2), keepdims=True)
-      se = nn.swish(Conv1x1(max(1, int(cin * self.se_ratio)), kernel_init=_conv_init,
-                            dtype=self.dtype, name='se_reduce')(se))
-      se = nn.sigmoid(Conv1x1(filters, kernel_init=_conv_init, dtype=self.dtype,
-                              name='se_expand')(se))
+      se = nn.swish(
+        Conv1x1(
+          max(1, int(cin * self.se_ratio)),
+          kernel_init=_conv_init,
+          dtype=self.dtype,
+          name='se_reduce',
+        )(se)
+      )
+      se = nn.sigmoid(
+        Conv1x1(filters, kernel_init=_conv_init, dtype=self.dtype, name='se_expand')(se)
+      )
       y = y * se
-    y = Conv1x1(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                name='project')(y)
+    y = Conv1x1(
+      self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='project'
+    )(y)
     y = bn('project_bn')(y)
     if self.strides == 1 and cin == self.features:
       y = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3))(y, deterministic=not train)
@@ -119,6 +142,7 @@ class EfficientNet(nn.Module):
       None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
   """
+
   num_outputs: int | None = None
   width_coefficient: float = 1.0
   depth_coefficient: float = 1.0
@@ -145,31 +169,56 @@ class EfficientNet(nn.Module):
     bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
-    x = nn.Conv(self.round_filters(32), (3, 3), strides=2, padding='SAME', use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype, name='stem_conv')(x)
+    x = nn.Conv(
+      self.round_filters(32),
+      (3, 3),
+      strides=2,
+      padding='SAME',
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      name='stem_conv',
+    )(x)
     x = features['stem'] = bn('stem_bn', nn.swish)(x)
 
     num_blocks = sum(self.round_repeats(a[-1]) for a in EFFICIENTNET_BLOCKS)
     b = 0
     for stage, (t, k, s, _, cout, n) in enumerate(EFFICIENTNET_BLOCKS, start=1):
       for i in range(self.round_repeats(n)):
-        x = MBConv(t, k, s if i == 0 else 1, self.round_filters(cout),
-                   self.drop_connect_rate * b / num_blocks, bn_momentum=self.bn_momentum,
-                   bn_epsilon=self.bn_epsilon, depthwise_impl=self.depthwise_impl,
-                   dtype=self.dtype, name=f'block{stage}{string.ascii_lowercase[i]}')(
-                       x, train=train)
+        x = MBConv(
+          t,
+          k,
+          s if i == 0 else 1,
+          self.round_filters(cout),
+          self.drop_connect_rate * b / num_blocks,
+          bn_momentum=self.bn_momentum,
+          bn_epsilon=self.bn_epsilon,
+          depthwise_impl=self.depthwise_impl,
+          dtype=self.dtype,
+          name=f'block{stage}{string.ascii_lowercase[i]}',
+        )(x, train=train)
         b += 1
       features[f'stage_{stage}'] = x
 
     if self.include_top_conv:
-      x = Conv1x1(self.round_filters(1280), use_bias=False, kernel_init=_conv_init,
-                  dtype=self.dtype, name='top_conv')(x)
+      x = Conv1x1(
+        self.round_filters(1280),
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=self.dtype,
+        name='top_conv',
+      )(x)
       x = features['top'] = bn('top_bn', nn.swish)(x)
 
     x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
     if self.num_outputs is None:
       return x, features
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    x = nn.Dense(self.num_outputs, kernel_init=_dense_init,
-                 bias_init=nn.initializers.zeros_init(), dtype=self.dtype, name='head')(x)
+    x = nn.Dense(
+      self.num_outputs,
+      kernel_init=_dense_init,
+      bias_init=nn.initializers.zeros_init(),
+      dtype=self.dtype,
+      name='head',
+    )(x)
     return x, features

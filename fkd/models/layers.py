@@ -37,12 +37,12 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
 
 def same_padding(size: Sequence[int], kernel_size: int, strides: int) -> list[tuple[int, int]]:
   """TensorFlow 'SAME' padding, asymmetric (more at the end) when the total is odd."""
-  return lax.padtype_to_pads(tuple(size), (kernel_size,) * len(size),
-                             (strides,) * len(size), 'SAME')
+  return lax.padtype_to_pads(
+    tuple(size), (kernel_size,) * len(size), (strides,) * len(size), 'SAME'
+  )
 
 
-def normalize_input(x: Array, mean: Sequence[float] | None,
-                    std: Sequence[float] | None) -> Array:
+def normalize_input(x: Array, mean: Sequence[float] | None, std: Sequence[float] | None) -> Array:
   """Per-channel `(x - mean) / std` on NHWC input in [0, 1]; identity when both are None.
 
   This is where a backbone imported from ImageNet weights applies its source's preprocessing
@@ -93,9 +93,16 @@ def _shift_slices(xp: Array, kh: int, kw: int, strides: int, out_hw: tuple[int, 
   oh, ow = out_hw
   for i in range(kh):
     for j in range(kw):
-      yield i, j, lax.slice(
-          xp, (0, i, j, 0), (b, i + (oh - 1) * strides + 1, j + (ow - 1) * strides + 1, c),
-          (1, strides, strides, 1))
+      yield (
+        i,
+        j,
+        lax.slice(
+          xp,
+          (0, i, j, 0),
+          (b, i + (oh - 1) * strides + 1, j + (ow - 1) * strides + 1, c),
+          (1, strides, strides, 1),
+        ),
+      )
 
 
 def _out_hw(xp_shape, kh: int, kw: int, strides: int) -> tuple[int, int]:
@@ -136,8 +143,9 @@ def _dw_fwd(x, kernel, strides, pads):
   return depthwise_conv_shifted_autodiff(x, kernel, strides, pads), (x, kernel)
 
 
-def depthwise_input_grad_polyphase(g: Array, kernel: Array, strides: int, pads,
-                                   in_hw: tuple[int, int]) -> Array:
+def depthwise_input_grad_polyphase(
+  g: Array, kernel: Array, strides: int, pads, in_hw: tuple[int, int]
+) -> Array:
   """Input gradient of a strided depthwise conv, phase by phase.
 
   Input pixel (s·m + p, s·n + q) receives only the taps i ≡ p + pad_top, j ≡ q + pad_left
@@ -170,8 +178,9 @@ def depthwise_input_grad_polyphase(g: Array, kernel: Array, strides: int, pads,
       acc = jnp.zeros((b, mh, mw, c), g.dtype)
       for i, di in row_taps:
         for j, dj in col_taps:
-          window = lax.slice(gp, (0, lo_h + di, lo_w + dj, 0),
-                             (b, lo_h + di + mh, lo_w + dj + mw, c))
+          window = lax.slice(
+            gp, (0, lo_h + di, lo_w + dj, 0), (b, lo_h + di + mh, lo_w + dj + mw, c)
+          )
           acc = acc + window * kernel[i, j, 0]
       phases.append(acc)
     phase_rows.append(jnp.stack(phases, axis=3))  # (b, mh, mw, s, c)
@@ -200,8 +209,10 @@ def _dw_bwd(strides, pads, res, g):
     xi, gi = xg  # (d, H, W, C) and (d, OH, OW, C): one image per shard.
     xp = _pad(xi, pads)
     out_hw = _out_hw(xp.shape, kh, kw, strides)
-    taps = [jnp.sum(w * gi, axis=(1, 2), dtype=acc_dtype)
-            for _, _, w in _shift_slices(xp, kh, kw, strides, out_hw)]
+    taps = [
+      jnp.sum(w * gi, axis=(1, 2), dtype=acc_dtype)
+      for _, _, w in _shift_slices(xp, kh, kw, strides, out_hw)
+    ]
     return acc + jnp.stack(taps, axis=1), None
 
   dk, _ = lax.scan(per_step, jnp.zeros((d, kh * kw, c), acc_dtype), (to_steps(x), to_steps(g)))
@@ -214,19 +225,25 @@ depthwise_conv_shifted.defvjp(_dw_fwd, _dw_bwd)
 def depthwise_conv_grouped(x: Array, kernel: Array, strides: int, pads) -> Array:
   """Depthwise conv as a grouped `lax.conv_general_dilated` (native on GPU/TPU)."""
   return lax.conv_general_dilated(
-      x, kernel, (strides, strides), [tuple(p) for p in pads],
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+    x,
+    kernel,
+    (strides, strides),
+    [tuple(p) for p in pads],
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=x.shape[-1],
+  )
 
 
 _DEPTHWISE_FNS = {
-    'shifted': depthwise_conv_shifted,
-    'shifted_autodiff': depthwise_conv_shifted_autodiff,
-    'grouped': depthwise_conv_grouped,
+  'shifted': depthwise_conv_shifted,
+  'shifted_autodiff': depthwise_conv_shifted_autodiff,
+  'grouped': depthwise_conv_grouped,
 }
 
 
-def conv_padding(padding: str, size: Sequence[int], kernel_size: int,
-                 strides: int) -> list[tuple[int, int]]:
+def conv_padding(
+  padding: str, size: Sequence[int], kernel_size: int, strides: int
+) -> list[tuple[int, int]]:
   """'same' = TF/Keras (asymmetric when odd), 'symmetric' = PyTorch's `k // 2` on every side."""
   if padding == 'same':
     return same_padding(size, kernel_size, strides)
@@ -243,6 +260,7 @@ class DepthwiseConv(nn.Module):
   multiply-adds with a custom-VJP kernel gradient), 'shifted_autodiff' (the same, plain
   autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere). `padding`: 'same' | 'symmetric'.
   """
+
   kernel_size: int = 3
   strides: int = 1
   use_bias: bool = False
@@ -269,6 +287,7 @@ class Conv1x1(nn.Module):
 
   Params `kernel` (1, 1, Cin, Cout) and optional `bias` (Cout,), as `nn.Conv(features, (1, 1))`.
   """
+
   features: int
   use_bias: bool = True
   kernel_init: Initializer = nn.linear.default_kernel_init
@@ -281,16 +300,28 @@ class Conv1x1(nn.Module):
   def __call__(self, x: Array) -> Array:
     cin = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    bias = (
+      self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     if _PORTABLE.get() and x.ndim == 4:
-      y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                   precision=self.precision)
+      y = lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        'VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        precision=self.precision,
+      )
     else:
-      y = lax.dot_general(x.reshape(-1, cin), kernel.reshape(cin, self.features),
-                          (((1,), (0,)), ((), ())), precision=self.precision)
+      y = lax.dot_general(
+        x.reshape(-1, cin),
+        kernel.reshape(cin, self.features),
+        (((1,), (0,)), ((), ())),
+        precision=self.precision,
+      )
       y = y.reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias
 

@@ -33,8 +33,15 @@ from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_
 Array = jax.Array
 
 # (expansion t, channels c, repeats n, stride s) of the inverted-residual groups.
-MOBILENET_V2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_BLOCKS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 
 # Keras defaults: Conv2D/DepthwiseConv2D/Dense use glorot_uniform kernels and zero biases. For the
 # depthwise kernel Keras' (k, k, C, 1) and our (k, k, 1, C) have the same fan_in + fan_out.
@@ -56,6 +63,7 @@ def _relu6_jvp(primals, tangents):
 
 class InvertedResidual(nn.Module):
   """[1x1 expand → BN → ReLU6] → 3x3 depthwise → BN → ReLU6 → 1x1 project → BN (+ input)."""
+
   expansion: int
   features: int
   strides: int
@@ -71,14 +79,23 @@ class InvertedResidual(nn.Module):
     cin = x.shape[-1]
     y = x
     if self.expansion != 1:
-      y = Conv1x1(self.expansion * cin, use_bias=False, kernel_init=_glorot, dtype=self.dtype,
-                  name='expand')(y)
+      y = Conv1x1(
+        self.expansion * cin, use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='expand'
+      )(y)
       y = bn('expand_bn', relu6)(y)
-    y = DepthwiseConv(3, self.strides, impl=self.depthwise_impl, padding=self.padding,
-                      kernel_init=_glorot, dtype=self.dtype, name='depthwise')(y)
+    y = DepthwiseConv(
+      3,
+      self.strides,
+      impl=self.depthwise_impl,
+      padding=self.padding,
+      kernel_init=_glorot,
+      dtype=self.dtype,
+      name='depthwise',
+    )(y)
     y = bn('depthwise_bn', relu6)(y)
-    y = Conv1x1(self.features, use_bias=False, kernel_init=_glorot, dtype=self.dtype,
-                name='project')(y)
+    y = Conv1x1(
+      self.features, use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='project'
+    )(y)
     y = bn('project_bn')(y)
     if self.strides == 1 and cin == self.features:
       y = y + x
@@ -101,6 +118,7 @@ class MobileNetV2(nn.Module):
       None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
   """
+
   num_outputs: int | None = None
   width: float = 1.0
   depth: float = 1.0
@@ -119,31 +137,49 @@ class MobileNetV2(nn.Module):
     bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
-    x = nn.Conv(make_divisible(32 * self.width, 8), (3, 3), strides=2,
-                padding='SAME' if self.padding == 'same' else ((1, 1), (1, 1)),
-                use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='stem_conv')(x)
+    x = nn.Conv(
+      make_divisible(32 * self.width, 8),
+      (3, 3),
+      strides=2,
+      padding='SAME' if self.padding == 'same' else ((1, 1), (1, 1)),
+      use_bias=False,
+      kernel_init=_glorot,
+      dtype=self.dtype,
+      name='stem_conv',
+    )(x)
     x = features['stem'] = bn('stem_bn', relu6)(x)
 
     block_id = 0
     for stage, (t, c, n, s) in enumerate(MOBILENET_V2_BLOCKS, start=1):
       for i in range(max(1, math.ceil(n * self.depth))):
         x = InvertedResidual(
-            t, make_divisible(int(c * self.width), 8), s if i == 0 else 1,
-            self.bn_momentum, self.bn_epsilon, self.depthwise_impl, self.padding, self.dtype,
-            name=f'block_{block_id}')(x, train=train)
+          t,
+          make_divisible(int(c * self.width), 8),
+          s if i == 0 else 1,
+          self.bn_momentum,
+          self.bn_epsilon,
+          self.depthwise_impl,
+          self.padding,
+          self.dtype,
+          name=f'block_{block_id}',
+        )(x, train=train)
         block_id += 1
       features[f'stage_{stage}'] = x
 
     if self.include_last_conv:
       last = make_divisible(1280 * self.width, 8) if self.width > 1.0 else 1280
-      x = Conv1x1(last, use_bias=False, kernel_init=_glorot, dtype=self.dtype,
-                  name='last_conv')(x)
+      x = Conv1x1(last, use_bias=False, kernel_init=_glorot, dtype=self.dtype, name='last_conv')(x)
       x = features['last_conv'] = bn('last_bn', relu6)(x)
 
     x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
     if self.num_outputs is None:
       return x, features
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    x = nn.Dense(self.num_outputs, kernel_init=_glorot, bias_init=nn.initializers.zeros_init(),
-                 dtype=self.dtype, name='head')(x)
+    x = nn.Dense(
+      self.num_outputs,
+      kernel_init=_glorot,
+      bias_init=nn.initializers.zeros_init(),
+      dtype=self.dtype,
+      name='head',
+    )(x)
     return x, features

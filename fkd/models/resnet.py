@@ -45,6 +45,7 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 class Bottleneck(nn.Module):
   """1x1 → 3x3 (stride) → 1x1 (×4), each with BN, ReLU after the sum with the (projected) input."""
+
   features: int
   strides: int
   bn_momentum: float
@@ -55,20 +56,35 @@ class Bottleneck(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> Array:
     bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     out_features = 4 * self.features
-    y = Conv1x1(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                name='conv1')(x)
+    y = Conv1x1(
+      self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='conv1'
+    )(x)
     y = bn('bn1', nn.relu)(y)
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=_pad(3), use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype, name='conv2')(y)
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      self.strides,
+      padding=_pad(3),
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      name='conv2',
+    )(y)
     y = bn('bn2', nn.relu)(y)
-    y = Conv1x1(out_features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                name='conv3')(y)
+    y = Conv1x1(
+      out_features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='conv3'
+    )(y)
     y = bn('bn3')(y)
     if self.strides != 1 or x.shape[-1] != out_features:
       # A 1x1 convolution with stride s and no padding reads every s-th pixel.
-      shortcut = x[:, ::self.strides, ::self.strides, :]
-      shortcut = Conv1x1(out_features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                         name='downsample_conv')(shortcut)
+      shortcut = x[:, :: self.strides, :: self.strides, :]
+      shortcut = Conv1x1(
+        out_features,
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=self.dtype,
+        name='downsample_conv',
+      )(shortcut)
       x = bn('downsample_bn')(shortcut)
     return nn.relu(y + x)
 
@@ -85,6 +101,7 @@ class ResNet(nn.Module):
       None = none.
     dtype: computation dtype (params stay float32).
   """
+
   num_outputs: int | None = None
   stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
   width: int = 64
@@ -99,14 +116,28 @@ class ResNet(nn.Module):
     bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
-    x = nn.Conv(self.width, (7, 7), 2, padding=_pad(7), use_bias=False, kernel_init=_conv_init,
-                dtype=self.dtype, name='conv1')(x)
+    x = nn.Conv(
+      self.width,
+      (7, 7),
+      2,
+      padding=_pad(7),
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      name='conv1',
+    )(x)
     x = features['stem'] = bn('bn1', nn.relu)(x)
     x = features['stem_pool'] = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
-        x = Bottleneck(self.width * 2**i, 2 if i > 0 and j == 0 else 1, self.bn_momentum,
-                       self.bn_epsilon, self.dtype, name=f'layer{i + 1}_{j}')(x, train=train)
+        x = Bottleneck(
+          self.width * 2**i,
+          2 if i > 0 and j == 0 else 1,
+          self.bn_momentum,
+          self.bn_epsilon,
+          self.dtype,
+          name=f'layer{i + 1}_{j}',
+        )(x, train=train)
       features[f'stage_{i + 1}'] = x
 
     x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
@@ -114,8 +145,13 @@ class ResNet(nn.Module):
       return x, features
     fan_in = x.shape[-1]
     bound = 1.0 / fan_in**0.5
-    x = nn.Dense(self.num_outputs, kernel_init=_head_kernel_init,
-                 bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-                     key, shape, dtype, -bound, bound),
-                 dtype=self.dtype, name='head')(x)
+    x = nn.Dense(
+      self.num_outputs,
+      kernel_init=_head_kernel_init,
+      bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+      ),
+      dtype=self.dtype,
+      name='head',
+    )(x)
     return x, features

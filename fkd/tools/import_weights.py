@@ -63,19 +63,21 @@ KERAS_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 def model_kwargs_for(arch: str, width: float = 1.0) -> dict[str, Any]:
   from fkd import models
+
   if arch not in models.model_names() or arch in ('efficientnet', 'resnet'):
-    raise FkdError(f'--arch={arch!r}: expected one of mobilenet_v2, efficientnet_b0 … b7, '
-                   'resnet50')
+    raise FkdError(f'--arch={arch!r}: expected one of mobilenet_v2, efficientnet_b0 … b7, resnet50')
   return {'width': width} if arch == 'mobilenet_v2' else {}
 
 
-def expected_shapes(arch: str, model_kwargs: dict[str, Any],
-                    num_classes: int | None) -> dict[Path, tuple[int, ...]]:
+def expected_shapes(
+  arch: str, model_kwargs: dict[str, Any], num_classes: int | None
+) -> dict[Path, tuple[int, ...]]:
   """{('params'|'batch_stats', module…, leaf): shape} of fkd's model (traced, not run)."""
   import jax
   import jax.numpy as jnp
 
   from fkd import models
+
   model = models.get_model(arch, num_outputs=num_classes, **model_kwargs)
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
@@ -83,23 +85,34 @@ def expected_shapes(arch: str, model_kwargs: dict[str, Any],
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def assemble(arch: str, model_kwargs: dict[str, Any], num_classes: int | None,
-             arrays: dict[Path, np.ndarray], origin: dict[Path, str],
-             src: str) -> dict[str, Any]:
+def assemble(
+  arch: str,
+  model_kwargs: dict[str, Any],
+  num_classes: int | None,
+  arrays: dict[Path, np.ndarray],
+  origin: dict[Path, str],
+  src: str,
+) -> dict[str, Any]:
   """Checks `arrays` against fkd's variables one to one and nests them into {'params', ...}."""
   expected = expected_shapes(arch, model_kwargs, num_classes)
   for path, a in arrays.items():  # in source order: the first error is the earliest layer
     if path not in expected:
-      raise FkdError(f'{src}: {origin[path]} has no place in fkd {arch} (it would be '
-                     f'{"/".join(path)}): is --arch={arch} (and --width) right?')
+      raise FkdError(
+        f'{src}: {origin[path]} has no place in fkd {arch} (it would be '
+        f'{"/".join(path)}): is --arch={arch} (and --width) right?'
+      )
     if tuple(a.shape) != expected[path]:
-      raise FkdError(f'{src}: {origin[path]} has shape {tuple(a.shape)}, fkd '
-                     f'{"/".join(path)} expects {expected[path]}: is --arch={arch} (and --width) '
-                     'right?')
+      raise FkdError(
+        f'{src}: {origin[path]} has shape {tuple(a.shape)}, fkd '
+        f'{"/".join(path)} expects {expected[path]}: is --arch={arch} (and --width) '
+        'right?'
+      )
   missing = [p for p in expected if p not in arrays]
   if missing:
-    raise FkdError(f'{src}: no source weights for fkd {"/".join(missing[0])} (and '
-                   f'{len(missing) - 1} more): is --arch={arch} (and --width) right?')
+    raise FkdError(
+      f'{src}: no source weights for fkd {"/".join(missing[0])} (and '
+      f'{len(missing) - 1} more): is --arch={arch} (and --width) right?'
+    )
   out: dict[str, Any] = {}
   for path in expected:
     node = out
@@ -126,6 +139,7 @@ def keras_layers(arch: str, width: float = 1.0) -> Iterator[tuple[str, str]]:
   """(class, name) of the weighted layers of a keras.applications model, in model order."""
   from fkd.models.efficientnet import EFFICIENTNET_BLOCKS, EFFICIENTNET_PARAMS
   from fkd.models.mobilenet_v2 import MOBILENET_V2_BLOCKS
+
   conv, dw, bn = 'Conv2D', 'DepthwiseConv2D', 'BatchNormalization'
   if arch == 'mobilenet_v2':
     del width  # channel counts do not change the names
@@ -135,8 +149,12 @@ def keras_layers(arch: str, width: float = 1.0) -> Iterator[tuple[str, str]]:
       prefix = 'expanded_conv_' if i == 0 else f'block_{i}_'
       if i > 0:
         yield from ((conv, prefix + 'expand'), (bn, prefix + 'expand_BN'))
-      yield from ((dw, prefix + 'depthwise'), (bn, prefix + 'depthwise_BN'),
-                  (conv, prefix + 'project'), (bn, prefix + 'project_BN'))
+      yield from (
+        (dw, prefix + 'depthwise'),
+        (bn, prefix + 'depthwise_BN'),
+        (conv, prefix + 'project'),
+        (bn, prefix + 'project_BN'),
+      )
     yield from ((conv, 'Conv_1'), (bn, 'Conv_1_bn'), ('Dense', 'predictions'))
     return
   depth = EFFICIENTNET_PARAMS[arch.removeprefix('efficientnet_')][1]
@@ -146,19 +164,46 @@ def keras_layers(arch: str, width: float = 1.0) -> Iterator[tuple[str, str]]:
       p = f'block{stage}{string.ascii_lowercase[j]}_'
       if t != 1:
         yield from ((conv, p + 'expand_conv'), (bn, p + 'expand_bn'))
-      yield from ((dw, p + 'dwconv'), (bn, p + 'bn'), (conv, p + 'se_reduce'),
-                  (conv, p + 'se_expand'), (conv, p + 'project_conv'), (bn, p + 'project_bn'))
+      yield from (
+        (dw, p + 'dwconv'),
+        (bn, p + 'bn'),
+        (conv, p + 'se_reduce'),
+        (conv, p + 'se_expand'),
+        (conv, p + 'project_conv'),
+        (bn, p + 'project_bn'),
+      )
   yield from ((conv, 'top_conv'), (bn, 'top_bn'), ('Dense', 'predictions'))
 
 
-_MNV2_SUB = {'expand': 'expand', 'expand_BN': 'expand_bn', 'depthwise': 'depthwise',
-             'depthwise_BN': 'depthwise_bn', 'project': 'project', 'project_BN': 'project_bn'}
-_EFN_SUB = {'expand_conv': 'expand', 'expand_bn': 'expand_bn', 'dwconv': 'depthwise',
-            'bn': 'depthwise_bn', 'se_reduce': 'se_reduce', 'se_expand': 'se_expand',
-            'project_conv': 'project', 'project_bn': 'project_bn'}
-_TOP = {'Conv1': 'stem_conv', 'bn_Conv1': 'stem_bn', 'Conv_1': 'last_conv', 'Conv_1_bn': 'last_bn',
-        'stem_conv': 'stem_conv', 'stem_bn': 'stem_bn', 'top_conv': 'top_conv',
-        'top_bn': 'top_bn', 'predictions': 'head'}
+_MNV2_SUB = {
+  'expand': 'expand',
+  'expand_BN': 'expand_bn',
+  'depthwise': 'depthwise',
+  'depthwise_BN': 'depthwise_bn',
+  'project': 'project',
+  'project_BN': 'project_bn',
+}
+_EFN_SUB = {
+  'expand_conv': 'expand',
+  'expand_bn': 'expand_bn',
+  'dwconv': 'depthwise',
+  'bn': 'depthwise_bn',
+  'se_reduce': 'se_reduce',
+  'se_expand': 'se_expand',
+  'project_conv': 'project',
+  'project_bn': 'project_bn',
+}
+_TOP = {
+  'Conv1': 'stem_conv',
+  'bn_Conv1': 'stem_bn',
+  'Conv_1': 'last_conv',
+  'Conv_1_bn': 'last_bn',
+  'stem_conv': 'stem_conv',
+  'stem_bn': 'stem_bn',
+  'top_conv': 'top_conv',
+  'top_bn': 'top_bn',
+  'predictions': 'head',
+}
 
 
 def keras_to_fkd(arch: str, name: str) -> Path | None:
@@ -187,6 +232,7 @@ def _read_h5_groups(h5) -> dict[str, list[np.ndarray]]:
 def read_keras(src: str) -> tuple[dict[str, list[np.ndarray]], list[dict[str, Any]] | None]:
   """(weights by h5 layer key, layer configs in model order or None for a `.weights.h5`)."""
   import h5py
+
   if not os.path.isfile(src):
     raise FkdError(f'{src}: no such file')
   if src.endswith('.keras'):
@@ -198,8 +244,10 @@ def read_keras(src: str) -> tuple[dict[str, list[np.ndarray]], list[dict[str, An
   if src.endswith('.h5'):
     with h5py.File(src, 'r') as h5:
       if 'layers' not in h5:
-        raise FkdError(f'{src}: not a Keras 3 weights file (no "layers" group); legacy Keras 2 '
-                       '.h5 files are not supported: load them in Keras 3 and save .weights.h5')
+        raise FkdError(
+          f'{src}: not a Keras 3 weights file (no "layers" group); legacy Keras 2 '
+          '.h5 files are not supported: load them in Keras 3 and save .weights.h5'
+        )
       return _read_h5_groups(h5), None
   raise FkdError(f'{src}: expected a Keras 3 .keras or .weights.h5 file')
 
@@ -232,8 +280,10 @@ def convert_keras(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, An
     if cls == 'BatchNormalization' and 'epsilon' in cfg:
       bn_eps.add(float(cfg['epsilon']))
     if key not in groups:
-      raise FkdError(f'{src}: Keras layer {name!r} ({cls}) has no weights ({key}) in the file: '
-                     f'is --arch={arch} right?')
+      raise FkdError(
+        f'{src}: Keras layer {name!r} ({cls}) has no weights ({key}) in the file: '
+        f'is --arch={arch} right?'
+      )
     vs = groups.pop(key)
     if cls == 'Normalization':
       norm_vars = vs
@@ -243,10 +293,14 @@ def convert_keras(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, An
       raise FkdError(f'{src}: Keras layer {name!r} ({cls}) is not part of fkd {arch}')
     where = f'Keras layer {name!r} ({key})'
     if cls == 'BatchNormalization':
-      leaves = [('params', 'scale'), ('params', 'bias'), ('batch_stats', 'mean'),
-                ('batch_stats', 'var')]
+      leaves = [
+        ('params', 'scale'),
+        ('params', 'bias'),
+        ('batch_stats', 'mean'),
+        ('batch_stats', 'var'),
+      ]
     else:
-      leaves = [('params', 'kernel'), ('params', 'bias')][:len(vs)]
+      leaves = [('params', 'kernel'), ('params', 'bias')][: len(vs)]
     if len(vs) != len(leaves):
       raise FkdError(f'{src}: {where} holds {len(vs)} arrays, expected {len(leaves)}')
     for (collection, leaf), a in zip(leaves, vs, strict=True):
@@ -269,8 +323,11 @@ def convert_keras(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, An
     var = np.asarray(norm_vars[1], np.float64).reshape(-1)
     std = np.maximum(np.sqrt(var), KERAS_EPSILON)
     if config_layers is None:  # weights='imagenet' models carry one more Rescaling (see above)
-      extra = None if np.allclose(mean, 0) and np.allclose(var, 1) else \
-          [1.0 / math.sqrt(s) for s in KERAS_IMAGENET_STDDEV_RGB]
+      extra = (
+        None
+        if np.allclose(mean, 0) and np.allclose(var, 1)
+        else [1.0 / math.sqrt(s) for s in KERAS_IMAGENET_STDDEV_RGB]
+      )
     else:  # the first Rescaling is 1/255, which fkd's [0, 1] input already is
       extra = rescalings[1] if len(rescalings) > 1 else None
     if extra is not None:
@@ -302,8 +359,10 @@ def read_torch(src: str) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError as e:
-      raise FkdError(f'{src}: reading a .pth needs torch (`pip install torch`), or save the '
-                     'state dict as .safetensors, which needs only `safetensors`') from e
+      raise FkdError(
+        f'{src}: reading a .pth needs torch (`pip install torch`), or save the '
+        'state dict as .safetensors, which needs only `safetensors`'
+      ) from e
     state = torch.load(src, map_location='cpu', weights_only=True)
     for wrapper in ('state_dict', 'model', 'model_state_dict'):
       if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -312,8 +371,12 @@ def read_torch(src: str) -> dict[str, np.ndarray]:
   return {k.removeprefix('module.'): np.asarray(v) for k, v in state.items()}
 
 
-_TORCH_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-             'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+_TORCH_BN = {
+  'weight': ('params', 'scale'),
+  'bias': ('params', 'bias'),
+  'running_mean': ('batch_stats', 'mean'),
+  'running_var': ('batch_stats', 'var'),
+}
 
 
 def torch_resnet_to_fkd(key: str) -> tuple[Path, bool] | None:
@@ -329,7 +392,8 @@ def torch_resnet_to_fkd(key: str) -> tuple[Path, bool] | None:
     raise FkdError(f'state dict key {key!r} is not part of a torchvision ResNet')
   block = () if m.group(1) is None else (f'layer{m.group(1)}_{m.group(2)}',)
   layer = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(
-      m.group(3), m.group(3))
+    m.group(3), m.group(3)
+  )
   if layer.endswith('conv') or layer.startswith('conv'):
     return ('params', *block, layer, 'kernel'), True
   collection, leaf = _TORCH_BN[m.group(4)]
@@ -373,17 +437,20 @@ def torch_mobilenet_v2_paths(state: dict[str, np.ndarray]) -> dict[str, tuple[Pa
       modules = ['last_conv'], ['last_bn']
     else:
       block = f'block_{i - 1}/'
-      sub = ['depthwise', 'project'] if len(layers['conv']) == 2 else \
-          ['expand', 'depthwise', 'project']
+      sub = (
+        ['depthwise', 'project'] if len(layers['conv']) == 2 else ['expand', 'depthwise', 'project']
+      )
       modules = [block + s for s in sub], [block + s + '_bn' for s in sub]
     for kind, names in (('conv', modules[0]), ('bn', modules[1])):
       if len(layers[kind]) != len(names):
-        raise FkdError(f'features.{i} holds {len(layers[kind])} {kind} layers, a MobileNetV2 '
-                       f'block {len(names)}')
+        raise FkdError(
+          f'features.{i} holds {len(layers[kind])} {kind} layers, a MobileNetV2 block {len(names)}'
+        )
       for layer, module in zip(layers[kind], names, strict=True):
         module = tuple(module.split('/'))
-        for leaf, (collection, fkd_leaf) in (_TORCH_BN.items() if kind == 'bn' else
-                                             [('weight', ('params', 'kernel'))]):
+        for leaf, (collection, fkd_leaf) in (
+          _TORCH_BN.items() if kind == 'bn' else [('weight', ('params', 'kernel'))]
+        ):
           if f'{layer}.{leaf}' in state:
             out[f'{layer}.{leaf}'] = (collection, *module, fkd_leaf), kind == 'conv'
   return out
@@ -395,6 +462,7 @@ def convert_torch(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, An
   if arch not in ('resnet50', 'mobilenet_v2'):
     raise FkdError(f'--from=torch supports resnet50 and mobilenet_v2, not {arch!r}')
   from fkd.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+
   state = read_torch(src)
   if arch == 'mobilenet_v2':
     paths = torch_mobilenet_v2_paths(state)
@@ -421,17 +489,25 @@ def convert_torch(arch: str, src: str, width: float = 1.0) -> tuple[dict[str, An
 # ---------------------------------------------------------------------------------------------
 
 
-def _meta(arch: str, model_kwargs: dict[str, Any], num_classes: int | None, src: str,
-          source_format: str) -> dict[str, Any]:
-  return {'stage': 'import_weights', 'model': arch, 'model_kwargs': model_kwargs,
-          'num_classes': num_classes, 'source': os.path.abspath(src),
-          'source_format': source_format}
+def _meta(
+  arch: str, model_kwargs: dict[str, Any], num_classes: int | None, src: str, source_format: str
+) -> dict[str, Any]:
+  return {
+    'stage': 'import_weights',
+    'model': arch,
+    'model_kwargs': model_kwargs,
+    'num_classes': num_classes,
+    'source': os.path.abspath(src),
+    'source_format': source_format,
+  }
 
 
-def import_weights(source_format: str, arch: str, src: str, dst: str,
-                   width: float = 1.0) -> dict[str, Any]:
+def import_weights(
+  source_format: str, arch: str, src: str, dst: str, width: float = 1.0
+) -> dict[str, Any]:
   """Converts `src` and writes the checkpoint `dst`; returns its meta."""
   from fkd import checkpoint
+
   if source_format == 'keras':
     variables, meta = convert_keras(arch, src, width)
   elif source_format == 'torch':
@@ -446,22 +522,26 @@ def import_weights(source_format: str, arch: str, src: str, dst: str,
 
 def main(argv: list[str]) -> None:
   from absl import flags
+
   f = flags.FLAGS
   if len(argv) != 3:
-    raise FkdError('usage: python -m fkd.tools.import_weights --from=keras|torch --arch=NAME '
-                   'SRC DST')
+    raise FkdError(
+      'usage: python -m fkd.tools.import_weights --from=keras|torch --arch=NAME SRC DST'
+    )
   meta = import_weights(f['from'].value, f.arch, argv[1], argv[2], f.width)
   shapes = expected_shapes(meta['model'], meta['model_kwargs'], meta['num_classes'])
   variables_count = sum(math.prod(s) for s in shapes.values())
-  print(f'{argv[2]}: {meta["model"]} {meta["model_kwargs"]}, '
-        f'{meta["num_classes"] or "no"} classes, {variables_count:,} variables')
+  print(
+    f'{argv[2]}: {meta["model"]} {meta["model_kwargs"]}, '
+    f'{meta["num_classes"] or "no"} classes, {variables_count:,} variables'
+  )
 
 
 def _define_flags() -> None:
   from absl import flags
+
   flags.DEFINE_enum('from', None, ['keras', 'torch'], 'Source format.')
-  flags.DEFINE_string('arch', None, 'fkd model name: mobilenet_v2, efficientnet_b0 … b7, '
-                      'resnet50.')
+  flags.DEFINE_string('arch', None, 'fkd model name: mobilenet_v2, efficientnet_b0 … b7, resnet50.')
   flags.DEFINE_float('width', 1.0, 'MobileNetV2 width (Keras alpha) of the source.')
   flags.mark_flags_as_required(['from', 'arch'])
 
@@ -470,4 +550,4 @@ if __name__ == '__main__':
   from fkd import cli
 
   _define_flags()
-  cli.run(main, one_line_flag_errors=False)
+  cli.run(main, one_line_flag_errors=False, positional_args=True)

@@ -42,8 +42,9 @@ def count_macs(jaxpr: jax.extend.core.Jaxpr) -> int:
   return total
 
 
-def summarize(name: str, num_classes: int | None = 1000, resolution: int = 224,
-              **kwargs: Any) -> dict[str, Any]:
+def summarize(
+  name: str, num_classes: int | None = 1000, resolution: int = 224, **kwargs: Any
+) -> dict[str, Any]:
   """{'params', 'batch_stats', 'macs', 'flops', 'features'} of `name` on one resolution² image."""
   if name not in models.model_names():
     raise FkdError(f'unknown model {name!r}; known: {", ".join(models.model_names())}')
@@ -58,17 +59,22 @@ def summarize(name: str, num_classes: int | None = 1000, resolution: int = 224,
     cost = cost[0]
   _, features = jax.eval_shape(apply, variables, x)
   macs = count_macs(jax.make_jaxpr(apply)(variables, x).jaxpr)
-  return {'params': models.count_params(variables['params']),
-          'batch_stats': models.count_params(variables.get('batch_stats', {})),
-          'macs': macs, 'flops': int(cost['flops']),
-          'features': {k: tuple(v.shape[1:]) for k, v in features.items()}}
+  return {
+    'params': models.count_params(variables['params']),
+    'batch_stats': models.count_params(variables.get('batch_stats', {})),
+    'macs': macs,
+    'flops': int(cost['flops']),
+    'features': {k: tuple(v.shape[1:]) for k, v in features.items()},
+  }
 
 
 def main(argv: list[str]) -> None:
   from absl import flags
+
   if len(argv) != 2:
-    raise FkdError('usage: python -m fkd.tools.summary NAME [--num_classes=1000] '
-                   '[--resolution=224]')
+    raise FkdError(
+      'usage: python -m fkd.tools.summary NAME [--num_classes=1000] [--resolution=224]'
+    )
   f = flags.FLAGS
   num_classes = f.num_classes if f.num_classes > 0 else None
   s = summarize(argv[1], num_classes, f.resolution)
@@ -78,8 +84,9 @@ def main(argv: list[str]) -> None:
   print(f'  BatchNorm statistics: {s["batch_stats"]:,}')
   print(f'  MACs (convolutions + dense): {s["macs"]:,} ({s["macs"] / 1e9:.3f} G)')
   print(f'  FLOPs (XLA cost analysis, all ops): {s["flops"]:,} ({s["flops"] / 1e9:.3f} G)')
-  print('  features: ' + ', '.join(f'{k} {"x".join(map(str, v))}'
-                                   for k, v in s['features'].items()))
+  print(
+    '  features: ' + ', '.join(f'{k} {"x".join(map(str, v))}' for k, v in s['features'].items())
+  )
 
 
 if __name__ == '__main__':
@@ -90,4 +97,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_classes', 1000, 'Head size; 0 = no head (pooled features).')
   flags.DEFINE_integer('resolution', 224, 'Input height and width.')
 
-  cli.run(main, one_line_flag_errors=False)
+  cli.run(main, one_line_flag_errors=False, positional_args=True)

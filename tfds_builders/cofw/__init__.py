@@ -2,4 +2,6 @@
 
 from tfds_builders.cofw.cofw_dataset_builder import Cofw, CofwConfig
 
-__all__ = ["Cofw", "CofwConfig"]
+BUILDER_CLASS = 'Cofw'  # for fkd.data.datasets
+
+__all__ = ['Cofw', 'CofwConfig']

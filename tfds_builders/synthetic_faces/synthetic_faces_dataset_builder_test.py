@@ -9,12 +9,12 @@ from fkd import asm
 from fkd.data import crops, synthetic_render
 from tfds_builders import synthetic_faces as sf
 
-_TINY = dict(name="unittest", image_size=128, num_train=40, num_test=10)
+_TINY = dict(name='unittest', image_size=128, num_train=40, num_test=10)
 
 
 def _build(data_dir, **overrides):
   cfg = sf.SyntheticFacesConfig(**{**_TINY, **overrides})
-  builder = sf.SyntheticFaces(config=cfg, data_dir=str(data_dir), file_format="array_record")
+  builder = sf.SyntheticFaces(config=cfg, data_dir=str(data_dir), file_format='array_record')
   builder.download_and_prepare()
   return builder
 
@@ -22,52 +22,54 @@ def _build(data_dir, **overrides):
 def _read(builder, split):
   """All examples of a split, sorted by filename (= generation index)."""
   src = builder.as_data_source()[split]
-  return sorted((src[i] for i in range(len(src))), key=lambda ex: ex["filename"])
+  return sorted((src[i] for i in range(len(src))), key=lambda ex: ex['filename'])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def built(tmp_path_factory):
   tfds.disable_progress_bar()
-  return _build(tmp_path_factory.mktemp("synthetic_faces"))
+  return _build(tmp_path_factory.mktemp('synthetic_faces'))
 
 
 def test_shapes_dtypes_and_metadata(built):
   meta = built.info.metadata
-  assert meta["num_landmarks"] == 68 and meta["image_size"] == 128
-  assert meta["inter_ocular"] == [36, 45] and meta["space"] == "pixel"
-  perm = np.asarray(meta["flip_permutation"])
+  assert meta['num_landmarks'] == 68 and meta['image_size'] == 128
+  assert meta['inter_ocular'] == [36, 45] and meta['space'] == 'pixel'
+  perm = np.asarray(meta['flip_permutation'])
   assert sorted(perm) == list(range(68)) and np.all(perm[perm] == np.arange(68))
-  assert set(meta["pca"]) == set(sf.ASM_ACCS)
-  for split, n in (("train", 40), ("test", 10)):
+  assert set(meta['pca']) == set(sf.ASM_ACCS)
+  for split, n in (('train', 40), ('test', 10)):
     examples = _read(built, split)
     assert len(examples) == n
     ex = examples[3]
-    assert ex["filename"] == f"{split}/000003.png".encode()
-    img = sf.decode_image(ex["image"])
+    assert ex['filename'] == f'{split}/000003.png'.encode()
+    img = sf.decode_image(ex['image'])
     assert img.shape == (128, 128, 3) and img.dtype == np.uint8 and img.std() > 5
-    assert ex["landmarks"].shape == (68, 2) and ex["landmarks"].dtype == np.float32
-    assert set(ex["soft_landmarks"]) == set(sf.ASM_ACCS)
-    for v in ex["soft_landmarks"].values():
+    assert ex['landmarks'].shape == (68, 2) and ex['landmarks'].dtype == np.float32
+    assert set(ex['soft_landmarks']) == set(sf.ASM_ACCS)
+    for v in ex['soft_landmarks'].values():
       assert v.shape == (68, 2) and v.dtype == np.float32
 
 
 def test_soft_landmarks_match_metadata_pca(built):
-  pcas = {k: asm.PCAModel.from_dict(d) for k, d in built.info.metadata["pca"].items()}
+  pcas = {k: asm.PCAModel.from_dict(d) for k, d in built.info.metadata['pca'].items()}
   ks = [pcas[k].k for k in sorted(sf.ASM_ACCS)]
   assert ks == sorted(ks) and ks[0] < ks[-1]
-  for split in ("train", "test"):
+  for split in ('train', 'test'):
     for ex in _read(built, split):
       for key, pca in pcas.items():
         np.testing.assert_allclose(
-            ex["soft_landmarks"][key], asm.asm_project(pca, ex["landmarks"]), atol=1e-4)
+          ex['soft_landmarks'][key], asm.asm_project(pca, ex['landmarks']), atol=1e-4
+        )
       np.testing.assert_array_equal(
-          ex["soft_landmarks"]["p90"], asm.asm_project(pcas["p90"], ex["landmarks"]))
+        ex['soft_landmarks']['p90'], asm.asm_project(pcas['p90'], ex['landmarks'])
+      )
 
 
 def test_pca_fitted_on_train_only(built):
-  train = np.stack([ex["landmarks"] for ex in _read(built, "train")])
-  test = np.stack([ex["landmarks"] for ex in _read(built, "test")])
-  pca = asm.PCAModel.from_dict(built.info.metadata["pca"]["p90"])
+  train = np.stack([ex['landmarks'] for ex in _read(built, 'train')])
+  test = np.stack([ex['landmarks'] for ex in _read(built, 'test')])
+  pca = asm.PCAModel.from_dict(built.info.metadata['pca']['p90'])
   assert pca.num_shapes == len(train)
   np.testing.assert_allclose(pca.mean, asm.fit_pca(train).mean, atol=1e-9)
   both = asm.fit_pca(np.concatenate([train, test]))
@@ -75,34 +77,35 @@ def test_pca_fitted_on_train_only(built):
 
 
 def test_examples_are_reproducible_per_index(built):
-  seed = built.info.metadata["seeds"]["test"]
-  for i, ex in enumerate(_read(built, "test")):
+  seed = built.info.metadata['seeds']['test']
+  for i, ex in enumerate(_read(built, 'test')):
     scene, scene_lm = synthetic_render.render_face(np.random.default_rng([seed, i]), 160)
-    a = ex["crop_transform"]
-    np.testing.assert_allclose(ex["landmarks"], crops.apply(a, scene_lm), atol=1e-4)
+    a = ex['crop_transform']
+    np.testing.assert_allclose(ex['landmarks'], crops.apply(a, scene_lm), atol=1e-4)
     rewarped = np.asarray(crops.warp(Image.fromarray(scene), a.astype(np.float64), 128))
-    diff = np.abs(sf.decode_image(ex["image"]).astype(int) - rewarped.astype(int))
+    diff = np.abs(sf.decode_image(ex['image']).astype(int) - rewarped.astype(int))
     assert diff.max() <= 1, diff.max()  # the stored transform is float32
     np.testing.assert_array_equal(
-        synthetic_render.sample_landmarks(np.random.default_rng([seed, i]), 160), scene_lm)
+      synthetic_render.sample_landmarks(np.random.default_rng([seed, i]), 160), scene_lm
+    )
     # The crop is the landmark box: extreme landmarks sit just inside the crop's edges.
-    assert ex["landmarks"].min() > -0.5 and ex["landmarks"].max() < 127.5
+    assert ex['landmarks'].min() > -0.5 and ex['landmarks'].max() < 127.5
 
 
 def test_two_builds_are_identical(built, tmp_path):
   other = _build(tmp_path)
-  assert other.info.metadata["pca"] == built.info.metadata["pca"]
-  for split in ("train", "test"):
+  assert other.info.metadata['pca'] == built.info.metadata['pca']
+  for split in ('train', 'test'):
     for a, b in zip(_read(built, split), _read(other, split), strict=True):
-      assert a["filename"] == b["filename"] and a["image"] == b["image"]
-      np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+      assert a['filename'] == b['filename'] and a['image'] == b['image']
+      np.testing.assert_array_equal(a['landmarks'], b['landmarks'])
       for k in sf.ASM_ACCS:
-        np.testing.assert_array_equal(a["soft_landmarks"][k], b["soft_landmarks"][k])
+        np.testing.assert_array_equal(a['soft_landmarks'][k], b['soft_landmarks'][k])
 
 
 def test_mean_shape_nme_and_orientation(built):
-  train = np.stack([ex["landmarks"] for ex in _read(built, "train")])
-  test = np.stack([ex["landmarks"] for ex in _read(built, "test")])
+  train = np.stack([ex['landmarks'] for ex in _read(built, 'train')])
+  test = np.stack([ex['landmarks'] for ex in _read(built, 'test')])
   iod = np.linalg.norm(test[:, 36] - test[:, 45], axis=-1)
   nme = np.linalg.norm(test - train.mean(0), axis=-1).mean(-1) / iod
   assert nme.mean() > 0.10, nme.mean()
@@ -115,9 +118,9 @@ def test_mean_shape_nme_and_orientation(built):
 
 
 def test_flip_permutation_keeps_the_point_meaning(built):
-  w = built.info.metadata["image_size"]
-  perm = np.asarray(built.info.metadata["flip_permutation"])
-  lm = np.stack([ex["landmarks"] for ex in _read(built, "train")])
+  w = built.info.metadata['image_size']
+  perm = np.asarray(built.info.metadata['flip_permutation'])
+  lm = np.stack([ex['landmarks'] for ex in _read(built, 'train')])
   flipped = lm[:, perm] * [-1, 1] + [w - 1, 0]
   x = flipped[..., 0]
   assert np.mean((x[:, 36] < x[:, 39]) & (x[:, 42] < x[:, 45]) & (x[:, 0] < x[:, 16])) > 0.9
@@ -138,9 +141,13 @@ def test_appearance_follows_landmarks():
     lip, cheek = at((lm[57] + lm[66]) / 2), at((lm[2] + lm[31]) / 2)
     sclera, pupil = at(0.75 * lm[36] + 0.25 * lm[39]), at((lm[36] + lm[39]) / 2)
     brow, forehead = at(lm[19]), at(1.6 * lm[19] - 0.6 * lm[37])
-    stats.append([(lip[0] - lip[1]) - (cheek[0] - cheek[1]),  # lips are redder than the cheek
-                  sclera.mean() - pupil.mean(),  # the iris/pupil is darker than the sclera
-                  forehead.mean() - brow.mean()])  # the brow is darker than the skin above it
+    stats.append(
+      [
+        (lip[0] - lip[1]) - (cheek[0] - cheek[1]),  # lips are redder than the cheek
+        sclera.mean() - pupil.mean(),  # the iris/pupil is darker than the sclera
+        forehead.mean() - brow.mean(),
+      ]
+    )  # the brow is darker than the skin above it
   frac = (np.array(stats) > 0).mean(0)
   assert np.all(frac >= [0.85, 0.65, 0.75]), frac
 
@@ -164,8 +171,9 @@ def test_drawing_is_pixel_aligned():
   ang = np.linspace(0, 2 * np.pi, 40, endpoint=False)
   for _ in range(20):
     c, r = rng.uniform(16, 32, 2), rng.uniform(3, 8)
-    canvas = Image.new("L", (48 * ss, 48 * ss))
+    canvas = Image.new('L', (48 * ss, 48 * ss))
     ImageDraw.Draw(canvas).polygon(
-        synthetic_render._cv(c + r * np.stack([np.cos(ang), np.sin(ang)], 1)), fill=255)
+      synthetic_render._cv(c + r * np.stack([np.cos(ang), np.sin(ang)], 1)), fill=255
+    )
     a = np.asarray(canvas.reduce(ss), np.float64)
     np.testing.assert_allclose([(a * xx).sum() / a.sum(), (a * yy).sum() / a.sum()], c, atol=0.1)

@@ -2,4 +2,6 @@
 
 from tfds_builders.wflw.wflw_dataset_builder import Wflw, WflwConfig
 
-__all__ = ["Wflw", "WflwConfig"]
+BUILDER_CLASS = 'Wflw'  # for fkd.data.datasets
+
+__all__ = ['Wflw', 'WflwConfig']

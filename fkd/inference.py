@@ -1,0 +1,90 @@
+"""The one path from a checkpoint to landmarks, used by evaluation, prediction and export.
+
+`Predictor(stage_dir)` reads the checkpoint's variables and meta, rebuilds the module and its head
+(`fkd.heads.from_meta`; checkpoints written before heads existed load too) and exposes the pure
+function `landmarks(variables, uint8 crops) -> (B, N, 2) crop pixels`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fkd import checkpoint, heads, methods, models
+from fkd.errors import FkdError
+
+
+def build_module(meta: dict[str, Any], head: heads.Head):
+  """The Flax module a checkpoint's meta describes."""
+  kwargs = {**head.model_kwargs(int(meta['num_landmarks'])), **meta['model_kwargs']}
+  try:
+    return models.get_model(meta['model'], **kwargs)
+  except (KeyError, TypeError, ValueError) as e:
+    raise FkdError(f'model {meta["model"]!r} with kwargs {meta["model_kwargs"]}: {e}') from e
+
+
+def load_frozen(stage_dir: str) -> tuple[methods.Frozen, dict[str, Any]]:
+  """A finished stage as a teacher: (Frozen module/head/meta, host variables)."""
+  variables, meta = checkpoint.load_model(stage_dir)
+  head = heads.from_meta(meta)
+  frozen = methods.Frozen(build_module(meta, head), head, meta)
+  return frozen, {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def is_finished(stage_dir: str) -> bool:
+  """Whether a stage directory holds its final step."""
+  meta = checkpoint.read_meta(stage_dir)
+  if meta is None:
+    return False
+  return checkpoint.latest_step(stage_dir) >= meta['total_steps']
+
+
+def find_stage(workdir: str) -> str:
+  """The stage a workdir serves: finished students first (`methods.preferred_stages`)."""
+  if not os.path.isdir(workdir):
+    raise FkdError(f'workdir {workdir} does not exist')
+  preferred = methods.preferred_stages()
+  candidates = [os.path.join(workdir, name) for name in preferred]
+  for path in candidates:
+    if is_finished(path):
+      return path
+  for path in candidates:  # an unfinished stage is better than nothing
+    if checkpoint.read_meta(path) is not None:
+      return path
+  raise FkdError(f'no trained model in {workdir} (looked for {", ".join(preferred)})')
+
+
+class Predictor:
+  """A stage's model as `predict(crops uint8 (B, S, S, 3)) -> landmarks (B, N, 2) crop pixels`."""
+
+  def __init__(self, stage_dir: str):
+    frozen, self.variables = load_frozen(stage_dir)
+    self.stage_dir = stage_dir
+    self.meta = frozen.meta
+    self.head = frozen.head
+    self.module = frozen.module
+    self.image_size = int(self.meta['image_size'])
+    self.num_landmarks = int(self.meta['num_landmarks'])
+    self.step = checkpoint.latest_step(stage_dir)
+    self._apply = jax.jit(self.landmarks)
+
+  def landmarks(self, variables: Any, images: jax.Array) -> jax.Array:
+    """The pure inference function: uint8 crops -> (B, N, 2) float32 crop pixels."""
+    outputs, _ = self.module.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
+    return self.head.decode(outputs)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.uint8)))
+
+  def info(self) -> dict[str, Any]:
+    keys = ('stage', 'method', 'model', 'model_kwargs', 'dataset', 'image_size', 'num_landmarks')
+    return {
+      'checkpoint': os.path.abspath(self.stage_dir),
+      'step': self.step,
+      'head': self.head.meta(),
+      **{k: self.meta[k] for k in keys if k in self.meta},
+    }

@@ -1,0 +1,46 @@
+"""Distillation methods as plug-ins of the generic trainer: `config.method` picks one.
+
+Adding a method is one file here (a `base.Method` subclass), one line in `REGISTRY` and one
+config in `configs/`; the trainer, evaluation, prediction and export need no change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fkd.errors import FkdError
+from fkd.methods.base import Frozen, LossFn, Method, Stage, stage_dir
+from fkd.methods.fan import HeatmapDistillation
+from fkd.methods.kd import KDLoss
+from fkd.methods.output_kd import OutputKD
+
+REGISTRY: dict[str, Method] = {
+  'kd': KDLoss(),
+  'fan': HeatmapDistillation(),
+  'output_kd': OutputKD(),
+}
+
+__all__ = [
+  'REGISTRY',
+  'Frozen',
+  'LossFn',
+  'Method',
+  'Stage',
+  'get',
+  'preferred_stages',
+  'stage_dir',
+]
+
+
+def get(config: Any) -> Method:
+  """The method of a config (`config.method`)."""
+  name = config.get('method')
+  if name not in REGISTRY:
+    raise FkdError(f'config.method must be one of {sorted(REGISTRY)}, got {name!r}')
+  return REGISTRY[name]
+
+
+def preferred_stages() -> tuple[str, ...]:
+  """Every method's stages in the order `fkd.predict` serves them: students, then teachers."""
+  names = list(dict.fromkeys(n for m in REGISTRY.values() for n in m.preferred))
+  return tuple(sorted(names, key=lambda n: (n.startswith('teacher'), names.index(n))))

@@ -1,0 +1,117 @@
+"""What a distillation method tells the generic trainer (`fkd.train`).
+
+A method is a set of named stages. Each `Stage` says which model it trains on which head, with
+which optimizer config, and which other stages it distils from (`teachers`, by stage name). The
+trainer runs every stage the same way: it loads the stage's teachers as `Frozen` models (running
+BatchNorm statistics, no gradient), builds the student with `Method.model_kwargs`, and minimises
+`Method.loss_fn(stage, config)(outputs, features, batch, teacher_outputs)`.
+
+One rule for every method: `config.<stage>_ckpt`, when set, is used in place of training that
+stage (`stage_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from fkd import heads
+
+# (outputs, features, batch, teacher outputs {stage: (outputs, features)}) -> (loss, terms)
+LossFn = Callable[
+  [
+    jax.Array,
+    Mapping[str, jax.Array],
+    Mapping[str, jax.Array],
+    Mapping[str, tuple[jax.Array, Mapping[str, jax.Array]]],
+  ],
+  tuple[jax.Array, dict[str, jax.Array]],
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One trained model of a method.
+
+  Attributes:
+    name: the stage name, also its directory in the workdir.
+    role: 'teacher' or 'student': which model config it uses (`config.<role>`), and the order in
+      which `fkd.predict` prefers finished stages (students first).
+    model_config: ConfigDict with `name`, `kwargs` and optional `init_from`.
+    train_config: `config_lib.optimizer_config()`.
+    head: how the model's output maps to landmarks and targets (stored in the checkpoint).
+    teachers: the stages whose frozen models feed this stage's loss.
+    loss: a short name of the loss, for logs and the checkpoint meta.
+  """
+
+  name: str
+  role: str
+  model_config: Any
+  train_config: Any
+  head: heads.Head
+  teachers: tuple[str, ...] = ()
+  loss: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+  """A finished stage as another stage's teacher: module, head and checkpoint meta (variables
+  travel separately, as a replicated pytree argument of the jitted step)."""
+
+  module: nn.Module
+  head: heads.Head
+  meta: dict[str, Any]
+
+
+class Method:
+  """Base class of the methods in `fkd.methods.REGISTRY`; subclasses fill in the stages."""
+
+  name: str = ''
+  stages: tuple[str, ...] = ()  # training and report order
+  preferred: tuple[str, ...] = ()  # which finished stage `fkd.predict` serves first
+
+  def stage(self, name: str, config: Any) -> Stage:
+    raise NotImplementedError
+
+  def seed_offset(self, name: str) -> int:
+    """Added to `config.seed` for a stage (its position in `stages` unless a method says)."""
+    return self.stages.index(name)
+
+  def validate(self, config: Any) -> None:
+    """Method-specific config checks, before anything is written (raise FkdError)."""
+
+  def model_kwargs(
+    self, stage: Stage, config: Any, teachers: Mapping[str, Frozen]
+  ) -> dict[str, Any]:
+    """Extra model fields a stage needs beyond its config (e.g. adapters to a teacher)."""
+    return {}
+
+  def train_apply_kwargs(self, stage: Stage, config: Any) -> dict[str, Any]:
+    """Keyword arguments of the student's `apply` in the train step."""
+    return {}
+
+  def loss_fn(self, stage: Stage, config: Any) -> LossFn:
+    raise NotImplementedError
+
+  def meta(self, stage: Stage, config: Any) -> dict[str, Any]:
+    """Method-specific entries of a stage's checkpoint meta."""
+    return {}
+
+
+def stage_dir(config: Any, workdir: str, name: str) -> str:
+  """Where stage `name` lives: `config.<name>_ckpt` when set, else `<workdir>/<name>`."""
+  return config.get(f'{name}_ckpt') or os.path.join(workdir, name)
+
+
+def plain(tree: Any) -> Any:
+  """ConfigDicts / tuples -> JSON-ready dicts / lists (checkpoint metadata)."""
+  if hasattr(tree, 'items'):
+    return {k: plain(v) for k, v in tree.items()}
+  if isinstance(tree, list | tuple):
+    return [plain(v) for v in tree]
+  return tree

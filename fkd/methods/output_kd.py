@@ -1,0 +1,66 @@
+"""Output distillation: the plain regression-KD baseline that KD-Loss is measured against.
+
+The student regresses the ground truth and the frozen Tough teacher's outputs at once: Hinton et
+al.'s (2015) soft-target distillation carried over to regression, with no teacher-dependent
+weighting (the part KD-Loss adds):
+
+  L = (1 − α)·MSE(student, ground truth) + α·MSE(student, teacher),  α = config.output_kd.alpha.
+
+Same teacher stage, student network, data and budget as KD-Loss (`fkd.methods.kd`), and the same
+seed offsets, so `student_output_kd` starts from `student_kd`'s initialisation: the two students
+differ only in how the teacher enters the loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fkd import losses
+from fkd.errors import FkdError
+from fkd.methods import kd
+from fkd.methods.base import LossFn, Method, Stage
+
+
+class OutputKD(Method):
+  name = 'output_kd'
+  stages = ('teacher_tough', 'student_output_kd', 'student_baseline')
+  preferred = ('student_output_kd', 'student_baseline', 'teacher_tough')
+
+  def stage(self, name: str, config: Any) -> Stage:
+    if name == 'student_output_kd':
+      return Stage(
+        name,
+        'student',
+        config.student,
+        config.train,
+        kd.regression_head(config),
+        teachers=('teacher_tough',),
+        loss='output_kd',
+      )
+    if name in self.stages:
+      return kd.regression_stage(name, config)
+    raise FkdError(
+      f'config.stages: unknown stage {name!r} for method output_kd; known: {", ".join(self.stages)}'
+    )
+
+  def seed_offset(self, name: str) -> int:
+    return kd.KDLoss.stages.index('student_kd' if name == 'student_output_kd' else name)
+
+  def validate(self, config: Any) -> None:
+    if not 0.0 <= config.output_kd.alpha <= 1.0:
+      raise FkdError(f'config.output_kd.alpha must be in [0, 1], got {config.output_kd.alpha}')
+
+  def loss_fn(self, stage: Stage, config: Any) -> LossFn:
+    if stage.loss != 'output_kd':
+      return kd.supervised_loss(stage)
+    alpha = float(config.output_kd.alpha)
+
+    def loss_fn(outputs, features, batch, teachers):
+      del features
+      terms = {
+        'gt': (1.0 - alpha) * losses.mse(outputs, stage.head.targets(batch['landmarks'])),
+        'teacher': alpha * losses.mse(outputs, teachers['teacher_tough'][0]),
+      }
+      return terms['gt'] + terms['teacher'], terms
+
+    return loss_fn

@@ -1,0 +1,50 @@
+"""fkd.inference: the one checkpoint -> landmarks path; checkpoints written before heads load."""
+
+import numpy as np
+import pytest
+
+from fkd import checkpoint, inference
+from fkd.errors import FkdError
+
+OLD_KEYS = (
+  'stage',
+  'model',
+  'model_kwargs',
+  'num_landmarks',
+  'image_size',
+  'dataset',
+  'total_steps',
+)
+
+
+def old_style_copy(stage_dir: str, dst: str, **old: object) -> dict:
+  """The stage's variables under the meta layout fkd wrote before heads (no 'head', 'method')."""
+  variables, meta = checkpoint.load_model(stage_dir)
+  old_meta = {**{k: meta[k] for k in OLD_KEYS}, **old}
+  checkpoint.save_model(dst, variables, old_meta)
+  return meta
+
+
+def test_old_regression_checkpoint_predicts_the_same(run_dir, tmp_path):
+  meta = old_style_copy(
+    str(run_dir / 'student_kd'), str(tmp_path / 'old'), target_space='normalized'
+  )
+  assert meta['head'] == {'kind': 'regression', 'image_size': 32, 'space': 'normalized'}
+  new, old = (
+    inference.Predictor(str(run_dir / 'student_kd')),
+    inference.Predictor(str(tmp_path / 'old')),
+  )
+  assert old.head == new.head
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  np.testing.assert_array_equal(old(images), new(images))
+  # Hand check of the regression decoding: x = S/2 − S·u on the raw outputs.
+  outputs, _ = new.module.apply(new.variables, images.astype(np.float32) / 255.0, train=False)
+  np.testing.assert_allclose(
+    new(images), (16.0 - 32.0 * np.asarray(outputs)).reshape(3, 68, 2), rtol=1e-6, atol=1e-5
+  )
+
+
+def test_find_stage_prefers_students(run_dir):
+  assert inference.find_stage(str(run_dir)) == str(run_dir / 'student_kd')
+  with pytest.raises(FkdError, match='does not exist'):
+    inference.find_stage(str(run_dir / 'absent'))
