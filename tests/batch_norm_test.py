@@ -1,5 +1,6 @@
 """fkd.models.batch_norm: the fused CPU BatchNorm(+activation) equals nn.BatchNorm + activation."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,8 +83,7 @@ def test_module_equals_nn_batch_norm(impl, act):
   v_ours = ours.init(jax.random.key(0), x, use_running_average=True)
   unwrapped = {k: v_ref[k]['BatchNorm_0'] for k in ('params', 'batch_stats')}
   assert dict(v_ours).keys() == unwrapped.keys()
-  for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(unwrapped), strict=True):
-    np.testing.assert_array_equal(a, b)  # same names (tree order), shapes and initial values
+  chex.assert_trees_all_equal(dict(v_ours), unwrapped)  # same names, shapes and initial values
   variables = {
     'params': {
       'scale': jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32),

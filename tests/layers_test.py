@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,8 +109,7 @@ def test_depthwise_gradients_float64(impl, size, stride, k):
     want = _vjp(layers.DepthwiseConv(k, stride, impl='grouped'), variables, x, g)
     got = _vjp(layers.DepthwiseConv(k, stride, impl=impl), variables, x, g)
     assert got[1]['params']['kernel'].dtype == jnp.float64
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-      np.testing.assert_allclose(a, b, atol=1e-12, rtol=1e-10)
+    chex.assert_trees_all_close(got, want, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize('impl', FAST_IMPLS)
@@ -117,8 +117,7 @@ def test_depthwise_gradients_float32(impl):
   _, variables, x, g = _depthwise_case(10, 2, 3, jnp.float32)
   want = _vjp(layers.DepthwiseConv(3, 2, impl='grouped'), variables, x, g)
   got = _vjp(layers.DepthwiseConv(3, 2, impl=impl), variables, x, g)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('use_bias', [False, True])

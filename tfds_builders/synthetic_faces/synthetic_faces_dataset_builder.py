@@ -29,7 +29,7 @@ from fkd.data.face_builder import local_dataset_info
 
 NUM_LANDMARKS = 68
 # Variance fractions of the stored soft landmarks (feature / metadata key -> acc).
-ASM_ACCS = {'p80': 0.80, 'p85': 0.85, 'p90': 0.90, 'p95': 0.95, 'p97': 0.97}
+ASM_ACCS = face_builder.ASM_ACCS  # the stored soft-landmark fractions, as the real datasets'
 # 300W horizontal-flip permutation (method.md §3.1) and outer eye corners.
 FLIP_PERMUTATION = list(schemes.SCHEMES['300w'].flip_permutation)
 INTER_OCULAR = list(schemes.SCHEMES['300w'].inter_ocular)
