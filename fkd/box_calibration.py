@@ -1,0 +1,245 @@
+"""Detector box -> landmark box: a calibration fitted on training data and stored as JSON.
+
+A face detector's box is not the box a landmark model was trained on (300-W crops are the
+landmark extent ± 5 px, `tfds_builders/ibug_300w`): dlib's HOG box is square, cuts the chin and
+sits above the jaw. `fit` learns, per coordinate, where the *landmark box* (the tight box of the
+annotated points) lies relative to the detector box:
+
+  centre_target = centre_det + offset · size_det      size_target = scale · size_det
+
+(offset and scale per axis: 4 numbers, the mean normalised offset and the geometric mean size
+ratio over the training faces). `apply(calib, box)` maps a detection to the landmark box, in the
+(x, y, w, h) convention of `fkd.detect` / `--bbox` (edges x−½ .. x+w−½); `fkd.predict` then widens
+it by its margin as for a `--bbox`.
+
+The calibration is data, not a constant: `calibration.json` (`FILENAME`), written by
+`python -m fkd.tools.calibrate_detector` beside a model or dataset, records the detector and its
+settings, the training folders and face count, the fit residuals and a leave-one-folder-out check
+(fit on AFW, test on HELEN and vice versa): mean IoU with the landmark box before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fkd.detect import iou
+from fkd.errors import FkdError
+
+FILENAME = 'calibration.json'
+FORMAT = 'fkd.box_calibration/1'
+TARGET = ('landmark box: the tight box of the annotated points, as (x, y, w, h) = (min + 1/2, '
+          'max - min) in 0-based pixel-centre coordinates (edges at the extreme points)')
+MATCH_IOU = 0.3  # a detection belongs to an annotated face when their IoU reaches this
+# The 300-W training folders of a manual download (`tfds_builders/ibug_300w`).
+FOLDERS_300W = ('afw', 'helen/trainset', 'lfpw/trainset')
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
+
+
+@dataclasses.dataclass
+class Calibration:
+  """offset (dx, dy) in detector widths / heights; scale (sw, sh) = target size / detector size."""
+
+  offset: tuple[float, float]
+  scale: tuple[float, float]
+  detector: dict[str, Any] = dataclasses.field(default_factory=dict)
+  data: dict[str, Any] = dataclasses.field(default_factory=dict)
+  fit: dict[str, Any] = dataclasses.field(default_factory=dict)
+  validation: dict[str, Any] = dataclasses.field(default_factory=dict)
+  target: str = TARGET
+
+  def to_json(self) -> dict[str, Any]:
+    return {'format': FORMAT, 'offset': [float(v) for v in self.offset],
+            'scale': [float(v) for v in self.scale], 'target': self.target,
+            'detector': self.detector, 'data': self.data, 'fit': self.fit,
+            'validation': self.validation}
+
+  @classmethod
+  def from_json(cls, record: dict[str, Any], name: str = 'calibration') -> Calibration:
+    if record.get('format') != FORMAT:
+      raise FkdError(f'{name}: not an fkd box calibration (format {record.get("format")!r}; '
+                     f'expected {FORMAT!r})')
+    try:
+      offset = tuple(float(v) for v in record['offset'])
+      scale = tuple(float(v) for v in record['scale'])
+    except (KeyError, TypeError, ValueError) as e:
+      raise FkdError(f'{name}: bad offset / scale ({e})') from None
+    if len(offset) != 2 or len(scale) != 2 or not all(s > 0 for s in scale):
+      raise FkdError(f'{name}: offset needs 2 numbers and scale 2 positive numbers')
+    return cls(offset, scale, record.get('detector', {}), record.get('data', {}),
+               record.get('fit', {}), record.get('validation', {}),
+               record.get('target', TARGET))
+
+
+IDENTITY = Calibration((0.0, 0.0), (1.0, 1.0), target='the detector box itself (uncalibrated)')
+
+
+def landmark_box(points: np.ndarray) -> np.ndarray:
+  """The (x, y, w, h) landmark box of (N, 2) 0-based points (see `TARGET`)."""
+  points = np.asarray(points, np.float64)
+  lo, hi = points.min(axis=0), points.max(axis=0)
+  return np.concatenate([lo + 0.5, hi - lo])
+
+
+def apply(calib: Calibration, box: Sequence[float] | np.ndarray) -> np.ndarray:
+  """Maps detector (x, y, w, h) boxes (..., 4) to landmark boxes (..., 4)."""
+  box = np.asarray(box, np.float64)
+  size = box[..., 2:]
+  centre = box[..., :2] + size / 2 + np.asarray(calib.offset) * size
+  new_size = size * np.asarray(calib.scale)
+  return np.concatenate([centre - new_size / 2, new_size], axis=-1)
+
+
+def fit(detector_boxes: np.ndarray, target_boxes: np.ndarray, **info: Any) -> Calibration:
+  """Least-squares fit of the 4 numbers on matched (n, 4) boxes; `info` fills the record."""
+  det = np.asarray(detector_boxes, np.float64).reshape(-1, 4)
+  tgt = np.asarray(target_boxes, np.float64).reshape(-1, 4)
+  if len(det) != len(tgt) or len(det) < 2:
+    raise FkdError(f'a calibration needs at least 2 matched faces, got {len(det)}')
+  rel = (tgt[:, :2] + tgt[:, 2:] / 2 - det[:, :2] - det[:, 2:] / 2) / det[:, 2:]
+  log_ratio = np.log(tgt[:, 2:] / det[:, 2:])
+  calib = Calibration(tuple(rel.mean(0)), tuple(np.exp(log_ratio.mean(0))), **info)
+  calib.fit = {'faces': len(det), 'offset_std': rel.std(0).tolist(),
+               'log_scale_std': log_ratio.std(0).tolist(), **evaluate(calib, det, tgt)}
+  return calib
+
+
+def evaluate(calib: Calibration, detector_boxes: np.ndarray,
+             target_boxes: np.ndarray) -> dict[str, float]:
+  """How well detections match landmark boxes, raw and calibrated.
+
+  IoU with the landmark box (mean, median); centre error in units of the landmark box size
+  (sqrt(w·h)); |log| of the size ratio (mean over both axes).
+  """
+  det = np.asarray(detector_boxes, np.float64).reshape(-1, 4)
+  tgt = np.asarray(target_boxes, np.float64).reshape(-1, 4)
+  out = {'faces': len(det)}
+  for name, boxes in (('raw', det), ('calibrated', apply(calib, det))):
+    size = np.sqrt(tgt[:, 2] * tgt[:, 3])
+    centre_err = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - tgt[:, :2] - tgt[:, 2:] / 2,
+                                axis=1) / size
+    ious = iou(boxes, tgt)
+    out |= {f'{name}_iou_mean': round(float(ious.mean()), 4),
+            f'{name}_iou_median': round(float(np.median(ious)), 4),
+            f'{name}_centre_error': round(float(centre_err.mean()), 4),
+            f'{name}_size_error': round(float(np.abs(np.log(boxes[:, 2:] / tgt[:, 2:])).mean()),
+                                        4)}
+  return out
+
+
+def save(calib: Calibration, path: str | os.PathLike) -> str:
+  """Writes the JSON (to `path`, or `path/calibration.json` for a folder); returns the file."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, FILENAME)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(calib.to_json(), f, indent=1)
+    f.write('\n')
+  return path
+
+
+def load(path: str | os.PathLike) -> Calibration:
+  """Reads a calibration file (or `path/calibration.json` for a folder)."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, FILENAME)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except FileNotFoundError:
+    raise FkdError(f'no box calibration at {path}; fit one with `python -m '
+                   'fkd.tools.calibrate_detector --manual_dir=<300-W folder> '
+                   f'--output={path}`') from None
+  except (OSError, ValueError) as e:
+    raise FkdError(f'cannot read box calibration {path}: {e}') from None
+  return Calibration.from_json(record, path)
+
+
+def find(*directories: str | os.PathLike | None) -> Calibration | None:
+  """The first `calibration.json` in `directories` (e.g. the stage, the workdir), else None."""
+  for d in directories:
+    if d is not None and os.path.isfile(os.path.join(d, FILENAME)):
+      return load(os.path.join(d, FILENAME))
+  return None
+
+
+# ---- fitting on a 300-W manual download ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Pairs:
+  """Matched faces of one folder: detector and landmark boxes (n, 4), names, misses."""
+
+  detector: np.ndarray
+  target: np.ndarray
+  names: list[str]
+  missed: list[str]
+
+
+def collect_pairs(manual_dir: str | os.PathLike, folders: Sequence[str],
+                  detect: Callable[[np.ndarray], list], origin_offset: float = -1.0,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Pairs]:
+  """Runs `detect` on every image with a `.pts` in `folders` of a 300-W-style manual download.
+
+  Each image's annotated face (raw `.pts` + `origin_offset`, −1 for 300-W's 1-based values) is
+  matched with the detection of highest IoU (at least `MATCH_IOU`); other detections (unannotated
+  faces) are ignored, unmatched faces are listed in `missed`. Folders that do not exist are left
+  out.
+  """
+  from fkd.data import formats
+
+  root = pathlib.Path(manual_dir)
+  out = {}
+  for folder in folders:
+    d = root / folder
+    if not d.is_dir():
+      continue
+    det, tgt, names, missed = [], [], [], []
+    for name in sorted(formats.iter_files(d, IMAGE_EXTS)):
+      pts_path = d / (name.rsplit('.', 1)[0] + '.pts')
+      if not pts_path.exists():
+        continue
+      points = formats.read_pts(pts_path, allow_bare=True) + origin_offset
+      target = landmark_box(points)
+      image = np.asarray(formats.open_image(d / name, f'{folder}/{name}').convert('RGB'))
+      boxes = [np.asarray(x.box) for x in detect(image)]
+      ious = [float(iou(b, target)) for b in boxes]
+      if not ious or max(ious) < MATCH_IOU:
+        missed.append(f'{folder}/{name}')
+      else:
+        det.append(boxes[int(np.argmax(ious))])
+        tgt.append(target)
+        names.append(f'{folder}/{name}')
+      if progress is not None:
+        progress(f'{folder}/{name}')
+    out[folder] = Pairs(np.reshape(det, (-1, 4)), np.reshape(tgt, (-1, 4)), names, missed)
+  return out
+
+
+def fit_pairs(pairs: dict[str, Pairs], **info: Any) -> Calibration:
+  """Fits on all folders; `validation` holds a leave-one-folder-out check per folder."""
+  used = {k: p for k, p in pairs.items() if len(p.names)}
+  if not used:
+    raise FkdError('no annotated face was detected: nothing to fit a calibration on')
+  calib = fit(np.concatenate([p.detector for p in used.values()]),
+              np.concatenate([p.target for p in used.values()]), **info)
+  calib.data |= {'folders': {k: {'faces': len(p.names), 'missed': len(p.missed)}
+                             for k, p in pairs.items()},
+                 'faces': sum(len(p.names) for p in used.values()),
+                 'missed': sorted(m for p in pairs.values() for m in p.missed)}
+  if len(used) >= 2:
+    for held, p in used.items():
+      rest = [q for k, q in used.items() if k != held]
+      if sum(len(q.names) for q in rest) < 2 or not len(p.names):
+        continue
+      c = fit(np.concatenate([q.detector for q in rest]), np.concatenate([q.target for q in rest]))
+      calib.validation[held] = {'fit_on': [k for k in used if k != held],
+                                **evaluate(c, p.detector, p.target)}
+  return calib

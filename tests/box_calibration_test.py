@@ -1,0 +1,87 @@
+"""fkd.box_calibration: the 4-number map, its JSON file, and a fit on real 300-W training photos."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fkd import box_calibration as bc
+from fkd.errors import FkdError
+
+
+def _calibration():
+  return bc.Calibration((0.1, -0.2), (0.5, 2.0), detector={'backend': 'test'})
+
+
+def test_landmark_box_convention():
+  # Edges at the extreme points: x − ½ = min x, x + w − ½ = max x.
+  points = np.array([[10.0, 20.0], [30.0, 25.0], [15.0, 60.0]])
+  np.testing.assert_allclose(bc.landmark_box(points), [10.5, 20.5, 20.0, 40.0])
+
+
+def test_apply_hand_computed():
+  calib = _calibration()
+  # Box centre (60, 70), size (40, 20): centre + (0.1·40, −0.2·20) = (64, 66); size (20, 40).
+  np.testing.assert_allclose(bc.apply(calib, (40, 60, 40, 20)), [54, 46, 20, 40])
+  np.testing.assert_allclose(bc.apply(bc.IDENTITY, (1.5, 2, 3, 4)), [1.5, 2, 3, 4])
+  boxes = np.array([[40, 60, 40, 20], [0, 0, 10, 10]], float)
+  assert bc.apply(calib, boxes).shape == (2, 4)
+
+
+def test_fit_recovers_a_known_map():
+  rng = np.random.default_rng(0)
+  det = np.concatenate([rng.uniform(0, 500, (50, 2)), rng.uniform(40, 300, (50, 2))], axis=1)
+  truth = _calibration()
+  calib = bc.fit(det, bc.apply(truth, det), data={'faces': 50})
+  np.testing.assert_allclose(calib.offset, truth.offset, atol=1e-12)
+  np.testing.assert_allclose(calib.scale, truth.scale, atol=1e-12)
+  assert calib.fit['faces'] == 50 and calib.fit['calibrated_iou_mean'] == pytest.approx(1.0)
+  assert calib.fit['raw_iou_mean'] < 0.6
+  with pytest.raises(FkdError, match='at least 2'):
+    bc.fit(det[:1], det[:1])
+
+
+def test_save_load_find(tmp_path):
+  calib = _calibration()
+  path = bc.save(calib, tmp_path)  # a folder: calibration.json inside
+  assert path == str(tmp_path / bc.FILENAME)
+  loaded = bc.load(tmp_path)
+  assert loaded.offset == calib.offset and loaded.scale == calib.scale
+  assert loaded.detector == {'backend': 'test'}
+  assert bc.find(tmp_path / 'nowhere', None, tmp_path).scale == calib.scale
+  assert bc.find(tmp_path / 'nowhere') is None
+  with pytest.raises(FkdError, match='calibrate_detector'):
+    bc.load(tmp_path / 'missing.json')
+  (tmp_path / 'bad.json').write_text(json.dumps({'offset': [0, 0], 'scale': [1, 1]}))
+  with pytest.raises(FkdError, match='not an fkd box calibration'):
+    bc.load(tmp_path / 'bad.json')
+  record = calib.to_json() | {'scale': [1, -1]}
+  (tmp_path / 'neg.json').write_text(json.dumps(record))
+  with pytest.raises(FkdError, match='positive'):
+    bc.load(tmp_path / 'neg.json')
+
+
+def test_calibrate_detector_on_real_photos(shared_data, tmp_path, capsys):
+  # The tool on 4 AFW + 4 HELEN training photos (symlinked, the smallest files): every face is
+  # matched, and the held-out folder's boxes get closer to its landmark boxes.
+  pytest.importorskip('dlib')
+  from fkd.tools import calibrate_detector
+
+  source = shared_data / 'spinkoo-face-alignement-300w'
+  for folder in ('afw', 'helen/trainset'):
+    (tmp_path / folder).mkdir(parents=True)
+    for image in sorted((source / folder).glob('*.jpg'), key=lambda p: p.stat().st_size)[:4]:
+      for path in (image, image.with_suffix('.pts')):
+        (tmp_path / folder / path.name).symlink_to(path)
+  out = tmp_path / 'model' / bc.FILENAME
+  calib = calibrate_detector.run(str(tmp_path), str(out))
+  assert calib.data['faces'] == 8 and calib.data['missed'] == []
+  assert calib.detector['backend'] == 'dlib_hog'
+  assert 0.9 < calib.scale[0] < 1.1 and 0.8 < calib.scale[1] < 1.05 and calib.offset[1] > 0.03
+  assert calib.fit['calibrated_iou_mean'] > calib.fit['raw_iou_mean']
+  assert set(calib.validation) == {'afw', 'helen/trainset'}
+  for v in calib.validation.values():
+    assert v['faces'] == 4 and v['calibrated_iou_mean'] > max(v['raw_iou_mean'], 0.6)
+  loaded = bc.load(out)
+  assert loaded.offset == pytest.approx(calib.offset) and loaded.data['faces'] == 8
+  assert 'held out afw' in capsys.readouterr().out
