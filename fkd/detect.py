@@ -41,19 +41,28 @@ from PIL import Image
 from fkd.errors import FkdError
 
 BACKEND = 'dlib_hog'
+# dlib's detector is 5 HOG filters; which one fired is the detection's `view`.
+VIEWS = ('front', 'left', 'right', 'front_rotated_left', 'front_rotated_right')
 INSTALL_HINT = 'pip install "fkd[detect]"'
 WINDOW = 80  # dlib's frontal face detector scans 80 x 80 windows
 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-  """One face: `box` (x, y, w, h) in original pixels (module docstring), `score` in [0, 1]."""
+  """One face: `box` (x, y, w, h) in original pixels (module docstring), `score` in [0, 1].
+
+  `view` names the HOG filter that fired (`VIEWS`): a coarse head pose, which the box
+  calibration uses (a turned face's landmarks sit off-centre in its box). 'left' is a face turned
+  towards the image's left side (breakingbad.jpg's Walter White), 'right' the other way.
+  """
 
   box: tuple[float, float, float, float]
   score: float
+  view: str = 'front'
 
   def to_json(self) -> dict[str, Any]:
-    return {'box': [round(float(v), 3) for v in self.box], 'score': round(float(self.score), 4)}
+    return {'box': [round(float(v), 3) for v in self.box], 'score': round(float(self.score), 4),
+            'view': self.view}
 
 
 def require_dlib() -> Any:
@@ -121,14 +130,15 @@ class FaceDetector:
                                                        reducing_gap=2.0))
     sx, sy = size[0] / w, size[1] / h
     margin = math.log(self.min_score / (1 - self.min_score))
-    rects, margins, _ = self._detector.run(image, 0, margin)
+    rects, margins, filters = self._detector.run(image, 0, margin)
     out = []
-    for r, m in zip(rects, margins, strict=True):
+    for r, m, k in zip(rects, margins, filters, strict=True):
       # Pixels left..right of the resized image span edges left−½..right+½, i.e. original edges
       # left/sx−½ .. (right+1)/sx−½: x = left/sx, w = (right+1−left)/sx.
       box = (r.left() / sx, r.top() / sy, (r.right() + 1 - r.left()) / sx,
              (r.bottom() + 1 - r.top()) / sy)
-      out.append(Detection(tuple(float(v) for v in box), float(1 / (1 + math.exp(-m)))))
+      view = VIEWS[int(k)] if 0 <= int(k) < len(VIEWS) else str(int(k))
+      out.append(Detection(tuple(float(v) for v in box), float(1 / (1 + math.exp(-m))), view))
     out.sort(key=lambda d: (-d.score, d.box))
     return out[:self.max_faces] if self.max_faces is not None else out
 

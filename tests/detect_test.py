@@ -81,7 +81,8 @@ def test_boxes_are_in_original_pixels(shared_data, detector):
   gray = detector(np.asarray(Image.fromarray(image).convert('L')))
   assert len(gray) == 1 and detect.iou(gray[0].box, small[0].box) > 0.5
   record = small[0].to_json()
-  assert set(record) == {'box', 'score'} and len(record['box']) == 4
+  assert set(record) == {'box', 'score', 'view'} and len(record['box']) == 4
+  assert small[0].view in detect.VIEWS
 
 
 @pytest.mark.parametrize('name', ['takeo', 'lenna'])
