@@ -106,7 +106,8 @@ class FaceDetector:
     self.min_face = float(min_face)
     self.min_face_fraction = float(min_face_fraction)
     self.max_faces = max_faces
-    self._detector = require_dlib().get_frontal_face_detector()
+    require_dlib()
+    self._detector = _dlib_detector()  # ~1 s to build, so shared
 
   def config(self) -> dict[str, Any]:
     """What a calibration records about the detector that produced its boxes."""
@@ -144,14 +145,18 @@ class FaceDetector:
 
 
 @functools.cache
-def _default_detector() -> FaceDetector:
-  return FaceDetector()
+def _dlib_detector() -> Any:
+  return require_dlib().get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=8)
+def _detector(**kwargs: Any) -> FaceDetector:
+  return FaceDetector(**kwargs)
 
 
 def detect_faces(image_rgb: np.ndarray, **kwargs: Any) -> list[Detection]:
   """Every face of a uint8 RGB (or grayscale) image, best score first (`FaceDetector` args)."""
-  detector = FaceDetector(**kwargs) if kwargs else _default_detector()
-  return detector(image_rgb)
+  return _detector(**kwargs)(image_rgb)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -82,6 +82,15 @@ class OneEuroFilter:
     return self.x_hat.copy()
 
 
+def mean_motion(landmarks: Sequence[np.ndarray] | np.ndarray) -> float:
+  """Mean frame-to-frame displacement of a point, in its units: mean over frames t >= 1 and points
+  of |p_t − p_(t−1)| for a (T, N, 2) sequence of one face (the jitter figure of a still face)."""
+  seq = np.asarray(landmarks, np.float64)
+  if seq.ndim != 3 or seq.shape[-1] != 2 or len(seq) < 2:
+    raise ValueError(f'need (T >= 2, N, 2) landmarks, got shape {seq.shape}')
+  return float(np.linalg.norm(np.diff(seq, axis=0), axis=-1).mean())
+
+
 @dataclasses.dataclass
 class Track:
   """One face followed across frames."""

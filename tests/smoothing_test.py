@@ -66,14 +66,20 @@ def test_jitter_on_a_still_face_drops():
   f = smoothing.OneEuroFilter()
   smooth = _still_face(lambda x: f(x, scale=200.0))[30:]
   var_factor = raw.var(0).mean() / smooth.var(0).mean()
-  motion = lambda s: np.linalg.norm(np.diff(s, axis=0), axis=-1).mean()
-  motion_factor = motion(raw) / motion(smooth)
+  motion_factor = smoothing.mean_motion(raw) / smoothing.mean_motion(smooth)
   assert 8 < var_factor < 12 and 6 < motion_factor < 9
   # Theory at beta = 0: an exponential smoother keeps alpha / (2 − alpha) of white-noise variance.
   f0 = smoothing.OneEuroFilter(beta=0.0)
   smooth0 = _still_face(lambda x: f0(x))[30:]
   a = smoothing.alpha(1.0, 1 / 30)
   assert smooth0.var(0).mean() / raw.var(0).mean() == pytest.approx(a / (2 - a), rel=0.15)
+
+
+def test_mean_motion_hand_computed():
+  seq = np.array([[[0, 0], [1, 1]], [[3, 4], [1, 1]], [[3, 4], [1, 2]]], float)  # (T=3, N=2, 2)
+  assert smoothing.mean_motion(seq) == pytest.approx((5 + 0 + 0 + 1) / 4)
+  with pytest.raises(ValueError, match='T >= 2'):
+    smoothing.mean_motion(seq[:1])
 
 
 def test_beta_cuts_the_lag_of_motion():
