@@ -1,8 +1,9 @@
 """Detector box -> landmark box: a calibration fitted on training data and stored as JSON.
 
 A face detector's box is not the box a landmark model was trained on (300-W crops are the
-landmark extent ± 5 px, `tfds_builders/ibug_300w`): dlib's HOG box is square, cuts the chin and
-sits above the jaw. `fit` learns, per coordinate, where the *landmark box* (the tight box of the
+landmark extent ± 5 px, `tfds_builders/ibug_300w`): dlib's HOG box is square, takes in the
+forehead and cuts the chin (on 300-W the landmark box's centre is 8 % of the box height lower).
+`fit` learns, per coordinate, where the *landmark box* (the tight box of the
 annotated points) lies relative to the detector box:
 
   centre_target = centre_det + offset · size_det      size_target = scale · size_det
