@@ -76,6 +76,8 @@ class VideoReader:
     self._cap = cv2.VideoCapture(source if self.camera else name)
     if not self._cap.isOpened():
       self._cap.release()
+      if self.camera:
+        raise FkdError(f'cannot open {name} (no such camera, in use, or no access)')
       raise FkdError(f'cannot open {name} as a video (not a video, broken, or a codec FFmpeg in '
                      'OpenCV lacks)')
     fps = self._cap.get(cv2.CAP_PROP_FPS)

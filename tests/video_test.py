@@ -58,10 +58,14 @@ def test_truncated_video_yields_what_it_can_then_fails(tmp_path):
   cut = tmp_path / 'cut.avi'
   cut.write_bytes(data[:len(data) * 2 // 3])
   seen = []
+  out = tmp_path / 'annotated.mp4'
   with pytest.raises(FkdError, match=r'ended after \d+ of its 40 frames'):
-    for frame in video.read_frames(cut):
-      seen.append(frame.index)
+    with video.VideoWriter(out, FPS, (W, H)) as writer:
+      for frame in video.read_frames(cut):
+        seen.append(frame.index)
+        writer.write(frame.image)
   assert 0 < len(seen) < 40 and seen == list(range(len(seen)))
+  assert len(list(video.read_frames(out))) == len(seen)  # what was written stays valid
   assert len(list(video.VideoReader(cut, strict=False))) == len(seen)
   # An mp4 cut short loses its index (written last): it cannot be opened at all.
   mp4 = _write(tmp_path / 'clip.mp4')
@@ -79,6 +83,8 @@ def test_errors(tmp_path, monkeypatch):
   with video.VideoWriter(tmp_path / 'w.mp4', FPS, (W, H)) as writer:
     with pytest.raises(ValueError, match='uint8'):
       writer.write(np.zeros((W, H, 3), np.uint8))
+  with pytest.raises(FkdError, match='no such camera'):
+    video.VideoReader(63)  # /dev/video63: none here
   monkeypatch.setitem(sys.modules, 'cv2', None)
   with pytest.raises(FkdError, match=r'pip install "fkd\[video\]"'):
     video.VideoReader(tmp_path / 'w.mp4')
