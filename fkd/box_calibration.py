@@ -42,8 +42,10 @@ from fkd.errors import FkdError
 
 FILENAME = 'calibration.json'
 FORMAT = 'fkd.box_calibration/1'
-TARGET = ('landmark box: the tight box of the annotated points, as (x, y, w, h) = (min + 1/2, '
-          'max - min) in 0-based pixel-centre coordinates (edges at the extreme points)')
+TARGET = (
+  'landmark box: the tight box of the annotated points, as (x, y, w, h) = (min + 1/2, '
+  'max - min) in 0-based pixel-centre coordinates (edges at the extreme points)'
+)
 MATCH_IOU = 0.3  # a detection belongs to an annotated face when their IoU reaches this
 MIN_VIEW_FACES = 5  # a view gets its own numbers from this many training faces on
 # The 300-W training folders of a manual download (`tfds_builders/ibug_300w`).
@@ -77,19 +79,32 @@ class Calibration:
     return np.asarray(entry['offset'], np.float64), np.asarray(entry['scale'], np.float64)
 
   def to_json(self) -> dict[str, Any]:
-    return {'format': FORMAT, 'offset': [float(v) for v in self.offset],
-            'scale': [float(v) for v in self.scale],
-            'views': {k: {'offset': [float(x) for x in v['offset']],
-                          'scale': [float(x) for x in v['scale']], 'faces': int(v['faces'])}
-                      for k, v in self.views.items()},
-            'target': self.target, 'detector': self.detector, 'data': self.data,
-            'fit': self.fit, 'validation': self.validation}
+    return {
+      'format': FORMAT,
+      'offset': [float(v) for v in self.offset],
+      'scale': [float(v) for v in self.scale],
+      'views': {
+        k: {
+          'offset': [float(x) for x in v['offset']],
+          'scale': [float(x) for x in v['scale']],
+          'faces': int(v['faces']),
+        }
+        for k, v in self.views.items()
+      },
+      'target': self.target,
+      'detector': self.detector,
+      'data': self.data,
+      'fit': self.fit,
+      'validation': self.validation,
+    }
 
   @classmethod
   def from_json(cls, record: dict[str, Any], name: str = 'calibration') -> Calibration:
     if record.get('format') != FORMAT:
-      raise FkdError(f'{name}: not an fkd box calibration (format {record.get("format")!r}; '
-                     f'expected {FORMAT!r})')
+      raise FkdError(
+        f'{name}: not an fkd box calibration (format {record.get("format")!r}; expected {FORMAT!r})'
+      )
+
     def numbers(entry: dict[str, Any], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
       try:
         offset = tuple(float(v) for v in entry['offset'])
@@ -105,9 +120,16 @@ class Calibration:
     for view, entry in (record.get('views') or {}).items():
       o, s = numbers(entry, f' of view {view!r}')
       views[view] = {'offset': o, 'scale': s, 'faces': int(entry.get('faces', 0))}
-    return cls(offset, scale, views, record.get('detector', {}), record.get('data', {}),
-               record.get('fit', {}), record.get('validation', {}),
-               record.get('target', TARGET))
+    return cls(
+      offset,
+      scale,
+      views,
+      record.get('detector', {}),
+      record.get('data', {}),
+      record.get('fit', {}),
+      record.get('validation', {}),
+      record.get('target', TARGET),
+    )
 
 
 IDENTITY = Calibration((0.0, 0.0), (1.0, 1.0), target='the detector box itself (uncalibrated)')
@@ -120,8 +142,11 @@ def landmark_box(points: np.ndarray) -> np.ndarray:
   return np.concatenate([lo + 0.5, hi - lo])
 
 
-def apply(calib: Calibration, box: Sequence[float] | np.ndarray,
-          view: str | Sequence[str | None] | None = None) -> np.ndarray:
+def apply(
+  calib: Calibration,
+  box: Sequence[float] | np.ndarray,
+  view: str | Sequence[str | None] | None = None,
+) -> np.ndarray:
   """Maps detector (x, y, w, h) boxes (..., 4) of `view` (one, or one per box) to landmark boxes."""
   box = np.asarray(box, np.float64)
   if view is None or isinstance(view, str):
@@ -142,9 +167,13 @@ def _fit_numbers(det: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, ...]:
   return rel.mean(0), np.exp(log_ratio.mean(0)), rel - rel.mean(0), log_ratio - log_ratio.mean(0)
 
 
-def fit(detector_boxes: np.ndarray, target_boxes: np.ndarray,
-        views: Sequence[str | None] | None = None, min_view_faces: int = MIN_VIEW_FACES,
-        **info: Any) -> Calibration:
+def fit(
+  detector_boxes: np.ndarray,
+  target_boxes: np.ndarray,
+  views: Sequence[str | None] | None = None,
+  min_view_faces: int = MIN_VIEW_FACES,
+  **info: Any,
+) -> Calibration:
   """Least-squares fit on matched (n, 4) boxes, globally and per view; `info` fills the record."""
   det = np.asarray(detector_boxes, np.float64).reshape(-1, 4)
   tgt = np.asarray(target_boxes, np.float64).reshape(-1, 4)
@@ -158,15 +187,26 @@ def fit(detector_boxes: np.ndarray, target_boxes: np.ndarray,
       mask = np.array([v == view for v in views])
       if mask.sum() >= min_view_faces:
         o, s, rel[mask], log_ratio[mask] = _fit_numbers(det[mask], tgt[mask])
-        calib.views[view] = {'offset': tuple(float(v) for v in o),
-                             'scale': tuple(float(v) for v in s), 'faces': int(mask.sum())}
-  calib.fit = {'faces': len(det), 'offset_std': rel.std(0).tolist(),
-               'log_scale_std': log_ratio.std(0).tolist(), **evaluate(calib, det, tgt, views)}
+        calib.views[view] = {
+          'offset': tuple(float(v) for v in o),
+          'scale': tuple(float(v) for v in s),
+          'faces': int(mask.sum()),
+        }
+  calib.fit = {
+    'faces': len(det),
+    'offset_std': rel.std(0).tolist(),
+    'log_scale_std': log_ratio.std(0).tolist(),
+    **evaluate(calib, det, tgt, views),
+  }
   return calib
 
 
-def evaluate(calib: Calibration, detector_boxes: np.ndarray, target_boxes: np.ndarray,
-             views: Sequence[str | None] | None = None) -> dict[str, float]:
+def evaluate(
+  calib: Calibration,
+  detector_boxes: np.ndarray,
+  target_boxes: np.ndarray,
+  views: Sequence[str | None] | None = None,
+) -> dict[str, float]:
   """How well detections match landmark boxes: raw, calibrated, and calibrated without views.
 
   IoU with the landmark box (mean, median); centre error in units of the landmark box size
@@ -180,14 +220,16 @@ def evaluate(calib: Calibration, detector_boxes: np.ndarray, target_boxes: np.nd
     variants.append(('global', apply(calib, det)))
   for name, boxes in variants:
     size = np.sqrt(tgt[:, 2] * tgt[:, 3])
-    centre_err = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - tgt[:, :2] - tgt[:, 2:] / 2,
-                                axis=1) / size
+    centre_err = (
+      np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - tgt[:, :2] - tgt[:, 2:] / 2, axis=1) / size
+    )
     ious = iou(boxes, tgt)
-    out |= {f'{name}_iou_mean': round(float(ious.mean()), 4),
-            f'{name}_iou_median': round(float(np.median(ious)), 4),
-            f'{name}_centre_error': round(float(centre_err.mean()), 4),
-            f'{name}_size_error': round(float(np.abs(np.log(boxes[:, 2:] / tgt[:, 2:])).mean()),
-                                        4)}
+    out |= {
+      f'{name}_iou_mean': round(float(ious.mean()), 4),
+      f'{name}_iou_median': round(float(np.median(ious)), 4),
+      f'{name}_centre_error': round(float(centre_err.mean()), 4),
+      f'{name}_size_error': round(float(np.abs(np.log(boxes[:, 2:] / tgt[:, 2:])).mean()), 4),
+    }
   return out
 
 
@@ -212,9 +254,11 @@ def load(path: str | os.PathLike) -> Calibration:
     with open(path) as f:
       record = json.load(f)
   except FileNotFoundError:
-    raise FkdError(f'no box calibration at {path}; fit one with `python -m '
-                   'fkd.tools.calibrate_detector --manual_dir=<300-W folder> '
-                   f'--output={path}`') from None
+    raise FkdError(
+      f'no box calibration at {path}; fit one with `python -m '
+      'fkd.tools.calibrate_detector --manual_dir=<300-W folder> '
+      f'--output={path}`'
+    ) from None
   except (OSError, ValueError) as e:
     raise FkdError(f'cannot read box calibration {path}: {e}') from None
   return Calibration.from_json(record, path)
@@ -226,8 +270,7 @@ def packaged(dataset: str) -> Calibration | None:
   return load(path) if path.is_file() else None
 
 
-def find(*directories: str | os.PathLike | None, dataset: str | None = None
-         ) -> Calibration | None:
+def find(*directories: str | os.PathLike | None, dataset: str | None = None) -> Calibration | None:
   """The first `calibration.json` in `directories` (e.g. the stage, the workdir), else the
   packaged one of `dataset`, else None."""
   for d in directories:
@@ -250,9 +293,13 @@ class Pairs:
   missed: list[str]
 
 
-def collect_pairs(manual_dir: str | os.PathLike, folders: Sequence[str],
-                  detect: Callable[[np.ndarray], list], origin_offset: float = -1.0,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Pairs]:
+def collect_pairs(
+  manual_dir: str | os.PathLike,
+  folders: Sequence[str],
+  detect: Callable[[np.ndarray], list],
+  origin_offset: float = -1.0,
+  progress: Callable[[str], None] | None = None,
+) -> dict[str, Pairs]:
   """Runs `detect` on every image with a `.pts` in `folders` of a 300-W-style manual download.
 
   Each image's annotated face (raw `.pts` + `origin_offset`, −1 for 300-W's 1-based values) is
@@ -297,21 +344,30 @@ def fit_pairs(pairs: dict[str, Pairs], **info: Any) -> Calibration:
   used = {k: p for k, p in pairs.items() if len(p.names)}
   if not used:
     raise FkdError('no annotated face was detected: nothing to fit a calibration on')
-  calib = fit(np.concatenate([p.detector for p in used.values()]),
-              np.concatenate([p.target for p in used.values()]),
-              [v for p in used.values() for v in p.views], **info)
-  calib.data |= {'folders': {k: {'faces': len(p.names), 'missed': len(p.missed)}
-                             for k, p in pairs.items()},
-                 'faces': sum(len(p.names) for p in used.values()),
-                 'missed': sorted(m for p in pairs.values() for m in p.missed)}
+  calib = fit(
+    np.concatenate([p.detector for p in used.values()]),
+    np.concatenate([p.target for p in used.values()]),
+    [v for p in used.values() for v in p.views],
+    **info,
+  )
+  calib.data |= {
+    'folders': {k: {'faces': len(p.names), 'missed': len(p.missed)} for k, p in pairs.items()},
+    'faces': sum(len(p.names) for p in used.values()),
+    'missed': sorted(m for p in pairs.values() for m in p.missed),
+  }
   if len(used) >= 2:
     for held, p in used.items():
       rest = [q for k, q in used.items() if k != held]
       if sum(len(q.names) for q in rest) < 2 or not len(p.names):
         continue
-      c = fit(np.concatenate([q.detector for q in rest]), np.concatenate([q.target for q in rest]),
-              [v for q in rest for v in q.views])
-      calib.validation[held] = {'fit_on': [k for k in used if k != held],
-                                'views': sorted(c.views), **evaluate(c, p.detector, p.target,
-                                                                     p.views)}
+      c = fit(
+        np.concatenate([q.detector for q in rest]),
+        np.concatenate([q.target for q in rest]),
+        [v for q in rest for v in q.views],
+      )
+      calib.validation[held] = {
+        'fit_on': [k for k in used if k != held],
+        'views': sorted(c.views),
+        **evaluate(c, p.detector, p.target, p.views),
+      }
   return calib

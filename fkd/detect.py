@@ -64,8 +64,11 @@ class Detection:
   view: str = 'front'
 
   def to_json(self) -> dict[str, Any]:
-    return {'box': [round(float(v), 3) for v in self.box], 'score': round(float(self.score), 4),
-            'view': self.view}
+    return {
+      'box': [round(float(v), 3) for v in self.box],
+      'score': round(float(self.score), 4),
+      'view': self.view,
+    }
 
 
 def require_dlib() -> Any:
@@ -73,9 +76,11 @@ def require_dlib() -> Any:
   try:
     import dlib
   except ImportError:
-    raise FkdError('face detection needs dlib, which is not installed; install it with '
-                   f'`{INSTALL_HINT}` (or pass a face box with --bbox, or --whole_image for '
-                   'photos that are already face crops)') from None
+    raise FkdError(
+      'face detection needs dlib, which is not installed; install it with '
+      f'`{INSTALL_HINT}` (or pass a face box with --bbox, or --whole_image for '
+      'photos that are already face crops)'
+    ) from None
   return dlib
 
 
@@ -84,8 +89,9 @@ def _as_uint8_image(image: np.ndarray) -> np.ndarray:
   if image.ndim == 3 and image.shape[2] == 4:
     image = image[..., :3]
   if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-    raise FkdError(f'detect_faces needs a uint8 (H, W) or (H, W, 3) image, got {image.dtype} '
-                   f'{image.shape}')
+    raise FkdError(
+      f'detect_faces needs a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}'
+    )
   return np.ascontiguousarray(image)
 
 
@@ -99,8 +105,13 @@ class FaceDetector:
     max_faces: keep at most this many (the best); None keeps all.
   """
 
-  def __init__(self, min_score: float = 0.4, min_face: float = 40.0,
-               min_face_fraction: float = 0.05, max_faces: int | None = None):
+  def __init__(
+    self,
+    min_score: float = 0.4,
+    min_face: float = 40.0,
+    min_face_fraction: float = 0.05,
+    max_faces: int | None = None,
+  ):
     if not 0.0 < min_score < 1.0:
       raise FkdError(f'min_score must be in (0, 1), got {min_score}')
     if min_face <= 0 or min_face_fraction < 0:
@@ -116,8 +127,13 @@ class FaceDetector:
     """What a calibration records about the detector that produced its boxes."""
     import dlib
 
-    return {'backend': BACKEND, 'dlib_version': dlib.__version__, 'min_score': self.min_score,
-            'min_face': self.min_face, 'min_face_fraction': self.min_face_fraction}
+    return {
+      'backend': BACKEND,
+      'dlib_version': dlib.__version__,
+      'min_score': self.min_score,
+      'min_face': self.min_face,
+      'min_face_fraction': self.min_face_fraction,
+    }
 
   def scale(self, width: int, height: int) -> float:
     """The resize factor applied before detection (see the module docstring)."""
@@ -130,8 +146,9 @@ class FaceDetector:
     s = self.scale(w, h)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     if size != (w, h):
-      image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR,
-                                                       reducing_gap=2.0))
+      image = np.asarray(
+        Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+      )
     sx, sy = size[0] / w, size[1] / h
     margin = math.log(self.min_score / (1 - self.min_score))
     rects, margins, filters = self._detector.run(image, 0, margin)
@@ -139,12 +156,16 @@ class FaceDetector:
     for r, m, k in zip(rects, margins, filters, strict=True):
       # Pixels left..right of the resized image span edges left−½..right+½, i.e. original edges
       # left/sx−½ .. (right+1)/sx−½: x = left/sx, w = (right+1−left)/sx.
-      box = (r.left() / sx, r.top() / sy, (r.right() + 1 - r.left()) / sx,
-             (r.bottom() + 1 - r.top()) / sy)
+      box = (
+        r.left() / sx,
+        r.top() / sy,
+        (r.right() + 1 - r.left()) / sx,
+        (r.bottom() + 1 - r.top()) / sy,
+      )
       view = VIEWS[int(k)] if 0 <= int(k) < len(VIEWS) else str(int(k))
       out.append(Detection(tuple(float(v) for v in box), float(1 / (1 + math.exp(-m))), view))
     out.sort(key=lambda d: (-d.score, d.box))
-    return out[:self.max_faces] if self.max_faces is not None else out
+    return out[: self.max_faces] if self.max_faces is not None else out
 
 
 @functools.cache

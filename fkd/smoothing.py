@@ -50,8 +50,9 @@ def alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray:
 class OneEuroFilter:
   """One Euro filter over arrays of any (fixed) shape; every element filtered on its own."""
 
-  def __init__(self, min_cutoff: float = 1.0, beta: float = 1.0, d_cutoff: float = 1.0,
-               fps: float = 30.0):
+  def __init__(
+    self, min_cutoff: float = 1.0, beta: float = 1.0, d_cutoff: float = 1.0, fps: float = 30.0
+  ):
     if min(min_cutoff, d_cutoff, fps) <= 0 or beta < 0:
       raise ValueError('min_cutoff, d_cutoff and fps must be positive and beta non-negative')
     self.min_cutoff, self.beta, self.d_cutoff, self.fps = min_cutoff, beta, d_cutoff, fps
@@ -69,7 +70,7 @@ class OneEuroFilter:
       self.x_hat, self.dx_hat, self.t = x.copy(), np.zeros_like(x), t
       return x.copy()
     if x.shape != self.x_hat.shape:
-      raise ValueError(f'sample shape {x.shape} differs from the filter\'s {self.x_hat.shape}')
+      raise ValueError(f"sample shape {x.shape} differs from the filter's {self.x_hat.shape}")
     dt = 1.0 / self.fps if t is None or self.t is None else t - self.t
     if dt <= 0:  # a repeated or out-of-order timestamp: keep the state
       return self.x_hat.copy()
@@ -123,8 +124,15 @@ def match(track_boxes: np.ndarray, boxes: np.ndarray, threshold: float) -> list[
 class FaceTracker:
   """Per-face One Euro smoothing of landmarks across video frames (see the module docstring)."""
 
-  def __init__(self, min_cutoff: float = 1.0, beta: float = 1.0, d_cutoff: float = 1.0,
-               fps: float = 30.0, iou_threshold: float = 0.3, max_missed: int = 5):
+  def __init__(
+    self,
+    min_cutoff: float = 1.0,
+    beta: float = 1.0,
+    d_cutoff: float = 1.0,
+    fps: float = 30.0,
+    iou_threshold: float = 0.3,
+    max_missed: int = 5,
+  ):
     self.params = dict(min_cutoff=min_cutoff, beta=beta, d_cutoff=d_cutoff, fps=fps)
     OneEuroFilter(**self.params)  # validates
     self.iou_threshold = iou_threshold
@@ -132,15 +140,22 @@ class FaceTracker:
     self.tracks: list[Track] = []
     self._next_id = 0
 
-  def update(self, boxes: Sequence[Sequence[float]] | np.ndarray,
-             landmarks: Sequence[np.ndarray], t: float | None = None,
-             ) -> list[tuple[int, np.ndarray]]:
+  def update(
+    self,
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    landmarks: Sequence[np.ndarray],
+    t: float | None = None,
+  ) -> list[tuple[int, np.ndarray]]:
     """This frame's faces -> [(track id, smoothed (N, 2) landmarks)], in the order given."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) != len(landmarks):
       raise ValueError(f'{len(boxes)} boxes but {len(landmarks)} landmark arrays')
-    pairs = dict((j, i) for i, j in match(np.array([tr.box for tr in self.tracks]).reshape(-1, 4),
-                                          boxes, self.iou_threshold))
+    pairs = dict(
+      (j, i)
+      for i, j in match(
+        np.array([tr.box for tr in self.tracks]).reshape(-1, 4), boxes, self.iou_threshold
+      )
+    )
     out = []
     matched = set()
     for j, (box, points) in enumerate(zip(boxes, landmarks, strict=True)):

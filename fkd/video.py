@@ -38,8 +38,9 @@ def require_cv2() -> Any:
   try:
     import cv2
   except ImportError:
-    raise FkdError(f'video needs OpenCV, which is not installed; install it with '
-                   f'`{INSTALL_HINT}`') from None
+    raise FkdError(
+      f'video needs OpenCV, which is not installed; install it with `{INSTALL_HINT}`'
+    ) from None
   return cv2
 
 
@@ -66,8 +67,9 @@ class VideoInfo:
 class VideoReader:
   """Iterates over the frames of a video file or a camera (an int index); see the module doc."""
 
-  def __init__(self, source: str | os.PathLike | int, strict: bool = True,
-               default_fps: float = 30.0):
+  def __init__(
+    self, source: str | os.PathLike | int, strict: bool = True, default_fps: float = 30.0
+  ):
     cv2 = require_cv2()
     self.camera = isinstance(source, int)
     name = f'camera {source}' if self.camera else os.fspath(source)
@@ -78,14 +80,18 @@ class VideoReader:
       self._cap.release()
       if self.camera:
         raise FkdError(f'cannot open {name} (no such camera, in use, or no access)')
-      raise FkdError(f'cannot open {name} as a video (not a video, broken, or a codec FFmpeg in '
-                     'OpenCV lacks)')
+      raise FkdError(
+        f'cannot open {name} as a video (not a video, broken, or a codec FFmpeg in OpenCV lacks)'
+      )
     fps = self._cap.get(cv2.CAP_PROP_FPS)
     count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
     self.info = VideoInfo(
-        name, float(fps) if fps and np.isfinite(fps) and fps > 0 else default_fps,
-        count if count > 0 and not self.camera else None,
-        int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+      name,
+      float(fps) if fps and np.isfinite(fps) and fps > 0 else default_fps,
+      count if count > 0 and not self.camera else None,
+      int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+      int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
     self.strict = strict
     self.frames_read = 0
 
@@ -102,8 +108,10 @@ class VideoReader:
       self.frames_read += 1
     count = self.info.frame_count
     if self.strict and count is not None and count - self.frames_read > max(1, count // 100):
-      raise FkdError(f'{self.info.source}: the video ended after {self.frames_read} of its '
-                     f'{count} frames (truncated or broken)')
+      raise FkdError(
+        f'{self.info.source}: the video ended after {self.frames_read} of its '
+        f'{count} frames (truncated or broken)'
+      )
 
   def close(self) -> None:
     self._cap.release()
@@ -118,25 +126,30 @@ class VideoReader:
 class VideoWriter:
   """Writes uint8 RGB frames of one size to a video file (MPEG-4 Part 2 'mp4v' by default)."""
 
-  def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int],
-               fourcc: str = 'mp4v'):
+  def __init__(
+    self, path: str | os.PathLike, fps: float, size: tuple[int, int], fourcc: str = 'mp4v'
+  ):
     cv2 = require_cv2()
     self.path = os.fspath(path)
     self.size = (int(size[0]), int(size[1]))
     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), float(fps),
-                                   self.size)
+    self._writer = cv2.VideoWriter(
+      self.path, cv2.VideoWriter_fourcc(*fourcc), float(fps), self.size
+    )
     if not self._writer.isOpened():
-      raise FkdError(f'cannot write video {self.path} (codec {fourcc!r}, {fps} fps, '
-                     f'{self.size[0]}x{self.size[1]})')
+      raise FkdError(
+        f'cannot write video {self.path} (codec {fourcc!r}, {fps} fps, '
+        f'{self.size[0]}x{self.size[1]})'
+      )
     self.frames_written = 0
 
   def write(self, image: np.ndarray) -> None:
     cv2 = require_cv2()
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (self.size[1], self.size[0], 3):
-      raise ValueError(f'frame must be uint8 {(self.size[1], self.size[0], 3)}, got '
-                       f'{image.dtype} {image.shape}')
+      raise ValueError(
+        f'frame must be uint8 {(self.size[1], self.size[0], 3)}, got {image.dtype} {image.shape}'
+      )
     self._writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     self.frames_written += 1
 

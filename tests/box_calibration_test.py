@@ -48,8 +48,9 @@ def test_views_get_their_own_numbers():
   det = np.concatenate([rng.uniform(0, 500, (16, 2)), rng.uniform(40, 300, (16, 2))], axis=1)
   views = ['front'] * 8 + ['left'] * 6 + ['right'] * 2
   front, left = bc.Calibration((0.0, 0.1), (1.0, 0.9)), bc.Calibration((0.15, 0.1), (0.9, 0.9))
-  tgt = np.concatenate([bc.apply(front, det[:8]), bc.apply(left, det[8:14]),
-                        bc.apply(front, det[14:])])
+  tgt = np.concatenate(
+    [bc.apply(front, det[:8]), bc.apply(left, det[8:14]), bc.apply(front, det[14:])]
+  )
   calib = bc.fit(det, tgt, views)
   assert sorted(calib.views) == ['front', 'left'] and calib.views['left']['faces'] == 6
   np.testing.assert_allclose(calib.views['left']['offset'], left.offset, atol=1e-12)
@@ -121,8 +122,9 @@ def test_packaged_300w_calibration(tmp_path):
   assert bc.find(tmp_path, dataset='ibug_300w').offset == (0.0, 0.0)  # a model's own file wins
 
 
-@pytest.mark.parametrize('name, ext', [('einstein', 'jpg'), ('breakingbad', 'jpg'),
-                                       ('takeo', 'ppm')])
+@pytest.mark.parametrize(
+  'name, ext', [('einstein', 'jpg'), ('breakingbad', 'jpg'), ('takeo', 'ppm')]
+)
 def test_packaged_calibration_on_unseen_photos(shared_data, name, ext):
   # Photos outside the fit set: the calibrated box is closer to the landmark box than dlib's
   # (IoU 0.69 -> 0.78, 0.54 -> 0.68, 0.58 -> 0.77).

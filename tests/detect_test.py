@@ -71,8 +71,9 @@ def test_boxes_are_in_original_pixels(shared_data, detector):
   h, w = image.shape[:2]
   assert detector.scale(w, h) == 2.0
   small = detector(image)
-  big_image = np.asarray(Image.fromarray(image).resize((2 * w, 2 * h), Image.Resampling.BILINEAR,
-                                                       reducing_gap=2.0))
+  big_image = np.asarray(
+    Image.fromarray(image).resize((2 * w, 2 * h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+  )
   big = detect.FaceDetector(min_face=80)(big_image)
   assert len(small) == len(big) == 1
   np.testing.assert_allclose(np.array(big[0].box), 2 * np.array(small[0].box))
@@ -115,7 +116,8 @@ def test_breakingbad_two_faces(shared_data, detector):
   found = detector(image)
   walter, overlap = _best(found, box)
   assert overlap > 0.4
-  jesse = [d for d in found if 600 < d.box[0] + d.box[2] / 2 < 900
-           and 200 < d.box[1] + d.box[3] / 2 < 480]
+  jesse = [
+    d for d in found if 600 < d.box[0] + d.box[2] / 2 < 900 and 200 < d.box[1] + d.box[3] / 2 < 480
+  ]
   assert len(jesse) == 1 and jesse[0].score > walter.score
   assert len(found) <= 5

@@ -89,6 +89,7 @@ def test_beta_cuts_the_lag_of_motion():
     for k in range(90):
       out = f(np.array([200.0 * k / 30]), scale=200.0)
     return 200.0 * 89 / 30 - float(out[0])
+
   assert lag(0.0) == pytest.approx(200 * (1 / 0.173171 - 1) / 30, rel=0.01)  # 31.8 px
   assert lag(1.0) < lag(0.0) / 3
 

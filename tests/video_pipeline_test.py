@@ -20,7 +20,7 @@ def test_face_moving_across_a_video_keeps_one_track(shared_data, tmp_path):
   with video.VideoWriter(path, 25.0, (260, 225)) as writer:
     for i in range(n):
       canvas = np.full((225, 260, 3), 90.0)
-      canvas[:, 20 + step * i:170 + step * i] = face
+      canvas[:, 20 + step * i : 170 + step * i] = face
       writer.write(np.clip(canvas + rng.normal(0, 4, canvas.shape), 0, 255).astype(np.uint8))
   calib = box_calibration.packaged('ibug_300w')
   tracker = smoothing.FaceTracker(fps=25.0)

@@ -21,7 +21,7 @@ def _frame(i):
   """Frame i: grey level 6 i, a white 8 x 8 square at x = _x(i), red channel 200 (RGB order)."""
   img = np.full((H, W, 3), 6 * i % 200, np.uint8)
   img[..., 0] = 200
-  img[10:18, _x(i):_x(i) + 8] = 255
+  img[10:18, _x(i) : _x(i) + 8] = 255
   return img
 
 
@@ -56,7 +56,7 @@ def test_truncated_video_yields_what_it_can_then_fails(tmp_path):
   path = _write(tmp_path / 'clip.avi', 'MJPG', n=40)
   data = path.read_bytes()
   cut = tmp_path / 'cut.avi'
-  cut.write_bytes(data[:len(data) * 2 // 3])
+  cut.write_bytes(data[: len(data) * 2 // 3])
   seen = []
   out = tmp_path / 'annotated.mp4'
   with pytest.raises(FkdError, match=r'ended after \d+ of its 40 frames'):
