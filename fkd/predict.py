@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from fkd import box_calibration, checkpoint, inference, metric_writer
 from fkd.data import crops, datasets, formats
@@ -482,7 +482,13 @@ def draw_faces(img: Image.Image, faces: Sequence[Face]) -> Image.Image:
     width = max(1, round(scale / 150))
     draw.rectangle(box, outline=(255, 220, 0), width=width)
     if face.score is not None:
-      draw.text((box[0], max(0, box[1] - 12)), f'{face.score:.2f}', fill=(255, 220, 0))
+      size = max(10, round(scale / 8))
+      draw.text(
+        (box[0], max(0, box[1] - 1.2 * size)),
+        f'{face.score:.2f}',
+        fill=(255, 220, 0),
+        font=_font(size),
+      )
     if len(pts) == 68:
       for first, last, closed in PARTS_68:
         line = [tuple(p) for p in pts[first : last + 1]]
@@ -490,6 +496,13 @@ def draw_faces(img: Image.Image, faces: Sequence[Face]) -> Image.Image:
     for px, py in pts:
       draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 40, 40))
   return img
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  try:
+    return ImageFont.load_default(size=size)  # Pillow >= 10.1
+  except TypeError:
+    return ImageFont.load_default()
 
 
 def predict_image(
