@@ -259,3 +259,16 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
   lines = _lines(out / 'cut.jsonl')
   assert 0 < len(lines) < 30 and [ln['frame'] for ln in lines] == list(range(len(lines)))
   assert len(list(video.read_frames(out / 'cut.mp4'))) == len(lines)
+
+
+def test_photos_are_read_upright(tmp_path):
+  # A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view).
+  img = np.zeros((20, 30, 3), np.uint8)
+  img[0, 0] = 255  # top-left as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(img).save(tmp_path / 'side.png', exif=exif)
+  upright = np.asarray(predict.open_photo(str(tmp_path / 'side.png')))
+  assert upright.shape == (30, 20, 3) and upright[0, -1].max() == 255  # now top-right
+  Image.fromarray(img).save(tmp_path / 'plain.png')
+  assert np.asarray(predict.open_photo(str(tmp_path / 'plain.png'))).shape == (20, 30, 3)
