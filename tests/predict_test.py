@@ -63,16 +63,18 @@ def test_whole_image_predictions_match_the_evaluator(run_dir, data_dir, tmp_path
   for i in range(2):
     (folder / f'face{i}.png').write_bytes(source[i]['image'])
   (folder / 'notes.txt').write_text('not an image')
-  written = predict.run(str(folder), str(tmp_path / 'out'), workdir=str(run_dir))
+  written = predict.run(str(folder), str(tmp_path / 'out'), workdir=str(run_dir), whole_image=True)
   out = capsys.readouterr().out
-  assert out.count('no --bbox, using the whole image (128x128) as the face crop') == 2
+  assert out.count('whole image (128x128) as the face crop') == 2
   assert [os.path.basename(p) for p in written] == ['face0.json', 'face1.json']
   predictor = predict.Predictor(str(run_dir / 'student_kd'))
   expected = 4 * (predictor(data.splits['test'].images[:2]) + 0.5) - 0.5
   for i, path in enumerate(written):
     record = json.loads(open(path).read())
-    assert record['model']['stage'] == 'student_kd' and record['box']['source'] == 'whole_image'
-    np.testing.assert_allclose(record['landmarks'], expected[i], atol=2e-3)
+    assert record['model']['stage'] == 'student_kd' and record['source'] == 'whole_image'
+    [face] = record['faces']
+    assert face['box'] == [0, 0, 128, 128] and face['score'] is None
+    np.testing.assert_allclose(face['landmarks'], expected[i], atol=2e-3)
     assert Image.open(path[:-5] + '.png').size == (128, 128)
 
 
@@ -100,10 +102,12 @@ def test_cli_on_a_real_face_photo(run_dir, shared_data, tmp_path):
     timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert 'breakingbad.jpg: 68 landmarks' in proc.stdout and 'whole image' not in proc.stdout
+  assert 'breakingbad.jpg: 1 face (--bbox), 68 landmarks' in proc.stdout
   record = json.loads((out / 'breakingbad.json').read_text())
-  points = np.asarray(record['landmarks'])
+  [face] = record['faces']
+  points = np.asarray(face['landmarks'])
   assert points.shape == (68, 2) and record['num_landmarks'] == 68
+  assert face['source'] == 'bbox' and face['box'] == [round(float(v), 3) for v in bbox.split(',')]
   assert record['image_size'] == [1920, 1080]
   assert record['model']['stage'] == 'student_kd' and record['model']['checkpoint'].endswith(
     'student_kd'

