@@ -323,6 +323,8 @@ def test_real_300w_list_files(real):
   spec = folder.read_spec(root)
   records = folder.read_records(root, spec)
   assert {s: len(r) for s, r in records.items()} == {'train': 10, 'test': 3}
+  counts = build.build('folder', str(root), str(tmp / 'tfds_lists'), crop_size=CROP)
+  assert counts == {'train': 10, 'test': 3}
   ref = folder.read_records(tmp / 'pts', folder.read_spec(tmp / 'pts'))
   for s in records:
     for a, b in zip(records[s], ref[s], strict=True):
@@ -380,3 +382,43 @@ def test_train_and_evaluate_5_points(real, tmp_path):
   assert set(results['models']) >= {'mean_shape', 'teacher', 'student_distill'}
   predictor = inference.Predictor(str(tmp_path / 'run' / 'student_distill'))
   assert predictor.num_landmarks == 5
+
+
+def test_cofw_29_points_coco(shared_data, tmp_path):
+  """mmpose's real COFW test faces (COCO keypoints, 29 points, v = 1 occluded) as a folder with
+  COFW's flip and inter-ocular normaliser: builds, keeps v, trains a tiny baseline."""
+  from fkd import train
+
+  src = shared_data / 'mmpose-tests-data' / 'cofw'
+  root = tmp_path / 'cofw'
+  for split in ('train', 'test'):
+    (root / split).mkdir(parents=True)
+    os.symlink(src / 'test_cofw.json', root / split / 'annotations.json')
+    for img in ('001766.jpg', '001805.jpg'):
+      os.symlink(src / img, root / split / img)
+  cofw = schemes.SCHEMES['cofw']
+  write_spec(
+    root,
+    format='coco',
+    num_landmarks=29,
+    flip_permutation=list(cofw.flip_permutation),
+    nme_normalizer=list(cofw.inter_ocular),
+    crop_margin='10%',
+  )
+  assert build.build('folder', str(root), str(tmp_path / 'tfds')) == {'train': 2, 'test': 2}
+  b = build.make_builder('folder', str(tmp_path / 'tfds'), manual_dir=str(root))
+  coco = json.loads((src / 'test_cofw.json').read_text())
+  for ann in coco['annotations']:
+    name = next(i['file_name'] for i in coco['images'] if i['id'] == ann['image_id'])
+    e = examples(b, 'test')[name]
+    kp = np.asarray(ann['keypoints']).reshape(29, 3)
+    assert e['visibility'].tolist() == kp[:, 2].astype(int).tolist()
+    np.testing.assert_allclose(e['landmarks_original'], kp[:, :2], atol=1e-4)
+    x, y, w, h = ann['bbox']
+    np.testing.assert_allclose(e['box_annotation'], [x, y, x + w, y + h])
+  assert (examples(b, 'test')['001766.jpg']['visibility'] == 1).any()  # occluded points kept
+  config = tiny_config('configs/baseline.py', root, tmp_path / 'tfds')
+  config.train.batch_size = 2
+  results = train.run(config, str(tmp_path / 'run'))
+  assert config.data.num_landmarks == 29 and results['norm'] == '[8, 9]'
+  assert results['models']['student_baseline']['test']['count'] == 2

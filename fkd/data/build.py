@@ -93,7 +93,7 @@ def _folder_config(cfg, manual_dir: str | None):
     name=folder.config_name(manual_dir),
     description=f'landmarks_folder of {os.path.abspath(manual_dir)}',
     num_landmarks=spec.num_landmarks,
-    spec=json.dumps(spec.to_json(), sort_keys=True),
+    spec=json.dumps(spec.to_json()),
   )
 
 

@@ -89,10 +89,10 @@ class Spec:
       'landmark_names': list(self.landmark_names) if self.landmark_names else None,
       'flip_permutation': list(self.flip_permutation) if self.flip_permutation else None,
       'nme_normalizer': norm,
-      'splits': [list(s) for s in self.splits] if self.splits is not None else None,
+      'splits': _splits_json(self.splits),
       'train_split': self.train_split,
       'origin_offset': self.origin_offset,
-      'crop_margin': self.crop_margin,
+      'crop_margin': self.crop_margin if self.crop_margin >= 0 else f'{-100 * self.crop_margin:g}%',
       'box': self.box,
     }
 
@@ -110,6 +110,14 @@ class Spec:
       for g in self.nme_normalizer
     )
     return np.linalg.norm(a - b, axis=-1)
+
+
+def _splits_json(splits):
+  if splits is None:
+    return None
+  if all(name == target for name, target in splits):
+    return [name for name, _ in splits]
+  return dict(splits)
 
 
 def _err(msg: str) -> FkdError:
