@@ -422,3 +422,21 @@ def test_cofw_29_points_coco(shared_data, tmp_path):
   results = train.run(config, str(tmp_path / 'run'))
   assert config.data.num_landmarks == 29 and results['norm'] == '[8, 9]'
   assert results['models']['student_baseline']['test']['count'] == 2
+
+
+def test_config_from_dataset_and_no_flip(tmp_path):
+  """A `folder` config takes N, the eval splits and the normaliser from the built dataset; a
+  null flip_permutation turns the flip augmentation off."""
+  from fkd import input_pipeline as ip
+
+  data = tiny_folder(tmp_path, 'pts', n=5, nme_normalizer=[[0, 1], 2])
+  config = tiny_config('configs/kd.py', data, tmp_path / 'tfds')
+  assert config.data.num_landmarks == 0 and config.eval.norm == 'dataset'
+  config.data.image_size = 16
+  d = ip.load(config)
+  assert config.data.num_landmarks == 5 and config.data.eval_splits == ('test',)
+  assert config.eval.norm == '[[0, 1], 2]' and not d.can_flip
+  stored = {tuple(p.reshape(-1).round(3)) for p in d.splits['train'].landmarks}
+  for step in range(4):
+    batch = ip.train_batch(d, 'train', 2, step, 0, 'flip')
+    assert {tuple(p.reshape(-1).round(3)) for p in batch['landmarks']} <= stored
