@@ -62,6 +62,7 @@ class Data:
   flip_permutation: np.ndarray
   pca: asm.PCAModel | None  # in this resolution's pixel frame
   scheme: str | None = None  # '300w' | 'wflw' | 'cofw': the KD augmentation's per-dataset constants
+  can_flip: bool = True  # False: the dataset has no flip permutation (a folder dataset's null)
 
 
 def _builder(config: Any):
@@ -69,6 +70,11 @@ def _builder(config: Any):
 
   datasets.register_builders()
   data_dir = config.data.data_dir
+  facts = datasets.by_tfds_name(config.data.name)
+  if facts is not None and facts.key == 'folder':  # one TFDS config per folder (dataset.json)
+    from fkd.data import build
+
+    return build.make_builder('folder', data_dir, manual_dir=config.data.manual_dir)
   try:
     return tfds.builder(config.data.name, data_dir=data_dir, file_format='array_record')
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -191,6 +197,8 @@ def load(
   """Loads this process's shards of the train split and the whole eval splits into memory."""
   builder = prepare(config)
   meta = builder.info.metadata or {}
+  if 'nme_normalizer' in meta:
+    resolve_from_dataset(config, meta)
   size = config.data.image_size
   native = int(meta.get('image_size', size))
   # Soft landmarks (ASM, method.md §2.3) only for configs that ask for them (`config.asm`).
@@ -234,10 +242,37 @@ def load(
       shards=range(process_index * per_process, (process_index + 1) * per_process),
       num_shards=num_shards,
     )
-  perm = np.asarray(meta.get('flip_permutation', np.arange(config.data.num_landmarks)))
+  perm = meta.get('flip_permutation', None)
+  can_flip = perm is not None or 'flip_permutation' not in meta
+  perm = np.asarray(perm if perm is not None else np.arange(config.data.num_landmarks))
   facts = datasets.by_tfds_name(config.data.name)
   scheme = facts.scheme if facts else None  # the augmentation constants of fkd.data.augment
-  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme)
+  scheme = meta.get('augment') or scheme
+  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme, can_flip)
+
+
+def resolve_from_dataset(config: Any, meta: dict[str, Any]) -> None:
+  """Fills the config fields a folder dataset defines (its dataset.json, in the metadata).
+
+  `data.num_landmarks` 0 -> N; `data.eval_splits` () -> every split but the train split, in the
+  dataset's order; `eval.norm` 'dataset' (or 'inter_ocular' / 'inter_pupil', which a folder
+  dataset does not define apart) -> its `nme_normalizer` as JSON ('[36, 45]').
+  """
+  import json
+
+  n = int(meta['num_landmarks'])
+  if config.data.num_landmarks <= 0:
+    config.data.num_landmarks = n
+  elif config.data.num_landmarks != n:
+    raise FkdError(
+      f'config.data.num_landmarks={config.data.num_landmarks}; the dataset '
+      f'{config.data.name!r} has {n} (leave it 0 to take it from the dataset)'
+    )
+  if not config.data.eval_splits:
+    splits = meta.get('splits') or list(meta.get('counts', {}))
+    config.data.eval_splits = tuple(s for s in splits if s != config.data.train_split)
+  if config.eval.norm in ('dataset', 'inter_ocular', 'inter_pupil'):
+    config.eval.norm = json.dumps(meta['nme_normalizer'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +308,13 @@ def _augment_kd(
     attrs = split.attributes[idx[i]] if split.attributes is not None else None
     copies = augment.num_copies(data.scheme, attrs) if data.scheme else 1
     out_images[i], out_points[i] = augment.augment_kd(
-      images[i], points[i], rngs[i], data.flip_permutation, margin=margin, plain_prob=1.0 / copies
+      images[i],
+      points[i],
+      rngs[i],
+      data.flip_permutation,
+      margin=margin,
+      plain_prob=1.0 / copies,
+      flip_prob=0.5 if data.can_flip else 0.0,
     )
 
   if _POOL.workers > 1 and len(idx) > 1:
@@ -370,7 +411,7 @@ def train_batch(
   points = train.landmarks[idx]
   if augment == 'flip':
     flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
-    flip = flip[process_index * local : (process_index + 1) * local]
+    flip = flip[process_index * local : (process_index + 1) * local] & data.can_flip
     if flip.any():
       images = images.copy()
       points = points.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,13 +24,18 @@ NORMALISATION = {
 def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') -> np.ndarray:
   """Per-image normalising distance d_j from ground-truth shapes (M, N, 2).
 
-  `norm` is 'inter_ocular', 'inter_pupil', 'box_diagonal', or an explicit pair of indices / groups.
+  `norm` is 'inter_ocular', 'inter_pupil', 'box_diagonal', or an explicit pair of indices / groups
+  (also as JSON text, '[36, 45]' or '[[36, 37], [42, 43]]': a folder dataset's nme_normalizer).
   """
   gt = np.asarray(gt, np.float64)
   if norm == 'box_diagonal':
     extent = gt.max(axis=1) - gt.min(axis=1)
     return np.sqrt(np.sum(extent**2, axis=-1))
+  if isinstance(norm, str) and norm.lstrip().startswith('['):  # '[36, 45]', '[[36, 37], [42]]'
+    norm = json.loads(norm)
   if isinstance(norm, str):
+    if norm == 'dataset':
+      raise ValueError("norm 'dataset': the folder dataset's normaliser is set at load time")
     table = NORMALISATION.get(gt.shape[1])
     if table is None or norm not in table:
       raise ValueError(f'no {norm!r} normalisation known for {gt.shape[1]} landmarks')

@@ -3,8 +3,11 @@
   python -m fkd.data.build --dataset=300w --manual_dir=M --data_dir=D [--allow_partial]
   python -m fkd.data.build --dataset=wflw --manual_dir=M --data_dir=D
   python -m fkd.data.build --dataset=cofw --manual_dir=M --data_dir=D [--config=cofw68]
+  python -m fkd.data.build --dataset=folder --manual_dir=DIR --data_dir=D
 
-`--dataset` takes the names of `fkd.data.datasets.DATASETS` (300w, wflw, cofw, cofw68). The
+`--dataset=folder` is your own landmarks: DIR holds a dataset.json (fkd/data/folder.py).
+
+`--dataset` takes the names of `fkd.data.datasets.DATASETS` (300w, wflw, cofw, cofw68, folder). The
 layout each one expects is printed by `--help_layout`. `--crop_size` other than 224 builds a
 separate config named `<config>_<size>px`. Prints the number of faces per split.
 """
@@ -35,12 +38,16 @@ def make_builder(
   config: str | None = None,
   crop_size: int | None = None,
   allow_partial: bool = False,
+  manual_dir: str | None = None,
   **options,
 ):
-  """The TFDS builder of `dataset`; options other than None make a derived config."""
+  """The TFDS builder of `dataset`; options other than None make a derived config.
+
+  `folder` (your own landmarks) needs `manual_dir`: its config is made from DIR/dataset.json.
+  """
   cls = builder_class(dataset)
   name = cls.name
-  info = datasets.DATASETS.get(dataset)
+  info = datasets.DATASETS.get(dataset) or datasets.by_tfds_name(dataset)
   if info is not None and info.builder_config:
     config = config or info.builder_config
   configs = {c.name: c for c in cls.BUILDER_CONFIGS}
@@ -48,6 +55,8 @@ def make_builder(
   if config not in configs:
     raise FkdError(f'--config={config!r}; {name} has configs {sorted(configs)}')
   cfg = configs[config]
+  if info is not None and info.key == 'folder':
+    cfg = _folder_config(cfg, manual_dir)
   changes = {k: v for k, v in options.items() if v is not None}
   if crop_size is not None and crop_size != cfg.crop_size:
     changes['crop_size'] = crop_size
@@ -64,6 +73,30 @@ def make_builder(
   return cls(config=cfg, data_dir=data_dir, file_format='array_record', allow_partial=allow_partial)
 
 
+def _folder_config(cfg, manual_dir: str | None):
+  """The config of the folder dataset in `manual_dir` (validates its dataset.json)."""
+  import json
+  import os
+
+  from fkd.data import folder
+
+  if not manual_dir:
+    raise FkdError(
+      'the folder dataset needs its folder: --manual_dir=DIR (fkd.main: '
+      '--config.data.manual_dir=DIR)'
+    )
+  if not os.path.isdir(manual_dir):
+    raise FkdError(f'--manual_dir={manual_dir} is not a directory')
+  spec = folder.read_spec(manual_dir)
+  return dataclasses.replace(
+    cfg,
+    name=folder.config_name(manual_dir),
+    description=f'landmarks_folder of {os.path.abspath(manual_dir)}',
+    num_landmarks=spec.num_landmarks,
+    spec=json.dumps(spec.to_json()),
+  )
+
+
 def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict[str, int]:
   """Builds (or reuses) the dataset; returns the number of faces per split."""
   import os
@@ -72,7 +105,7 @@ def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict
 
   if not os.path.isdir(manual_dir):
     raise FkdError(f'--manual_dir={manual_dir} is not a directory')
-  builder = make_builder(dataset, data_dir, **kwargs)
+  builder = make_builder(dataset, data_dir, manual_dir=manual_dir, **kwargs)
   if builder.is_prepared():
     print(f'{builder.info.full_name} is already built in {builder.data_dir}')
   else:
@@ -92,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  p.add_argument('--dataset', required=True, help='300w, wflw, cofw or cofw68')
+  p.add_argument('--dataset', required=True, help='300w, wflw, cofw, cofw68 or folder')
   p.add_argument('--manual_dir', help='the folder with the manual download')
   p.add_argument('--data_dir', default=None, help="TFDS data_dir (default: TFDS's)")
   p.add_argument('--config', default=None, help='builder config (cofw: default or cofw68)')
@@ -123,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
       asm_fit_set=args.asm_fit_set,
     )
   except FkdError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'fkd: error: {e}', file=sys.stderr)
     return 1
   return 0
 

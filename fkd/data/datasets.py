@@ -19,9 +19,10 @@ class Dataset:
   """Attributes:
   key: the name in config args and `fkd.data.build --dataset`.
   tfds_name: the TFDS builder name.
-  scheme: the mark-up, a key of `fkd.data.schemes.SCHEMES`.
-  eval_splits: the official test splits, in report order.
-  kd_norm: the NME normalisation KD-Loss reports (method.md §2.7, results.md §2).
+  scheme: the mark-up, a key of `fkd.data.schemes.SCHEMES` ('' for `folder`: from dataset.json).
+  eval_splits: the official test splits, in report order (() for `folder`: every split but train).
+  kd_norm: the NME normalisation KD-Loss reports (method.md §2.7, results.md §2); 'dataset' for
+    `folder`: the nme_normalizer of its dataset.json, read from the built dataset's metadata.
   kd_space: KD-Loss's regression space (method.md §2.2 / §9 #5).
   builder_module: the module that registers the builder with TFDS.
   builder_config: the TFDS config `fkd.data.build` uses by default (None: the builder's own).
@@ -38,7 +39,8 @@ class Dataset:
 
   @property
   def num_landmarks(self) -> int:
-    return schemes.SCHEMES[self.scheme].num_landmarks
+    """N of the mark-up; 0 when the dataset itself says (`folder`: its dataset.json)."""
+    return schemes.SCHEMES[self.scheme].num_landmarks if self.scheme else 0
 
   def builder_class(self):
     module = importlib.import_module(self.builder_module)
@@ -78,6 +80,16 @@ DATASETS = {
     Dataset('cofw', 'cofw', 'cofw', ('test',), 'inter_ocular', 'pixel', 'tfds_builders.cofw'),
     Dataset(
       'cofw68', 'cofw', 'cofw68', ('test',), 'inter_ocular', 'pixel', 'tfds_builders.cofw', 'cofw68'
+    ),
+    # Your own landmarks (issue 18): the facts come from DIR/dataset.json (fkd.data.folder).
+    Dataset(
+      'folder',
+      'landmarks_folder',
+      '',
+      (),
+      'dataset',
+      'normalized',
+      'tfds_builders.landmarks_folder',
     ),
   )
 }
