@@ -10,7 +10,7 @@ from fkd import config_lib
 
 
 def get_config(arg: str | None = None):
-  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False)
-  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny)
+  arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False, cpu=False)
+  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny, arg.cpu)
   config.stages = ('student_baseline',)
   return config

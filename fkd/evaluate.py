@@ -102,7 +102,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   `write_results` draws into worst.png.
   """
   mesh = sharding.make_mesh()
-  eval_splits = list(config.data.eval_splits)
+  eval_splits = list(data.eval_splits)  # the requested splits that were built
   threshold = config.eval.fr_threshold
   results: dict[str, Any] = {
     'dataset': config.data.name,
@@ -114,6 +114,8 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
     'steps': {},
     'nme_per_image': {},
   }
+  if data.dropped:  # eval splits a partial build left out, with the reason
+    results['dropped_splits'] = dict(data.dropped)
   preds: dict[str, dict[str, np.ndarray]] = {}
 
   def add(name: str, split: str, pred: np.ndarray) -> None:

@@ -63,6 +63,10 @@ class Data:
   pca: asm.PCAModel | None  # in this resolution's pixel frame
   scheme: str | None = None  # '300w' | 'wflw' | 'cofw': the KD augmentation's per-dataset constants
   can_flip: bool = True  # False: the dataset has no flip permutation (a folder dataset's null)
+  # The requested eval splits that were built (config.data.eval_splits minus `dropped`), and the
+  # requested ones a partial build left out, with the reason (see `eval_splits`).
+  eval_splits: tuple[str, ...] = ()
+  dropped: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _builder(config: Any):
@@ -215,7 +219,11 @@ def load(
       asm.PCAModel.from_dict(meta['pca'][soft_key]), size / native, 0.5 * size / native - 0.5
     )
   sources = builder.as_data_source()
-  wanted = splits or (config.data.train_split, *config.data.eval_splits)
+  if splits is None:
+    kept, dropped = eval_splits(config, sources, meta)
+    wanted = (config.data.train_split, *kept)
+  else:
+    kept, dropped, wanted = tuple(x for x in splits if x != config.data.train_split), {}, splits
   out = {}
   for name in dict.fromkeys(wanted):
     if name not in sources:
@@ -248,7 +256,51 @@ def load(
   facts = datasets.by_tfds_name(config.data.name)
   scheme = facts.scheme if facts else None  # the augmentation constants of fkd.data.augment
   scheme = meta.get('augment') or scheme
-  return Data(config.data.name, out, size, config.data.num_landmarks, perm, pca, scheme, can_flip)
+  return Data(
+    config.data.name,
+    out,
+    size,
+    config.data.num_landmarks,
+    perm,
+    pca,
+    scheme,
+    can_flip,
+    tuple(kept),
+    dropped,
+  )
+
+
+def eval_splits(config: Any, sources: Any, meta: Any) -> tuple[tuple[str, ...], dict[str, str]]:
+  """The requested eval splits that were built, and {split: reason} for those left out.
+
+  A split the dataset defines (its builder's official counts) but that a partial build
+  (`allow_partial`) left out because the manual download held none of its faces is dropped with a
+  printed note; a split the dataset never has, or a missing split of a complete build, is an
+  error. At least one eval split must remain.
+  """
+  official = dict(meta.get('official_counts') or {})
+  kept, dropped = [], {}
+  for name in dict.fromkeys(config.data.eval_splits):
+    if name in sources:
+      kept.append(name)
+    elif name in official and meta.get('partial'):
+      dropped[name] = (
+        f'the manual download holds none of its {official[name]} faces (built with allow_partial)'
+      )
+    else:
+      raise FkdError(
+        f'config.data.eval_splits: dataset {config.data.name!r} has no split '
+        f'{name!r}; it has {sorted(sources)}'
+      )
+  for name, why in dropped.items():
+    print(f'[data] eval split {name!r} dropped: {why}', flush=True)
+  if not kept and config.data.eval_splits:
+    raise FkdError(
+      f'config.data.eval_splits: none of {list(config.data.eval_splits)} was built '
+      f'({"; ".join(f"{k}: {v}" for k, v in dropped.items())}); the dataset has '
+      f'{sorted(sources)}'
+    )
+  return tuple(kept), dropped
 
 
 def resolve_from_dataset(config: Any, meta: dict[str, Any]) -> None:

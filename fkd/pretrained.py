@@ -100,8 +100,13 @@ def load_into(state: dict[str, Any], stage: Any, optimizer: Any) -> dict[str, An
     return state
   variables, _ = checkpoint.load_model(path)
   source = f'config.{stage.role}.init_from={path}'
-  params = merge_params(state['params'], variables['params'], source=source)
-  batch_stats = merge_params(state['batch_stats'], variables.get('batch_stats', {}), source=source)
+  # `init_skip` (regexes, default the head): what stays randomly initialised; () loads the head
+  # too, for a checkpoint of the same task (the synthetic pre-stage, fkd/pretrain.py).
+  skip = tuple(stage.model_config.get('init_skip', DONT_LOAD))
+  params = merge_params(state['params'], variables['params'], skip, source=source)
+  batch_stats = merge_params(
+    state['batch_stats'], variables.get('batch_stats', {}), skip, source=source
+  )
   return {
     **state,
     'params': params,

@@ -32,6 +32,7 @@ from fkd import (
   methods,
   metric_writer,
   models,
+  pretrain,
   pretrained,
   runtime,
   sharding,
@@ -414,6 +415,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       ip.prepare(config)
     multihost_utils.sync_global_devices('fkd: dataset prepared')
   data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
+  config = pretrain.run(config, workdir, run)  # config.pretrain: a pre-stage on another dataset
   ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()
   os.makedirs(workdir, exist_ok=True)

@@ -1,0 +1,60 @@
+"""`configs/kd.py:300w,cpu` (issue 14) at tiny sizes: the synthetic pre-stage, the three stages
+started from it, and results.json on a 300W folder whose only test faces are helen/testset."""
+
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from configs import kd as kd_config
+from fkd import checkpoint, input_pipeline, train
+
+DUMMY = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
+
+
+def _synthetic_small(data_dir):
+  config = kd_config.get_config('runlocal')
+  config.data.data_dir = data_dir
+  return config
+
+
+def test_cpu_preset_needs_300w():
+  with pytest.raises(ValueError, match="'cpu' preset is for 300w"):
+    kd_config.get_config('cpu')
+
+
+def test_300w_cpu_end_to_end(tmp_path, data_dir, capsys):
+  manual = tmp_path / 'manual'  # train faces + helen/testset only: no ibug, no lfpw/testset
+  shutil.copytree(
+    DUMMY, manual, ignore=shutil.ignore_patterns('ibug', 'testset', '01_Indoor', '02_Outdoor')
+  )
+  shutil.copytree(DUMMY / 'helen' / 'testset', manual / 'helen' / 'testset')
+  config = kd_config.get_config('300w,cpu,runlocal')
+  assert config.data.eval_splits == ('common', 'challenging', 'full')  # as the user gets it
+  config.data.manual_dir, config.data.allow_partial = str(manual), True
+  # The session's synthetic_faces/small (other tests use it too) serves the pre-stage.
+  input_pipeline.prepare(_synthetic_small(data_dir))
+  (tmp_path / 'tfds').mkdir()
+  (tmp_path / 'tfds' / 'synthetic_faces').symlink_to(pathlib.Path(data_dir) / 'synthetic_faces')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  workdir = tmp_path / 'run'
+  train.run(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "eval split 'challenging' dropped" in out
+  results = json.loads((workdir / 'results.json').read_text())
+  for model in ('mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd'):
+    assert set(results['models'][model]) == {'common', 'full'}
+    assert results['models'][model]['common']['nme'] > 0
+  assert 'challenging' in results['dropped_splits']
+  # The pre-stage trained both networks on synthetic faces, and every real stage started there.
+  pre = json.loads((workdir / 'pretrain' / 'results.json').read_text())
+  assert pre['dataset'] == 'synthetic_faces/small'
+  assert set(pre['models']) == {'mean_shape', 'teacher_tough', 'student_baseline'}
+  for stage, source in (
+    ('teacher_tolerant', 'teacher_tough'),
+    ('teacher_tough', 'teacher_tough'),
+    ('student_kd', 'student_baseline'),
+  ):
+    assert f'[{stage}] initialised from {workdir / "pretrain" / source}' in out
+    assert checkpoint.read_meta(str(workdir / stage))['dataset'] == 'ibug_300w'
