@@ -176,8 +176,14 @@ def regression_base(
     # within the README's quick-start time on 2 cores. A short run learns faster with a warm-up
     # + cosine decay from 2e-3 than with the paper's slowly decaying 1e-3 (README, "CPU-sized
     # configs").
-    c.train = optimizer_config(batch_size=32, num_epochs=16, lr=2e-3)
-    c.teacher_train = optimizer_config(batch_size=32, num_epochs=9, lr=2e-3)
+    # Teachers stronger than the student (README "Does distillation help?"): a longer budget than
+    # the student's (12 vs 10 epochs, about the total time of the former 9 + 9 + 16) and an L1
+    # loss: at the same network and budget the MSE student scored 8.5 % NME and the KD-Loss one
+    # (L1-like Loss_Main) 6.0 %, while the MSE teachers scored 10.1–10.4 %, worse than the student
+    # they taught.
+    c.train = optimizer_config(batch_size=32, num_epochs=10, lr=2e-3)
+    c.teacher_train = optimizer_config(batch_size=32, num_epochs=12, lr=2e-3)
+    c.loss.teacher = 'l1'
     for t in (c.train, c.teacher_train):
       t.schedule = 'cosine'
       t.warmup_steps = 50

@@ -1,0 +1,421 @@
+"""Does distillation help? `python -m fkd.ablation --config=CONFIG --workdir=DIR --seeds=N`.
+
+For each seed s (config.seed + 0 … N−1) it trains the method's teachers once, into
+`DIR/seed_<s>/teachers/`, then every student row of the method into its own run directory
+`DIR/seed_<s>/<row>/`, with the teachers of that seed passed by checkpoint path
+(`config.teacher_*_ckpt` / `config.teacher_ckpt`). Every student row trains the same network on
+the same data for the same budget, from the same initialisation and batch order (one stage seed for
+all student rows of a seed); rows differ only in their config overrides. Each run is one
+`fkd.train.run(config, workdir)` and is scored by its own `results.json`; a run whose stages are
+finished and whose results.json exists is skipped, so rerunning the command resumes.
+
+It writes `DIR/ablation.json`:
+  {"dataset": ..., "split": "test", "seeds": N,
+   "rows": {"kd": {"nme_mean": ..., "nme_std": ..., "fr_mean": ..., "auc_mean": ..., ...}}}
+and `DIR/ablation.md` (mean ± sample std over seeds, teachers beside the students).
+
+Rows are data: `ROWS[method]` maps a row name to the stage it trains and its config overrides, so
+a new method's row is one more line there.
+
+  python -m fkd.ablation --config=configs/kd.py --workdir=runs/ablation_kd --seeds=3
+  python -m fkd.ablation --config=configs/mobilefan.py --workdir=runs/ablation_mobilefan --seeds=3
+  python -m fkd.ablation --config=configs/kd.py:runlocal --workdir=/tmp/abl --seeds=2
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from fkd import inference, methods, train
+from fkd.errors import FkdError
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of the ablation table.
+
+  Attributes:
+    stage: the stage it trains (a name of the method's `config.stages` vocabulary).
+    what: one line for the table.
+    overrides: dotted config keys -> values, applied on top of the user's config.
+    teacher: a teacher row: trained once per seed into `seed_<s>/teachers/`, read by the others.
+  """
+
+  stage: str
+  what: str
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  teacher: bool = False
+
+
+def kd_rows(config: Any) -> dict[str, Row]:
+  """KD-Loss (method.md §2.5.4): the teachers, the MSE baseline and the KD-Loss term ablations."""
+  del config
+  return {
+    'teacher_tough': Row('teacher_tough', 'Tough teacher (ground truth)', teacher=True),
+    'teacher_tolerant': Row(
+      'teacher_tolerant', 'Tolerant teacher (ASM soft landmarks)', teacher=True
+    ),
+    'baseline_mse': Row('student_baseline', 'student alone, MSE', {'loss.baseline': 'mse'}),
+    'main_only': Row(
+      'student_kd',
+      'Loss_Main alone, constant λ, no ALoss: no teacher information',
+      {'kd.teachers': (), 'kd.lambda_source': 'constant'},
+    ),
+    'tough_only': Row(
+      'student_kd',
+      'KD-Loss, Tough ALoss only (λ = |a − g|)',
+      {'kd.teachers': ('teacher_tough',), 'kd.lambda_source': 'tough'},
+    ),
+    'tolerant_only': Row(
+      'student_kd',
+      'KD-Loss, Tolerant ALoss only (λ = |s − g|)',
+      {'kd.teachers': ('teacher_tolerant',), 'kd.lambda_source': 'tolerant'},
+    ),
+    'output_kd': Row(
+      'student_output_kd',
+      'plain output distillation from the Tough teacher, '
+      '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd.py)',
+      {'method': 'output_kd', 'output_kd': {'alpha': 0.5}},
+    ),
+    'kd': Row('student_kd', 'KD-Loss, both teachers'),
+  }
+
+
+def fan_rows(config: Any) -> dict[str, Row]:
+  """MobileFAN (FA + FS) or EfficientFAN (FA + PS): the row set follows the config's λs."""
+  fan = config.fan
+  sim = [k for k in ('fs', 'ps') if fan[f'lambda_{k}'] > 0]
+  if fan.lambda_fa <= 0 or not sim:
+    raise FkdError(
+      'the fan ablation needs config.fan.lambda_fa > 0 and lambda_fs or lambda_ps '
+      f'> 0, got fa={fan.lambda_fa} fs={fan.lambda_fs} ps={fan.lambda_ps}'
+    )
+  off = {f'fan.lambda_{k}': 0.0 for k in sim}
+  rows = {
+    'teacher': Row('teacher', 'teacher (heatmaps)', teacher=True),
+    'baseline': Row('student_baseline', 'student alone, heatmap MSE'),
+    'fa_only': Row('student_distill', f'+ feature-aligned only (λ_FA {fan.lambda_fa})', off),
+  }
+  names = {'fs': 'pixel-affinity', 'ps': 'patch-similarity'}
+  for k in sim:
+    only = {'fan.lambda_fa': 0.0, **{f'fan.lambda_{j}': 0.0 for j in sim if j != k}}
+    rows[f'{k}_only'] = Row(
+      'student_distill', f'+ {names[k]} only (λ_{k.upper()} {fan[f"lambda_{k}"]})', only
+    )
+  rows['distill'] = Row('student_distill', '+ ' + ' + '.join(['FA', *(k.upper() for k in sim)]))
+  return rows
+
+
+# method (config.method) -> (its rows, the row every other is compared with).
+ROWS: dict[str, tuple[Callable[[Any], dict[str, Row]], str]] = {
+  'kd': (kd_rows, 'kd'),
+  'fan': (fan_rows, 'distill'),
+}
+
+
+def method_of(config: Any) -> str:
+  return config.method
+
+
+def rows_for(config: Any) -> dict[str, Row]:
+  method = method_of(config)
+  if method not in ROWS:
+    raise FkdError(
+      f'fkd.ablation has no rows for config.method={method!r}; known: {", ".join(ROWS)}'
+    )
+  return ROWS[method][0](config)
+
+
+# Top-level keys a row may add (another method's block: the output_kd row on a KD config).
+_NEW_BLOCKS = ('output_kd',)
+
+
+def _set(config: Any, key: str, value: Any) -> None:
+  *path, leaf = key.split('.')
+  node = config
+  for p in path:
+    node = node[p]
+  if leaf not in node and not (not path and leaf in _NEW_BLOCKS):
+    raise FkdError(f'ablation row override {key!r}: no such config key')
+  node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+
+def _stage_index(config: Any, stage: str) -> int:
+  """The seed offset of a stage in its method (`Method.seed_offset`)."""
+  return methods.get(config).seed_offset(stage)
+
+
+def student_seed_offset(config: Any, rows: dict[str, Row]) -> int:
+  """The stage seed of every student row of seed s is s + this."""
+  return max(_stage_index(_with(config, r), r.stage) for r in rows.values() if not r.teacher)
+
+
+def _with(config: Any, row: Row) -> Any:
+  """The config with a row's overrides (its method may differ: the output_kd row)."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for key, value in row.overrides.items():
+      _set(c, key, value)
+  return c
+
+
+def run_config(
+  config: Any, seed: int, row: Row | None, rows: dict[str, Row], teachers_dir: str
+) -> Any:
+  """The config of one run: the teachers' (row None) or a student row's."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    if row is None:
+      c.stages = tuple(r.stage for r in rows.values() if r.teacher)
+      c.seed = seed
+      return c
+    c.stages = (row.stage,)
+    for key, value in row.overrides.items():
+      _set(c, key, value)
+    # Same stage seed (init, dropout and batch order) for every student row: the trainer offsets
+    # config.seed by the stage's seed offset, so every row gets seed + (the largest offset of a
+    # student stage), which keeps config.seed >= 0 (numpy seeds must be).
+    c.seed = seed + student_seed_offset(config, rows) - _stage_index(c, row.stage)
+    for r in rows.values():
+      if r.teacher and f'{r.stage}_ckpt' in c:
+        _set(c, f'{r.stage}_ckpt', os.path.join(teachers_dir, r.stage))
+  return c
+
+
+def _finished(config: Any, workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'results.json')) and all(
+    inference.is_finished(os.path.join(workdir, s)) for s in config.stages
+  )
+
+
+# Config fields that may change between reruns without changing what a run trains.
+_IGNORED = ('data.data_dir', 'data.manual_dir', 'data.num_workers')
+
+
+def _fingerprint(config: Any) -> dict[str, Any]:
+  flat = json.loads(config.to_json_best_effort())
+  for key in _IGNORED:
+    *path, leaf = key.split('.')
+    node = flat
+    for p in path:
+      node = node.get(p, {})
+    node.pop(leaf, None)
+  return flat
+
+
+def _run(config: Any, workdir: str, label: str) -> dict[str, Any]:
+  stamp = os.path.join(workdir, 'ablation_run.json')
+  if os.path.exists(workdir) and os.listdir(workdir):
+    # A run dir is reused (skipped or resumed) only if this command made it with the same config.
+    old = json.load(open(stamp)) if os.path.exists(stamp) else None
+    if old != json.loads(json.dumps(_fingerprint(config))):
+      raise FkdError(
+        f'{workdir} holds a run with another config (or one not made by '
+        'fkd.ablation): remove it or use another --workdir'
+      )
+  if _finished(config, workdir):
+    print(f'[ablation] {label}: finished, skipping ({workdir})', flush=True)
+  else:
+    print(f'[ablation] {label}: training {", ".join(config.stages)} into {workdir}', flush=True)
+    t0 = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    with open(stamp, 'w') as f:
+      json.dump(_fingerprint(config), f, indent=1)
+    train.run(config, workdir)
+    print(f'[ablation] {label}: done in {time.time() - t0:.0f}s', flush=True)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+  return mean, std
+
+
+def default_split(config: Any) -> str:
+  splits = list(config.data.eval_splits)
+  return next((s for s in ('test', 'full') if s in splits), splits[-1])
+
+
+def run(
+  config: Any,
+  workdir: str,
+  seeds: int,
+  split: str | None = None,
+  only: list[str] | None = None,
+  command: str = '',
+) -> dict[str, Any]:
+  """Trains and scores every row for `seeds` seeds; writes DIR/ablation.{json,md}."""
+  if seeds < 1:
+    raise FkdError(f'--seeds must be >= 1, got {seeds}')
+  rows = rows_for(config)
+  split = split or default_split(config)
+  if split not in config.data.eval_splits:
+    raise FkdError(
+      f'--split={split!r} is not among config.data.eval_splits {list(config.data.eval_splits)}'
+    )
+  if only:
+    unknown = [r for r in only if r not in rows]
+    if unknown:
+      raise FkdError(f'--rows: unknown row(s) {", ".join(unknown)}; known: {", ".join(rows)}')
+    rows_run = {k: v for k, v in rows.items() if k in only or v.teacher}
+  else:
+    rows_run = rows
+  for row in rows_run.values():  # every override names a real key, before any training
+    if not row.teacher:
+      run_config(config, config.seed, row, rows, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  per_row: dict[str, list[dict[str, float]]] = {}
+  mean_shape: list[dict[str, float]] = []
+  for i in range(seeds):
+    seed = config.seed + i
+    seed_dir = os.path.join(workdir, f'seed_{seed}')
+    teachers_dir = os.path.join(seed_dir, 'teachers')
+    res = _run(
+      run_config(config, seed, None, rows, teachers_dir), teachers_dir, f'seed {seed} teachers'
+    )
+    mean_shape.append(res['models']['mean_shape'][split])
+    for name, row in rows_run.items():
+      if row.teacher:
+        per_row.setdefault(name, []).append(res['models'][row.stage][split])
+        continue
+      res = _run(
+        run_config(config, seed, row, rows, teachers_dir),
+        os.path.join(seed_dir, name),
+        f'seed {seed} {name}',
+      )
+      per_row.setdefault(name, []).append(res['models'][row.stage][split])
+  record = summarize(config, split, seeds, per_row, rows_run, mean_shape)
+  record['wall_time_s'] = round(time.time() - t0, 1)
+  with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
+    json.dump(record, f, indent=1)
+  with open(os.path.join(workdir, 'ablation.md'), 'w') as f:
+    f.write(markdown(record, command))
+  print(markdown(record, command), flush=True)
+  return record
+
+
+def summarize(
+  config: Any,
+  split: str,
+  seeds: int,
+  per_row: dict[str, list[dict[str, float]]],
+  rows: dict[str, Row],
+  mean_shape: list[dict[str, float]],
+) -> dict[str, Any]:
+  out_rows = {}
+  for name, runs in per_row.items():
+    nme_mean, nme_std = _stats([r['nme'] for r in runs])
+    fr_mean, fr_std = _stats([r['fr'] for r in runs])
+    auc_mean, auc_std = _stats([r['auc'] for r in runs])
+    out_rows[name] = {
+      'nme_mean': round(nme_mean, 4),
+      'nme_std': round(nme_std, 4),
+      'fr_mean': round(fr_mean, 4),
+      'fr_std': round(fr_std, 4),
+      'auc_mean': round(auc_mean, 5),
+      'auc_std': round(auc_std, 5),
+      'nme_per_seed': [round(r['nme'], 4) for r in runs],
+      'stage': rows[name].stage,
+      'what': rows[name].what,
+      'overrides': methods.base.plain(rows[name].overrides),
+    }
+  ms_mean, ms_std = _stats([r['nme'] for r in mean_shape])
+  return {
+    'dataset': config.data.name,
+    'split': split,
+    'seeds': seeds,
+    'method': method_of(config),
+    'reference_row': ROWS[method_of(config)][1],
+    'first_seed': config.seed,
+    'rows': out_rows,
+    'mean_shape': {
+      'nme_mean': round(ms_mean, 4),
+      'fr_mean': round(_stats([r['fr'] for r in mean_shape])[0], 4),
+    },
+  }
+
+
+def markdown(record: dict[str, Any], command: str = '') -> str:
+  rows = record['rows']
+  ref = record['reference_row']
+  lines = [
+    f'# fkd ablation: {record["dataset"]} / {record["split"]}, {record["seeds"]} seed(s)',
+    '',
+  ]
+  if command:
+    lines += [f'Made by `{command}`.', '']
+  lines += [
+    "NME % (mean ± sample std over seeds), FR % and AUC at the config's threshold "
+    '(means). '
+    f'"vs {ref}": (row − {ref}) mean NME difference, and that difference in units of the '
+    'larger of the two seed stds (> 2 is the bar of issue 15); "paired": mean ± std over '
+    f'seeds of the per-seed difference row − {ref} (student rows of a seed share their '
+    'initialisation and batches).',
+    '',
+    f'| row | what | NME % | FR % | AUC | NME per seed | vs {ref} | paired |',
+    '|---|---|---|---|---|---|---|---|',
+  ]
+  base = rows.get(ref)
+  for name, r in rows.items():
+    vs = paired = ''
+    if base is not None and name != ref:
+      d = r['nme_mean'] - base['nme_mean']
+      s = max(r['nme_std'], base['nme_std'])
+      vs = f'{d:+.2f}' + (f' ({d / s:+.1f} σ)' if s > 0 else '')
+      diffs = [a - b for a, b in zip(r['nme_per_seed'], base['nme_per_seed'], strict=False)]
+      m, sd = _stats(diffs)
+      paired = f'{m:+.2f} ± {sd:.2f}'
+    per = ', '.join(f'{v:.2f}' for v in r['nme_per_seed'])
+    what = r['what'].replace('|', '\\|')
+    lines.append(
+      f'| `{name}` | {what} | {r["nme_mean"]:.2f} ± {r["nme_std"]:.2f} | '
+      f'{r["fr_mean"]:.2f} | {r["auc_mean"]:.3f} | {per} | {vs} | {paired} |'
+    )
+  ms = record['mean_shape']
+  lines.append(
+    f'| `mean_shape` | the mean training shape for every face | {ms["nme_mean"]:.2f} | '
+    f'{ms["fr_mean"]:.2f} | | | | |'
+  )
+  return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _main(argv: list[str]) -> None:
+  from absl import flags
+
+  f = flags.FLAGS
+  command = 'python -m fkd.ablation ' + ' '.join(sys.argv[1:])
+  try:
+    run(_CONFIG.value, _WORKDIR.value, f.seeds, f.split, f.rows, command)
+  except train.Preempted as e:
+    print(f'fkd: {e}', file=sys.stderr, flush=True)
+    sys.exit(143)
+
+
+if __name__ == '__main__':
+  from absl import flags
+
+  from fkd import cli
+
+  _CONFIG, _WORKDIR = cli.define_run_flags()
+  flags.DEFINE_integer('seeds', 3, 'Number of seeds: config.seed + 0 … N−1.')
+  flags.DEFINE_string('split', None, 'Eval split of the table (default: test, or 300W full).')
+  flags.DEFINE_list('rows', None, 'Only these rows (the teachers are always trained).')
+  cli.run(_main, distributed=True)

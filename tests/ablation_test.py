@@ -1,0 +1,184 @@
+"""fkd.ablation: every row over 2 seeds on tiny configs, the JSON keys, reruns skip, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, tiny_kd_config
+
+from configs import efficientfan, mobilefan
+from configs import kd as kd_config
+from fkd import ablation, inference, methods, train
+from fkd.errors import FkdError
+
+KD_ROWS = (
+  'teacher_tough',
+  'teacher_tolerant',
+  'baseline_mse',
+  'main_only',
+  'tough_only',
+  'tolerant_only',
+  'output_kd',
+  'kd',
+)
+
+
+def _check(record, rows, seeds):
+  assert record['split'] == 'test' and record['seeds'] == seeds and record['dataset']
+  assert tuple(record['rows']) == rows
+  for r in record['rows'].values():
+    assert {'nme_mean', 'nme_std', 'fr_mean', 'auc_mean'} <= set(r)
+    assert len(r['nme_per_seed']) == seeds and r['nme_std'] >= 0
+
+
+def _fake_training(monkeypatch, calls):
+  """train.run replaced by a results.json writer (NME = 10 + seed + number of overrides set)."""
+
+  def fake_run(config, workdir):
+    calls.append((workdir, tuple(config.stages), config.seed))
+    os.makedirs(workdir, exist_ok=True)
+    kd = sum(v is not None for k, v in (config.kd.items() if 'kd' in config else ()) if k != 'mode')
+    models = {'mean_shape': {'test': {'nme': 20.0, 'fr': 90.0, 'auc': 0.0}}}
+    for s in config.stages:
+      models[s] = {'test': {'nme': 10.0 + config.seed + kd, 'fr': 1.0, 'auc': 0.5}}
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump({'dataset': config.data.name, 'models': models}, f)
+
+  monkeypatch.setattr(train, 'run', fake_run)
+  monkeypatch.setattr(
+    inference,
+    'is_finished',
+    lambda d: os.path.exists(os.path.join(os.path.dirname(d), 'results.json')),
+  )
+
+
+@pytest.mark.parametrize('name', ['kd', 'mobilefan', 'efficientfan'])
+def test_every_row_keys_and_rerun(tmp_path, monkeypatch, name):
+  """Every row over 2 seeds, the JSON / markdown keys and the rerun skip (training stubbed)."""
+  calls = []
+  _fake_training(monkeypatch, calls)
+  config = (
+    kd_config if name == 'kd' else mobilefan if name == 'mobilefan' else efficientfan
+  ).get_config('runlocal')
+  rows = ablation.rows_for(config)
+  want = (
+    KD_ROWS
+    if name == 'kd'
+    else (
+      'teacher',
+      'baseline',
+      'fa_only',
+      'fs_only' if name == 'mobilefan' else 'ps_only',
+      'distill',
+    )
+  )
+  assert tuple(rows) == want
+  record = ablation.run(config, str(tmp_path), seeds=2)
+  _check(record, want, 2)
+  on_disk = json.loads((tmp_path / 'ablation.json').read_text())
+  assert on_disk['rows'] == record['rows'] and on_disk['seeds'] == 2
+  md = (tmp_path / 'ablation.md').read_text()
+  assert all(f'`{r}`' in md for r in want)
+  # Teachers once per seed (one run), then one run per student row.
+  teachers = [c for c in calls if c[0].endswith('teachers')]
+  assert len(teachers) == 2 and len(calls) == 2 * (1 + sum(not r.teacher for r in rows.values()))
+  assert sorted(os.listdir(tmp_path / 'seed_1')) == sorted(
+    ['teachers', *(k for k, r in rows.items() if not r.teacher)]
+  )
+  # Every student row shares one stage seed, and no config seed is negative.
+  for seed in (0, 1):
+    cs = [ablation.run_config(config, seed, r, rows, 'T') for r in rows.values() if not r.teacher]
+    assert min(c.seed for c in cs) >= seed
+    assert len({c.seed + methods.get(c).seed_offset(c.stages[0]) for c in cs}) == 1
+  ref = record['rows'][record['reference_row']]
+  assert ref['nme_std'] > 0 and ref['nme_per_seed'][1] == ref['nme_per_seed'][0] + 1
+  # A rerun trains nothing and gives the same table.
+  n = len(calls)
+  assert ablation.run(config, str(tmp_path), seeds=2)['rows'] == record['rows']
+  assert len(calls) == n
+  # ... but never reuses a run made with another config.
+  config.train.lr *= 2
+  with pytest.raises(FkdError, match='another config'):
+    ablation.run(config, str(tmp_path), seeds=2)
+
+
+def test_row_overrides():
+  config = kd_config.get_config('runlocal')
+  rows = ablation.kd_rows(config)
+  c = ablation.run_config(config, 0, rows['main_only'], rows, 'T')
+  assert (tuple(c.kd.teachers), c.kd.lambda_source) == ((), 'constant')
+  assert methods.get(c).stage('student_kd', c).teachers == ()  # no teacher information at all
+  assert c.teacher_tough_ckpt == os.path.join('T', 'teacher_tough') and c.stages == ('student_kd',)
+  c = ablation.run_config(config, 0, rows['tough_only'], rows, 'T')
+  assert (tuple(c.kd.teachers), c.kd.lambda_source) == (('teacher_tough',), 'tough')
+  assert methods.get(c).stage('student_kd', c).teachers == ('teacher_tough',)
+  c = ablation.run_config(config, 0, rows['tolerant_only'], rows, 'T')
+  assert methods.get(c).stage('student_kd', c).teachers == ('teacher_tolerant',)
+  # The output-distillation row: another method, the same student stage seed as kd.
+  c = ablation.run_config(config, 0, rows['output_kd'], rows, 'T')
+  kd = ablation.run_config(config, 0, rows['kd'], rows, 'T')
+  assert c.method == 'output_kd' and c.output_kd.alpha == 0.5 and c.stages == ('student_output_kd',)
+  assert methods.get(c).stage('student_output_kd', c).teachers == ('teacher_tough',)
+  assert c.seed + methods.get(c).seed_offset('student_output_kd') == kd.seed + 2
+  assert ablation.run_config(config, 0, rows['baseline_mse'], rows, 'T').stages == (
+    'student_baseline',
+  )
+  for mod, sim in ((mobilefan, 'fs'), (efficientfan, 'ps')):
+    config = mod.get_config('tiny')
+    rows = ablation.rows_for(config)
+    c = ablation.run_config(config, 0, rows['fa_only'], rows, 'T')
+    assert c.fan.lambda_fa > 0 and c.fan[f'lambda_{sim}'] == 0 and c.teacher_ckpt == 'T/teacher'
+    c = ablation.run_config(config, 0, rows[f'{sim}_only'], rows, 'T')
+    assert c.fan.lambda_fa == 0 and c.fan[f'lambda_{sim}'] > 0
+
+
+def test_kd_ablation_trains(tmp_path, data_dir):
+  """The real thing, tiny: 2 seeds of the teachers and the `kd` row, a few steps each."""
+  config = tiny_kd_config(data_dir)
+  record = ablation.run(config, str(tmp_path), seeds=2, only=['kd'])
+  _check(record, ('teacher_tough', 'teacher_tolerant', 'kd'), 2)
+  assert inference.is_finished(str(tmp_path / 'seed_1' / 'kd' / 'student_kd'))
+  assert not os.path.exists(tmp_path / 'seed_1' / 'kd' / 'teacher_tough')  # read from teachers/
+
+
+def test_bad_input():
+  with pytest.raises(FkdError, match='--seeds'):
+    ablation.run(mobilefan.get_config('tiny'), '/tmp/x', seeds=0)
+  with pytest.raises(FkdError, match='--rows'):
+    ablation.run(mobilefan.get_config('tiny'), '/tmp/x', seeds=1, only=['nope'])
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'fkd.ablation',
+      '--config=configs/kd.py:runlocal',
+      '--workdir=/tmp/x',
+      '--seeds=0',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+    'fkd: error: --seeds must be >= 1, got 0'
+  ]
+
+
+def test_absent_teacher_is_a_zero_weight_teacher():
+  """kd.teachers leaves a teacher out (not even run): the same loss as its term weighted 0."""
+  import jax
+  import jax.numpy as jnp
+
+  from fkd import losses
+
+  p, g, a, s = jax.random.normal(jax.random.key(0), (4, 2, 12)) * 0.1
+  for kw, tough, tolerant in (
+    (dict(w_tou=0.0, w_tol=0.0, lambda_source='constant'), None, None),
+    (dict(w_tol=0.0, lambda_source='tough'), a, None),
+    (dict(w_tou=0.0, lambda_source='tolerant'), None, s),
+  ):
+    params = losses.KDParams.code(**kw)
+    full = losses.kd_loss(p, g, a, s, params)[0]
+    assert jnp.allclose(losses.kd_loss(p, g, tough, tolerant, params)[0], full)
