@@ -40,10 +40,17 @@ def test_gram_equals_naive_value_and_gradient(h, cs, ct, block):
   naive = jax.value_and_grad(affinity.affinity_mse_naive, argnums=(0, 1))
   gram = jax.value_and_grad(lambda s, t: affinity.affinity_mse(s, t, block=block), argnums=(0, 1))
   (v0, (gs0, gt0)), (v1, (gs1, gt1)) = naive(fs, ft), gram(fs, ft)
-  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-  assert rel(v1, v0) <= 1e-5
-  assert rel(gs1, gs0) <= 1e-5 and rel(gt1, gt0) <= 1e-5
-  assert np.isfinite(np.asarray(gs1)).all()
+  assert float(v1) == pytest.approx(float(v0), rel=1e-5)
+  # Element by element, on the all-zero pixels (where 1/n_p = 1/ε makes the gradient huge) and on
+  # the others separately: a global norm would be dominated by the zero pixels.
+  for got, want, f in ((gs1, gs0, fs), (gt1, gt0, ft)):
+    got, want = np.asarray(got), np.asarray(want)
+    assert np.isfinite(got).all()
+    zero = np.all(np.asarray(f) == 0, axis=-1)
+    assert zero.any() and (~zero).any()
+    for mask in (zero, ~zero):
+      scale = np.abs(want[mask]).max()
+      np.testing.assert_allclose(got[mask], want[mask], rtol=1e-3, atol=1e-4 * scale)
 
 
 def test_block_must_divide_the_nodes():
