@@ -72,6 +72,15 @@ def test_kd_lambda_sources():
   assert float(terms['main']) == pytest.approx(2.0 * (2.6875 + 1.5) / 2, abs=1e-6)
 
 
+def test_kd_term_weights_come_from_their_own_constants():
+  teachers = {'teacher_tough': (A, {}), 'teacher_tolerant': (S, {})}
+  total, terms = _kd_loss(_kd_config(w_main=1.5, w_tou=0.5, w_tol=4.0), teachers)
+  assert float(terms['aloss_tough']) == pytest.approx(0.5 * ALOSS_TOUGH, abs=1e-6)
+  assert float(terms['aloss_tolerant']) == pytest.approx(4.0 * ALOSS_TOLERANT, abs=1e-6)
+  assert float(terms['main']) == pytest.approx(0.75 * MAIN_TOLERANT_LAMBDA, abs=1e-6)
+  assert float(total) == pytest.approx(sum(float(v) for v in terms.values()), abs=1e-6)
+
+
 def test_kd_single_teacher_student():
   config = _kd_config(teachers=('teacher_tough',))
   stage = methods.REGISTRY['kd'].stage('student_kd', config)
