@@ -97,6 +97,9 @@ def test_kd_single_teacher_student():
 
 def test_kd_stages_roles_and_teachers():
   config = kd_config.get_config('tiny')
+  # Tell the two model and optimizer configs apart (tiny may give them equal values).
+  config.teacher.name, config.student.name = 'the_teacher', 'the_student'
+  config.teacher_train.lr, config.train.lr = 0.125, 0.5
   method = methods.REGISTRY['kd']
   assert method.stages[:3] == ('teacher_tolerant', 'teacher_tough', 'student_kd')
   for name, role, model, train in [
