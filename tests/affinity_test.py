@@ -27,6 +27,21 @@ def test_affinity_mse_hand_value():
     np.testing.assert_allclose(fn(fs, ft), 0.5, rtol=1e-6)
 
 
+def test_gradient_at_an_all_zero_pixel_hand_value():
+  # Student nodes f0 = (1, 0) and f1 = 0 (a dead ReLU pixel), teacher nodes both (1, 0): A_T is all
+  # ones, A_S = [[1, 0], [0, 0]], L = (0 + 1 + 1 + 1)/4. At s1 = 0, ∂L/∂s1 = (1/4)·2·2·Σ_q
+  # (A_S − A_T)[1, q]·s_q = −(1, 0), and ∂L/∂f1 = ∂L/∂s1 / n1 with n1 = sqrt(0 + ε²) = ε
+  # (module doc): −(1/ε, 0). ∂L/∂f0 = 0 (its row differs from A_T only where s1 = 0).
+  fs = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
+  ft = jnp.array([[[1.0, 0.0], [1.0, 0.0]]])
+  for fn in (affinity.affinity_mse_naive, affinity.affinity_mse):
+    loss, grad = jax.value_and_grad(fn)(fs, ft)
+    assert float(loss) == pytest.approx(0.75, rel=1e-6)
+    np.testing.assert_allclose(grad[0, 1], [-1.0 / affinity.EPS, 0.0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(grad[0, 0], [0.0, 0.0], atol=1e-3)
+  assert affinity.EPS == 1e-6
+
+
 def _features(rng, b, h, c, zero_frac=0.1):
   f = np.maximum(rng.normal(size=(b, h, h, c)), 0) + 0.1 * rng.normal(size=(b, h, h, c))
   f[rng.random((b, h, h)) < zero_frac] = 0.0  # all-zero pixels, as after a ReLU
