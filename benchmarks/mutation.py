@@ -1,7 +1,7 @@
 """Mutation testing of fkd's core: plant one bug at a time and check that the tests guarding that
 code fail.
 
-    python benchmarks/mutation.py [--jobs 2] [--only losses] [--list] [--no-baseline]
+    python benchmarks/mutation.py [--jobs 2] [--only losses,Tough] [--list] [--no-baseline]
 
 Each mutant is one textual change (an operator, a constant, which teacher or target feeds a term)
 in a temporary copy of the repository, never in the working tree; the copy is deleted on exit,
@@ -737,13 +737,16 @@ def _run_mutant(root: pathlib.Path, m: Mutant, env, timeout: float) -> tuple[str
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--jobs', type=int, default=1, help='mutants run at once (one copy each)')
-  parser.add_argument('--only', default='', help='only mutants whose file or text contains this')
+  parser.add_argument(
+    '--only', default='', help='comma-separated: only mutants whose file or text contains one'
+  )
   parser.add_argument('--list', action='store_true', help='list the mutants and exit')
   parser.add_argument('--no-baseline', action='store_true', help='skip the unmutated test run')
   parser.add_argument('--timeout', type=float, default=600.0, help='seconds per mutant')
   args = parser.parse_args()
 
-  mutants = [m for m in MUTANTS if args.only in m.path or args.only in m.what]
+  wanted = [w.strip() for w in args.only.split(',')]
+  mutants = [m for m in MUTANTS if any(w in m.path or w in m.what for w in wanted)]
   lines = {id(m): _locate(m)[1] for m in mutants}
   if args.list:
     for i, m in enumerate(mutants):
