@@ -27,6 +27,13 @@ def test_warped_pixel_lands_on_mapped_landmark(point):
   np.testing.assert_allclose(centroid, crops.apply(a, np.array(point)), atol=0.15)
 
 
+def test_apply_is_a_times_the_homogeneous_point():
+  # method.md §1.2: p' = A·(x, y, 1)ᵀ; a rotation by 90° plus a shift tells A from Aᵀ.
+  a = np.array([[0.0, -1.0, 5.0], [1.0, 0.0, 2.0]])
+  np.testing.assert_allclose(crops.apply(a, np.array([[1.0, 2.0], [0.0, 0.0]])), [[3, 3], [5, 2]])
+  np.testing.assert_allclose(crops.apply(crops.invert(a), np.array([3.0, 3.0])), [1, 2], atol=1e-6)
+
+
 def test_invert_round_trip():
   a = crops.box_transform(np.array([-3.0, 4.0, 120.0, 90.0]), 224)
   pts = np.random.default_rng(0).uniform(0, 100, (68, 2))

@@ -10,8 +10,9 @@ from fkd import models
 
 def _shapes(name, size=64, **kwargs):
   model = models.get_model(name, num_landmarks=5, **kwargs)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-  out, features = model.apply(variables, jnp.zeros((2, size, size, 3)), train=False)
+  # adapt=True: the adapters (training only since the methods redesign) are built and applied.
+  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False, adapt=True)
+  out, features = model.apply(variables, jnp.zeros((2, size, size, 3)), train=False, adapt=True)
   return model, variables, out, features
 
 

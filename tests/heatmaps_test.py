@@ -21,6 +21,24 @@ def test_render_hand_values():
   assert m.max() < 1.0  # the sub-pixel centre is not on a pixel
 
 
+def test_render_window_is_centred_on_the_rounded_point():
+  # method.md §4.4 (fkd default): window centred at round(x) = 3 for x = 2.7, i.e. columns 0..6:
+  # column 6 (|6 − 2.7| = 3.3) is inside, although farther than 3σ from x itself.
+  m = np.asarray(hm.render(jnp.array([[[2.7, 4.0]]]), 8, sigma=1.0))[0, :, :, 0]
+  np.testing.assert_allclose(m[4, 6], math.exp(-(3.3**2) / 2), rtol=1e-5)
+  np.testing.assert_allclose(m[4, 0], math.exp(-(2.7**2) / 2), rtol=1e-5)
+  assert m[4, 7] == 0 and m[0, 3] == 0  # |7 − 3| = 4 > 3σ; row 0: |0 − 4| = 4 > 3σ
+
+
+def test_reference_decode_makes_no_shift_on_the_border():
+  # method.md §4.6 step 2: the quarter-pixel shift only when 0 < j* < W − 1 (likewise for i*).
+  maps = np.zeros((1, 8, 8, 2), np.float32)
+  maps[0, 3, 0, 0], maps[0, 3, 1, 0] = 1.0, 0.5  # argmax on the left border, right neighbour > 0
+  maps[0, 7, 4, 1], maps[0, 6, 4, 1] = 1.0, 0.5  # argmax on the bottom border
+  maps[0, 7, 5, 1] = 0.25  # right neighbour larger than the left: x shifts by +1/4
+  np.testing.assert_allclose(hm.decode(jnp.asarray(maps)), [[[0.0, 3.0], [4.25, 7.0]]])
+
+
 def test_render_quantized_and_outside():
   maps = np.asarray(hm.render(jnp.array([[2.7, 1.2], [-9.0, 3.0]]), 8, sigma=1.0, quantize=True))
   np.testing.assert_allclose(maps[1, 2, 0], 1.0)  # centre truncated to (2, 1)

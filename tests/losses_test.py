@@ -32,6 +32,7 @@ def _aloss(p, q, g, alpha, alpha_neg, params):
     (-1.0, 0.5, 1.9 * 0.5),  # sign of p - g does not matter
     (0.3, 1.0, -0.45 * 0.7),  # R_N: beta*d=0.15 <= e=0.3 <= d=1
     (0.1, 1.0, 0.0),  # R_L: e=0.1 < beta*d=0.15 -> weight 0
+    (0.15, 1.0, -0.45 * 0.85),  # e = beta*d exactly (0.15 in float32 both ways): R_N, not R_L
     (0.5, -0.5, 0.0),  # e = d: R_N, |d - e| = 0
     (0.0, 1.0, 0.0),  # e = 0 -> weight 0
     (0.4, 0.0, 0.0),  # d = 0 -> weight 0 although e > d

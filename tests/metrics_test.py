@@ -47,6 +47,13 @@ def test_auc_kd_single_image_formula():
   assert metrics.auc_kd(np.array([0.11])) == 0.0
 
 
+def test_auc_kd_counts_an_image_on_a_threshold():
+  # results.md §1: c_k counts NME_j <= t_k (t_k = 0.1·k/19), so an image exactly on t_5 has k_j = 5
+  # and scores (0.1/38)·(361 − 4²); one exactly on t_19 = 0.1 still scores (0.1/38)·(361 − 18²).
+  assert metrics.auc_kd(np.array([0.1 * 5 / 19])) == pytest.approx(0.1 / 38 * (361 - 16))
+  assert metrics.auc_kd(np.array([0.1 * 19 / 19])) == pytest.approx(0.1 / 38 * (361 - 324))
+
+
 def test_normalisations():
   g = np.zeros((1, 68, 2))
   g[0, 36:42] = [0.0, 0.0]

@@ -15,6 +15,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from fkd import checkpoint
 from fkd import input_pipeline as ip
@@ -175,6 +176,7 @@ def _two_processes(tmp_path, name, workdir, data_dir):
   )
 
 
+@pytest.mark.slow  # three training runs in subprocesses; `pytest -m slow` and .ci/run run it
 def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_path):
   # Reference: ONE process with the same global batches (2 data shards) on 2 CPU devices, i.e.
   # the same SPMD program as the two processes with their 1 device each. The only cross-device

@@ -15,6 +15,7 @@ def test_there_are_notebooks():
   assert [p.name for p in NOTEBOOKS][:2] == ['01_quickstart.ipynb', '02_reproduce_paper.ipynb']
 
 
+@pytest.mark.slow  # ~200 s for the three notebooks (issue 21); `pytest -m slow` and .ci/run run it
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_tiny(path, monkeypatch):
   nb = nbformat.read(path, as_version=4)

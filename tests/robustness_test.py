@@ -83,6 +83,7 @@ def _wait_for_step(proc, step: int, timeout: float = 400) -> None:
   raise AssertionError(f'process ended before step {step}: {proc.stderr.read()[-2000:]}')
 
 
+@pytest.mark.slow  # two training runs in subprocesses; `pytest -m slow` and .ci/run run it
 def test_sigterm_saves_then_sigkill_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
   workdir = tmp_path / 'interrupted'
   stage_dir = str(workdir / 'student_baseline')
