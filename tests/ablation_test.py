@@ -134,6 +134,7 @@ def test_row_overrides():
     assert c.fan.lambda_fa == 0 and c.fan[f'lambda_{sim}'] > 0
 
 
+@pytest.mark.slow  # 2 seeds of three tiny stages: `pytest -m slow`, run by .ci/run
 def test_kd_ablation_trains(tmp_path, data_dir):
   """The real thing, tiny: 2 seeds of the teachers and the `kd` row, a few steps each."""
   config = tiny_kd_config(data_dir)

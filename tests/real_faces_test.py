@@ -24,6 +24,7 @@ def test_cpu_preset_needs_300w():
     kd_config.get_config('cpu')
 
 
+@pytest.mark.slow  # five tiny stages (~100 s of CPU): `pytest -m slow`, run by .ci/run
 def test_300w_cpu_end_to_end(tmp_path, data_dir, capsys):
   manual = tmp_path / 'manual'  # train faces + helen/testset only: no ibug, no lfpw/testset
   shutil.copytree(
