@@ -74,14 +74,14 @@ def test_detected_face_on_einstein(predictor, shared_data):
   # The calibrated box is the landmark box of the annotated face (0.45 IoU uncalibrated).
   assert max(ious) > 0.7 and float(detect.iou(face.detection_box, truth)) < max(ious)
   assert face.landmarks.shape == (68, 2)
-  x, y, w, h = face.box
-  inside = (
-    (face.landmarks[:, 0] > x - 0.2 * w)
-    & (face.landmarks[:, 0] < x + 1.2 * w)
-    & (face.landmarks[:, 1] > y - 0.2 * h)
-    & (face.landmarks[:, 1] < y + 1.2 * h)
-  )
-  assert inside.all()  # the tiny model is not accurate, but its points stay on the face
+  # The fixture model sees its input but is not accurate (tests/conftest.py), so no bound around
+  # the face is asserted: the landmarks are the model's crop predictions of the calibrated box,
+  # mapped back by hand (crop pixel c of the crop box [L, R] is x = L + (c + ½)·(R − L)/S).
+  edges = np.asarray(face.crop_box, np.float64)
+  crop, _ = predict.crop_face(Image.open(path).convert('RGB'), edges, predictor.image_size)
+  in_crop = predictor(crop[None])[0]
+  scale = (edges[2:] - edges[:2]) / predictor.image_size
+  np.testing.assert_allclose(face.landmarks, edges[:2] + (in_crop + 0.5) * scale, atol=2e-2)
   # The same faces from an array, and a given box skips detection.
   same = predictor.faces(np.asarray(Image.open(path).convert('RGB')))
   np.testing.assert_allclose(same[0].landmarks, faces[0].landmarks, atol=1e-3)
