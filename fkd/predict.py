@@ -600,6 +600,35 @@ def _write_json(path: str, record: Any) -> None:
   os.replace(tmp, path)
 
 
+def _start(
+  output: str,
+  workdir: str | None,
+  checkpoint_dir: str | None,
+  bbox: Sequence[float] | None,
+  whole_image: bool,
+  calibration: str | None,
+  margin: float | None,
+  batch_size: int,
+  detector_kwargs: dict[str, Any],
+) -> tuple[Predictor, str]:
+  """What photos and videos share once their inputs are checked: the predictor, where the boxes
+  come from (a missing detector fails here, with the install hint) and the output folder."""
+  predictor = _load_predictor(
+    workdir,
+    checkpoint_dir,
+    calibration=calibration,
+    margin=margin,
+    batch_size=batch_size,
+    **detector_kwargs,
+  )
+  source = _source(bbox, whole_image)
+  if source == 'detector':
+    predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
+    print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
+  _prepare_output(output)
+  return predictor, source
+
+
 # ---- photos ------------------------------------------------------------------------------------
 
 
@@ -623,19 +652,17 @@ def run(
   stems = output_stems(paths, output)
   check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
   folder = os.path.isdir(image)
-  predictor = _load_predictor(
+  predictor, source = _start(
+    output,
     workdir,
     checkpoint_dir,
-    calibration=calibration,
-    margin=margin,
-    batch_size=batch_size,
-    **detector_kwargs,
+    bbox,
+    whole_image,
+    calibration,
+    margin,
+    batch_size,
+    detector_kwargs,
   )
-  source = _source(bbox, whole_image)
-  if source == 'detector':
-    predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
-    print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
-  _prepare_output(output)
 
   def located() -> Iterator[tuple[Any, np.ndarray]]:
     bar = metric_writer.progress(total=len(paths), desc='photos', unit=' photos')
@@ -747,19 +774,17 @@ def run_video(
   paths = (stem + '.mp4', stem + '.jsonl')
   if not camera:
     check_no_overwrite([source], paths)
-  predictor = _load_predictor(
+  predictor, src = _start(
+    output,
     workdir,
     checkpoint_dir,
-    calibration=calibration,
-    margin=margin,
-    batch_size=batch_size,
-    **detector_kwargs,
+    bbox,
+    whole_image,
+    calibration,
+    margin,
+    batch_size,
+    detector_kwargs,
   )
-  src = _source(bbox, whole_image)
-  if src == 'detector':
-    predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
-    print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
-  _prepare_output(output)
   reader = video.VideoReader(source)
   info = reader.info
   tracker = (
