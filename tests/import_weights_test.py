@@ -75,22 +75,14 @@ def test_keras_mobilenet_v2_cli(tmp_path):
   src = str(tmp_path / 'mnv2.weights.h5')
   _write_keras_h5(src, 'mobilenet_v2', variables, width=0.35)
   dst = str(tmp_path / 'ckpt')
-  out = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'fkd.tools.import_weights',
-      '--from=keras',
-      '--arch=mobilenet_v2',
-      '--width=0.35',
-      src,
-      dst,
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+
+  def convert() -> subprocess.CompletedProcess:
+    command = ['fkd.tools.import_weights', '--from=keras', '--arch=mobilenet_v2', '--width=0.35']
+    return subprocess.run(
+      [sys.executable, '-m', *command, src, dst], cwd=REPO, capture_output=True, text=True
+    )
+
+  out = convert()
   assert out.returncode == 0, out.stderr
   assert 'mobilenet_v2' in out.stdout and '10 classes' in out.stdout
   loaded, meta = checkpoint.load_model(dst)
@@ -103,22 +95,7 @@ def test_keras_mobilenet_v2_cli(tmp_path):
     'input_std': [0.5] * 3,
   }
   # A second conversion into the same directory is refused.
-  again = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'fkd.tools.import_weights',
-      '--from=keras',
-      '--arch=mobilenet_v2',
-      '--width=0.35',
-      src,
-      dst,
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  again = convert()
   assert again.returncode == 2 and 'not empty' in again.stderr
 
 
