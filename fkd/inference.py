@@ -18,13 +18,17 @@ from fkd import checkpoint, heads, methods, models
 from fkd.errors import FkdError
 
 
+def make_model(name: str, kwargs: dict[str, Any], head: heads.Head, num_landmarks: int):
+  """The Flax module `name` with `kwargs` and the outputs its head needs (one-line errors)."""
+  try:
+    return models.get_model(name, **head.model_kwargs(num_landmarks), **kwargs)
+  except (KeyError, TypeError, ValueError) as e:
+    raise FkdError(f'model {name!r} with kwargs {kwargs}: {e}') from e
+
+
 def build_module(meta: dict[str, Any], head: heads.Head):
   """The Flax module a checkpoint's meta describes."""
-  kwargs = {**head.model_kwargs(int(meta['num_landmarks'])), **meta['model_kwargs']}
-  try:
-    return models.get_model(meta['model'], **kwargs)
-  except (KeyError, TypeError, ValueError) as e:
-    raise FkdError(f'model {meta["model"]!r} with kwargs {meta["model_kwargs"]}: {e}') from e
+  return make_model(meta['model'], meta['model_kwargs'], head, int(meta['num_landmarks']))
 
 
 def load_frozen(stage_dir: str) -> tuple[methods.Frozen, dict[str, Any]]:

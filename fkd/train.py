@@ -45,12 +45,7 @@ from fkd.methods import Frozen, Method, Stage
 def build_model(stage: Stage, num_landmarks: int, **extra: Any):
   """The Flax module of a stage: its model config, head outputs and method extras."""
   kwargs = {**methods.base.plain(stage.model_config.kwargs), **extra}
-  try:
-    return models.get_model(
-      stage.model_config.name, **stage.head.model_kwargs(num_landmarks), **kwargs
-    )
-  except (KeyError, TypeError, ValueError) as e:
-    raise FkdError(f'model {stage.model_config.name!r} with kwargs {kwargs}: {e}') from e
+  return inference.make_model(stage.model_config.name, kwargs, stage.head, num_landmarks)
 
 
 # ---------------------------------------------------------------------------------------------
