@@ -85,9 +85,20 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     x, y, w, h = (float(v) for v in text.split(','))
   except ValueError:
     raise FkdError(f'--bbox must be x,y,w,h (4 numbers), got {text!r}') from None
+  if not all(math.isfinite(v) for v in (x, y, w, h)):
+    raise FkdError(f'--bbox must be 4 finite numbers x,y,w,h, got {text!r}')
   if w <= 0 or h <= 0:
     raise FkdError(f'--bbox width and height must be positive, got {text!r}')
   return x, y, w, h
+
+
+def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str) -> None:
+  """An FkdError when the box (x, y, w, h) has no pixel in common with the image (w, h)."""
+  x, y, w, h = bbox
+  if x + w <= 0 or y + h <= 0 or x >= size[0] or y >= size[1]:
+    raise FkdError(
+      f'--bbox {x:g},{y:g},{w:g},{h:g} lies outside {path} ({size[0]}x{size[1]} pixels)'
+    )
 
 
 def face_box(
@@ -557,7 +568,8 @@ def output_stems(paths: Sequence[str], output: str) -> list[str]:
 
 
 def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
-  """An FkdError when an output file would replace an input file."""
+  """An FkdError when an output file would replace an input file, or an existing file that an
+  earlier `fkd.predict` did not write (`is_predict_output`)."""
   real = {os.path.realpath(p): p for p in inputs}
   for out in outputs:
     hit = real.get(os.path.realpath(out))
@@ -566,6 +578,28 @@ def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
         f'{out} would overwrite the input {hit}: choose an --output folder that does not hold '
         'the inputs'
       )
+    if os.path.lexists(out) and not is_predict_output(out):
+      raise FkdError(
+        f'{out} exists and was not written by fkd.predict: choose another --output folder'
+      )
+
+
+def is_predict_output(path: str) -> bool:
+  """Whether `path` is a file an earlier `fkd.predict` wrote (it may then be replaced): a photo's
+  JSON record or its overlay, a video's JSON lines or its overlay video."""
+  stem, ext = os.path.splitext(path)
+  if os.path.islink(path) or not os.path.isfile(path):
+    return False
+  if ext in ('.png', '.mp4'):
+    sibling = stem + ('.json' if ext == '.png' else '.jsonl')
+    return os.path.isfile(sibling) and is_predict_output(sibling)
+  try:
+    with open(path) as f:
+      first = json.loads(f.readline() if ext == '.jsonl' else f.read())
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  keys = {'frame', 'faces'} if ext == '.jsonl' else {'image', 'faces', 'coordinates'}
+  return isinstance(first, dict) and keys <= set(first)
 
 
 def _prepare_output(output: str) -> None:
@@ -652,6 +686,8 @@ def run(
   stems = output_stems(paths, output)
   check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
   folder = os.path.isdir(image)
+  if bbox is not None and not folder:  # before anything is written
+    check_bbox_overlaps(bbox, open_photo(paths[0]).size, paths[0])
   predictor, source = _start(
     output,
     workdir,
@@ -675,6 +711,8 @@ def run(
           raise
         metric_writer.write(f'fkd: warning: skipping {path}: {e}')
         continue
+      if bbox is not None:
+        check_bbox_overlaps(bbox, img.size, path)
       boxes = predictor.locate(np.asarray(img), bbox, whole_image)
       face_crops, edges = predictor.crop(img, boxes)
       yield (path, stem, img, boxes, edges), face_crops
@@ -787,6 +825,8 @@ def run_video(
   )
   reader = video.VideoReader(source)
   info = reader.info
+  if bbox is not None:
+    check_bbox_overlaps(bbox, info.size, str(source))
   tracker = (
     smoothing.FaceTracker(min_cutoff=min_cutoff, beta=beta, fps=info.fps) if smooth else None
   )
