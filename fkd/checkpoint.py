@@ -123,14 +123,15 @@ def verify(directory: str, step: int) -> str | None:
   """None when every item of `step` restores as it was saved, else what failed (one line)."""
   try:
     mgr = _reader(directory)
-    metadata = mgr.item_metadata(step)
-    as_numpy = lambda m: np.empty(m.shape, m.dtype)
-    args = {}
-    for item in _ITEMS:
-      if item == 'meta':
-        args[item] = ocp.args.JsonRestore()
-      elif metadata.get(item) is not None:
-        args[item] = ocp.args.StandardRestore(jax.tree.map(as_numpy, metadata[item]))
+    args = {'meta': ocp.args.JsonRestore()}
+    for item in ('model', 'train'):  # `save_model` checkpoints have no `train`
+      path = os.path.join(directory, str(step), item)
+      if os.path.isdir(path):
+        saved = ocp.StandardCheckpointer().metadata(path)
+        saved = getattr(saved, 'item_metadata', saved)
+        # NumPy targets: the saved shardings name devices of the run that wrote them.
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved)
+        args[item] = ocp.args.StandardRestore(target)
     got = mgr.restore(step, args=ocp.args.Composite(**args))
     if not isinstance(got['meta'], dict) or 'model' not in got['meta']:
       return 'its meta has no model'
@@ -170,8 +171,8 @@ def last_good_step(directory: str, rename: bool = True) -> int | None:
     )
   if steps:
     raise FkdError(
-      f'no checkpoint in {directory} restores (the broken steps are set aside as '
-      '<step>.corrupt-<n>): delete the directory to train this stage again'
+      f'no checkpoint in {directory} restores; the broken steps are set aside as '
+      '<step>.corrupt-<n>: rerun the same command to train this stage from the start'
     )
   return None
 

@@ -148,6 +148,24 @@ def report(error: BaseException) -> int:
   return 1
 
 
+def _quiet_orbax_noise() -> None:
+  """Drops the `RuntimeError: Event loop is closed` tracebacks of TensorStore callbacks that
+  complete after Orbax gave up on a failed read (a corrupt checkpoint, a full disk): Python prints
+  them as unraisable exceptions, dozens of them, burying the one line that says what went wrong."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'fkd_quiet', False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and 'Event loop is closed' in str(value):
+      return
+    previous(unraisable)
+
+  hook.fkd_quiet = True
+  sys.unraisablehook = hook
+
+
 def run(
   main: Callable[[list[str]], None],
   one_line_flag_errors: bool = True,
@@ -177,6 +195,7 @@ def run(
       sys.exit(report(e))
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  _quiet_orbax_noise()
   if one_line_flag_errors:
     app.run(guarded, flags_parser=parse_flags)
   else:
