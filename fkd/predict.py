@@ -602,10 +602,10 @@ def is_predict_output(path: str) -> bool:
   return isinstance(first, dict) and keys <= set(first)
 
 
-def _prepare_output(output: str) -> None:
+def _check_output(output: str) -> None:
+  """The output folder must be a folder (it is made when the first result is written)."""
   if os.path.exists(output) and not os.path.isdir(output):
     raise FkdError(f'--output {output} is a file, not a folder')
-  os.makedirs(output, exist_ok=True)
 
 
 def _check_model_args(workdir: str | None, checkpoint_dir: str | None) -> None:
@@ -659,7 +659,7 @@ def _start(
   if source == 'detector':
     predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
     print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
-  _prepare_output(output)
+  _check_output(output)
   return predictor, source
 
 
@@ -722,6 +722,7 @@ def run(
   for (path, stem, img, boxes, edges), landmarks in in_batches(predictor, located()):
     faces = predictor.to_faces(boxes, edges, landmarks)
     record = image_record(predictor, path, img, faces, source)
+    os.makedirs(output, exist_ok=True)
     _write_json(stem + '.json', record)
     draw_faces(img, faces).save(stem + '.png')
     if whole_image:
@@ -845,6 +846,7 @@ def run_video(
       broken.append(e)
 
   batches = _one_at_a_time(predictor, located()) if camera else in_batches(predictor, located())
+  os.makedirs(output, exist_ok=True)
   bar = metric_writer.progress(total=info.frame_count, desc='frames', unit=' frames')
   with reader, video.VideoWriter(paths[0], info.fps, info.size) as writer, open(paths[1], 'w') as f:
     try:
