@@ -107,3 +107,39 @@ def test_builders_leave_no_temp_dirs(tmp_path):
   for name in ('synthetic_faces', 'ibug_300w', 'wflw', 'cofw'):
     tfds.builder(name, data_dir=str(tmp_path))
   assert set(glob.glob(pattern)) == before
+
+
+def test_abandoned_incomplete_builds_are_removed(tmp_path, capsys):
+  """A killed build leaves `incomplete.*` next to the version folder; the next build (under the
+  data_dir's lock, so no other build is running) removes it before building."""
+  import types
+
+  from fkd.data import build
+
+  config_dir = tmp_path / 'faces' / 'default'
+  (config_dir / 'incomplete.ABC123_1.0.0' / 'part').mkdir(parents=True)
+  (config_dir / 'incomplete.ABC123_1.0.0' / 'part' / 'shard').write_text('half')
+  (config_dir / 'notes.txt').write_text('mine')
+  calls = []
+  fake = types.SimpleNamespace(
+    data_dir_root=str(tmp_path),
+    data_dir=str(config_dir / '1.0.0'),
+    is_prepared=lambda: False,
+    download_and_prepare=lambda **kw: calls.append(sorted(p.name for p in config_dir.iterdir())),
+  )
+  build.prepare(fake)
+  assert calls == [['notes.txt']]
+  assert 'removing the abandoned build' in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_fkd_line_with_exit_2(tmp_path, capsys):
+  from fkd.data import build
+
+  assert build.main(['--dataset=300w', f'--manual_dir={tmp_path / "nope"}']) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+    f'fkd: error: --manual_dir={tmp_path / "nope"} is not a directory'
+  ]
+  with pytest.raises(SystemExit) as e:
+    build.main(['--manual_dir=x'])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.startswith('fkd: error: the following arguments are required')

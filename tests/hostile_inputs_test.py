@@ -949,3 +949,48 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_run_is_locked_out(data_dir, tmp_
   assert not (workdir / '.lock').exists()
   rows = [json.loads(line)['step'] for line in open(workdir / 'student_baseline' / 'metrics.jsonl')]
   assert max(rows) == step
+
+
+# ---- the pieces behind the table ----------------------------------------------------------------
+
+
+def test_a_bug_in_fkd_shows_its_traceback_and_says_so(capsys):
+  from fkd import cli
+
+  try:
+    {}['missing']
+  except KeyError as e:
+    assert cli.report(e) == 1
+  err = capsys.readouterr().err
+  assert 'Traceback' in err and "KeyError: 'missing'" in err
+  assert err.strip().splitlines()[-1].startswith('fkd: this is a bug in fkd')
+  assert cli.report(KeyboardInterrupt()) == 130
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path, capsys):
+  """A lock whose pid now belongs to another process (another start time) is taken over; this
+  process's own lock is re-entrant, and released on the way out."""
+  from fkd import workdir
+
+  lock = tmp_path / '.lock'
+  host = __import__('socket').gethostname()
+  lock.write_text(json.dumps({'pid': os.getppid(), 'host': host, 'start_time': 'other'}))
+  with workdir.lock(str(tmp_path)):
+    assert json.loads(lock.read_text())['pid'] == os.getpid()
+    assert workdir.acquire(str(tmp_path)) == str(lock)
+  assert not lock.exists()
+  assert 'taking over the lock' in capsys.readouterr().out
+  lock.write_text(json.dumps({'pid': 1, 'host': 'elsewhere', 'start_time': None}))
+  with pytest.raises(Exception, match='in use by pid 1 on elsewhere'):
+    workdir.acquire(str(tmp_path))
+  assert lock.exists()  # another host's lock is never taken over by guessing
+
+
+def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
+  from fkd import metric_writer
+
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text(''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (1, 8, 16, 24)))
+  path.write_text(path.read_text() + '{"step": 3')  # a row cut short by a kill
+  metric_writer.truncate(str(path), 16)
+  assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1, 8, 16]
