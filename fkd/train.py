@@ -489,6 +489,8 @@ def _run_locked(config: Any, workdir: str, method: Method, t0: float) -> dict[st
     # A finished stage is skipped only when its final step restores (else it is set aside and
     # the stage resumes from the step before it).
     good = checkpoint.last_good_step(stage_dir, rename=jax.process_index() == 0)
+    if jax.process_count() > 1:  # process 0's renames done before anyone reads on
+      multihost_utils.sync_global_devices(f'fkd: {name} checkpoints checked before skipping')
     if good is not None and inference.is_finished(stage_dir):
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
