@@ -63,7 +63,8 @@ def check_optimizer(field: str, tc: Any, device_count: int) -> None:
     raise FkdError(f'config.{field}.num_steps must be an integer, got {tc.num_steps!r}')
   if tc.num_steps <= 0:  # the epochs count
     positive_number(f'{field}.num_epochs', tc.num_epochs)
-  positive_number(f'{field}.lr', tc.lr)
+  if not _number(tc.lr) or tc.lr < 0:  # 0: the model stays as initialised
+    raise FkdError(f'config.{field}.lr must be a number >= 0, got {tc.lr!r}')
   one_of(f'{field}.schedule', tc.schedule, SCHEDULES)
   if not _number(tc.lr_decay) or tc.lr_decay < 0:
     raise FkdError(f'config.{field}.lr_decay must be a number >= 0, got {tc.lr_decay!r}')
@@ -96,15 +97,15 @@ def check(config: Any, device_count: int, model_names: list[str]) -> None:
   """Raises an FkdError naming the first field of `config` with a value fkd cannot train on."""
   d = config.data
   positive_int('data.image_size', d.image_size)
-  positive_int('data.num_landmarks', d.num_landmarks)
+  non_negative_int('data.num_landmarks', d.num_landmarks)  # 0: from the dataset (folder)
   one_of('data.target_space', d.target_space, TARGET_SPACES)
   one_of('data.augment', d.augment, AUGMENTS)
   count_or_all('data.max_train_examples', d.max_train_examples)
   count_or_all('data.max_eval_examples', d.max_eval_examples)
   non_negative_int('data.num_workers', d.num_workers)
   non_negative_int('data.num_shards', d.num_shards)
-  if not d.eval_splits or isinstance(d.eval_splits, str):
-    raise FkdError(f'config.data.eval_splits must be a non-empty list, got {d.eval_splits!r}')
+  if isinstance(d.eval_splits, str):  # () = every split of a folder dataset but train
+    raise FkdError(f'config.data.eval_splits must be a list of splits, got {d.eval_splits!r}')
   positive_int('eval.batch_size', config.eval.batch_size)
   positive_number('eval.fr_threshold', config.eval.fr_threshold)
   if not _integer(config.get('seed', 0)):

@@ -444,8 +444,9 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
   """
   t0 = time.time()
   method = validate(config, workdir, allow_config_change)
+  given = workdir_lib.flatten(config)  # the stage records: before fields come from the dataset
   with _workdir_lock(workdir):
-    return _run_locked(config, workdir, method, t0)
+    return _run_locked(config, workdir, method, given, t0)
 
 
 @contextlib.contextmanager
@@ -466,8 +467,9 @@ def _workdir_lock(workdir: str):
     yield
 
 
-def _run_locked(config: Any, workdir: str, method: Method, t0: float) -> dict[str, Any]:
-  user_config = config  # what the stage records hold (before pretrain's init_from)
+def _run_locked(
+  config: Any, workdir: str, method: Method, given: dict[str, Any], t0: float
+) -> dict[str, Any]:
   if jax.process_count() > 1:
     # Process 0 builds a missing dataset before the others look at it (on a shared filesystem
     # they then find it built; on local disks each builds its own copy after the barrier).
@@ -485,7 +487,7 @@ def _run_locked(config: Any, workdir: str, method: Method, t0: float) -> dict[st
       continue
     stage_dir = os.path.join(workdir, name)
     if jax.process_index() == 0:
-      workdir_lib.write_record(stage_dir, user_config)
+      workdir_lib.write_record(stage_dir, given)
     # A finished stage is skipped only when its final step restores (else it is set aside and
     # the stage resumes from the step before it).
     good = checkpoint.last_good_step(stage_dir, rename=jax.process_index() == 0)

@@ -82,12 +82,14 @@ def read_record(stage_dir: str) -> dict[str, Any] | None:
 
 
 def write_record(stage_dir: str, config: Any) -> None:
-  """`stage_dir/config.json` (atomically), unless the stage already has one."""
+  """`stage_dir/config.json` (atomically), unless the stage already has one. `config`: the config
+  or its `flatten` as the user gave it (before fkd fills fields in from the dataset)."""
   path = os.path.join(stage_dir, RECORD)
   if os.path.exists(path):
     return
   os.makedirs(stage_dir, exist_ok=True)
-  record = {'note': 'the config that started this stage (fkd.workdir)', 'config': flatten(config)}
+  flat = config if isinstance(config, dict) else flatten(config)
+  record = {'note': 'the config that started this stage (fkd.workdir)', 'config': flat}
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(record, f, indent=1, sort_keys=True)

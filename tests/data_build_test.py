@@ -19,7 +19,7 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     f'--data_dir={tmp_path}',
     '--crop_size=48',
   ]
-  assert build.main(args) == 1  # not the official 1345 / 507 faces
+  assert build.main(args) == 2  # a user error: not the official 1345 / 507 faces
   err = capsys.readouterr().err
   assert 'error: cofw: the manual download' in err and 'official count is 1345' in err
   assert not any(p.is_file() for p in tmp_path.rglob('*'))
@@ -41,8 +41,8 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     == 0
   )
   assert 'cofw/cofw68_48px/1.0.0' in capsys.readouterr().out
-  assert build.main(['--dataset=300w', '--manual_dir=/nonexistent']) == 1
-  assert build.main(['--dataset=afw', '--manual_dir=/tmp']) == 1
+  assert build.main(['--dataset=300w', '--manual_dir=/nonexistent']) == 2
+  assert build.main(['--dataset=afw', '--manual_dir=/tmp']) == 2
 
 
 def test_prepare_and_load_pass_allow_partial(tmp_path):

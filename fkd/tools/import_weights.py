@@ -508,8 +508,10 @@ def import_weights(
   """Converts `src` and writes the checkpoint `dst`; returns its meta."""
   from fkd import checkpoint
 
-  if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-    raise FkdError(f'{dst} exists and is not an empty folder; choose a new directory')
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise FkdError(f'{dst} is a file, not a folder; choose a new directory')
+  if os.path.isdir(dst) and os.listdir(dst):
+    raise FkdError(f'{dst} exists and is not empty; choose a new directory')
   if source_format == 'keras':
     variables, meta = convert_keras(arch, src, width)
   elif source_format == 'torch':
