@@ -423,6 +423,15 @@ CASES = [
     may_change=('w/.lock', 'w/results.*', 'w/*.png', 'w/*/eval.jsonl', 'w/*/events.*'),
   ),
   Case(
+    'rerun_allowed_to_change',
+    M,
+    RUN + ' --workdir={tmp}/w --config.train.lr=0.005 --allow_config_change',
+    setup=copy_run,
+    code=0,
+    message='config.train.lr is 0.005, student_kd was trained with 0.002',
+    may_change=('w/results.*', 'w/*.png', 'w/*/eval.jsonl', 'w/*/events.*'),
+  ),
+  Case(
     'corrupt_final_checkpoint',
     M,
     RUN + ' --workdir={tmp}/w',
