@@ -28,7 +28,10 @@ _ITEMS = ('model', 'train', 'meta')
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager for one stage directory."""
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+    max_to_keep=max_to_keep,
+    create=True,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=True,  # half-written steps of a killed or failed save
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 

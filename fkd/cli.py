@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -104,19 +105,36 @@ USER_ERRNOS = frozenset(
 BUG_REPORT = 'please report it with the command and this traceback to the fkd issue tracker'
 
 
-def user_os_error(error: BaseException) -> OSError | None:
-  """The OSError about the user's files behind `error` (its causes included: Orbax and TFDS wrap
-  them, a full disk shows up as an asyncio `RuntimeError` caused by `OSError(ENOSPC)`)."""
-  seen: set[int] = set()
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and every exception behind it (causes, contexts, exception groups)."""
+  out: list[BaseException] = []
   stack = [error]
   while stack:
     e = stack.pop()
-    if e is None or id(e) in seen:
+    if e is None or any(e is seen for seen in out):
       continue
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in USER_ERRNOS:
-      return e
+    out.append(e)
     stack += [e.__cause__, e.__context__, *(getattr(e, 'exceptions', None) or ())]
+  return out
+
+
+# TensorStore (under Orbax) reports the OS error in its message: `... [os_error_code='28']`.
+_TS_ERRNO = re.compile(r"os_error_code='(\d+)'")
+_TS_PATH = re.compile(r'(?:local file|Failed writing:|Failed to open|Error opening) "([^"]+)"')
+
+
+def user_io_problem(error: BaseException) -> str | None:
+  """One line about the I/O failure of the user's files or machine behind `error`, if it is one
+  (its causes included: Orbax and TFDS wrap them; a full disk under Orbax is a TensorStore
+  `ValueError` naming the OS error code), else None."""
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in USER_ERRNOS:
+      return describe_os_error(e)
+  for e in _chain(error):
+    found = _TS_ERRNO.search(str(e))
+    if found and int(found.group(1)) in USER_ERRNOS:
+      path = _TS_PATH.search(str(e))
+      return describe_os_error(OSError(int(found.group(1)), '', path.group(1) if path else None))
   return None
 
 
@@ -139,19 +157,34 @@ def report(error: BaseException) -> int:
   if isinstance(error, FkdError):
     print(f'fkd: error: {error}', file=sys.stderr, flush=True)
     return 2
-  os_error = user_os_error(error)
-  if os_error is not None:
-    print(f'fkd: error: {describe_os_error(os_error)}', file=sys.stderr, flush=True)
+  problem = user_io_problem(error)
+  if problem is not None:
+    print(f'fkd: error: {problem}', file=sys.stderr, flush=True)
     return 2
   traceback.print_exception(error, file=sys.stderr)
   print(f'fkd: this is a bug in fkd, not in your input: {BUG_REPORT}', file=sys.stderr, flush=True)
   return 1
 
 
+class _DropOrbaxTracebacks:
+  """A logging filter: Orbax's background threads log every failed write or read as an ERROR with
+  its traceback (one per array and thread: hundreds of lines for a full disk). The failure also
+  reaches fkd as an exception, which `report` turns into one line, so those records are dropped."""
+
+  def filter(self, record: Any) -> bool:
+    return not (record.exc_info and f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+
+
 def _quiet_orbax_noise() -> None:
-  """Drops the `RuntimeError: Event loop is closed` tracebacks of TensorStore callbacks that
-  complete after Orbax gave up on a failed read (a corrupt checkpoint, a full disk): Python prints
-  them as unraisable exceptions, dozens of them, burying the one line that says what went wrong."""
+  """Drops Orbax's and TensorStore's echoes of a failure fkd reports itself: the logged tracebacks
+  (`_DropOrbaxTracebacks`) and the `RuntimeError: Event loop is closed` of TensorStore callbacks
+  that complete after Orbax gave up on a failed read or write, which Python prints as unraisable
+  exceptions. Either would bury the one line that says what went wrong."""
+  import logging as py_logging
+
+  absl_logger = py_logging.getLogger('absl')
+  if not any(isinstance(f, _DropOrbaxTracebacks) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxTracebacks())
   previous = sys.unraisablehook
   if getattr(previous, 'fkd_quiet', False):
     return

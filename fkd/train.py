@@ -246,10 +246,8 @@ def _preemption_guard():
     if signum == signal.SIGINT:
       if received:  # the second Ctrl-C: stop now, without the checkpoint
         raise KeyboardInterrupt
-      print(
-        '\nfkd: Ctrl-C: saving a checkpoint, then stopping (Ctrl-C again: stop at once)',
-        flush=True,
-      )
+      # os.write: print() may be in the middle of a write when the signal arrives.
+      os.write(2, b'\nfkd: Ctrl-C: saving a checkpoint, then stopping (again: stop at once)\n')
     received.append(signum)
 
   previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -421,7 +419,7 @@ def train_stage(
         _check_finite(stage.name, done, metrics, stage_dir)
         writer.flush()
         checkpoint.save(mgr, done, jax.device_get(state), meta)
-      if stop and done < steps:
+      if stop:  # also after the last step: the signal must not reach the next stage unseen
         mgr.close()
         raise Preempted(
           f'[{stage.name}] stopped by {signal.Signals(stop).name} at step {done}/{steps}; '

@@ -999,3 +999,26 @@ def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
   path.write_text(path.read_text() + '{"step": 3')  # a row cut short by a kill
   metric_writer.truncate(str(path), 16)
   assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1, 8, 16]
+
+
+def test_a_full_disk_under_orbax_is_one_line():
+  """What a full disk looks like inside an Orbax save (a TensorStore ValueError naming the OS
+  error code, re-raised by a background future) is the user's problem, said in one line."""
+  from fkd import cli
+
+  where = '/w/student_baseline/6.orbax-checkpoint-tmp/model.orbax-checkpoint-tmp/ocdbt.process_0/'
+  message = (
+    f'RESOURCE_EXHAUSTED: Error writing "params.head.kernel/0.0" in OCDBT database at local file '
+    f'"{where}": Failed writing: "{where}d/3a85": Failed to write 1500913 bytes to file 23: No '
+    "space left on device [os_error_code='28']"
+  )
+  try:
+    try:
+      raise ValueError(message)
+    except ValueError as e:
+      raise RuntimeError('Event loop is closed') from e
+  except RuntimeError as e:
+    assert cli.user_io_problem(e) == (
+      f'No space left on device: {where} (free some space and rerun the same command)'
+    )
+  assert cli.user_io_problem(ValueError("OUT_OF_RANGE [os_error_code='2x']")) is None
