@@ -32,8 +32,10 @@ anisotropically to the model's `image_size`; predictions are mapped back with th
 affine (`fkd.data.crops`). Faces go through the model in batches of a fixed `--batch_size` (one
 jitted call per batch, padded, so it compiles once), across photos and frames.
 
-Nothing the user owns is overwritten: an output that would replace an input file is an error, and
-inputs whose stems collide (`a.jpg`, `a.png`) get distinct output names (`a_jpg`, `a_png`).
+Nothing the user owns is overwritten: an output that would replace an input file, or any existing
+file an earlier `fkd.predict` did not write, is an error, and inputs whose stems collide (`a.jpg`,
+`a.png`) get distinct output names (`a_jpg`, `a_png`). `--bbox` must be finite, of positive size
+and overlap the photo.
 `--workdir` picks the run's finished student (`student_kd`, `student_distill`, ...), else a teacher
 (`fkd.inference.find_stage`).
 """
