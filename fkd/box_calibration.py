@@ -233,15 +233,35 @@ def evaluate(
   return out
 
 
-def save(calib: Calibration, path: str | os.PathLike) -> str:
-  """Writes the JSON (to `path`, or `path/calibration.json` for a folder); returns the file."""
+def output_path(path: str | os.PathLike) -> str:
+  """The file `save` writes for `path` (`path/calibration.json` for a folder).
+
+  Raises:
+    FkdError: when that file exists and is not a calibration (nothing the user owns is replaced).
+  """
   path = os.fspath(path)
   if os.path.isdir(path):
     path = os.path.join(path, FILENAME)
+  if os.path.lexists(path):
+    try:
+      with open(path) as f:
+        ours = json.load(f).get('format') == FORMAT
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+      ours = False
+    if not ours:
+      raise FkdError(f'{path} exists and is not a box calibration: choose another --output')
+  return path
+
+
+def save(calib: Calibration, path: str | os.PathLike) -> str:
+  """Writes the JSON (to `path`, or `path/calibration.json` for a folder); returns the file."""
+  path = output_path(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
     json.dump(calib.to_json(), f, indent=1)
     f.write('\n')
+  os.replace(tmp, path)
   return path
 
 

@@ -28,7 +28,10 @@ _ITEMS = ('model', 'train', 'meta')
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A synchronous CheckpointManager for one stage directory."""
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+    max_to_keep=max_to_keep,
+    create=True,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=True,  # half-written steps of a killed or failed save
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
@@ -95,7 +98,86 @@ def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
   step = mgr.latest_step() if step is None else step
   if step is None:
     return None
-  return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  try:
+    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  except Exception as e:  # noqa: BLE001
+    raise unreadable(directory, step, e) from None
+
+
+def unreadable(directory: str, step: int, error: BaseException) -> FkdError:
+  """The one-line error of a checkpoint step that does not restore."""
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:160]
+  return FkdError(
+    f'checkpoint {os.path.join(directory, str(step))} does not restore ({reason}); rerun '
+    '`python -m fkd.main` with the same config to set it aside and resume from the step before'
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints you can trust: a step that does not restore is set aside, never deleted.
+
+
+def all_steps(directory: str) -> list[int]:
+  """The complete steps of a stage directory, oldest first (a local read)."""
+  return sorted(_reader(directory).all_steps()) if os.path.isdir(directory) else []
+
+
+def verify(directory: str, step: int) -> str | None:
+  """None when every item of `step` restores as it was saved, else what failed (one line)."""
+  try:
+    mgr = _reader(directory)
+    args = {'meta': ocp.args.JsonRestore()}
+    for item in ('model', 'train'):  # `save_model` checkpoints have no `train`
+      path = os.path.join(directory, str(step), item)
+      if os.path.isdir(path):
+        saved = ocp.StandardCheckpointer().metadata(path)
+        saved = getattr(saved, 'item_metadata', saved)
+        # NumPy targets: the saved shardings name devices of the run that wrote them.
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved)
+        args[item] = ocp.args.StandardRestore(target)
+    got = mgr.restore(step, args=ocp.args.Composite(**args))
+    if not isinstance(got['meta'], dict) or 'model' not in got['meta']:
+      return 'its meta has no model'
+  except Exception as e:  # noqa: BLE001  (any failure to read back is a corrupt step)
+    return ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
+  return None
+
+
+def set_aside(directory: str, step: int) -> str:
+  """Renames step `step` to `<step>.corrupt-<n>` (Orbax no longer sees it); returns the path."""
+  n = 1
+  while os.path.exists(os.path.join(directory, f'{step}.corrupt-{n}')):
+    n += 1
+  target = os.path.join(directory, f'{step}.corrupt-{n}')
+  os.rename(os.path.join(directory, str(step)), target)
+  return target
+
+
+def last_good_step(directory: str, rename: bool = True) -> int | None:
+  """The newest step of `directory` that restores; newer ones that do not are set aside
+  (`rename`: this process renames; the other processes of a multi-host run only read), each with
+  a one-line note. None for a directory without steps.
+
+  Raises:
+    FkdError: when the directory has steps but none of them restores.
+  """
+  steps = all_steps(directory)
+  for step in reversed(steps):
+    problem = verify(directory, step)
+    if problem is None:
+      return step
+    where = set_aside(directory, step) if rename else os.path.join(directory, str(step))
+    print(
+      f'fkd: note: checkpoint {os.path.join(directory, str(step))} does not restore ({problem}); '
+      f'set aside as {where}',
+      flush=True,
+    )
+  if steps:
+    raise FkdError(
+      f'no checkpoint in {directory} restores; the broken steps are set aside as '
+      '<step>.corrupt-<n>: rerun the same command to train this stage from the start'
+    )
+  return None
 
 
 def save_model(directory: str, variables: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -131,9 +213,12 @@ def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise FkdError(f'no checkpoint found in {directory}')
   # Restored as NumPy: the saved shardings name devices of the run that wrote them.
   as_numpy = lambda m: np.empty(m.shape, m.dtype)
-  target = jax.tree.map(as_numpy, mgr.item_metadata(step)['model'])
-  got = mgr.restore(
-    step,
-    args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-  )
+  try:
+    target = jax.tree.map(as_numpy, mgr.item_metadata(step)['model'])
+    got = mgr.restore(
+      step,
+      args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+    )
+  except Exception as e:  # noqa: BLE001
+    raise unreadable(directory, step, e) from None
   return got['model'], got['meta']

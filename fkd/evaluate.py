@@ -31,8 +31,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fkd import inference, methods, metric_writer, metrics, sharding
+from fkd import config_check, inference, methods, metric_writer, metrics, models, sharding
 from fkd import input_pipeline as ip
+from fkd import workdir as workdir_lib
 from fkd.errors import FkdError
 
 PUBLISHED_METHOD = 'kd_loss'
@@ -422,25 +423,34 @@ def write_results(results: dict[str, Any], workdir: str) -> None:
 # Command line.
 
 
-def evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Loads the eval data, scores every finished model of `workdir` and writes the reports."""
+def evaluate(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
+  """Loads the eval data, scores every finished model of `workdir` and writes the reports.
+
+  The config must be the one that trained the workdir's stages in every field that matters
+  (`fkd.workdir`; `allow_config_change`: a note instead of the error).
+  """
   if not os.path.isdir(workdir):
     raise FkdError(f'workdir {workdir} does not exist')
-  data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
-  results = evaluate_workdir(config, workdir, data)
-  if len(results['models']) == 1:
-    print(f'fkd: no finished model in {workdir}; only the mean shape is scored', flush=True)
-  if jax.process_index() == 0:
-    write_results(results, workdir)
+  config_check.check(config, jax.device_count(), models.model_names())
+  stages = methods.get(config).stages
+  workdir_lib.check_config(config, workdir, stages, allow_config_change, verb='evaluate')
+  with workdir_lib.lock(workdir, active=jax.process_index() == 0):
+    data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
+    results = evaluate_workdir(config, workdir, data)
+    if len(results['models']) == 1:
+      print(f'fkd: no finished model in {workdir}; only the mean shape is scored', flush=True)
+    if jax.process_index() == 0:
+      write_results(results, workdir)
   return results
 
 
 def _main(argv: list[str]) -> None:
-  evaluate(_CONFIG.value, _WORKDIR.value)
+  evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW.value)
 
 
 if __name__ == '__main__':
   from fkd import cli
 
   _CONFIG, _WORKDIR = cli.define_run_flags()
+  _ALLOW = cli.define_allow_config_change()
   cli.run(_main, distributed=True)

@@ -116,10 +116,11 @@ def export(
   stage_dir = os.path.join(workdir, stage) if stage else inference.find_stage(workdir)
   if checkpoint.read_meta(stage_dir) is None:
     raise FkdError(f'no checkpoint in {stage_dir}')
-  fn, meta = inference_fn(stage_dir)
-  size = int(meta['image_size'])
   name = os.path.basename(os.path.normpath(stage_dir))
   output = output or os.path.join(workdir, 'export', f'{name}.{fmt}')
+  check_output(output)
+  fn, meta = inference_fn(stage_dir)
+  size = int(meta['image_size'])
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
 
   probe_batch = batch if batch > 0 else 2
@@ -148,8 +149,7 @@ def export(
     got = run_tflite(data, probe)
     in_shape = [batch, size, size, 3]
     extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
-  with open(output, 'wb') as f:
-    f.write(data)
+  _write_atomically(output, data)
   diff = float(np.max(np.abs(got - expected)))
   record = {
     'artifact': os.path.abspath(output),
@@ -186,9 +186,63 @@ def export(
     'parity_max_abs_diff': diff,
     **extra,
   }
-  with open(os.path.splitext(output)[0] + '.json', 'w') as f:
-    json.dump(record, f, indent=1)
+  _write_atomically(record_path(output), json.dumps(record, indent=1).encode())
   return record
+
+
+def record_path(output: str) -> str:
+  """The JSON record written next to an artifact."""
+  return os.path.splitext(output)[0] + '.json'
+
+
+def _is_export_record(path: str) -> bool:
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  return isinstance(record, dict) and {'artifact', 'format', 'input', 'output'} <= set(record)
+
+
+def check_output(output: str) -> None:
+  """An FkdError unless `output` and its record are new files or an earlier export's."""
+  record = record_path(output)
+  if os.path.abspath(record) == os.path.abspath(output):
+    raise FkdError(f'--output {output}: the artifact cannot be a .json file (its record is one)')
+  if os.path.isdir(output):
+    raise FkdError(
+      f'--output {output} is a folder; give the artifact file, e.g. {output}/model.{FORMATS[0]}'
+    )
+  if os.path.lexists(record) and not _is_export_record(record):
+    raise FkdError(
+      f'{record} (the record of --output {output}) exists and was not written by fkd.export: '
+      'choose another --output'
+    )
+  if os.path.lexists(output) and not (
+    _is_export_record(record) and _same_file(_read_artifact(record), output)
+  ):
+    raise FkdError(f'--output {output} exists and was not written by fkd.export: choose another')
+
+
+def _read_artifact(record: str) -> str:
+  with open(record) as f:
+    return json.load(f)['artifact']
+
+
+def _same_file(a: str, b: str) -> bool:
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  """Writes a temporary file next to `path`, then renames it: never half an artifact."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _define_flags():

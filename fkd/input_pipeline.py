@@ -92,6 +92,8 @@ def prepare(config: Any) -> Any:
   """
   import tensorflow_datasets as tfds
 
+  from fkd.data import build
+
   builder = check_prepared_or_buildable(config)
   if builder.is_prepared():
     return builder
@@ -102,7 +104,7 @@ def prepare(config: Any) -> Any:
   if hasattr(builder, 'allow_partial'):  # the manual-download builders (tfds_builders/*)
     builder.allow_partial = bool(getattr(config.data, 'allow_partial', False))
   print(f'Building dataset {config.data.name} in {builder.data_dir_root} (once) ...', flush=True)
-  builder.download_and_prepare(**kwargs)
+  build.prepare(builder, **kwargs)  # one build at a time; abandoned builds removed
   return builder
 
 

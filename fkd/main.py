@@ -15,10 +15,10 @@ def main(argv: list[str]) -> None:
   from fkd import train
 
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
   except train.Preempted as e:
     print(f'fkd: {e}', file=sys.stderr, flush=True)
-    sys.exit(143)  # 128 + SIGTERM, after a clean checkpoint
+    sys.exit(128 + int(e.signum))  # 143 SIGTERM, 130 Ctrl-C; after a clean checkpoint
   except KeyboardInterrupt:
     print(
       'fkd: interrupted; rerun the same command to resume from the last checkpoint',
@@ -30,4 +30,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   _CONFIG, _WORKDIR = cli.define_run_flags()
+  _ALLOW = cli.define_allow_config_change()
   cli.run(main, distributed=True)

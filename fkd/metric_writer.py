@@ -30,6 +30,29 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
 
 
+def truncate(path: str, step: int) -> None:
+  """Drops the rows of a `metrics.jsonl` after `step` (a resumed stage: rows of an attempt that
+  was interrupted after its last checkpoint), rewriting the file atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row_step = int(json.loads(line)['step'])
+    except (ValueError, KeyError, TypeError):
+      continue  # a row cut short by a kill
+    if row_step <= step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Appends scalars to `logdir/metrics.jsonl` and to a TensorBoard event file.
 

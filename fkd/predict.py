@@ -32,8 +32,10 @@ anisotropically to the model's `image_size`; predictions are mapped back with th
 affine (`fkd.data.crops`). Faces go through the model in batches of a fixed `--batch_size` (one
 jitted call per batch, padded, so it compiles once), across photos and frames.
 
-Nothing the user owns is overwritten: an output that would replace an input file is an error, and
-inputs whose stems collide (`a.jpg`, `a.png`) get distinct output names (`a_jpg`, `a_png`).
+Nothing the user owns is overwritten: an output that would replace an input file, or any existing
+file an earlier `fkd.predict` did not write, is an error, and inputs whose stems collide (`a.jpg`,
+`a.png`) get distinct output names (`a_jpg`, `a_png`). `--bbox` must be finite, of positive size
+and overlap the photo.
 `--workdir` picks the run's finished student (`student_kd`, `student_distill`, ...), else a teacher
 (`fkd.inference.find_stage`).
 """
@@ -85,9 +87,20 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     x, y, w, h = (float(v) for v in text.split(','))
   except ValueError:
     raise FkdError(f'--bbox must be x,y,w,h (4 numbers), got {text!r}') from None
+  if not all(math.isfinite(v) for v in (x, y, w, h)):
+    raise FkdError(f'--bbox must be 4 finite numbers x,y,w,h, got {text!r}')
   if w <= 0 or h <= 0:
     raise FkdError(f'--bbox width and height must be positive, got {text!r}')
   return x, y, w, h
+
+
+def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str) -> None:
+  """An FkdError when the box (x, y, w, h) has no pixel in common with the image (w, h)."""
+  x, y, w, h = bbox
+  if x + w <= 0 or y + h <= 0 or x >= size[0] or y >= size[1]:
+    raise FkdError(
+      f'--bbox {x:g},{y:g},{w:g},{h:g} lies outside {path} ({size[0]}x{size[1]} pixels)'
+    )
 
 
 def face_box(
@@ -557,7 +570,8 @@ def output_stems(paths: Sequence[str], output: str) -> list[str]:
 
 
 def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
-  """An FkdError when an output file would replace an input file."""
+  """An FkdError when an output file would replace an input file, or an existing file that an
+  earlier `fkd.predict` did not write (`is_predict_output`)."""
   real = {os.path.realpath(p): p for p in inputs}
   for out in outputs:
     hit = real.get(os.path.realpath(out))
@@ -566,12 +580,34 @@ def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
         f'{out} would overwrite the input {hit}: choose an --output folder that does not hold '
         'the inputs'
       )
+    if os.path.lexists(out) and not is_predict_output(out):
+      raise FkdError(
+        f'{out} exists and was not written by fkd.predict: choose another --output folder'
+      )
 
 
-def _prepare_output(output: str) -> None:
+def is_predict_output(path: str) -> bool:
+  """Whether `path` is a file an earlier `fkd.predict` wrote (it may then be replaced): a photo's
+  JSON record or its overlay, a video's JSON lines or its overlay video."""
+  stem, ext = os.path.splitext(path)
+  if os.path.islink(path) or not os.path.isfile(path):
+    return False
+  if ext in ('.png', '.mp4'):
+    sibling = stem + ('.json' if ext == '.png' else '.jsonl')
+    return os.path.isfile(sibling) and is_predict_output(sibling)
+  try:
+    with open(path) as f:
+      first = json.loads(f.readline() if ext == '.jsonl' else f.read())
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  keys = {'frame', 'faces'} if ext == '.jsonl' else {'image', 'faces', 'coordinates'}
+  return isinstance(first, dict) and keys <= set(first)
+
+
+def _check_output(output: str) -> None:
+  """The output folder must be a folder (it is made when the first result is written)."""
   if os.path.exists(output) and not os.path.isdir(output):
     raise FkdError(f'--output {output} is a file, not a folder')
-  os.makedirs(output, exist_ok=True)
 
 
 def _check_model_args(workdir: str | None, checkpoint_dir: str | None) -> None:
@@ -625,7 +661,7 @@ def _start(
   if source == 'detector':
     predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
     print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
-  _prepare_output(output)
+  _check_output(output)
   return predictor, source
 
 
@@ -652,6 +688,8 @@ def run(
   stems = output_stems(paths, output)
   check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
   folder = os.path.isdir(image)
+  if bbox is not None and not folder:  # before anything is written
+    check_bbox_overlaps(bbox, open_photo(paths[0]).size, paths[0])
   predictor, source = _start(
     output,
     workdir,
@@ -675,6 +713,8 @@ def run(
           raise
         metric_writer.write(f'fkd: warning: skipping {path}: {e}')
         continue
+      if bbox is not None:
+        check_bbox_overlaps(bbox, img.size, path)
       boxes = predictor.locate(np.asarray(img), bbox, whole_image)
       face_crops, edges = predictor.crop(img, boxes)
       yield (path, stem, img, boxes, edges), face_crops
@@ -684,6 +724,7 @@ def run(
   for (path, stem, img, boxes, edges), landmarks in in_batches(predictor, located()):
     faces = predictor.to_faces(boxes, edges, landmarks)
     record = image_record(predictor, path, img, faces, source)
+    os.makedirs(output, exist_ok=True)
     _write_json(stem + '.json', record)
     draw_faces(img, faces).save(stem + '.png')
     if whole_image:
@@ -787,6 +828,8 @@ def run_video(
   )
   reader = video.VideoReader(source)
   info = reader.info
+  if bbox is not None:
+    check_bbox_overlaps(bbox, info.size, str(source))
   tracker = (
     smoothing.FaceTracker(min_cutoff=min_cutoff, beta=beta, fps=info.fps) if smooth else None
   )
@@ -805,6 +848,7 @@ def run_video(
       broken.append(e)
 
   batches = _one_at_a_time(predictor, located()) if camera else in_batches(predictor, located())
+  os.makedirs(output, exist_ok=True)
   bar = metric_writer.progress(total=info.frame_count, desc='frames', unit=' frames')
   with reader, video.VideoWriter(paths[0], info.fps, info.size) as writer, open(paths[1], 'w') as f:
     try:

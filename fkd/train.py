@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from fkd import (
   checkpoint,
+  config_check,
   evaluate,
   inference,
   methods,
@@ -38,6 +39,7 @@ from fkd import (
   sharding,
 )
 from fkd import input_pipeline as ip
+from fkd import workdir as workdir_lib
 from fkd.errors import FkdError
 from fkd.methods import Frozen, Method, Stage
 
@@ -52,9 +54,11 @@ def build_model(stage: Stage, num_landmarks: int, **extra: Any):
 # Validation: everything that can be checked before a single file is written.
 
 
-def validate(config: Any, workdir: str) -> Method:
-  """Checks the config and the stages' inputs; returns the config's method."""
+def validate(config: Any, workdir: str, allow_config_change: bool = False) -> Method:
+  """Checks the config, the stages' inputs and the workdir's stage records (`fkd.workdir`);
+  returns the config's method."""
   method = methods.get(config)
+  config_check.check(config, jax.device_count(), models.model_names())
   stages = [method.stage(name, config) for name in config.stages]
   for stage in stages:
     pretrained.check(stage.model_config, stage.role)
@@ -87,6 +91,8 @@ def validate(config: Any, workdir: str) -> Method:
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
     raise FkdError(f'workdir {workdir} is not writable ({probe} does not allow writing)')
+  if os.path.isdir(workdir):
+    workdir_lib.check_config(config, workdir, method.stages, allow_config_change)
   return method
 
 
@@ -212,28 +218,44 @@ def apply_update(
 
 
 class Preempted(FkdError):
-  """The stage was asked to stop (SIGTERM) and saved a checkpoint first."""
+  """The stage was asked to stop (SIGTERM, or SIGINT: `signum`) and saved a checkpoint first."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = signum
 
 
 @contextlib.contextmanager
 def _preemption_guard():
-  """Yields `preempted(step)`: whether to save and stop now.
+  """Yields `preempted(step)`: the signal number to save and stop on now, or 0.
 
-  One process: SIGTERM sets a flag the loop polls. Several processes: JAX's preemption sync point
-  (the coordination service relays the signal), so that every host stops at the same step.
+  One process: SIGTERM and SIGINT (Ctrl-C) set a flag the loop polls, so the stage saves a
+  checkpoint at the step it is at and stops; a second Ctrl-C interrupts at once (Python's
+  KeyboardInterrupt). Several processes: JAX's preemption sync point (the coordination service
+  relays SIGTERM), so that every host stops at the same step.
   """
   if jax.process_count() > 1:
-    yield multihost_utils.reached_preemption_sync_point
+    yield lambda step: signal.SIGTERM if multihost_utils.reached_preemption_sync_point(step) else 0
     return
-  received = []
+  received: list[int] = []
   if threading.current_thread() is not threading.main_thread():
-    yield lambda step: False
+    yield lambda step: 0
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+  def on_signal(signum, frame):
+    if signum == signal.SIGINT:
+      if received:  # the second Ctrl-C: stop now, without the checkpoint
+        raise KeyboardInterrupt
+      # os.write: print() may be in the middle of a write when the signal arrives.
+      os.write(2, b'\nfkd: Ctrl-C: saving a checkpoint, then stopping (again: stop at once)\n')
+    received.append(signum)
+
+  previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
-    yield lambda step: bool(received)
+    yield lambda step: received[0] if received else 0
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 def _check_finite(
@@ -303,11 +325,22 @@ def train_stage(
   optimizer = make_optimizer(tc, steps)
   seed = config.seed + method.seed_offset(stage.name)
 
+  lead = jax.process_index() == 0
+  good = checkpoint.last_good_step(stage_dir, rename=lead)  # broken steps set aside
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'fkd: {stage.name} checkpoints checked')
   mgr = checkpoint.manager(stage_dir)
   apply_kwargs = method.train_apply_kwargs(stage, config)
   state = init_state(model, optimizer, config.data.image_size, seed, apply_kwargs)
-  if mgr.latest_step() is not None:
-    state = checkpoint.restore(mgr, state)
+  if good is not None:
+    try:
+      state = checkpoint.restore(mgr, state, good)
+    except Exception as e:  # noqa: BLE001  (the step restores on its own: the model differs)
+      raise FkdError(
+        f'[{stage.name}] the checkpoint {os.path.join(stage_dir, str(good))} does not fit the '
+        f'model of this config ({type(e).__name__}); was config.{stage.role} changed? Train into '
+        'a new --workdir'
+      ) from None
     print(f'[{stage.name}] resuming from step {int(state["step"])}', flush=True)
   elif stage.model_config.get('init_from'):
     state = pretrained.load_into(state, stage, optimizer)
@@ -322,7 +355,8 @@ def train_stage(
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
   meta = _meta(stage, method, config, extra, steps)
   schedule = make_schedule(tc, steps)
-  lead = jax.process_index() == 0
+  if lead:  # the rows of abandoned attempts, after the step this run resumes from
+    metric_writer.truncate(os.path.join(stage_dir, 'metrics.jsonl'), start)
   # TensorBoard events + metrics.jsonl in the stage directory (no TensorFlow needed).
   writer = metric_writer.MetricWriter(stage_dir, active=lead)
 
@@ -385,11 +419,12 @@ def train_stage(
         _check_finite(stage.name, done, metrics, stage_dir)
         writer.flush()
         checkpoint.save(mgr, done, jax.device_get(state), meta)
-      if stop and done < steps:
+      if stop:  # also after the last step: the signal must not reach the next stage unseen
         mgr.close()
         raise Preempted(
-          f'[{stage.name}] stopped by SIGTERM at step {done}/{steps}; checkpoint '
-          f'saved in {stage_dir}: rerun the same command to resume'
+          f'[{stage.name}] stopped by {signal.Signals(stop).name} at step {done}/{steps}; '
+          f'checkpoint saved in {stage_dir}: rerun the same command to resume',
+          stop,
         )
   mgr.close()
   print(f'[{stage.name}] done in {time.time() - t0:.0f}s', flush=True)
@@ -399,10 +434,40 @@ def train_stage(
 # The whole job.
 
 
-def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains every stage of `config.stages` and evaluates every model in `workdir`."""
+def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
+  """Trains every stage of `config.stages` and evaluates every model in `workdir`.
+
+  `allow_config_change`: continue in a workdir whose stages were trained with another config (a
+  note per differing field instead of an error; `fkd.workdir`).
+  """
   t0 = time.time()
-  method = validate(config, workdir)
+  method = validate(config, workdir, allow_config_change)
+  given = workdir_lib.flatten(config)  # the stage records: before fields come from the dataset
+  with _workdir_lock(workdir):
+    return _run_locked(config, workdir, method, given, t0)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """The workdir lock (`fkd.workdir`), held by process 0 for every process of a run."""
+  with contextlib.ExitStack() as stack:
+    error = None
+    try:
+      stack.enter_context(workdir_lib.lock(workdir, active=jax.process_index() == 0))
+    except FkdError as e:
+      error = e
+    if jax.process_count() > 1:  # every process stops when process 0 could not take it
+      held = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+      if error is None and not held:
+        raise FkdError(f'workdir {workdir} is in use by another run (process 0 says by which)')
+    if error is not None:
+      raise error
+    yield
+
+
+def _run_locked(
+  config: Any, workdir: str, method: Method, given: dict[str, Any], t0: float
+) -> dict[str, Any]:
   if jax.process_count() > 1:
     # Process 0 builds a missing dataset before the others look at it (on a shared filesystem
     # they then find it built; on local disks each builds its own copy after the barrier).
@@ -418,7 +483,15 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if config.get(f'{name}_ckpt'):
       print(f'[{name}] using {config.get(f"{name}_ckpt")} (config.{name}_ckpt)', flush=True)
       continue
-    if inference.is_finished(os.path.join(workdir, name)):
+    stage_dir = os.path.join(workdir, name)
+    if jax.process_index() == 0:
+      workdir_lib.write_record(stage_dir, given)
+    # A finished stage is skipped only when its final step restores (else it is set aside and
+    # the stage resumes from the step before it).
+    good = checkpoint.last_good_step(stage_dir, rename=jax.process_index() == 0)
+    if jax.process_count() > 1:  # process 0's renames done before anyone reads on
+      multihost_utils.sync_global_devices(f'fkd: {name} checkpoints checked before skipping')
+    if good is not None and inference.is_finished(stage_dir):
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
     train_stage(method.stage(name, config), method, config, workdir, data, mesh)

@@ -47,6 +47,22 @@ def tiny_kd_config(data_dir: str):
   return config
 
 
+# `run_dir`'s config beyond tiny_kd_config, as command-line flags: commands on that workdir pass
+# them, since a workdir refuses a config other than the one that trained it (fkd.workdir).
+RUN_DIR_FLAGS = (
+  '--config.teacher.kwargs.bn_momentum=0.5',
+  '--config.student.kwargs.bn_momentum=0.5',
+)
+
+
+def run_dir_config(data_dir: str):
+  """The config that trained `run_dir` (see its docstring for the BatchNorm momentum)."""
+  config = tiny_kd_config(data_dir)
+  for role in ('teacher', 'student'):
+    config[role].kwargs.bn_momentum = 0.5
+  return config
+
+
 @pytest.fixture(scope='session')
 def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
   """A finished tiny KD run (3 stages, results written), trained once per session.
@@ -60,9 +76,7 @@ def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
   from fkd import inference, train
 
   workdir = tmp_path_factory.getbasetemp() / 'kd_tiny_run'
-  config = tiny_kd_config(data_dir)
-  for role in ('teacher', 'student'):
-    config[role].kwargs.bn_momentum = 0.5
+  config = run_dir_config(data_dir)
   if not all(inference.is_finished(str(workdir / s)) for s in config.stages):
     train.run(config, str(workdir))
   return workdir

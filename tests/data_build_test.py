@@ -19,7 +19,7 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     f'--data_dir={tmp_path}',
     '--crop_size=48',
   ]
-  assert build.main(args) == 1  # not the official 1345 / 507 faces
+  assert build.main(args) == 2  # a user error: not the official 1345 / 507 faces
   err = capsys.readouterr().err
   assert 'error: cofw: the manual download' in err and 'official count is 1345' in err
   assert not any(p.is_file() for p in tmp_path.rglob('*'))
@@ -41,8 +41,8 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
     == 0
   )
   assert 'cofw/cofw68_48px/1.0.0' in capsys.readouterr().out
-  assert build.main(['--dataset=300w', '--manual_dir=/nonexistent']) == 1
-  assert build.main(['--dataset=afw', '--manual_dir=/tmp']) == 1
+  assert build.main(['--dataset=300w', '--manual_dir=/nonexistent']) == 2
+  assert build.main(['--dataset=afw', '--manual_dir=/tmp']) == 2
 
 
 def test_prepare_and_load_pass_allow_partial(tmp_path):
@@ -107,3 +107,39 @@ def test_builders_leave_no_temp_dirs(tmp_path):
   for name in ('synthetic_faces', 'ibug_300w', 'wflw', 'cofw'):
     tfds.builder(name, data_dir=str(tmp_path))
   assert set(glob.glob(pattern)) == before
+
+
+def test_abandoned_incomplete_builds_are_removed(tmp_path, capsys):
+  """A killed build leaves `incomplete.*` next to the version folder; the next build (under the
+  data_dir's lock, so no other build is running) removes it before building."""
+  import types
+
+  from fkd.data import build
+
+  config_dir = tmp_path / 'faces' / 'default'
+  (config_dir / 'incomplete.ABC123_1.0.0' / 'part').mkdir(parents=True)
+  (config_dir / 'incomplete.ABC123_1.0.0' / 'part' / 'shard').write_text('half')
+  (config_dir / 'notes.txt').write_text('mine')
+  calls = []
+  fake = types.SimpleNamespace(
+    data_dir_root=str(tmp_path),
+    data_dir=str(config_dir / '1.0.0'),
+    is_prepared=lambda: False,
+    download_and_prepare=lambda **kw: calls.append(sorted(p.name for p in config_dir.iterdir())),
+  )
+  build.prepare(fake)
+  assert calls == [['notes.txt']]
+  assert 'removing the abandoned build' in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_fkd_line_with_exit_2(tmp_path, capsys):
+  from fkd.data import build
+
+  assert build.main(['--dataset=300w', f'--manual_dir={tmp_path / "nope"}']) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+    f'fkd: error: --manual_dir={tmp_path / "nope"} is not a directory'
+  ]
+  with pytest.raises(SystemExit) as e:
+    build.main(['--manual_dir=x'])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.startswith('fkd: error: the following arguments are required')

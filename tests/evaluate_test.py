@@ -46,7 +46,7 @@ def test_run_writes_every_report(run_dir):
 def test_overlay_is_best_and_worst_of_the_student(run_dir, data_dir):
   from fkd import input_pipeline as ip
 
-  config = conftest.tiny_kd_config(data_dir)
+  config = conftest.run_dir_config(data_dir)
   data = ip.load(config)
   results = evaluate.evaluate_workdir(config, str(run_dir), data)
   overlay = results['_overlay']
@@ -153,9 +153,10 @@ def test_cli(run_dir, data_dir, tmp_path):
       sys.executable,
       '-m',
       'fkd.evaluate',
-      '--config=configs/kd.py:runlocal',
+      '--config=configs/kd.py:tiny',
       f'--workdir={run_dir}',
       f'--config.data.data_dir={data_dir}',
+      *conftest.RUN_DIR_FLAGS,
     ],
     cwd=REPO,
     capture_output=True,

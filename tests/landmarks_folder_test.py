@@ -142,7 +142,7 @@ def build_error(data: pathlib.Path, tmp_path, capsys) -> str:
   out = tmp_path / 'tfds'
   code = build.main(['--dataset=folder', f'--manual_dir={data}', f'--data_dir={out}'])
   err = capsys.readouterr().err.strip().splitlines()
-  assert code == 1
+  assert code == 2  # a user error (fkd.cli.report)
   assert not out.exists() or not any(out.iterdir()), list(out.rglob('*'))
   assert len(err) == 1 and err[0].startswith('fkd: error: '), err
   return err[0]

@@ -165,3 +165,30 @@ def test_teacher_checkpoint_is_loadable_alone(kd_run):
   variables, meta = checkpoint.load_model(os.path.join(workdir, 'teacher_tough'))
   assert set(variables) == {'params', 'batch_stats'}
   assert meta['stage'] == 'teacher_tough' and meta['num_landmarks'] == 68
+
+
+def test_corrupt_latest_step_is_set_aside_and_the_stage_resumes(kd_run, data_dir, tmp_path, capsys):
+  """A truncated file in the newest step: renamed to <step>.corrupt-1 (never deleted), the stage
+  resumes from the step before to the uninterrupted model, and metrics.jsonl keeps one row per
+  step (the rows after the resumed step are dropped, then written again)."""
+  workdir, results = kd_run
+  copy = tmp_path / 'corrupt'
+  shutil.copytree(workdir, copy)
+  stage_dir = copy / 'student_kd'
+  steps = sorted(int(d.name) for d in stage_dir.iterdir() if d.name.isdigit())
+  data = max((stage_dir / str(steps[-1]) / 'model').rglob('d/*'), key=lambda p: p.stat().st_size)
+  with open(data, 'r+b') as f:
+    f.truncate(data.stat().st_size // 2)
+  resumed = train.run(_config(data_dir), str(copy))
+  out = capsys.readouterr().out
+  assert f'set aside as {stage_dir / f"{steps[-1]}.corrupt-1"}' in out
+  assert f'resuming from step {steps[-2]}' in out
+  assert (stage_dir / f'{steps[-1]}.corrupt-1').is_dir() and inference.is_finished(str(stage_dir))
+  np.testing.assert_allclose(
+    resumed['models']['student_kd']['test']['nme'],
+    results['models']['student_kd']['test']['nme'],
+    rtol=1e-5,
+  )
+  with open(stage_dir / 'metrics.jsonl') as f:
+    logged = [json.loads(line)['step'] for line in f]
+  assert logged == sorted(set(logged)), logged

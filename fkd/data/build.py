@@ -15,8 +15,14 @@ separate config named `<config>_<size>px`. Prints the number of faces per split.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
+import os
+import shutil
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from fkd.data import datasets
 from fkd.errors import FkdError
@@ -76,7 +82,6 @@ def make_builder(
 def _folder_config(cfg, manual_dir: str | None):
   """The config of the folder dataset in `manual_dir` (validates its dataset.json)."""
   import json
-  import os
 
   from fkd.data import folder
 
@@ -97,21 +102,53 @@ def _folder_config(cfg, manual_dir: str | None):
   )
 
 
+@contextlib.contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+  """An advisory lock (`flock`) on `directory`, or on its nearest existing ancestor; the kernel
+  releases it when the process ends, however it ends."""
+  probe = os.path.abspath(directory)
+  while not os.path.isdir(probe):
+    probe = os.path.dirname(probe)
+  fd = os.open(probe, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def prepare(builder: Any, **kwargs: Any) -> None:
+  """`builder.download_and_prepare(**kwargs)`, one build of a data_dir at a time.
+
+  Under the lock no other build runs, so TFDS `incomplete.*` directories left in the dataset's
+  folder are from builds that were killed: they are removed first (a killed build would otherwise
+  leave them behind forever).
+  """
+  with _exclusive(os.fspath(builder.data_dir_root)):
+    if builder.is_prepared():  # built by another process while this one waited
+      return
+    config_dir = os.path.dirname(os.fspath(builder.data_dir))
+    if os.path.isdir(config_dir):
+      for name in os.listdir(config_dir):
+        if name.startswith('incomplete.'):
+          print(f'fkd: removing the abandoned build {os.path.join(config_dir, name)}', flush=True)
+          shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+    builder.download_and_prepare(**kwargs)
+
+
 def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict[str, int]:
   """Builds (or reuses) the dataset; returns the number of faces per split."""
-  import os
-
   import tensorflow_datasets as tfds
 
   if not os.path.isdir(manual_dir):
     raise FkdError(f'--manual_dir={manual_dir} is not a directory')
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise FkdError(f'--data_dir={data_dir} is a file, not a folder')
   builder = make_builder(dataset, data_dir, manual_dir=manual_dir, **kwargs)
   if builder.is_prepared():
     print(f'{builder.info.full_name} is already built in {builder.data_dir}')
   else:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-    )
+    prepare(builder, download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
   print(f'{builder.info.full_name} in {builder.data_dir}:')
   for split, n in counts.items():
@@ -119,8 +156,17 @@ def build(dataset: str, manual_dir: str, data_dir: str | None, **kwargs) -> dict
   return counts
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # fkd's one-line usage error, exit 2 (argparse: usage + line)
+    print(f'fkd: error: {message} (see --help)', file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(
+  """The command line; returns the exit code (`fkd.cli.report`: 0, 2 user error, 130, 1 bug)."""
+  from fkd import cli
+
+  p = _Parser(
     prog='python -m fkd.data.build',
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -155,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
       image_format=args.image_format,
       asm_fit_set=args.asm_fit_set,
     )
-  except FkdError as e:
-    print(f'fkd: error: {e}', file=sys.stderr)
-    return 1
+  except SystemExit:
+    raise
+  except BaseException as e:  # noqa: BLE001  (one exit convention for every tool)
+    return cli.report(e)
   return 0
 
 

@@ -11,6 +11,7 @@ for a folder; put it beside the model's checkpoint or in the workdir) and prints
 
 from __future__ import annotations
 
+import os
 import sys
 
 from fkd import box_calibration, detect
@@ -29,6 +30,9 @@ def run(
   """Fits and saves the calibration; returns it."""
   from tqdm import tqdm
 
+  if not os.path.isdir(manual_dir):
+    raise FkdError(f'--manual_dir {manual_dir} is not a directory')
+  box_calibration.output_path(output)  # refused now, not after the detection pass
   folders = folders or list(box_calibration.FOLDERS_300W)
   detector = detect.FaceDetector(
     min_score=min_score, min_face=min_face, min_face_fraction=min_face_fraction
@@ -96,10 +100,6 @@ def _define_flags():
 
 
 def _main(argv: list[str]) -> None:
-  from absl import app
-
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = _FLAGS
   run(
     f.manual_dir, f.output, f.folders, f.min_score, f.min_face, f.min_face_fraction, f.description

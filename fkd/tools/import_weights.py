@@ -508,14 +508,16 @@ def import_weights(
   """Converts `src` and writes the checkpoint `dst`; returns its meta."""
   from fkd import checkpoint
 
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise FkdError(f'{dst} is a file, not a folder; choose a new directory')
+  if os.path.isdir(dst) and os.listdir(dst):
+    raise FkdError(f'{dst} exists and is not empty; choose a new directory')
   if source_format == 'keras':
     variables, meta = convert_keras(arch, src, width)
   elif source_format == 'torch':
     variables, meta = convert_torch(arch, src, width)
   else:
     raise FkdError(f"--from must be 'keras' or 'torch', got {source_format!r}")
-  if os.path.exists(dst) and os.listdir(dst):
-    raise FkdError(f'{dst} exists and is not empty; choose a new directory')
   checkpoint.save_model(dst, variables, meta)
   return meta
 
@@ -550,4 +552,4 @@ if __name__ == '__main__':
   from fkd import cli
 
   _define_flags()
-  cli.run(main, one_line_flag_errors=False, positional_args=True)
+  cli.run(main, positional_args=True)

@@ -97,4 +97,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_classes', 1000, 'Head size; 0 = no head (pooled features).')
   flags.DEFINE_integer('resolution', 224, 'Input height and width.')
 
-  cli.run(main, one_line_flag_errors=False, positional_args=True)
+  cli.run(main, positional_args=True)

@@ -1,0 +1,118 @@
+"""Every config value checked before anything trains: one-line errors naming the field.
+
+`check(config)` walks the whole config: the data and eval blocks, every optimizer block (any
+sub-config with `batch_size`, `lr` and `schedule`: `train`, `teacher_train`, the pre-stage's, ...)
+and every model block (any sub-config with `name` and `kwargs`). The methods check their own
+blocks (`Method.validate`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fkd.errors import FkdError
+
+SCHEDULES = ('inverse_time', 'cosine', 'steps')
+AUGMENTS = ('kd', 'flip', 'none')
+TARGET_SPACES = ('normalized', 'pixel')
+
+
+def _number(value: Any) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(field: str, value: Any) -> None:
+  if not _integer(value) or value <= 0:
+    raise FkdError(f'config.{field} must be a positive integer, got {value!r}')
+
+
+def non_negative_int(field: str, value: Any) -> None:
+  if not _integer(value) or value < 0:
+    raise FkdError(f'config.{field} must be an integer >= 0, got {value!r}')
+
+
+def positive_number(field: str, value: Any) -> None:
+  if not _number(value) or value <= 0:
+    raise FkdError(f'config.{field} must be a positive number, got {value!r}')
+
+
+def count_or_all(field: str, value: Any) -> None:
+  """-1 (everything) or a positive count."""
+  if not _integer(value) or (value <= 0 and value != -1):
+    raise FkdError(f'config.{field} must be a positive integer or -1 (all), got {value!r}')
+
+
+def one_of(field: str, value: Any, known: tuple[str, ...]) -> None:
+  if value not in known:
+    raise FkdError(f'config.{field} must be one of {", ".join(known)}, got {value!r}')
+
+
+def check_optimizer(field: str, tc: Any, device_count: int) -> None:
+  positive_int(f'{field}.batch_size', tc.batch_size)
+  if tc.batch_size % device_count:
+    raise FkdError(
+      f'config.{field}.batch_size ({tc.batch_size}) must be divisible by the {device_count} '
+      'devices (each gets the same share of a batch)'
+    )
+  if not _integer(tc.num_steps):
+    raise FkdError(f'config.{field}.num_steps must be an integer, got {tc.num_steps!r}')
+  if tc.num_steps <= 0:  # the epochs count
+    positive_number(f'{field}.num_epochs', tc.num_epochs)
+  if not _number(tc.lr) or tc.lr < 0:  # 0: the model stays as initialised
+    raise FkdError(f'config.{field}.lr must be a number >= 0, got {tc.lr!r}')
+  one_of(f'{field}.schedule', tc.schedule, SCHEDULES)
+  if not _number(tc.lr_decay) or tc.lr_decay < 0:
+    raise FkdError(f'config.{field}.lr_decay must be a number >= 0, got {tc.lr_decay!r}')
+  non_negative_int(f'{field}.warmup_steps', tc.warmup_steps)
+  for beta in ('adam_b1', 'adam_b2'):
+    if not _number(tc[beta]) or not 0 <= tc[beta] < 1:
+      raise FkdError(f'config.{field}.{beta} must be in [0, 1), got {tc[beta]!r}')
+  positive_number(f'{field}.adam_eps', tc.adam_eps)
+  positive_int(f'{field}.log_every_steps', tc.log_every_steps)
+  positive_int(f'{field}.checkpoint_every_steps', tc.checkpoint_every_steps)
+
+
+def check_model(field: str, mc: Any, known: list[str]) -> None:
+  if mc.name not in known:
+    raise FkdError(f'config.{field}.name must be one of {", ".join(known)}, got {mc.name!r}')
+
+
+def _blocks(node: Any, prefix: str = '') -> list[tuple[str, Any]]:
+  """(dotted name, sub-config) of every sub-config of `node`."""
+  out = []
+  for key in node.keys():
+    value = node[key]
+    if hasattr(value, 'keys') and not isinstance(value, dict):
+      out.append((prefix + key, value))
+      out += _blocks(value, prefix + key + '.')
+  return out
+
+
+def check(config: Any, device_count: int, model_names: list[str]) -> None:
+  """Raises an FkdError naming the first field of `config` with a value fkd cannot train on."""
+  d = config.data
+  positive_int('data.image_size', d.image_size)
+  non_negative_int('data.num_landmarks', d.num_landmarks)  # 0: from the dataset (folder)
+  one_of('data.target_space', d.target_space, TARGET_SPACES)
+  one_of('data.augment', d.augment, AUGMENTS)
+  count_or_all('data.max_train_examples', d.max_train_examples)
+  count_or_all('data.max_eval_examples', d.max_eval_examples)
+  non_negative_int('data.num_workers', d.num_workers)
+  non_negative_int('data.num_shards', d.num_shards)
+  if isinstance(d.eval_splits, str):  # () = every split of a folder dataset but train
+    raise FkdError(f'config.data.eval_splits must be a list of splits, got {d.eval_splits!r}')
+  positive_int('eval.batch_size', config.eval.batch_size)
+  positive_number('eval.fr_threshold', config.eval.fr_threshold)
+  if not _integer(config.get('seed', 0)):
+    raise FkdError(f'config.seed must be an integer, got {config.seed!r}')
+  for field, block in _blocks(config):
+    keys = set(block.keys())
+    if {'batch_size', 'lr', 'schedule'} <= keys:
+      check_optimizer(field, block, device_count)
+    elif {'name', 'kwargs'} <= keys:
+      check_model(field, block, model_names)
