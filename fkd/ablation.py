@@ -49,12 +49,15 @@ class Row:
     what: one line for the table.
     overrides: dotted config keys -> values, applied on top of the user's config.
     teacher: a teacher row: trained once per seed into `seed_<s>/teachers/`, read by the others.
+    extra: run only when `--rows` names it (rows beyond the issue's table, kept out of the default
+      run's time budget).
   """
 
   stage: str
   what: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   teacher: bool = False
+  extra: bool = False
 
 
 def kd_rows(config: Any) -> dict[str, Row]:
@@ -86,6 +89,13 @@ def kd_rows(config: Any) -> dict[str, Row]:
       'plain output distillation from the Tough teacher, '
       '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd.py)',
       {'method': 'output_kd', 'output_kd': {'alpha': 0.5}},
+      extra=True,
+    ),
+    'output_kd_l1': Row(
+      'student_output_kd',
+      "output distillation with L1 (Loss_Main's shape): (1 − α)·L1(gt) + α·L1(teacher), α = 0.5",
+      {'method': 'output_kd', 'output_kd': {'alpha': 0.5, 'loss': 'l1'}},
+      extra=True,
     ),
     'kd': Row('student_kd', 'KD-Loss, both teachers'),
   }
@@ -302,7 +312,7 @@ def run(
       k: v for k, v in rows.items() if k in chosen or (v.teacher and v.stage in teacher_stages)
     }
   else:
-    rows_run = rows
+    rows_run = {k: v for k, v in rows.items() if not v.extra}
     teacher_stages = tuple(r.stage for r in rows.values() if r.teacher)
   for row in rows_run.values():  # every override names a real key, before any training
     if not row.teacher:

@@ -21,6 +21,7 @@ KD_ROWS = (
   'tough_only',
   'tolerant_only',
   'output_kd',
+  'output_kd_l1',
   'kd',
 )
 
@@ -75,6 +76,8 @@ def test_every_row_keys_and_rerun(tmp_path, monkeypatch, name):
     )
   )
   assert tuple(rows) == want
+  want = tuple(k for k in want if not rows[k].extra)  # extras run only when --rows names them
+  rows = {k: r for k, r in rows.items() if not r.extra}
   record = ablation.run(config, str(tmp_path), seeds=2)
   _check(record, want, 2)
   on_disk = json.loads((tmp_path / 'ablation.json').read_text())
@@ -148,6 +151,10 @@ def test_row_overrides():
   kd = ablation.run_config(config, 0, rows['kd'], rows, 'T')
   assert c.method == 'output_kd' and c.output_kd.alpha == 0.5 and c.stages == ('student_output_kd',)
   assert methods.get(c).stage('student_output_kd', c).teachers == ('teacher_tough',)
+  assert c.seed + methods.get(c).seed_offset('student_output_kd') == kd.seed + 2
+  assert c.output_kd.get('loss', 'mse') == 'mse'
+  c = ablation.run_config(config, 0, rows['output_kd_l1'], rows, 'T')
+  assert c.method == 'output_kd' and c.output_kd.loss == 'l1' and c.output_kd.alpha == 0.5
   assert c.seed + methods.get(c).seed_offset('student_output_kd') == kd.seed + 2
   assert ablation.run_config(config, 0, rows['baseline_mse'], rows, 'T').stages == (
     'student_baseline',
