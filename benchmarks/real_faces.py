@@ -101,6 +101,12 @@ LEVERS: dict[str, dict] = {
     args=['--config.seed=1'],
     pretrain='base',
   ),
+  'seed1_lr_2e-3': dict(
+    doc='student lr 2e-3 at seed 1, on the seed1 teachers (is lr 2e-3 beyond seed noise?)',
+    args=['--config.seed=1', '--config.train.lr=0.002'],
+    pretrain='base',
+    teachers='seed1',
+  ),
   'no_pretrain': dict(
     doc='no synthetic pre-stage: every stage from random init', args=['--config.pretrain.dataset=']
   ),

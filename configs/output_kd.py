@@ -21,5 +21,7 @@ def get_config(arg: str | None = None):
     # Weight of the teacher term: an even mix of ground truth and teacher (not tuned; the
     # ablation reports it as is).
     alpha=0.5,
+    # The distance of both terms: 'mse' (the classic regression KD) or 'l1' (Loss_Main's shape).
+    loss='mse',
   )
   return config

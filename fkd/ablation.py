@@ -49,12 +49,15 @@ class Row:
     what: one line for the table.
     overrides: dotted config keys -> values, applied on top of the user's config.
     teacher: a teacher row: trained once per seed into `seed_<s>/teachers/`, read by the others.
+    extra: run only when `--rows` names it (rows beyond the issue's table, kept out of the default
+      run's time budget).
   """
 
   stage: str
   what: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   teacher: bool = False
+  extra: bool = False
 
 
 def kd_rows(config: Any) -> dict[str, Row]:
@@ -86,6 +89,13 @@ def kd_rows(config: Any) -> dict[str, Row]:
       'plain output distillation from the Tough teacher, '
       '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd.py)',
       {'method': 'output_kd', 'output_kd': {'alpha': 0.5}},
+      extra=True,
+    ),
+    'output_kd_l1': Row(
+      'student_output_kd',
+      "output distillation with L1 (Loss_Main's shape): (1 − α)·L1(gt) + α·L1(teacher), α = 0.5",
+      {'method': 'output_kd', 'output_kd': {'alpha': 0.5, 'loss': 'l1'}},
+      extra=True,
     ),
     'kd': Row('student_kd', 'KD-Loss, both teachers'),
   }
@@ -169,14 +179,32 @@ def _with(config: Any, row: Row) -> Any:
   return c
 
 
+def teachers_needed(config: Any, rows: dict[str, Row], chosen: dict[str, Row]) -> tuple[str, ...]:
+  """The teacher stages the chosen rows read (a chosen teacher row counts), in table order."""
+  needed = {r.stage for r in chosen.values() if r.teacher}
+  for r in chosen.values():
+    if not r.teacher:
+      c = _with(config, r)
+      needed |= set(methods.get(c).stage(r.stage, c).teachers)
+  return tuple(r.stage for r in rows.values() if r.teacher and r.stage in needed)
+
+
 def run_config(
-  config: Any, seed: int, row: Row | None, rows: dict[str, Row], teachers_dir: str
+  config: Any,
+  seed: int,
+  row: Row | None,
+  rows: dict[str, Row],
+  teachers_dir: str,
+  teacher_stages: tuple[str, ...] | None = None,
 ) -> Any:
-  """The config of one run: the teachers' (row None) or a student row's."""
+  """The config of one run: the teachers' (row None; `teacher_stages`, default all) or a
+  student row's."""
   c = copy.deepcopy(config)
   with c.unlocked():
     if row is None:
-      c.stages = tuple(r.stage for r in rows.values() if r.teacher)
+      if teacher_stages is None:
+        teacher_stages = tuple(r.stage for r in rows.values() if r.teacher)
+      c.stages = teacher_stages
       c.seed = seed
       return c
     c.stages = (row.stage,)
@@ -213,12 +241,18 @@ def _fingerprint(config: Any) -> dict[str, Any]:
   return flat
 
 
-def _run(config: Any, workdir: str, label: str) -> dict[str, Any]:
+def _run(config: Any, workdir: str, label: str, any_stages: bool = False) -> dict[str, Any]:
+  """One run (skipped when finished). `any_stages`: the teachers' run, which `--rows` may have
+  started with fewer teacher stages; the others are added to it."""
   stamp = os.path.join(workdir, 'ablation_run.json')
   if os.path.exists(workdir) and os.listdir(workdir):
     # A run dir is reused (skipped or resumed) only if this command made it with the same config.
     old = json.load(open(stamp)) if os.path.exists(stamp) else None
-    if old != json.loads(json.dumps(_fingerprint(config))):
+    new = json.loads(json.dumps(_fingerprint(config)))
+    if any_stages and old is not None:
+      old.pop('stages', None)
+      new.pop('stages', None)
+    if old != new:
       raise FkdError(
         f'{workdir} holds a run with another config (or one not made by '
         'fkd.ablation): remove it or use another --workdir'
@@ -270,9 +304,16 @@ def run(
     unknown = [r for r in only if r not in rows]
     if unknown:
       raise FkdError(f'--rows: unknown row(s) {", ".join(unknown)}; known: {", ".join(rows)}')
-    rows_run = {k: v for k, v in rows.items() if k in only or v.teacher}
+    chosen = {k: v for k, v in rows.items() if k in only}
+    # The teachers the chosen rows read (all of them without --rows): `--rows=tough_only` trains
+    # the Tough teacher alone.
+    teacher_stages = teachers_needed(config, rows, chosen)
+    rows_run = {
+      k: v for k, v in rows.items() if k in chosen or (v.teacher and v.stage in teacher_stages)
+    }
   else:
-    rows_run = rows
+    rows_run = {k: v for k, v in rows.items() if not v.extra}
+    teacher_stages = tuple(r.stage for r in rows.values() if r.teacher)
   for row in rows_run.values():  # every override names a real key, before any training
     if not row.teacher:
       run_config(config, config.seed, row, rows, workdir)
@@ -284,20 +325,22 @@ def run(
     seed = config.seed + i
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     teachers_dir = os.path.join(seed_dir, 'teachers')
-    res = _run(
-      run_config(config, seed, None, rows, teachers_dir), teachers_dir, f'seed {seed} teachers'
-    )
-    mean_shape.append(res['models']['mean_shape'][split])
-    for name, row in rows_run.items():
-      if row.teacher:
-        per_row.setdefault(name, []).append(res['models'][row.stage][split])
-        continue
+    if teacher_stages:
       res = _run(
-        run_config(config, seed, row, rows, teachers_dir),
-        os.path.join(seed_dir, name),
-        f'seed {seed} {name}',
+        run_config(config, seed, None, rows, teachers_dir, teacher_stages),
+        teachers_dir,
+        f'seed {seed} teachers',
+        any_stages=True,
       )
+    for name, row in rows_run.items():
+      if not row.teacher:
+        res = _run(
+          run_config(config, seed, row, rows, teachers_dir),
+          os.path.join(seed_dir, name),
+          f'seed {seed} {name}',
+        )
       per_row.setdefault(name, []).append(res['models'][row.stage][split])
+    mean_shape.append(res['models']['mean_shape'][split])  # the same faces in every run
   record = summarize(config, split, seeds, per_row, rows_run, mean_shape)
   record['wall_time_s'] = round(time.time() - t0, 1)
   with open(os.path.join(workdir, 'ablation.json'), 'w') as f:

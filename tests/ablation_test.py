@@ -21,6 +21,7 @@ KD_ROWS = (
   'tough_only',
   'tolerant_only',
   'output_kd',
+  'output_kd_l1',
   'kd',
 )
 
@@ -75,6 +76,8 @@ def test_every_row_keys_and_rerun(tmp_path, monkeypatch, name):
     )
   )
   assert tuple(rows) == want
+  want = tuple(k for k in want if not rows[k].extra)  # extras run only when --rows names them
+  rows = {k: r for k, r in rows.items() if not r.extra}
   record = ablation.run(config, str(tmp_path), seeds=2)
   _check(record, want, 2)
   on_disk = json.loads((tmp_path / 'ablation.json').read_text())
@@ -104,6 +107,33 @@ def test_every_row_keys_and_rerun(tmp_path, monkeypatch, name):
     ablation.run(config, str(tmp_path), seeds=2)
 
 
+def test_rows_train_only_the_teachers_they_read(tmp_path, monkeypatch):
+  """--rows=tough_only trains the Tough teacher alone, main_only none; --rows=kd later adds the
+  Tolerant teacher to the same teachers run (nothing retrained)."""
+  calls = []
+  _fake_training(monkeypatch, calls)
+  monkeypatch.setattr(inference, 'is_finished', lambda d: os.path.isdir(d))
+  real_fake = train.run
+
+  def fake_run(config, workdir):
+    real_fake(config, workdir)
+    for s in config.stages:
+      os.makedirs(os.path.join(workdir, s), exist_ok=True)
+
+  monkeypatch.setattr(train, 'run', fake_run)
+  config = kd_config.get_config('runlocal')
+  record = ablation.run(config, str(tmp_path), seeds=1, only=['tough_only'])
+  assert tuple(record['rows']) == ('teacher_tough', 'tough_only')
+  assert calls[0][:2] == (str(tmp_path / 'seed_0' / 'teachers'), ('teacher_tough',))
+  assert len(calls) == 2 and record['mean_shape']['nme_mean'] == 20.0
+  record = ablation.run(config, str(tmp_path), seeds=1, only=['main_only'])
+  assert tuple(record['rows']) == ('main_only',) and len(calls) == 3  # no teacher run
+  record = ablation.run(config, str(tmp_path), seeds=1, only=['kd'])
+  assert tuple(record['rows']) == ('teacher_tough', 'teacher_tolerant', 'kd')
+  teacher_calls = [c[1] for c in calls if c[0].endswith('teachers')]
+  assert teacher_calls == [('teacher_tough',), ('teacher_tough', 'teacher_tolerant')]
+
+
 def test_row_overrides():
   config = kd_config.get_config('runlocal')
   rows = ablation.kd_rows(config)
@@ -121,6 +151,10 @@ def test_row_overrides():
   kd = ablation.run_config(config, 0, rows['kd'], rows, 'T')
   assert c.method == 'output_kd' and c.output_kd.alpha == 0.5 and c.stages == ('student_output_kd',)
   assert methods.get(c).stage('student_output_kd', c).teachers == ('teacher_tough',)
+  assert c.seed + methods.get(c).seed_offset('student_output_kd') == kd.seed + 2
+  assert c.output_kd.get('loss', 'mse') == 'mse'
+  c = ablation.run_config(config, 0, rows['output_kd_l1'], rows, 'T')
+  assert c.method == 'output_kd' and c.output_kd.loss == 'l1' and c.output_kd.alpha == 0.5
   assert c.seed + methods.get(c).seed_offset('student_output_kd') == kd.seed + 2
   assert ablation.run_config(config, 0, rows['baseline_mse'], rows, 'T').stages == (
     'student_baseline',
@@ -183,3 +217,49 @@ def test_absent_teacher_is_a_zero_weight_teacher():
     params = losses.KDParams.code(**kw)
     full = losses.kd_loss(p, g, a, s, params)[0]
     assert jnp.allclose(losses.kd_loss(p, g, tough, tolerant, params)[0], full)
+
+
+def test_teacher_sweep_gains_are_paired_differences(tmp_path, monkeypatch):
+  """benchmarks/teacher_sweep.py: one teacher budget per point, gain = main_only − row per seed."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location('sweep', REPO / 'benchmarks' / 'teacher_sweep.py')
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  calls = []
+  _fake_training(monkeypatch, calls)
+  fake = train.run
+
+  def fake_run(config, workdir):  # the teacher's NME falls with its epochs
+    fake(config, workdir)
+    path = os.path.join(workdir, 'results.json')
+    res = json.load(open(path))
+    if 'teacher_tough' in res['models']:
+      res['models']['teacher_tough']['test']['nme'] = 30.0 / config.teacher_train.num_epochs
+      json.dump(res, open(path, 'w'))
+
+  monkeypatch.setattr(train, 'run', fake_run)
+  config = kd_config.get_config('runlocal')
+  record = sweep.sweep(config, str(tmp_path), [1, 3], 2, ['tough_only', 'output_kd'])
+  points = {(p['epochs'], p['row']): p for p in record['points']}
+  assert sorted(points) == [
+    (1, 'output_kd'),
+    (1, 'tough_only'),
+    (3, 'output_kd'),
+    (3, 'tough_only'),
+  ]
+  assert (
+    points[(1, 'tough_only')]['teacher_nme'] == 30.0
+    and points[(3, 'output_kd')]['teacher_nme'] == 10.0
+  )
+  ref = record['reference']['nme_per_seed']
+  for p in points.values():  # the fake NME: 10 + seed + number of kd keys set (see _fake_training)
+    nme = json.load(
+      open(tmp_path / f'teacher_epochs_{p["epochs"]}' / 'seed_1' / p['row'] / 'results.json')
+    )
+    stage = 'student_output_kd' if p['row'] == 'output_kd' else 'student_kd'
+    assert p['gain_per_seed'][1] == pytest.approx(ref[1] - nme['models'][stage]['test']['nme'])
+  teacher_runs = [c for c in calls if c[0].endswith('teachers')]
+  assert [c[1] for c in teacher_runs] == [('teacher_tough',)] * 4  # 2 budgets x 2 seeds, Tough only
+  sweep.plot(record, str(tmp_path / 'sweep.png'))
+  assert (tmp_path / 'sweep.png').stat().st_size > 0

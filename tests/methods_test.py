@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fkd import config_lib, heads, methods, train
+from fkd.errors import FkdError
 
 # One config per method (a new method adds its line here and its file in configs/).
 CONFIGS = {
@@ -117,9 +118,33 @@ def test_heatmap_head_decodes_its_targets():
 
 
 def test_unknown_method_is_one_line():
-  from fkd.errors import FkdError
 
   config = config_lib.load('configs/kd.py', 'tiny')
   config.method = 'fitnets'
   with pytest.raises(FkdError, match=r"config.method must be one of \['fan', 'kd', 'output_kd'\]"):
     methods.get(config)
+
+
+@pytest.mark.parametrize('distance', ['mse', 'l1'])
+def test_output_kd_loss_hand_values(distance):
+  """(1 − α)·D(s, g) + α·D(s, t) in the head's target space, by hand on two coordinates."""
+  config = config_lib.load('configs/output_kd.py', 'tiny')
+  config.output_kd.alpha = 0.25
+  config.output_kd.loss = distance
+  method = methods.get(config)
+  stage = method.stage('student_output_kd', config)
+  n = config.data.num_landmarks
+  gt_px = np.full((1, n, 2), config.data.image_size / 2, np.float32)
+  gt = np.asarray(stage.head.targets(jnp.asarray(gt_px)))
+  student = gt + 0.2  # every coordinate 0.2 from the ground truth ...
+  teacher = gt - 0.1  # ... and 0.3 from the teacher
+  loss, terms = method.loss_fn(stage, config)(
+    jnp.asarray(student), {}, {'landmarks': jnp.asarray(gt_px)}, {'teacher_tough': (teacher,)}
+  )
+  d = (lambda e: e * e) if distance == 'mse' else abs
+  np.testing.assert_allclose(terms['gt'], 0.75 * d(0.2), rtol=1e-5)
+  np.testing.assert_allclose(terms['teacher'], 0.25 * d(0.3), rtol=1e-5)
+  np.testing.assert_allclose(loss, 0.75 * d(0.2) + 0.25 * d(0.3), rtol=1e-5)
+  config.output_kd.loss = 'huber'
+  with pytest.raises(FkdError, match='config.output_kd.loss must be one of mse, l1'):
+    method.validate(config)

@@ -4,7 +4,9 @@ The student regresses the ground truth and the frozen Tough teacher's outputs at
 al.'s (2015) soft-target distillation carried over to regression, with no teacher-dependent
 weighting (the part KD-Loss adds):
 
-  L = (1 − α)·MSE(student, ground truth) + α·MSE(student, teacher),  α = config.output_kd.alpha.
+  L = (1 − α)·D(student, ground truth) + α·D(student, teacher),  α = config.output_kd.alpha,
+with D = MSE (`config.output_kd.loss='mse'`, the classic form) or L1 (`'l1'`: the same loss shape
+as KD-Loss's Loss_Main, so the ablation can tell teacher targets from loss shape).
 
 Same teacher stage, student network, data and budget as KD-Loss (`fkd.methods.kd`), and the same
 seed offsets, so `student_output_kd` starts from `student_kd`'s initialisation: the two students
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fkd import losses
 from fkd.errors import FkdError
 from fkd.methods import kd
 from fkd.methods.base import LossFn, Method, Stage
@@ -49,17 +50,23 @@ class OutputKD(Method):
   def validate(self, config: Any) -> None:
     if not 0.0 <= config.output_kd.alpha <= 1.0:
       raise FkdError(f'config.output_kd.alpha must be in [0, 1], got {config.output_kd.alpha}')
+    if config.output_kd.get('loss', 'mse') not in kd.SIMPLE_LOSSES:
+      raise FkdError(
+        f'config.output_kd.loss must be one of {", ".join(kd.SIMPLE_LOSSES)}, '
+        f'got {config.output_kd.loss!r}'
+      )
 
   def loss_fn(self, stage: Stage, config: Any) -> LossFn:
     if stage.loss != 'output_kd':
       return kd.supervised_loss(stage)
     alpha = float(config.output_kd.alpha)
+    distance = kd.SIMPLE_LOSSES[config.output_kd.get('loss', 'mse')]
 
     def loss_fn(outputs, features, batch, teachers):
       del features
       terms = {
-        'gt': (1.0 - alpha) * losses.mse(outputs, stage.head.targets(batch['landmarks'])),
-        'teacher': alpha * losses.mse(outputs, teachers['teacher_tough'][0]),
+        'gt': (1.0 - alpha) * distance(outputs, stage.head.targets(batch['landmarks'])),
+        'teacher': alpha * distance(outputs, teachers['teacher_tough'][0]),
       }
       return terms['gt'] + terms['teacher'], terms
 
