@@ -1,8 +1,8 @@
 """What every `python -m fkd.<tool>` shares: start-up, config flags, `fkd: error:` one-liners.
 
-Entry points call `run(main, ...)`: it switches on the CPU tuning (`fkd.runtime`) and, for tools
-that take part in multi-host runs, the distributed start-up (`fkd.distributed`) before JAX starts,
-then prints an `FkdError` as `fkd: error: ...` with exit code 2. The library itself changes no
+Entry points call `run(main, ...)`: it switches on the CPU tuning and the persistent compilation
+cache (`fkd.runtime`) and, for tools that take part in multi-host runs, the distributed start-up
+(`fkd.distributed`) before JAX starts, then prints an `FkdError` as `fkd: error: ...` with exit code 2. The library itself changes no
 process settings when imported.
 """
 
@@ -53,10 +53,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def start(distributed: bool = False) -> None:
-  """Process settings an entry point opts into, before JAX initialises its backends."""
+  """Process settings an entry point opts into, before JAX initialises its backends: the CPU
+  tuning and the persistent compilation cache (`fkd.runtime`)."""
   from fkd import runtime
 
   runtime.configure()
+  runtime.enable_compilation_cache()
   if distributed:
     from fkd import distributed as dist
 
