@@ -2,8 +2,8 @@
 
 Entry points call `run(main, ...)`: it switches on the CPU tuning and the persistent compilation
 cache (`fkd.runtime`) and, for tools that take part in multi-host runs, the distributed start-up
-(`fkd.distributed`) before JAX starts, then prints an `FkdError` as `fkd: error: ...` with exit code 2. The library itself changes no
-process settings when imported.
+(`fkd.distributed`) before JAX starts, then prints an `FkdError` as `fkd: error: ...` with exit
+code 2. The library itself changes no process settings when imported.
 """
 
 from __future__ import annotations

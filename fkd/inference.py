@@ -31,23 +31,29 @@ def build_module(meta: dict[str, Any], head: heads.Head):
   return make_model(meta['model'], meta['model_kwargs'], head, int(meta['num_landmarks']))
 
 
-def load_frozen(stage_dir: str, fold: bool = True) -> tuple[methods.Frozen, dict[str, Any]]:
-  """A finished stage as an inference program: (Frozen module/head/meta, host variables).
+def freeze(
+  module: Any, head: heads.Head, meta: dict[str, Any], variables: dict[str, Any], fold: bool = True
+) -> tuple[methods.Frozen, dict[str, Any]]:
+  """A trained model as an inference program: (Frozen module/head/meta, variables).
 
   With `fold` (default) models that have the form (`models.fold.can_fold`: EfficientNet,
   MobileNetV2, ResNet) come back with BatchNorm folded into their convolutions
   (`models.fold.fold_batch_norm`: `module.folded`, variables {'params'} only), computing the
-  checkpoint's inference outputs and features to float32 rounding with fewer operations; the
-  checkpoint itself is unchanged. Other models (heatmap networks) and `fold=False` give the
-  module and {'params', 'batch_stats'} as stored.
+  same inference outputs and features to float32 rounding with fewer operations. Other models
+  (heatmap networks) and `fold=False` give the module and {'params', 'batch_stats'} as they are.
   """
-  variables, meta = checkpoint.load_model(stage_dir)
-  head = heads.from_meta(meta)
-  module = build_module(meta, head)
   variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
   if fold and models.fold.can_fold(module):
     module, variables = models.fold.fold_batch_norm(module, variables)
   return methods.Frozen(module, head, meta), variables
+
+
+def load_frozen(stage_dir: str, fold: bool = True) -> tuple[methods.Frozen, dict[str, Any]]:
+  """A finished stage as a teacher or predictor: `freeze` of its checkpoint (folded unless
+  `fold=False`; the checkpoint itself is unchanged)."""
+  variables, meta = checkpoint.load_model(stage_dir)
+  head = heads.from_meta(meta)
+  return freeze(build_module(meta, head), head, meta, variables, fold)
 
 
 def is_finished(stage_dir: str) -> bool:
