@@ -236,6 +236,7 @@ def main():
   # from it; removed at exit.
   cache_dir = tempfile.mkdtemp(prefix='fkd-bench-jax-cache-')
   jax.config.update('jax_compilation_cache_dir', cache_dir)
+  runtime.cache_status.update(dir=f'{cache_dir} (empty, this run only)', source='benchmark')
   try:
     run()
   finally:
