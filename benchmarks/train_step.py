@@ -30,11 +30,12 @@ without them.
 
 Each pair is compiled (fkd: `jit(...).lower().compile()` time; Keras: the first call), warmed up,
 then fkd and Keras alternate step by step so a shared machine's noise hits both alike; medians of
-img/s. fkd's compile is reported twice: cold (`compile`, into an empty persistent compilation
-cache, a temporary directory of this run) and cached (`cached_compile`: in-memory caches cleared,
-the step traced, lowered and loaded from that cache, as a second `python -m fkd.main` run with
-the same shapes does with `fkd.cli.start()`'s cache). The last line is JSON with the student
-step's figures and the other ratios.
+img/s. Each step runs in a fresh child process (`--one-process`: all in this one), so one step's
+memory is returned before the next. fkd's compile is reported twice: cold (`compile`, into an
+empty persistent compilation cache, a temporary directory of the run) and cached
+(`cached_compile`: in-memory caches cleared, the step traced, lowered and loaded from that cache,
+as a second `python -m fkd.main` run with the same shapes does with `fkd.cli.start()`'s cache).
+The last line is JSON with the student step's figures and the other ratios.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -230,20 +232,7 @@ def timed(fn) -> float:
   return time.perf_counter() - t0
 
 
-def main():
-  cli.start()
-  # Cold compiles into an empty persistent cache (whatever the user's cache holds), cached ones
-  # from it; removed at exit.
-  cache_dir = tempfile.mkdtemp(prefix='fkd-bench-jax-cache-')
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  runtime.cache_status.update(dir=f'{cache_dir} (empty, this run only)', source='benchmark')
-  try:
-    run()
-  finally:
-    shutil.rmtree(cache_dir, ignore_errors=True)
-
-
-def run():
+def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--res', type=int, default=224)
@@ -257,18 +246,73 @@ def run():
     help="Keras' compile(jit_compile=...); 'auto' is Keras' default",
   )
   parser.add_argument('--no-keras', action='store_true', help='fkd only')
+  parser.add_argument(
+    '--one-process',
+    action='store_true',
+    help='all steps in this process (default: each step in a fresh child process)',
+  )
+  parser.add_argument('--rows-out', help=argparse.SUPPRESS)  # a child's results file
   args = parser.parse_args()
-  kinds = args.steps.split(',')
-  if unknown := set(kinds) - set(KINDS):
+  args.kinds = args.steps.split(',')
+  if unknown := set(args.kinds) - set(KINDS):
     parser.error(f'--steps: unknown {sorted(unknown)}; known: {list(KINDS)}')
-  jit_compile = {'auto': 'auto', 'true': True, 'false': False}[args.keras_jit]
+  return args
 
+
+def main():
+  """Each step in its own child process unless --one-process: with the CPU tuning (freed memory
+  is kept) and TensorFlow's own pools, one process holding every step's two frameworks reached
+  16 GB and was OOM-killed on a shared 24 GB machine; a child returns its memory when it ends."""
+  args = parse_args()
+  if args.rows_out or args.one_process or len(args.kinds) == 1:
+    result = measure(args)
+    if args.rows_out:
+      with open(args.rows_out, 'w') as f:
+        json.dump(result, f)
+      return
+  else:
+    result = {'rows': {}, 'fold': None, 'backend': None}
+    for kind in args.kinds:
+      with tempfile.NamedTemporaryFile(suffix='.json') as out:
+        argv = [sys.executable, os.path.abspath(__file__), '--steps', kind]
+        argv += ['--batch', str(args.batch), '--res', str(args.res), '--rounds', str(args.rounds)]
+        argv += ['--warmup', str(args.warmup), '--keras-jit', args.keras_jit]
+        argv += ['--no-keras'] * args.no_keras + ['--rows-out', out.name]
+        code = subprocess.run(argv).returncode
+        if code != 0:
+          print(f'[{kind}] the child process failed (exit code {code}); no figures', flush=True)
+          continue
+        with open(out.name) as f:
+          child = json.load(f)
+      result['rows'].update(child['rows'])
+      result['fold'] = child['fold'] if child['fold'] is not None else result['fold']
+      result['backend'] = child['backend']
+  report(result)
+
+
+def measure(args) -> dict:
+  """The steps of `args.kinds` in this process: {'rows', 'fold', 'backend'}."""
+  cli.start()
+  # Cold compiles into an empty persistent cache (whatever the user's cache holds), cached ones
+  # from it; removed at exit.
+  cache_dir = tempfile.mkdtemp(prefix='fkd-bench-jax-cache-')
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  runtime.cache_status.update(dir=f'{cache_dir} (empty, this run only)', source='benchmark')
+  try:
+    return measure_steps(args)
+  finally:
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def measure_steps(args) -> dict:
+  kinds = args.kinds
+  jit_compile = {'auto': 'auto', 'true': True, 'false': False}[args.keras_jit]
   config = config_lib.kd_base('300w')
   config.data.image_size = args.res
   batch = make_batch(args.batch, args.res, config.data.num_landmarks)
   versions = f'jax {jax.__version__}, backend {jax.default_backend()}'
   use_keras = not args.no_keras
-  if use_keras:
+  if use_keras and set(kinds) & set(STAGES):
     try:
       import keras
       import tensorflow as tf
@@ -323,7 +367,12 @@ def run():
     )
     del fkd, ref
     gc.collect()
+  return {'rows': rows, 'fold': fold_speedup, 'backend': jax.default_backend()}
 
+
+def report(result: dict) -> None:
+  """The table and the last-line JSON."""
+  rows, fold_speedup = result['rows'], result['fold']
   fmt = lambda v, f='.2f': '-' if v is None else format(v, f)
   print(
     f'\n{"step":<8} {"fkd img/s":>10} {"keras img/s":>12} {"ratio":>6} '
@@ -339,7 +388,7 @@ def run():
     print(f'frozen B3 teacher forward, folded vs unfolded: {fold_speedup:.2f}x')
   s = rows.get('student', {})
   out = {
-    'backend': jax.default_backend(),
+    'backend': result['backend'],
     'fkd_img_s': s.get('fkd'),
     'keras_img_s': s.get('keras'),
     'ratio_vs_keras': s.get('ratio'),
