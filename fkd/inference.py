@@ -31,12 +31,29 @@ def build_module(meta: dict[str, Any], head: heads.Head):
   return make_model(meta['model'], meta['model_kwargs'], head, int(meta['num_landmarks']))
 
 
-def load_frozen(stage_dir: str) -> tuple[methods.Frozen, dict[str, Any]]:
-  """A finished stage as a teacher: (Frozen module/head/meta, host variables)."""
+def freeze(
+  module: Any, head: heads.Head, meta: dict[str, Any], variables: dict[str, Any], fold: bool = True
+) -> tuple[methods.Frozen, dict[str, Any]]:
+  """A trained model as an inference program: (Frozen module/head/meta, variables).
+
+  With `fold` (default) models that have the form (`models.fold.can_fold`: EfficientNet,
+  MobileNetV2, ResNet) come back with BatchNorm folded into their convolutions
+  (`models.fold.fold_batch_norm`: `module.folded`, variables {'params'} only), computing the
+  same inference outputs and features to float32 rounding with fewer operations. Other models
+  (heatmap networks) and `fold=False` give the module and {'params', 'batch_stats'} as they are.
+  """
+  variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  if fold and models.fold.can_fold(module):
+    module, variables = models.fold.fold_batch_norm(module, variables)
+  return methods.Frozen(module, head, meta), variables
+
+
+def load_frozen(stage_dir: str, fold: bool = True) -> tuple[methods.Frozen, dict[str, Any]]:
+  """A finished stage as a teacher or predictor: `freeze` of its checkpoint (folded unless
+  `fold=False`; the checkpoint itself is unchanged)."""
   variables, meta = checkpoint.load_model(stage_dir)
   head = heads.from_meta(meta)
-  frozen = methods.Frozen(build_module(meta, head), head, meta)
-  return frozen, {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  return freeze(build_module(meta, head), head, meta, variables, fold)
 
 
 def is_finished(stage_dir: str) -> bool:
@@ -63,10 +80,13 @@ def find_stage(workdir: str) -> str:
 
 
 class Predictor:
-  """A stage's model as `predict(crops uint8 (B, S, S, 3)) -> landmarks (B, N, 2) crop pixels`."""
+  """A stage's model as `predict(crops uint8 (B, S, S, 3)) -> landmarks (B, N, 2) crop pixels`.
 
-  def __init__(self, stage_dir: str):
-    frozen, self.variables = load_frozen(stage_dir)
+  The model runs in its folded inference form (`load_frozen`) unless `fold=False`.
+  """
+
+  def __init__(self, stage_dir: str, fold: bool = True):
+    frozen, self.variables = load_frozen(stage_dir, fold)
     self.stage_dir = stage_dir
     self.meta = frozen.meta
     self.head = frozen.head

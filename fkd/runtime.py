@@ -17,6 +17,15 @@ Both only take effect if set before JAX creates its CPU client, so every entry p
 computations are unaffected (the malloc settings are skipped when a GPU/TPU plugin is installed
 and JAX_PLATFORMS does not say cpu). `FKD_CPU_TUNING=0` in the environment turns this off. Training
 prefetches the next batch on a thread, so synchronous dispatch loses no overlap.
+
+`enable_compilation_cache()` (also called by `fkd.cli.start()`) turns on JAX's persistent
+compilation cache, so a train step compiled once (27 s cold for the EfficientNet-B3 teacher step
+on 2 cores) loads in a few seconds in every later run with the same shapes and versions. Where:
+`$FKD_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/fkd/jax`, else `~/.cache/fkd/jax`;
+`FKD_COMPILATION_CACHE=0` turns it off, and a cache directory set through JAX's own
+`JAX_COMPILATION_CACHE_DIR` / `jax_compilation_cache_dir` is left as it is. Only programs that
+took at least `jax_persistent_cache_min_compile_time_secs` (JAX's default, 1 s) to compile are
+written.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ _M_TRIM_THRESHOLD = -1  # glibc malloc.h
 _M_MMAP_MAX = -4
 
 status: dict[str, bool] = {'async_dispatch_off': False, 'malloc_tuned': False}
+cache_status: dict[str, str | None] = {'dir': None, 'source': None}
 
 
 def _backends_initialized() -> bool:
@@ -87,20 +97,49 @@ def configure() -> dict[str, bool]:
   return status
 
 
+def default_cache_dir() -> str:
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'fkd', 'jax')
+
+
+def enable_compilation_cache() -> str | None:
+  """JAX's persistent compilation cache in fkd's cache directory (see the module docstring);
+  returns the directory in use, or None when off. Call before the first compilation."""
+  current = jax.config.jax_compilation_cache_dir
+  if current:  # set through JAX (JAX_COMPILATION_CACHE_DIR, the tests' conftest): keep it
+    cache_status.update(dir=current, source='jax')
+    return current
+  setting = os.environ.get('FKD_COMPILATION_CACHE', '')
+  if setting.lower() in ('0', 'off', 'false', 'no'):
+    cache_status.update(dir=None, source='off')
+    return None
+  path = os.path.abspath(os.path.expanduser(setting or default_cache_dir()))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    cache_status.update(dir=None, source='unwritable')
+    return None
+  jax.config.update('jax_compilation_cache_dir', path)
+  cache_status.update(dir=path, source='fkd')
+  return path
+
+
 def describe() -> str:
   """One line for logs: whether the CPU settings are in effect."""
+  cache = cache_status['dir']
+  cache = f'; compilation cache {cache}' if cache else ''
   if jax.default_backend() != 'cpu':
-    return ''
+    return cache.lstrip('; ')
   if status['async_dispatch_off'] and status['malloc_tuned']:
-    return 'CPU tuning on (synchronous dispatch, glibc malloc keeps freed memory)'
+    return 'CPU tuning on (synchronous dispatch, glibc malloc keeps freed memory)' + cache
   if _disabled():
-    return 'CPU tuning off (FKD_CPU_TUNING=0)'
+    return 'CPU tuning off (FKD_CPU_TUNING=0)' + cache
   if status['async_dispatch_off']:
     return (
       'CPU tuning partial: synchronous dispatch on, glibc malloc settings skipped (not '
-      'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)'
+      'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)' + cache
     )
   return (
     'CPU tuning not applied: call fkd.cli.start() (fkd.runtime.configure()) before JAX '
-    'initialises (faster CPU train steps: README, "Speed on CPU")'
+    'initialises (faster CPU train steps: README, "Speed on CPU")' + cache
   )

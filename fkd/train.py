@@ -149,8 +149,9 @@ def make_train_step(
 ):
   """A pure step(state, batch, rng, teacher_variables) -> (state, metrics).
 
-  The teachers are frozen inputs: inference-mode BatchNorm and `stop_gradient` on their outputs
-  and features. `loss_fn` is the method's (`Method.loss_fn`).
+  The teachers are frozen inputs: inference mode (as `inference.load_frozen` gives them: BatchNorm
+  folded into the convolutions) and `stop_gradient` on their outputs and features. `loss_fn` is
+  the method's (`Method.loss_fn`).
   """
   apply_kwargs = dict(apply_kwargs or {})
 

@@ -17,7 +17,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # After the cache settings (JAX reads them once): the entry points' process settings, as
-# `python -m fkd.*` applies them (fkd.cli.start: CPU tuning; importing fkd changes nothing).
+# `python -m fkd.*` applies them (fkd.cli.start: CPU tuning, and the compilation cache, which
+# keeps the directory above; importing fkd changes nothing).
 from fkd import cli  # noqa: E402
 
 cli.start()

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fkd import export, predict
+from fkd import export, inference, predict
 from fkd.errors import FkdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +40,12 @@ def test_stablehlo_parity(run_dir, tmp_path):
   # The exported function is the predictor's: landmarks in crop pixels.
   predictor = predict.Predictor(str(run_dir / 'student_kd'))
   np.testing.assert_allclose(got, predictor(images), atol=1e-4)
+  # The artifact is the folded model (no BatchNorm statistics among its constants) and computes
+  # what the checkpoint's unfolded model computes.
+  assert predictor.module.folded and set(predictor.variables) == {'params'}
+  unfolded = inference.Predictor(str(run_dir / 'student_kd'), fold=False)
+  assert not unfolded.module.folded
+  np.testing.assert_allclose(got, unfolded(images), atol=2e-3)
 
 
 def test_fixed_batch_and_stage(run_dir, tmp_path):
@@ -60,6 +66,8 @@ def test_tflite_parity(run_dir, tmp_path):
   images = _images(1, seed=3)
   got = export.run_tflite((tmp_path / 'student.tflite').read_bytes(), images)
   assert np.max(np.abs(got - np.asarray(jax.jit(fn)(images)))) <= 1e-4
+  unfolded = inference.Predictor(str(run_dir / 'student_kd'), fold=False)  # the checkpoint's model
+  np.testing.assert_allclose(got, unfolded(images), atol=2e-3)
 
 
 @pytest.mark.skipif(HAS_TF, reason='TensorFlow is installed')

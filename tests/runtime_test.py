@@ -82,3 +82,40 @@ def test_malloc_settings_skipped_for_accelerators(monkeypatch):
   assert runtime._accelerator_installed()
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert not runtime._accelerator_installed()
+
+
+CACHE_PROBE = r"""
+import json
+import jax, jax.numpy as jnp
+from fkd import cli, runtime
+cli.start()
+jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))).block_until_ready()
+print(json.dumps({'dir': jax.config.jax_compilation_cache_dir, **runtime.cache_status}))
+"""
+
+
+def _cache_probe(tmp_path, **env) -> dict:
+  base = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}  # conftest's
+  out = subprocess.run(
+    [sys.executable, '-c', CACHE_PROBE],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=300,
+    cwd=REPO,
+    env={**base, 'XDG_CACHE_HOME': str(tmp_path / 'xdg'), **env},
+  )
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_entry_points_enable_the_compilation_cache(tmp_path):
+  default = _cache_probe(tmp_path, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  path = tmp_path / 'xdg' / 'fkd' / 'jax'
+  assert default == {'dir': str(path), 'source': 'fkd'}
+  assert any(path.iterdir())  # the program was written
+  chosen = _cache_probe(tmp_path, FKD_COMPILATION_CACHE=str(tmp_path / 'mine'))
+  assert chosen['dir'] == str(tmp_path / 'mine')
+  off = _cache_probe(tmp_path, FKD_COMPILATION_CACHE='0')
+  assert off == {'dir': None, 'source': 'off'}
+  jax_own = _cache_probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_own'))
+  assert jax_own == {'dir': str(tmp_path / 'jax_own'), 'source': 'jax'}

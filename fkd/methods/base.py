@@ -2,9 +2,9 @@
 
 A method is a set of named stages. Each `Stage` says which model it trains on which head, with
 which optimizer config, and which other stages it distils from (`teachers`, by stage name). The
-trainer runs every stage the same way: it loads the stage's teachers as `Frozen` models (running
-BatchNorm statistics, no gradient), builds the student with `Method.model_kwargs`, and minimises
-`Method.loss_fn(stage, config)(outputs, features, batch, teacher_outputs)`.
+trainer runs every stage the same way: it loads the stage's teachers as `Frozen` models (BatchNorm
+folded into the convolutions, no gradient), builds the student with `Method.model_kwargs`, and
+minimises `Method.loss_fn(stage, config)(outputs, features, batch, teacher_outputs)`.
 
 One rule for every method: `config.<stage>_ckpt`, when set, is used in place of training that
 stage (`stage_dir`).
@@ -61,7 +61,8 @@ class Stage:
 @dataclasses.dataclass(frozen=True)
 class Frozen:
   """A finished stage as another stage's teacher: module, head and checkpoint meta (variables
-  travel separately, as a replicated pytree argument of the jitted step)."""
+  travel separately, as a replicated pytree argument of the jitted step). `fkd.inference` builds
+  them, folded into inference programs where the model allows (`module.folded`)."""
 
   module: nn.Module
   head: heads.Head

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from fkd.models import fold
 from fkd.models.backbones import backbone_names, get_backbone, tuples
 from fkd.models.efficientnet import EFFICIENTNET_PARAMS, EfficientNet
 from fkd.models.fan import PRESETS as HEATMAP_PRESETS
@@ -35,6 +36,7 @@ __all__ = [
   'PointwiseConv',
   'ResNet',
   'count_params',
+  'fold',
   'get_model',
   'is_heatmap_model',
   'make_divisible',

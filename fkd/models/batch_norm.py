@@ -112,6 +112,10 @@ class BatchNorm(nn.Module):
   `param_dtype`), plus `activation` (elementwise, or None) and `impl` ('auto' | 'fused' |
   'plain'). No cross-device `axis_name`: under `jit` with a sharded batch the statistics are
   global already.
+
+  `folded=True` is the inference form after `fkd.models.fold.fold_batch_norm` has moved the
+  normalisation into the preceding convolution's kernel: only `params/bias` remains and the op is
+  `activation(x + bias)` (no statistics, no training mode).
   """
 
   use_running_average: bool | None = None
@@ -119,6 +123,7 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   activation: Activation = None
   impl: str = 'auto'
+  folded: bool = False
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -128,6 +133,12 @@ class BatchNorm(nn.Module):
       'use_running_average', self.use_running_average, use_running_average
     )
     c = x.shape[-1]
+    if self.folded:
+      if not use_running_average:
+        raise ValueError('a folded BatchNorm is inference only (train=False)')
+      bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
+      dtype = self.dtype or jnp.result_type(x, bias)
+      return _apply(self.activation, jnp.asarray(x, dtype) + bias.astype(dtype))
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
     scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
@@ -148,15 +159,17 @@ class BatchNorm(nn.Module):
 
 
 def factory(
-  train: bool, momentum: float, epsilon: float, dtype: Any = None
+  train: bool, momentum: float, epsilon: float, dtype: Any = None, folded: bool = False
 ) -> Callable[..., BatchNorm]:
   """`bn(name, activation=None)` for a model's compact method: its BatchNorms, in training or
-  inference mode, with the model's momentum, epsilon and dtype."""
+  inference mode, with the model's momentum, epsilon and dtype (`folded`: the bias-only inference
+  form, see `BatchNorm`)."""
   return lambda name, activation=None: BatchNorm(
     use_running_average=not train,
     momentum=momentum,
     epsilon=epsilon,
     activation=activation,
+    folded=folded,
     dtype=dtype,
     name=name,
   )

@@ -80,10 +80,11 @@ class MBConv(nn.Module):
   bn_epsilon: float = 1e-3
   depthwise_impl: str = 'auto'
   dtype: Any = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     cin = x.shape[-1]
     filters = cin * self.expand_ratio
     y = x
@@ -141,6 +142,8 @@ class EfficientNet(nn.Module):
     input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
       None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
+    folded: inference form with BatchNorm folded into the convolutions (variables from
+      `fkd.models.fold.fold_batch_norm`; `train=False` only).
   """
 
   num_outputs: int | None = None
@@ -157,6 +160,7 @@ class EfficientNet(nn.Module):
   input_mean: tuple[float, ...] | None = None
   input_std: tuple[float, ...] | None = None
   dtype: Any = None
+  folded: bool = False
 
   def round_filters(self, filters: int) -> int:
     return make_divisible(filters * self.width_coefficient * self.width_scale, 8)
@@ -166,7 +170,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(
@@ -195,6 +199,7 @@ class EfficientNet(nn.Module):
           bn_epsilon=self.bn_epsilon,
           depthwise_impl=self.depthwise_impl,
           dtype=self.dtype,
+          folded=self.folded,
           name=f'block{stage}{string.ascii_lowercase[i]}',
         )(x, train=train)
         b += 1

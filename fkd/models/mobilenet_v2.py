@@ -72,10 +72,11 @@ class InvertedResidual(nn.Module):
   depthwise_impl: str = 'auto'
   padding: str = 'same'
   dtype: Any = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     cin = x.shape[-1]
     y = x
     if self.expansion != 1:
@@ -117,6 +118,8 @@ class MobileNetV2(nn.Module):
     input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
       None = none (see `layers.normalize_input`).
     dtype: computation dtype (params stay float32).
+    folded: inference form with BatchNorm folded into the convolutions (variables from
+      `fkd.models.fold.fold_batch_norm`; `train=False` only).
   """
 
   num_outputs: int | None = None
@@ -131,10 +134,11 @@ class MobileNetV2(nn.Module):
   input_mean: tuple[float, ...] | None = None
   input_std: tuple[float, ...] | None = None
   dtype: Any = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(
@@ -161,6 +165,7 @@ class MobileNetV2(nn.Module):
           self.depthwise_impl,
           self.padding,
           self.dtype,
+          self.folded,
           name=f'block_{block_id}',
         )(x, train=train)
         block_id += 1

@@ -51,10 +51,11 @@ class Bottleneck(nn.Module):
   bn_momentum: float
   bn_epsilon: float
   dtype: Any = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     out_features = 4 * self.features
     y = Conv1x1(
       self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='conv1'
@@ -100,6 +101,8 @@ class ResNet(nn.Module):
     input_mean, input_std: per-channel input normalisation (x − mean) / std of the [0, 1] input;
       None = none.
     dtype: computation dtype (params stay float32).
+    folded: inference form with BatchNorm folded into the convolutions (variables from
+      `fkd.models.fold.fold_batch_norm`; `train=False` only).
   """
 
   num_outputs: int | None = None
@@ -110,10 +113,11 @@ class ResNet(nn.Module):
   input_mean: tuple[float, ...] | None = None
   input_std: tuple[float, ...] | None = None
   dtype: Any = None
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, Array]]:
-    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype)
+    bn = batch_norm.factory(train, self.bn_momentum, self.bn_epsilon, self.dtype, self.folded)
     features = {}
     x = normalize_input(x, self.input_mean, self.input_std)
     x = nn.Conv(
@@ -136,6 +140,7 @@ class ResNet(nn.Module):
           self.bn_momentum,
           self.bn_epsilon,
           self.dtype,
+          self.folded,
           name=f'layer{i + 1}_{j}',
         )(x, train=train)
       features[f'stage_{i + 1}'] = x
