@@ -30,6 +30,7 @@ from fkd import ablation, cli, config_lib  # noqa: E402
 
 # The teacher each row reads (the x axis of its points).
 TEACHER_OF = {'tough_only': 'teacher_tough', 'output_kd': 'teacher_tough', 'kd': 'teacher_tough'}
+TEACHER_OF['output_kd_l1'] = 'teacher_tough'
 TEACHER_OF['tolerant_only'] = 'teacher_tolerant'
 
 

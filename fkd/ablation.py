@@ -249,6 +249,9 @@ def _run(config: Any, workdir: str, label: str, any_stages: bool = False) -> dic
     # A run dir is reused (skipped or resumed) only if this command made it with the same config.
     old = json.load(open(stamp)) if os.path.exists(stamp) else None
     new = json.loads(json.dumps(_fingerprint(config)))
+    for stamp_dict in (old or {}, new):  # where the teachers are, not what they are
+      for key in [k for k in stamp_dict if k.endswith('_ckpt')]:
+        stamp_dict.pop(key)
     if any_stages and old is not None:
       old.pop('stages', None)
       new.pop('stages', None)
