@@ -263,3 +263,19 @@ def test_teacher_sweep_gains_are_paired_differences(tmp_path, monkeypatch):
   assert [c[1] for c in teacher_runs] == [('teacher_tough',)] * 4  # 2 budgets x 2 seeds, Tough only
   sweep.plot(record, str(tmp_path / 'sweep.png'))
   assert (tmp_path / 'sweep.png').stat().st_size > 0
+
+
+def test_a_moved_ablation_is_reused(tmp_path, monkeypatch):
+  """The run stamps leave out the teachers' checkpoint paths: a moved workdir trains nothing."""
+  import shutil
+
+  calls = []
+  _fake_training(monkeypatch, calls)
+  config = kd_config.get_config('runlocal')
+  record = ablation.run(config, str(tmp_path / 'a'), seeds=1, only=['kd'])
+  n = len(calls)
+  shutil.move(tmp_path / 'a', tmp_path / 'b')
+  assert ablation.run(config, str(tmp_path / 'b'), seeds=1, only=['kd'])['rows'] == record['rows']
+  assert len(calls) == n
+  stamp = json.loads((tmp_path / 'b' / 'seed_0' / 'kd' / 'ablation_run.json').read_text())
+  assert stamp['teacher_tough_ckpt'].startswith(str(tmp_path / 'a'))  # the stamp keeps the old path
