@@ -63,6 +63,11 @@ def check_optimizer(field: str, tc: Any, device_count: int) -> None:
     raise FkdError(f'config.{field}.num_steps must be an integer, got {tc.num_steps!r}')
   if tc.num_steps <= 0:  # the epochs count
     positive_number(f'{field}.num_epochs', tc.num_epochs)
+  elif not _number(tc.num_epochs) or tc.num_epochs < 0:  # unused then (0 is the configs' mark)
+    raise FkdError(
+      f'config.{field}.num_epochs must be a number >= 0, got {tc.num_epochs!r} '
+      f'(config.{field}.num_steps={tc.num_steps} sets the length)'
+    )
   if not _number(tc.lr) or tc.lr < 0:  # 0: the model stays as initialised
     raise FkdError(f'config.{field}.lr must be a number >= 0, got {tc.lr!r}')
   one_of(f'{field}.schedule', tc.schedule, SCHEDULES)

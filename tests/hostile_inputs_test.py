@@ -239,6 +239,12 @@ CASES = [
     message='config.train.num_epochs must be a positive number, got -3',
   ),
   Case(
+    'epochs_negative_with_steps',
+    M,
+    TINY + ' --workdir={tmp}/w --config.train.num_epochs=-3',
+    message='config.train.num_epochs must be a number >= 0, got -3',
+  ),
+  Case(
     'epochs_zero',
     M,
     RUNLOCAL + ' --config.teacher_train.num_epochs=0',
