@@ -104,6 +104,16 @@ def plot(record: dict, path: str) -> None:
         xytext=(3, 3),
         textcoords='offset points',
       )
+  gains = [p['gain_mean'] for p in record['points']]
+  low = max(min(gains), -3.0)  # a useless teacher's huge loss would flatten the rest
+  if min(gains) < low:
+    ax.set_ylim(low - 0.3, max(max(gains), 0) + 0.5)
+    off = [
+      f'{p["row"]} at {p["epochs"]} ep: {p["gain_mean"]:+.1f}'
+      for p in record['points']
+      if p['gain_mean'] < low
+    ]
+    ax.text(0.03, 0.04, 'off scale: ' + '; '.join(off), transform=ax.transAxes, fontsize=7)
   ref = record['reference']['nme_mean']
   ax.axhline(0, color='k', lw=0.8)
   ax.axvline(ref, color='gray', ls='--', lw=0.8, label=f'student alone (main_only) {ref:.2f} %')
