@@ -610,9 +610,14 @@ def _check_output(output: str) -> None:
     raise FkdError(f'--output {output} is a file, not a folder')
 
 
-def _check_model_args(workdir: str | None, checkpoint_dir: str | None) -> None:
+def _check_args(
+  workdir: str | None, checkpoint_dir: str | None, bbox: Any, whole_image: bool
+) -> None:
+  """The flag combinations photos and videos share."""
   if bool(workdir) == bool(checkpoint_dir):
     raise FkdError('give exactly one of --workdir and --checkpoint')
+  if bbox is not None and whole_image:
+    raise FkdError('give at most one of --bbox and --whole_image')
 
 
 def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: Any) -> Predictor:
@@ -681,9 +686,7 @@ def run(
   **detector_kwargs: Any,
 ) -> list[str]:
   """Predicts every image of `image` (a file or folder); returns the JSON paths written."""
-  _check_model_args(workdir, checkpoint_dir)
-  if bbox is not None and whole_image:
-    raise FkdError('give at most one of --bbox and --whole_image')
+  _check_args(workdir, checkpoint_dir, bbox, whole_image)
   paths = image_paths(image)
   stems = output_stems(paths, output)
   check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
@@ -803,9 +806,7 @@ def run_video(
   """
   from fkd import smoothing, video
 
-  _check_model_args(workdir, checkpoint_dir)
-  if bbox is not None and whole_image:
-    raise FkdError('give at most one of --bbox and --whole_image')
+  _check_args(workdir, checkpoint_dir, bbox, whole_image)
   camera = isinstance(source, int)
   if not camera and not os.path.isfile(source):
     raise FkdError(f'--video {source} does not exist')
