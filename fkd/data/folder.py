@@ -351,11 +351,17 @@ def _read_pts(root, folder, files, spec) -> list[Record]:
   return out
 
 
+def _annotation_file(folder: pathlib.Path, fmt: str) -> pathlib.Path:
+  """The one annotation file of a split folder in format `fmt` (csv, coco)."""
+  path = folder / ANNOTATIONS[fmt]
+  if not path.is_file():
+    raise _err(f'{path}: not found (format "{fmt}" needs {ANNOTATIONS[fmt]} in every split folder)')
+  return path
+
+
 def _read_csv(root, folder, files, spec) -> list[Record]:
   n = spec.num_landmarks
-  path = folder / ANNOTATIONS['csv']
-  if not path.is_file():
-    raise _err(f'{path}: not found (format "csv" needs landmarks.csv in every split folder)')
+  path = _annotation_file(folder, 'csv')
   with open(path, encoding='utf-8', newline='') as f:
     rows = list(csv.reader(f))
   if not rows:
@@ -404,9 +410,7 @@ def _read_csv(root, folder, files, spec) -> list[Record]:
 
 def _read_coco(root, folder, files, spec) -> list[Record]:
   n = spec.num_landmarks
-  path = folder / ANNOTATIONS['coco']
-  if not path.is_file():
-    raise _err(f'{path}: not found (format "coco" needs annotations.json in every split folder)')
+  path = _annotation_file(folder, 'coco')
   try:
     data = json.loads(path.read_text(encoding='utf-8'))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
