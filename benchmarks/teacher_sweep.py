@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 
@@ -28,16 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fkd import ablation, cli, config_lib  # noqa: E402
 
-# The teacher each row reads (the x axis of its points).
-TEACHER_OF = {'tough_only': 'teacher_tough', 'output_kd': 'teacher_tough', 'kd': 'teacher_tough'}
-TEACHER_OF['output_kd_l1'] = 'teacher_tough'
-TEACHER_OF['tolerant_only'] = 'teacher_tolerant'
 
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  m = sum(values) / len(values)
-  sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0
-  return m, sd
+def teacher_of(config, row: str) -> str | None:
+  """The teacher a student row reads (the x axis of its points; the first in the table's order
+  when it reads two), None for a row that reads none."""
+  rows = ablation.rows_for(config)
+  if row not in rows or rows[row].teacher:
+    return None
+  return next(iter(ablation.teachers_needed(config, rows, {row: rows[row]})), None)
 
 
 def sweep(config, workdir: str, epochs: list[int], seeds: int, rows: list[str]) -> dict:
@@ -51,13 +48,14 @@ def sweep(config, workdir: str, epochs: list[int], seeds: int, rows: list[str]) 
     record = ablation.run(c, os.path.join(workdir, f'teacher_epochs_{e}'), seeds, only=rows)
     for row in rows:
       r = record['rows'][row]
+      teacher = teacher_of(config, row)
       gains = [a - b for a, b in zip(ref_nme, r['nme_per_seed'], strict=True)]
-      gain, gain_std = _mean_std(gains)
+      gain, gain_std = ablation.mean_std(gains)
       points.append(
         {
           'epochs': e,
-          'teacher': TEACHER_OF[row],
-          'teacher_nme': record['rows'][TEACHER_OF[row]]['nme_mean'],
+          'teacher': teacher,
+          'teacher_nme': record['rows'][teacher]['nme_mean'],
           'row': row,
           'nme_mean': r['nme_mean'],
           'gain_mean': round(gain, 4),
@@ -66,7 +64,7 @@ def sweep(config, workdir: str, epochs: list[int], seeds: int, rows: list[str]) 
         }
       )
       print(
-        f'[sweep] teacher {e:3d} epochs: {TEACHER_OF[row]} {points[-1]["teacher_nme"]:.2f} %, '
+        f'[sweep] teacher {e:3d} epochs: {teacher} {points[-1]["teacher_nme"]:.2f} %, '
         f'{row} {r["nme_mean"]:.2f} %, gain over main_only {gain:+.2f} ± {gain_std:.2f}',
         flush=True,
       )
@@ -141,8 +139,11 @@ def main() -> None:
   if args.data_dir:
     config.data.data_dir = args.data_dir
   rows = args.rows.split(',')
-  if unknown := [r for r in rows if r not in TEACHER_OF]:
-    sys.exit(f'fkd: error: --rows: {unknown} not in {sorted(TEACHER_OF)}')
+  if unknown := [r for r in rows if teacher_of(config, r) is None]:
+    readers = [r for r in ablation.rows_for(config) if teacher_of(config, r)]
+    sys.exit(
+      f'fkd: error: --rows: {unknown} not in {sorted(readers)} (student rows that read a teacher)'
+    )
   epochs = [int(e) for e in args.epochs.split(',')]
   record = sweep(config, args.workdir, epochs, args.seeds, rows)
   with open(os.path.join(args.workdir, 'teacher_sweep.json'), 'w') as f:

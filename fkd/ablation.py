@@ -274,7 +274,8 @@ def _run(config: Any, workdir: str, label: str, any_stages: bool = False) -> dic
     return json.load(f)
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value)."""
   n = len(values)
   mean = sum(values) / n
   std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
@@ -308,15 +309,13 @@ def run(
     if unknown:
       raise FkdError(f'--rows: unknown row(s) {", ".join(unknown)}; known: {", ".join(rows)}')
     chosen = {k: v for k, v in rows.items() if k in only}
-    # The teachers the chosen rows read (all of them without --rows): `--rows=tough_only` trains
-    # the Tough teacher alone.
-    teacher_stages = teachers_needed(config, rows, chosen)
-    rows_run = {
-      k: v for k, v in rows.items() if k in chosen or (v.teacher and v.stage in teacher_stages)
-    }
   else:
-    rows_run = {k: v for k, v in rows.items() if not v.extra}
-    teacher_stages = tuple(r.stage for r in rows.values() if r.teacher)
+    chosen = {k: v for k, v in rows.items() if not v.extra}  # every teacher row among them
+  # The teachers the chosen rows read: `--rows=tough_only` trains the Tough teacher alone.
+  teacher_stages = teachers_needed(config, rows, chosen)
+  rows_run = {
+    k: v for k, v in rows.items() if k in chosen or (v.teacher and v.stage in teacher_stages)
+  }
   for row in rows_run.values():  # every override names a real key, before any training
     if not row.teacher:
       run_config(config, config.seed, row, rows, workdir)
@@ -364,9 +363,9 @@ def summarize(
 ) -> dict[str, Any]:
   out_rows = {}
   for name, runs in per_row.items():
-    nme_mean, nme_std = _stats([r['nme'] for r in runs])
-    fr_mean, fr_std = _stats([r['fr'] for r in runs])
-    auc_mean, auc_std = _stats([r['auc'] for r in runs])
+    nme_mean, nme_std = mean_std([r['nme'] for r in runs])
+    fr_mean, fr_std = mean_std([r['fr'] for r in runs])
+    auc_mean, auc_std = mean_std([r['auc'] for r in runs])
     out_rows[name] = {
       'nme_mean': round(nme_mean, 4),
       'nme_std': round(nme_std, 4),
@@ -379,7 +378,7 @@ def summarize(
       'what': rows[name].what,
       'overrides': methods.base.plain(rows[name].overrides),
     }
-  ms_mean, ms_std = _stats([r['nme'] for r in mean_shape])
+  ms_mean, ms_std = mean_std([r['nme'] for r in mean_shape])
   return {
     'dataset': config.data.name,
     'split': split,
@@ -390,7 +389,7 @@ def summarize(
     'rows': out_rows,
     'mean_shape': {
       'nme_mean': round(ms_mean, 4),
-      'fr_mean': round(_stats([r['fr'] for r in mean_shape])[0], 4),
+      'fr_mean': round(mean_std([r['fr'] for r in mean_shape])[0], 4),
     },
   }
 
@@ -423,7 +422,7 @@ def markdown(record: dict[str, Any], command: str = '') -> str:
       s = max(r['nme_std'], base['nme_std'])
       vs = f'{d:+.2f}' + (f' ({d / s:+.1f} σ)' if s > 0 else '')
       diffs = [a - b for a, b in zip(r['nme_per_seed'], base['nme_per_seed'], strict=False)]
-      m, sd = _stats(diffs)
+      m, sd = mean_std(diffs)
       paired = f'{m:+.2f} ± {sd:.2f}'
     per = ', '.join(f'{v:.2f}' for v in r['nme_per_seed'])
     what = r['what'].replace('|', '\\|')
