@@ -36,7 +36,7 @@ from typing import Any
 
 import ml_collections
 
-from fkd import inference, methods, train
+from fkd import inference, methods, pretrain, train
 from fkd.errors import FkdError
 
 
@@ -274,6 +274,21 @@ def _run(config: Any, workdir: str, label: str, any_stages: bool = False) -> dic
     return json.load(f)
 
 
+def _pretrained(config: Any, seed: int, seed_dir: str, stages: tuple[str, ...]) -> Any:
+  """With a synthetic pre-stage (`config.pretrain`, the `300w,cpu` preset): trains it once per
+  seed into `seed_dir/pretrain` and returns the config whose networks start from it, so that every
+  row of the seed starts from the same weights (rather than each row repeating the pre-stage)."""
+  if not pretrain.enabled(config):
+    return config
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.seed, c.stages = seed, stages
+  out = pretrain.run(c, seed_dir, train.run)
+  with out.unlocked():
+    out.seed, out.stages, out.pretrain.dataset = config.seed, config.stages, None
+  return out
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for one value)."""
   n = len(values)
@@ -327,9 +342,11 @@ def run(
     seed = config.seed + i
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     teachers_dir = os.path.join(seed_dir, 'teachers')
+    students = tuple(dict.fromkeys(r.stage for r in rows_run.values() if not r.teacher))
+    seed_config = _pretrained(config, seed, seed_dir, teacher_stages + students)
     if teacher_stages:
       res = _run(
-        run_config(config, seed, None, rows, teachers_dir, teacher_stages),
+        run_config(seed_config, seed, None, rows, teachers_dir, teacher_stages),
         teachers_dir,
         f'seed {seed} teachers',
         any_stages=True,
@@ -337,7 +354,7 @@ def run(
     for name, row in rows_run.items():
       if not row.teacher:
         res = _run(
-          run_config(config, seed, row, rows, teachers_dir),
+          run_config(seed_config, seed, row, rows, teachers_dir),
           os.path.join(seed_dir, name),
           f'seed {seed} {name}',
         )

@@ -20,7 +20,7 @@ from typing import Any
 # Pre-stage stage -> (model config key it pretrains, the real-data stages that start from it).
 PRETRAINS = {
   'teacher_tough': ('teacher', ('teacher_tolerant', 'teacher_tough')),
-  'student_baseline': ('student', ('student_kd', 'student_baseline')),
+  'student_baseline': ('student', ('student_kd', 'student_baseline', 'student_output_kd')),
 }
 
 

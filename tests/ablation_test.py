@@ -134,6 +134,34 @@ def test_rows_train_only_the_teachers_they_read(tmp_path, monkeypatch):
   assert teacher_calls == [('teacher_tough',), ('teacher_tough', 'teacher_tolerant')]
 
 
+def test_pre_stage_once_per_seed(tmp_path, monkeypatch):
+  """With the synthetic pre-stage of the `300w,cpu` preset, each seed trains it once (at that
+  seed) and every run of the seed, teachers and student rows, starts from it."""
+  calls = []
+  _fake_training(monkeypatch, calls)
+  seen = {}
+  real_fake = train.run
+
+  def fake_run(config, workdir):
+    real_fake(config, workdir)
+    seen[workdir] = (config.teacher.get('init_from'), config.student.get('init_from'))
+
+  monkeypatch.setattr(train, 'run', fake_run)
+  config = kd_config.get_config('runlocal')
+  with config.unlocked():
+    config.pretrain = kd_config.get_config('300w,cpu,runlocal').pretrain
+  rows = ['baseline_mse', 'output_kd', 'kd']
+  ablation.run(config, str(tmp_path), seeds=2, only=rows)
+  for seed in (0, 1):
+    pre = str(tmp_path / f'seed_{seed}' / 'pretrain')
+    assert [c for c in calls if c[0] == pre] == [(pre, ('teacher_tough', 'student_baseline'), seed)]
+    teacher, student = f'{pre}/teacher_tough', f'{pre}/student_baseline'
+    for run in ['teachers', *rows]:
+      assert seen[str(tmp_path / f'seed_{seed}' / run)] == (teacher, student), run
+  assert len(calls) == 2 * (1 + 1 + len(rows))  # no pre-stage inside a row's run
+  assert not any(os.path.isdir(tmp_path / 'seed_0' / r / 'pretrain') for r in rows)
+
+
 def test_row_overrides():
   config = kd_config.get_config('runlocal')
   rows = ablation.kd_rows(config)
