@@ -59,3 +59,33 @@ def test_300w_cpu_end_to_end(tmp_path, data_dir, capsys):
   ):
     assert f'[{stage}] initialised from {workdir / "pretrain" / source}' in out
     assert checkpoint.read_meta(str(workdir / stage))['dataset'] == 'ibug_300w'
+
+
+def test_benchmark_levers_are_valid_overrides(monkeypatch):
+  """Every lever of benchmarks/real_faces.py parses as `python -m fkd.main` would parse it (a
+  misspelt key would otherwise surface only after a 10-minute run), and `res64` is the 64²
+  config that the README's lever table compares with."""
+  import importlib.util
+
+  from absl import flags
+  from conftest import REPO
+  from ml_collections import config_flags
+
+  spec = importlib.util.spec_from_file_location('rf', REPO / 'benchmarks' / 'real_faces.py')
+  rf = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(rf)
+  parsed = {}
+  for name, lever in rf.LEVERS.items():
+    argv = ['prog', f'--config={REPO / lever.get("config", "configs/kd.py:300w,cpu")}']
+    argv += lever['args']
+    monkeypatch.setattr('sys.argv', argv)  # config_flags reads the overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=fv)
+    flags.DEFINE_bool('allow_config_change', False, '', flag_values=fv)
+    fv(argv)
+    parsed[name] = fv.config
+    for teachers in [lever.get('teachers')] if lever.get('teachers') else []:
+      assert teachers in rf.LEVERS, name
+  assert parsed['base'].data.image_size == 96 and parsed['res64'].data.image_size == 64
+  assert parsed['seed1'].seed == 1 and not parsed['no_pretrain'].pretrain.dataset
+  assert parsed['teacher_w1'].teacher.kwargs.width == 1.0
