@@ -277,8 +277,8 @@ def cpu_real(c: ml_collections.ConfigDict, dataset: str, runlocal: bool) -> None
   # pre-stage; the whole command takes 10.9 min on a quiet 2-core CPU, dataset builds and compiles
   # included (64²: 5.5 min).
   c.data.image_size = 96
-  # KD-Loss' augmentation (flip, rotation, re-crop, gamma, noise, blur) on ~100 real faces; the
-  # flip-only alternative (`flip_aug` lever) was not measured in time.
+  # KD-Loss' augmentation (flip, rotation, re-crop, gamma, noise, blur) on ~100 real faces;
+  # flip only (`flip_aug` lever, helen0) gave 9.32 % against 7.76 %.
   c.data.augment = 'kd'
   c.student.kwargs = dict(width=0.5, depth=0.5, bn_momentum=0.99)
   c.teacher.name = 'mobilenet_v2'
