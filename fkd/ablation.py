@@ -334,6 +334,8 @@ def run(
   for row in rows_run.values():  # every override names a real key, before any training
     if not row.teacher:
       run_config(config, config.seed, row, rows, workdir)
+  # The stages the seed's pre-stage (if any) pretrains networks for.
+  student_stages = tuple(dict.fromkeys(r.stage for r in rows_run.values() if not r.teacher))
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   per_row: dict[str, list[dict[str, float]]] = {}
@@ -342,8 +344,7 @@ def run(
     seed = config.seed + i
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     teachers_dir = os.path.join(seed_dir, 'teachers')
-    students = tuple(dict.fromkeys(r.stage for r in rows_run.values() if not r.teacher))
-    seed_config = _pretrained(config, seed, seed_dir, teacher_stages + students)
+    seed_config = _pretrained(config, seed, seed_dir, teacher_stages + student_stages)
     if teacher_stages:
       res = _run(
         run_config(seed_config, seed, None, rows, teachers_dir, teacher_stages),
