@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fkd.models import layers
+from fkd.models import layers, native
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,10 @@ DW_CASES = [(8, 1, 3), (7, 1, 3), (8, 2, 3), (7, 2, 3), (8, 2, 5), (9, 2, 5), (6
 # Gradient cases (compiles are the cost): even/odd × stride 1/2 × kernel 3/5, each once, and
 # an even kernel (asymmetric padding at stride 1).
 DW_GRAD_CASES = [(8, 1, 3), (7, 2, 3), (8, 2, 5), (7, 1, 5), (7, 1, 4)]
-FAST_IMPLS = ['shifted', 'shifted_autodiff']
+FAST_IMPLS = ['native', 'shifted', 'shifted_autodiff']
+# The native kernels are built on first use wherever a C++ compiler is found; with one, they must
+# build (a silent fallback would leave them untested).
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason='no C++ compiler')
 
 
 @pytest.mark.parametrize(
@@ -51,8 +54,12 @@ def test_same_padding_is_tensorflow():
   assert layers.same_padding((8,), 3, 1) == [(1, 1)]
 
 
+def _cpu_impl() -> str:
+  return 'native' if native.available() else 'shifted'
+
+
 def test_resolve_depthwise_impl():
-  expected = 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+  expected = _cpu_impl() if jax.default_backend() == 'cpu' else 'grouped'
   assert layers.resolve_depthwise_impl('auto') == expected
   with pytest.raises(ValueError):
     layers.resolve_depthwise_impl('im2col')
@@ -118,6 +125,92 @@ def test_depthwise_gradients_float32(impl):
   want = _vjp(layers.DepthwiseConv(3, 2, impl='grouped'), variables, x, g)
   got = _vjp(layers.DepthwiseConv(3, 2, impl=impl), variables, x, g)
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@needs_compiler
+def test_native_kernels_build_and_load():
+  assert native.available(), native.status
+  assert os.path.dirname(native.status['library']) == native.cache_dir()
+
+
+# Batch 5, H × (H + 1) images and 45 channels (register blocks of 32, 8 and 1 in the kernels;
+# images shared out over threads unevenly); (H, stride, kernel, padding): odd/even sizes, strides
+# 1–3, kernels 3/4/5, TF 'same' (asymmetric) and symmetric padding, a kernel wider than the image.
+NATIVE_CASES = [
+  (9, 1, 3, 'same'),
+  (8, 2, 3, 'same'),
+  (9, 2, 5, 'same'),
+  (7, 1, 4, 'same'),
+  (10, 3, 3, 'same'),
+  (8, 2, 5, 'symmetric'),
+  (3, 1, 5, 'same'),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize('size, stride, k, padding', NATIVE_CASES)
+def test_native_depthwise_equals_grouped_float64(size, stride, k, padding):
+  """Output, input gradient and kernel gradient of the float32 native kernels against the grouped
+  convolution computed in float64 (the native kernels are float32-only)."""
+  rng = np.random.default_rng(size * 100 + stride * 10 + k)
+  x = rng.normal(size=(5, size, size + 1, 45))  # H != W: top and left padding can differ
+  kernel = rng.normal(size=(k, k, 1, 45))
+  pads = tuple(tuple(p) for p in layers.conv_padding(padding, x.shape[1:3], k, stride))
+  with jax.enable_x64(True):
+    y, vjp = jax.vjp(lambda a, b: layers.depthwise_conv_grouped(a, b, stride, pads), x, kernel)
+    g = rng.normal(size=y.shape)
+    want = (y, *vjp(g))
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+
+  @jax.jit
+  def run(a, b, c):
+    out, vjp = jax.vjp(lambda a, b: layers.depthwise_conv_native(a, b, stride, pads), a, b)
+    return (out, *vjp(c))
+
+  text = run.lower(f32(x), f32(kernel), f32(g)).as_text()
+  for target in native.TARGETS:
+    assert target in text, target
+  got = run(f32(x), f32(kernel), f32(g))
+  for name, a, b in zip(('output', 'input grad', 'kernel grad'), got, want, strict=True):
+    scale = float(np.abs(b).max())
+    np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=2e-6 * scale, err_msg=name)
+
+
+_NATIVE_OFF_SCRIPT = """
+import os, jax, numpy as np
+from fkd.models import layers, native
+assert layers.resolve_depthwise_impl('auto') == 'shifted'
+assert not native.available()
+print('ERROR', native.status['error'])
+x = np.ones((1, 5, 5, 3), np.float32)
+k = np.ones((3, 3, 1, 3), np.float32)
+y = layers.depthwise_conv_native(x, k, 1, ((1, 1), (1, 1)))  # falls back to the XLA form
+assert float(y[0, 2, 2, 0]) == 9.0 and float(y[0, 0, 0, 0]) == 4.0
+assert os.listdir(native.cache_dir()) == []  # no half-written library left behind
+print('OK')
+"""
+
+
+@pytest.mark.parametrize(
+  'env, message',
+  [({'FKD_NATIVE': '0'}, 'FKD_NATIVE=0'), ({'CXX': 'false'}, 'false failed')],
+  ids=['switched_off', 'compiler_fails'],
+)
+def test_native_fallback(tmp_path, env, message):
+  """FKD_NATIVE=0, or a compiler that fails: 'auto' is the XLA formulation, nothing is cached."""
+  cache = tmp_path / 'native'
+  cache.mkdir()
+  env = dict(
+    os.environ,
+    **env,
+    FKD_NATIVE_CACHE=str(cache),
+    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', _NATIVE_OFF_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
+  assert message in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize('use_bias', [False, True])
@@ -214,7 +307,7 @@ def test_portable_ops_give_the_same_model_outputs():
   assert max(groups) > 1 and jaxpr.count('dot_general[') == 1, (groups, jaxpr.count('dot_general['))
   np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
   assert layers.resolve_depthwise_impl('auto') == (
-    'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+    _cpu_impl() if jax.default_backend() == 'cpu' else 'grouped'
   )
 
 

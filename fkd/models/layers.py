@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fkd.models import native
+
 Array = jax.Array
 Dtype = Any
 Initializer = nn.initializers.Initializer
 
-DEPTHWISE_IMPLS = ('auto', 'shifted', 'shifted_autodiff', 'grouped')
+DEPTHWISE_IMPLS = ('auto', 'native', 'shifted', 'shifted_autodiff', 'grouped')
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -83,8 +85,16 @@ def resolve_impl(impl: str, impls: Sequence[str], what: str, cpu: str, other: st
 
 
 def resolve_depthwise_impl(impl: str) -> str:
-  """Maps 'auto' to 'shifted' on CPU and 'grouped' elsewhere (and inside `portable_ops`)."""
-  return resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'shifted', 'grouped')
+  """Maps 'auto' to 'grouped' off CPU (and inside `portable_ops`); on CPU to 'native' when the
+  native kernels are available (`fkd.models.native`) and there is one device, else 'shifted'.
+
+  With several (forced) CPU devices 'shifted' keeps a batch-sharded step local: the native custom
+  call would gather the batch onto every device."""
+  resolved = resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'native', 'grouped')
+  if resolved == 'native' and impl == 'auto':
+    if jax.device_count() > 1 or not native.available():
+      return 'shifted'
+  return resolved
 
 
 def _shift_slices(xp: Array, kh: int, kw: int, strides: int, out_hw: tuple[int, int]):
@@ -188,16 +198,18 @@ def depthwise_input_grad_polyphase(
   return full[:, :h, :w]
 
 
-def _dw_bwd(strides, pads, res, g):
-  x, kernel = res
+def _depthwise_input_grad(g: Array, kernel: Array, strides: int, pads, in_hw) -> Array:
   kh, kw = kernel.shape[:2]
   if strides == 1:
     (pt, pb), (pl, pr) = pads
     g_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
-    dx = depthwise_conv_shifted_autodiff(g, kernel[::-1, ::-1], 1, g_pads)
-  else:
-    dx = depthwise_input_grad_polyphase(g, kernel, strides, pads, x.shape[1:3])
+    return depthwise_conv_shifted_autodiff(g, kernel[::-1, ::-1], 1, g_pads)
+  return depthwise_input_grad_polyphase(g, kernel, strides, pads, in_hw)
 
+
+def depthwise_kernel_grad_scan(x: Array, g: Array, kernel_shape, strides: int, pads) -> Array:
+  """Kernel gradient (k, k, 1, C) image by image with `lax.scan`, one reduction per tap."""
+  kh, kw = kernel_shape[:2]
   # Scan over the images of each device's shard: with a batch-sharded `x` (data parallelism)
   # the (devices, batch / devices) split keeps every step local; partial sums are added last.
   b, c = x.shape[0], x.shape[-1]
@@ -216,10 +228,53 @@ def _dw_bwd(strides, pads, res, g):
     return acc + jnp.stack(taps, axis=1), None
 
   dk, _ = lax.scan(per_step, jnp.zeros((d, kh * kw, c), acc_dtype), (to_steps(x), to_steps(g)))
-  return dx, dk.sum(0).reshape(kernel.shape).astype(kernel.dtype)
+  return dk.sum(0).reshape(kernel_shape)
+
+
+def _dw_bwd(strides, pads, res, g):
+  x, kernel = res
+  dx = _depthwise_input_grad(g, kernel, strides, pads, x.shape[1:3])
+  dk = depthwise_kernel_grad_scan(x, g, kernel.shape, strides, pads)
+  return dx, dk.astype(kernel.dtype)
 
 
 depthwise_conv_shifted.defvjp(_dw_fwd, _dw_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_native(x: Array, kernel: Array, strides: int, pads) -> Array:
+  """Depthwise conv whose forward pass, input gradient and kernel gradient are the native XLA:CPU
+  kernels of `fkd.models.native` (float32; other dtypes, or no native kernels, take the
+  `depthwise_conv_shifted` formulation). CPU only."""
+  if not _native_ok(x, kernel):
+    return depthwise_conv_shifted_autodiff(x, kernel, strides, pads)
+  kh, kw = kernel.shape[:2]
+  out_hw = _out_hw(_padded_shape(x.shape, pads), kh, kw, strides)
+  return native.depthwise_forward(x, kernel, strides, pads, out_hw)
+
+
+def _padded_shape(shape, pads) -> tuple[int, ...]:
+  return (shape[0], shape[1] + sum(pads[0]), shape[2] + sum(pads[1]), shape[3])
+
+
+def _native_ok(*arrays: Array) -> bool:
+  return all(a.dtype == jnp.float32 for a in arrays) and native.available()
+
+
+def _dw_native_fwd(x, kernel, strides, pads):
+  return depthwise_conv_native(x, kernel, strides, pads), (x, kernel)
+
+
+def _dw_native_bwd(strides, pads, res, g):
+  x, kernel = res
+  if not _native_ok(x, kernel, g):
+    return _dw_bwd(strides, pads, res, g)
+  dx = native.depthwise_input_grad(g, kernel, strides, pads, x.shape[1:3])
+  dk = native.depthwise_kernel_grad(x, g, kernel.shape, strides, pads)
+  return dx, dk
+
+
+depthwise_conv_native.defvjp(_dw_native_fwd, _dw_native_bwd)
 
 
 def depthwise_conv_grouped(x: Array, kernel: Array, strides: int, pads) -> Array:
@@ -235,6 +290,7 @@ def depthwise_conv_grouped(x: Array, kernel: Array, strides: int, pads) -> Array
 
 
 _DEPTHWISE_FNS = {
+  'native': depthwise_conv_native,
   'shifted': depthwise_conv_shifted,
   'shifted_autodiff': depthwise_conv_shifted_autodiff,
   'grouped': depthwise_conv_grouped,
@@ -257,8 +313,10 @@ class DepthwiseConv(nn.Module):
 
   Params `kernel` (k, k, 1, C) and optional `bias` (C,), as `nn.Conv(features=C,
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
-  multiply-adds with a custom-VJP kernel gradient), 'shifted_autodiff' (the same, plain
-  autodiff) or 'auto' ('shifted' on CPU, 'grouped' elsewhere). `padding`: 'same' | 'symmetric'.
+  multiply-adds with a custom-VJP kernel gradient), 'native' (the same, its kernel gradient from
+  the native CPU kernel of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
+  ('native' on one CPU device when available, else 'shifted'; 'grouped' off CPU).
+  `padding`: 'same' | 'symmetric'.
   """
 
   kernel_size: int = 3

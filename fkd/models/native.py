@@ -1,0 +1,161 @@
+"""Native XLA:CPU kernels for what XLA:CPU runs slowly, as XLA FFI custom calls.
+
+`native_kernels.cc` (next to this file) holds the depthwise-convolution kernel gradient: XLA:CPU
+evaluates it as k·k separate reductions that each stream the activations and cotangents from
+memory (~1–2 G multiply-adds/s, the largest single cost of a MobileNetV2 train step on CPU); the
+kernel makes one pass per output row with a block of channels of every tap in registers, and
+shares the images out over XLA's intra-op thread pool (4–8x faster on the MobileNetV2 and
+EfficientNet shapes, `benchmarks/depthwise.py --impls shifted,native`).
+
+The source is compiled on first use, with the system C++ compiler (`$CXX`, else `c++` / `g++`)
+against the FFI headers jaxlib ships (`jax.ffi.include_dir()`), into
+`$FKD_NATIVE_CACHE` (else `$XDG_CACHE_HOME/fkd/native`, else `~/.cache/fkd/native`), once per
+source, jaxlib version, compiler flags and CPU model (the file name is their hash: `-march=native`
+code is only loaded on the CPU it was built for). Compiling takes ~5 s and writes through a
+temporary file, so concurrent processes never load a half-written library. Without a compiler,
+when compiling or loading fails, or with `FKD_NATIVE=0`, `available()` is False (the reason is in
+`status`) and fkd uses the XLA formulation: the same maths, tested equal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+Array = jax.Array
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'native_kernels.cc')
+FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
+TARGETS = {
+  'fkd_depthwise_forward': 'FkdDepthwiseForward',
+  'fkd_depthwise_input_grad': 'FkdDepthwiseInputGrad',
+  'fkd_depthwise_kernel_grad': 'FkdDepthwiseKernelGrad',
+}
+
+status: dict[str, str | None] = {'library': None, 'error': None}
+_lock = threading.Lock()
+_loaded: bool | None = None
+
+
+def cache_dir() -> str:
+  setting = os.environ.get('FKD_NATIVE_CACHE')
+  if setting:
+    return os.path.abspath(os.path.expanduser(setting))
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'fkd', 'native')
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get('CXX'), 'c++', 'g++', 'clang++'):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line for line in f if line.startswith(('model name', 'flags'))), '')
+  except OSError:
+    return platform.processor()
+
+
+def library_path(compiler: str) -> str:
+  with open(SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(
+    b'\0'.join(
+      [source, jaxlib.__version__.encode(), ' '.join((compiler, *FLAGS)).encode()]
+      + [platform.machine().encode(), _cpu_model().encode()]
+    )
+  ).hexdigest()[:16]
+  return os.path.join(cache_dir(), f'fkd_native_{key}.so')
+
+
+def _build(compiler: str, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
+  os.close(fd)
+  try:
+    cmd = [compiler, *FLAGS, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+      lines = (done.stderr or done.stdout).strip().splitlines()
+      raise RuntimeError(f'{os.path.basename(compiler)} failed: {lines[-1] if lines else "?"}')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _load() -> bool:
+  if os.environ.get('FKD_NATIVE', '').lower() in ('0', 'off', 'false', 'no'):
+    status['error'] = 'FKD_NATIVE=0'
+    return False
+  compiler = _compiler()
+  if compiler is None:
+    status['error'] = 'no C++ compiler ($CXX, c++, g++, clang++)'
+    return False
+  try:
+    path = library_path(compiler)
+    if not os.path.exists(path):
+      _build(compiler, path)
+    library = ctypes.cdll.LoadLibrary(path)
+    for target, symbol in TARGETS.items():
+      capsule = jax.ffi.pycapsule(getattr(library, symbol))
+      jax.ffi.register_ffi_target(target, capsule, platform='cpu')
+  except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+    status['error'] = str(e)
+    return False
+  status['library'] = path
+  return True
+
+
+def available() -> bool:
+  """Whether the native kernels are built, loaded and registered (builds them on first call)."""
+  global _loaded
+  with _lock:
+    if _loaded is None:
+      _loaded = _load()
+    return _loaded
+
+
+def _call(target: str, shape, a: Array, b: Array, strides: int, pads) -> Array:
+  call = jax.ffi.ffi_call(
+    target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32), vmap_method='sequential'
+  )
+  return call(
+    a.astype(jnp.float32),
+    b.astype(jnp.float32),
+    stride=np.int64(strides),
+    pad_top=np.int64(pads[0][0]),
+    pad_left=np.int64(pads[1][0]),
+  )
+
+
+def depthwise_forward(x: Array, kernel: Array, strides: int, pads, out_hw) -> Array:
+  """Depthwise conv of NHWC `x` with `kernel` (k, k, 1, C), TF-style `pads`, float32."""
+  return _call('fkd_depthwise_forward', (x.shape[0], *out_hw, x.shape[3]), x, kernel, strides, pads)
+
+
+def depthwise_input_grad(g: Array, kernel: Array, strides: int, pads, in_hw) -> Array:
+  """dX (N, *in_hw, C) of a depthwise conv from its cotangent `g`, float32."""
+  return _call(
+    'fkd_depthwise_input_grad', (g.shape[0], *in_hw, g.shape[3]), g, kernel, strides, pads
+  )
+
+
+def depthwise_kernel_grad(x: Array, g: Array, kernel_shape, strides: int, pads) -> Array:
+  """dK (k, k, 1, C) of a depthwise conv (NHWC `x`, cotangent `g`, TF-style pads), float32."""
+  return _call('fkd_depthwise_kernel_grad', kernel_shape, x, g, strides, pads)
