@@ -1,6 +1,6 @@
 """Depthwise implementations in a MobileNetV2 train step: img/s, measured A/B/... in one run.
 
-  python benchmarks/depthwise.py [--impls grouped,shifted] [--batch 8] [--res 224] [--rounds 5]
+  python benchmarks/depthwise.py [--impls shifted,native] [--batch 8] [--res 224] [--rounds 5]
 
 Regression step as in KD-Loss: 136 outputs, MSE, Adam, BatchNorm in training mode. Each variant
 is compiled (time printed), warmed up, then the variants alternate step by step so that the noise
@@ -56,7 +56,7 @@ def make_step(model, tx):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--impls', default='grouped,shifted_autodiff,shifted')
+  parser.add_argument('--impls', default='grouped,shifted_autodiff,shifted,native')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--res', type=int, default=224)
   parser.add_argument('--rounds', type=int, default=5)

@@ -53,7 +53,14 @@ def export_stablehlo(
   """`jax.export` of `fn` on uint8 (batch, S, S, 3); batch 0 = symbolic batch size 'b'."""
   (b,) = jax.export.symbolic_shape('b') if batch <= 0 else (batch,)
   spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
-  return jax.export.export(jax.jit(fn), platforms=platforms)(spec)
+  return jax.export.export(jax.jit(_fresh(fn)), platforms=platforms)(spec)
+
+
+def _fresh(fn: Callable) -> Callable:
+  """A new function object calling `fn`: JAX's trace caches are keyed by the function, not by
+  `layers.portable_ops()`, so `fn` traced earlier (the parity probe, on CPU's native kernels)
+  would otherwise be exported as that trace."""
+  return lambda images: fn(images)
 
 
 def load_stablehlo(path: str) -> jax.export.Exported:
@@ -74,7 +81,7 @@ def export_tflite(fn: Callable, image_size: int, batch: int = 1) -> bytes:
 
   spec = tf.TensorSpec((max(batch, 1), image_size, image_size, 3), tf.uint8, name='images')
   tf_fn = tf.function(
-    jax2tf.convert(fn, with_gradient=False), input_signature=[spec], autograph=False
+    jax2tf.convert(_fresh(fn), with_gradient=False), input_signature=[spec], autograph=False
   )
   module = tf.Module()
   module.serve = tf_fn
