@@ -139,6 +139,29 @@ def init_state(
   }
 
 
+CPU_FROZEN_CHUNK = 4
+
+
+def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None):
+  """`module.apply(variables, images, train=False)` of a frozen model (a teacher in the step).
+
+  On one CPU device the batch runs `chunk` images at a time (`lax.map`; default
+  `CPU_FROZEN_CHUNK`): inference mode treats images independently, and a few images' activations
+  stay in cache where the whole batch's stream through memory (the frozen EfficientNet-B3
+  forward pass at 224², batch 32: ~1.2x faster in chunks of 4, README "Speed on CPU"). Same
+  outputs to float32 rounding; elsewhere (GPU/TPU, a batch sharded over devices) one call.
+  """
+  batch = images.shape[0]
+  if chunk is None:
+    single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
+    chunk = CPU_FROZEN_CHUNK if single_cpu else batch
+  if chunk >= batch or batch % chunk:
+    return module.apply(variables, images, train=False)
+  chunks = images.reshape(batch // chunk, chunk, *images.shape[1:])
+  out = jax.lax.map(lambda x: module.apply(variables, x, train=False), chunks)
+  return jax.tree.map(lambda a: a.reshape(batch, *a.shape[2:]), out)
+
+
 def make_train_step(
   model,
   optimizer,
@@ -163,7 +186,7 @@ def make_train_step(
       rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
     teacher_outputs = {
-      name: jax.lax.stop_gradient(frozen.module.apply(teacher_variables[name], images, train=False))
+      name: jax.lax.stop_gradient(frozen_apply(frozen.module, teacher_variables[name], images))
       for name, frozen in teachers.items()
     }
 

@@ -116,3 +116,26 @@ def test_load_frozen_folds(run_dir):
     want_out, want_feats = _apply(plain.module)(plain_vars, images)
     got_out, got_feats = _apply(folded.module)(folded_vars, images)
     _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats}, stage)
+
+
+def test_frozen_apply_in_chunks_equals_one_call():
+  """The train step runs frozen teachers a few images at a time on CPU (`train.frozen_apply`):
+  the same outputs and features as one call on the batch, and the chunked path is really taken
+  (a `lax.map` loop) when the chunk divides the batch, not otherwise."""
+  from fkd import train
+
+  model = MODELS['efficientnet']
+  folded, variables = fold.fold_batch_norm(model, _trained_like(model))
+  x = np.random.default_rng(2).uniform(size=(6, 32, 32, 3)).astype(np.float32)
+  want_out, want_feats = _apply(folded)(variables, x)
+  for chunk, loops in ((2, True), (3, True), (4, False), (6, False)):
+    fn = lambda v, x, chunk=chunk: train.frozen_apply(folded, v, x, chunk)
+    assert ('scan[' in str(jax.make_jaxpr(fn)(variables, x))) == loops, chunk
+    got_out, got_feats = jax.jit(fn)(variables, x)
+    assert got_out.shape == want_out.shape
+    _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats}, f'chunk {chunk}')
+  # The default: chunks of CPU_FROZEN_CHUNK (4) on one CPU device, one call elsewhere.
+  x8 = np.concatenate([x, x[:2]])
+  default = str(jax.make_jaxpr(lambda v, x: train.frozen_apply(folded, v, x))(variables, x8))
+  cpu_single = jax.default_backend() == 'cpu' and jax.device_count() == 1
+  assert ('scan[' in default) == cpu_single and train.CPU_FROZEN_CHUNK == 4
