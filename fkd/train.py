@@ -139,14 +139,14 @@ def init_state(
   }
 
 
-CPU_FROZEN_CHUNK = 4
+CPU_FROZEN_CHUNK = 4  # `FKD_FROZEN_CHUNK=N` in the environment overrides it; 0 = one call
 
 
 def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None):
   """`module.apply(variables, images, train=False)` of a frozen model (a teacher in the step).
 
   On one CPU device the batch runs `chunk` images at a time (`lax.map`; default
-  `CPU_FROZEN_CHUNK`): inference mode treats images independently, and a few images' activations
+  `$FKD_FROZEN_CHUNK`, else `CPU_FROZEN_CHUNK`): inference mode treats images independently, and a few images' activations
   stay in cache where the whole batch's stream through memory (the frozen EfficientNet-B3
   forward pass at 224², batch 32: ~1.2x faster in chunks of 4, README "Speed on CPU"). Same
   outputs to float32 rounding; elsewhere (GPU/TPU, a batch sharded over devices) one call.
@@ -154,8 +154,8 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   batch = images.shape[0]
   if chunk is None:
     single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
-    chunk = CPU_FROZEN_CHUNK if single_cpu else batch
-  if chunk >= batch or batch % chunk:
+    chunk = int(os.environ.get('FKD_FROZEN_CHUNK', CPU_FROZEN_CHUNK)) if single_cpu else batch
+  if chunk <= 0 or chunk >= batch or batch % chunk:
     return module.apply(variables, images, train=False)
   chunks = images.reshape(batch // chunk, chunk, *images.shape[1:])
   out = jax.lax.map(lambda x: module.apply(variables, x, train=False), chunks)

@@ -118,7 +118,7 @@ def test_load_frozen_folds(run_dir):
     _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats}, stage)
 
 
-def test_frozen_apply_in_chunks_equals_one_call():
+def test_frozen_apply_in_chunks_equals_one_call(monkeypatch):
   """The train step runs frozen teachers a few images at a time on CPU (`train.frozen_apply`):
   the same outputs and features as one call on the batch, and the chunked path is really taken
   (a `lax.map` loop) when the chunk divides the batch, not otherwise."""
@@ -139,3 +139,6 @@ def test_frozen_apply_in_chunks_equals_one_call():
   default = str(jax.make_jaxpr(lambda v, x: train.frozen_apply(folded, v, x))(variables, x8))
   cpu_single = jax.default_backend() == 'cpu' and jax.device_count() == 1
   assert ('scan[' in default) == cpu_single and train.CPU_FROZEN_CHUNK == 4
+  monkeypatch.setenv('FKD_FROZEN_CHUNK', '0')  # one call (reproduces runs made before chunking)
+  off = str(jax.make_jaxpr(lambda v, x: train.frozen_apply(folded, v, x))(variables, x8))
+  assert 'scan[' not in off
