@@ -19,7 +19,7 @@ and JAX_PLATFORMS does not say cpu). `FKD_CPU_TUNING=0` in the environment turns
 prefetches the next batch on a thread, so synchronous dispatch loses no overlap.
 
 `enable_compilation_cache()` (also called by `fkd.cli.start()`) turns on JAX's persistent
-compilation cache, so a train step compiled once (18 s cold for the EfficientNet-B3 teacher step
+compilation cache, so a train step compiled once (29 s cold for the EfficientNet-B3 teacher step
 on 2 cores) loads in a few seconds in every later run with the same shapes and versions. Where:
 `$FKD_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/fkd/jax`, else `~/.cache/fkd/jax`;
 `FKD_COMPILATION_CACHE=0` turns it off, and a cache directory set through JAX's own

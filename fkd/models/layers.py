@@ -85,14 +85,17 @@ def resolve_impl(impl: str, impls: Sequence[str], what: str, cpu: str, other: st
 
 
 def resolve_depthwise_impl(impl: str) -> str:
-  """Maps 'auto' to 'grouped' off CPU (and inside `portable_ops`); on CPU to 'native' when the
-  native kernels are available (`fkd.models.native`) and there is one device, else 'shifted'.
+  """Maps 'auto' to 'grouped' off CPU (and inside `portable_ops`); on CPU to 'shifted', or to
+  'native' when `FKD_NATIVE=1` is set, the native kernels are available (`fkd.models.native`) and
+  there is one device.
 
-  With several (forced) CPU devices 'shifted' keeps a batch-sharded step local: the native custom
-  call would gather the batch onto every device."""
+  The native kernels are opt-in: per op they equal the XLA forms to float32 rounding (tested),
+  but MobileFAN students trained with them scored 5.28 % against 5.14 % over three seeds (README
+  "Speed on CPU"), a difference not yet explained. With several (forced) CPU devices 'shifted'
+  keeps a batch-sharded step local: the native custom call would gather the batch."""
   resolved = resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'native', 'grouped')
   if resolved == 'native' and impl == 'auto':
-    if jax.device_count() > 1 or not native.available():
+    if not native.opted_in() or jax.device_count() > 1 or not native.available():
       return 'shifted'
   return resolved
 
@@ -315,7 +318,7 @@ class DepthwiseConv(nn.Module):
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
   multiply-adds with a custom-VJP kernel gradient), 'native' (the same, its kernel gradient from
   the native CPU kernel of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
-  ('native' on one CPU device when available, else 'shifted'; 'grouped' off CPU).
+  ('shifted' on CPU — 'native' with `FKD_NATIVE=1` on one device; 'grouped' off CPU).
   `padding`: 'same' | 'symmetric'.
   """
 
