@@ -61,7 +61,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fkd import cli, config_lib, heads, inference, losses, methods, runtime, train  # noqa: E402
-from fkd.models import native  # noqa: E402
+from fkd.models import layers, native  # noqa: E402
 
 STAGES = {'student': 'student_baseline', 'teacher': 'teacher_tough', 'kd': 'student_kd'}
 KINDS = (*STAGES, 'fold')
@@ -322,8 +322,11 @@ def measure_steps(args) -> dict:
     except ImportError as e:
       print(f'Keras/TensorFlow not importable ({e}); pip install -e ".[bench]". fkd only.')
       use_keras = False
-  # Built (once per machine, ~5 s) before any timing, as a first training run would have.
-  dw = 'on' if native.available() else f'off ({native.status["error"]})'
+  # Whether 'auto' runs the opt-in native kernels (FKD_NATIVE=1; built once per machine, ~5 s,
+  # here before any timing, as a first training run would have).
+  dw = 'on' if layers.resolve_depthwise_impl('auto') == 'native' else 'off'
+  if native.opted_in() and dw == 'off':
+    dw += f' ({native.status["error"] or "several devices"})'
   print(
     f'{versions}; batch {args.batch}, {args.res}x{args.res}, XLA_FLAGS='
     f'{os.environ.get("XLA_FLAGS", "")!r}; {runtime.describe()}; native depthwise kernels {dw}',

@@ -97,9 +97,14 @@ def configure() -> dict[str, bool]:
   return status
 
 
-def default_cache_dir() -> str:
+def fkd_cache_dir(name: str) -> str:
+  """`$XDG_CACHE_HOME/fkd/<name>`, else `~/.cache/fkd/<name>`."""
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'fkd', 'jax')
+  return os.path.join(base, 'fkd', name)
+
+
+def default_cache_dir() -> str:
+  return fkd_cache_dir('jax')
 
 
 def enable_compilation_cache() -> str | None:

@@ -316,8 +316,8 @@ class DepthwiseConv(nn.Module):
 
   Params `kernel` (k, k, 1, C) and optional `bias` (C,), as `nn.Conv(features=C,
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
-  multiply-adds with a custom-VJP kernel gradient), 'native' (the same, its kernel gradient from
-  the native CPU kernel of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
+  multiply-adds with a custom-VJP kernel gradient), 'native' (forward, input and kernel gradient
+  from the C++ CPU kernels of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
   ('shifted' on CPU — 'native' with `FKD_NATIVE=1` on one device; 'grouped' off CPU).
   `padding`: 'same' | 'symmetric'.
   """

@@ -1,11 +1,12 @@
 """Native XLA:CPU kernels for what XLA:CPU runs slowly, as XLA FFI custom calls.
 
-`native_kernels.cc` (next to this file) holds the depthwise-convolution kernel gradient: XLA:CPU
-evaluates it as k·k separate reductions that each stream the activations and cotangents from
-memory (~1–2 G multiply-adds/s, the largest single cost of a MobileNetV2 train step on CPU); the
-kernel makes one pass per output row with a block of channels of every tap in registers, and
-shares the images out over XLA's intra-op thread pool (4–8x faster on the MobileNetV2 and
-EfficientNet shapes, `benchmarks/depthwise.py --impls shifted,native`).
+`native_kernels.cc` (next to this file) holds the depthwise convolution's forward pass, input
+gradient and kernel gradient. XLA:CPU evaluates the kernel gradient as k·k separate reductions
+that each stream the activations and cotangents from memory (~1–2 G multiply-adds/s, the largest
+single cost of a MobileNetV2 train step on CPU); the kernel makes one pass per output row with a
+block of channels of every tap in registers. All three share their work out over XLA's intra-op
+thread pool (per op 4.5x / 2.2x / 1.6x faster than the XLA forms on the MobileNetV2 and
+EfficientNet shapes, docs/cpu-speed.md; `benchmarks/depthwise.py --impls shifted,native`).
 
 The source is compiled on first use, with the system C++ compiler (`$CXX`, else `c++` / `g++`)
 against the FFI headers jaxlib ships (`jax.ffi.include_dir()`), into
@@ -38,6 +39,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from fkd import runtime
+
 Array = jax.Array
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'native_kernels.cc')
@@ -57,8 +60,7 @@ def cache_dir() -> str:
   setting = os.environ.get('FKD_NATIVE_CACHE')
   if setting:
     return os.path.abspath(os.path.expanduser(setting))
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'fkd', 'native')
+  return runtime.fkd_cache_dir('native')
 
 
 def _compiler() -> str | None:
