@@ -18,9 +18,11 @@ when compiling or loading fails, or with `FKD_NATIVE=0`, `available()` is False 
 `status`) and fkd uses the XLA formulation: the same maths, tested equal.
 
 Opt-in: `'auto'` uses them only with `FKD_NATIVE=1` (`DepthwiseConv(impl='native')` always).
-Per op they equal the XLA forms to float32 rounding, yet MobileFAN students trained with them
-scored 5.28 % NME against 5.14 % over three seeds each (embedded dataset), a systematic
-difference not yet explained; until it is, the default stays the XLA formulation.
+Their whole-model gradients are closer to float64 than the XLA formulations' (docs/cpu-speed.md),
+but MobileFAN students trained with them scored 5.28 % NME against 5.14 % over three seeds
+(embedded dataset): the student's NME follows the float32 program that trains it (XLA's grouped
+convolution lands in between). README's figures were trained with the XLA formulation, which
+stays the default until they are re-measured.
 """
 
 from __future__ import annotations
