@@ -97,6 +97,17 @@ def configure() -> dict[str, bool]:
   return status
 
 
+OFF_WORDS = ('0', 'off', 'false', 'no')
+ON_WORDS = ('1', 'on', 'true', 'yes')
+
+
+def env_switch(name: str) -> bool | None:
+  """`$name` as a switch: True for 1/on/true/yes, False for 0/off/false/no (any case), None
+  when unset or anything else (a path, for the settings that also take one)."""
+  value = os.environ.get(name, '').lower()
+  return True if value in ON_WORDS else False if value in OFF_WORDS else None
+
+
 def fkd_cache_dir(name: str) -> str:
   """`$XDG_CACHE_HOME/fkd/<name>`, else `~/.cache/fkd/<name>`."""
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
@@ -115,7 +126,7 @@ def enable_compilation_cache() -> str | None:
     cache_status.update(dir=current, source='jax')
     return current
   setting = os.environ.get('FKD_COMPILATION_CACHE', '')
-  if setting.lower() in ('0', 'off', 'false', 'no'):
+  if env_switch('FKD_COMPILATION_CACHE') is False:
     cache_status.update(dir=None, source='off')
     return None
   path = os.path.abspath(os.path.expanduser(setting or default_cache_dir()))

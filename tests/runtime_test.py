@@ -10,6 +10,8 @@ import sys
 import jax
 import pytest
 
+from fkd import runtime
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # A jitted gradient whose 64 MB intermediates are fresh buffers each call (like a train step's
@@ -119,3 +121,24 @@ def test_entry_points_enable_the_compilation_cache(tmp_path):
   assert off == {'dir': None, 'source': 'off'}
   jax_own = _cache_probe(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_own'))
   assert jax_own == {'dir': str(tmp_path / 'jax_own'), 'source': 'jax'}
+
+
+@pytest.mark.parametrize(
+  'value, expected',
+  [
+    ('1', True),
+    ('ON', True),
+    ('yes', True),
+    ('0', False),
+    ('False', False),
+    ('no', False),
+    ('', None),
+    ('/tmp/cache', None),
+    ('2', None),
+  ],
+)
+def test_env_switch(monkeypatch, value, expected):
+  monkeypatch.setenv('FKD_TEST_SWITCH', value)
+  assert runtime.env_switch('FKD_TEST_SWITCH') is expected
+  monkeypatch.delenv('FKD_TEST_SWITCH')
+  assert runtime.env_switch('FKD_TEST_SWITCH') is None

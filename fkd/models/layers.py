@@ -89,11 +89,8 @@ def resolve_depthwise_impl(impl: str) -> str:
   'native' when `FKD_NATIVE=1` is set, the native kernels are available (`fkd.models.native`) and
   there is one device.
 
-  The native kernels are opt-in: they equal the XLA forms to float32 rounding (tested), but
-  MobileFAN students trained with them scored 5.28 % against 5.14 % over three seeds: the NME
-  follows the float32 training program (README "Speed on CPU"), and README's figures were
-  trained with 'shifted'. With several (forced) CPU devices 'shifted' keeps a batch-sharded step
-  local: the native custom call would gather the batch."""
+  The native kernels are opt-in (why: `fkd.models.native`). With several (forced) CPU devices
+  'shifted' keeps a batch-sharded step local: the native custom call would gather the batch."""
   resolved = resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'native', 'grouped')
   if resolved == 'native' and impl == 'auto':
     if not native.opted_in() or jax.device_count() > 1 or not native.available():

@@ -109,7 +109,7 @@ def _build(compiler: str, path: str) -> None:
 
 
 def _load() -> bool:
-  if os.environ.get('FKD_NATIVE', '').lower() in ('0', 'off', 'false', 'no'):
+  if runtime.env_switch('FKD_NATIVE') is False:
     status['error'] = 'FKD_NATIVE=0'
     return False
   compiler = _compiler()
@@ -133,7 +133,7 @@ def _load() -> bool:
 
 def opted_in() -> bool:
   """`FKD_NATIVE=1`: 'auto' depthwise convolutions use the native kernels on CPU."""
-  return os.environ.get('FKD_NATIVE', '').lower() in ('1', 'on', 'true', 'yes')
+  return runtime.env_switch('FKD_NATIVE') is True
 
 
 def available() -> bool:
