@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fkd import inference
-from fkd.models import EfficientNet, MobileNetV2, ResNet, fold
+from fkd.models import EfficientNet, MobileNetV2, ResNet, fold, layers, native
 
 X = np.random.default_rng(0).uniform(size=(3, 32, 32, 3)).astype(np.float32)
 
@@ -69,6 +69,24 @@ def test_folded_equals_unfolded(name):
   want_out, want_feats = _apply(model)(variables, X)
   got_out, got_feats = _apply(folded)(folded_vars, X)
   assert np.abs(np.asarray(want_out)[1:] - np.asarray(want_out)[:1]).max() > 1e-2  # sees input
+  _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats})
+
+
+@pytest.mark.skipif(native._compiler() is None, reason='no C++ compiler')
+@pytest.mark.parametrize('pixels_from', [1, 10**9], ids=['scale_in_kernel', 'scale_input'])
+def test_folded_efficientnet_native_equals_unfolded(monkeypatch, pixels_from):
+  """The folded EfficientNet on the native kernels (expand activation, depthwise conv, bias, swish
+  and SE pooling in one custom call; the SE gate in the projection's kernel or on its input)
+  computes what the unfolded model computes with the XLA formulation."""
+  monkeypatch.setattr(layers, 'SCALE_IN_KERNEL_PIXELS', pixels_from)
+  reference = MODELS['efficientnet'].clone(depthwise_impl='shifted')
+  variables = _trained_like(reference)
+  folded, folded_vars = fold.fold_batch_norm(reference.clone(depthwise_impl='native'), variables)
+  assert native.available(), native.status
+  text = _apply(folded).lower(folded_vars, X).as_text()
+  assert text.count('fkd_depthwise_bias_swish') >= 2  # every block's depthwise conv
+  want_out, want_feats = _apply(reference)(variables, X)
+  got_out, got_feats = _apply(folded)(folded_vars, X)
   _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats})
 
 

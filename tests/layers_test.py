@@ -168,12 +168,96 @@ def test_native_depthwise_equals_grouped_float64(size, stride, k, padding):
     return (out, *vjp(c))
 
   text = run.lower(f32(x), f32(kernel), f32(g)).as_text()
-  for target in native.TARGETS:
+  for target in ('fkd_depthwise_forward', 'fkd_depthwise_input_grad', 'fkd_depthwise_kernel_grad'):
     assert target in text, target
   got = run(f32(x), f32(kernel), f32(g))
   for name, a, b in zip(('output', 'input grad', 'kernel grad'), got, want, strict=True):
     scale = float(np.abs(b).max())
     np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=2e-6 * scale, err_msg=name)
+
+
+def _swish64(v):
+  return v / (1.0 + np.exp(-v))
+
+
+# The fused inference kernel: the cases above, plus a 20-wide image (four-pixel blocks in the
+# interior of each row, single pixels at both edges) in stride 1 and 2.
+FUSED_CASES = [*NATIVE_CASES, (20, 1, 3, 'same'), (19, 2, 5, 'same')]
+
+
+@needs_compiler
+@pytest.mark.parametrize('input_swish', [False, True], ids=['plain_input', 'swish_input'])
+@pytest.mark.parametrize('size, stride, k, padding', FUSED_CASES)
+def test_native_bias_swish_equals_float64(size, stride, k, padding, input_swish):
+  """`native.depthwise_bias_swish`: swish(conv(x') + b) and its row sums, x' = swish(x + b_in) or
+  x, against numpy's swish around the grouped convolution in float64."""
+  assert native.available(), native.status
+  rng = np.random.default_rng(size * 100 + stride * 10 + k + input_swish)
+  x = rng.normal(size=(5, size, size + 1, 45))
+  kernel = rng.normal(size=(k, k, 1, 45)) / k
+  bias, in_bias = rng.normal(size=(2, 45))
+  pads = tuple(tuple(p) for p in layers.conv_padding(padding, x.shape[1:3], k, stride))
+  with jax.enable_x64(True):
+    x_in = _swish64(x + in_bias) if input_swish else x
+    conv = np.asarray(layers.depthwise_conv_grouped(x_in, kernel, stride, pads))
+  want = _swish64(conv + bias)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  run = jax.jit(
+    lambda a, b, c, d: native.depthwise_bias_swish(
+      a, b, c, stride, pads, want.shape[1:3], d if input_swish else None
+    )
+  )
+  args = f32(x), f32(kernel), f32(bias), f32(in_bias)
+  assert 'fkd_depthwise_bias_swish' in run.lower(*args).as_text()
+  y, row_sums = run(*args)
+  scale = float(np.abs(want).max())
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, atol=2e-6 * scale)
+  np.testing.assert_allclose(
+    np.asarray(row_sums, np.float64), want.sum(axis=2), atol=2e-6 * scale * want.shape[2]
+  )
+
+
+@needs_compiler
+@pytest.mark.parametrize('stride', [1, 2])
+def test_depthwise_conv_swish_bias_native_equals_xla(stride):
+  """`DepthwiseConv(swish_bias=, input_swish_bias=)`: the native kernel and the XLA ops give the
+  same activation and channel means (what a folded EfficientNet block feeds its SE gate)."""
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(3, 12, 11, 24)), jnp.float32)
+  bias, in_bias = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
+  module = layers.DepthwiseConv(3, stride, impl='native')
+  variables = module.init(jax.random.key(0), x)
+  got = jax.jit(lambda v: module.apply(v, x, bias, in_bias))(variables)
+  want = jax.jit(lambda v: module.clone(impl='grouped').apply(v, x, bias, in_bias))(variables)
+  x_in = jax.nn.swish(x + in_bias)
+  manual = jax.nn.swish(module.clone(impl='grouped').apply(variables, x_in) + bias)
+  np.testing.assert_allclose(want[0], manual, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(want[1], manual.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('pixels_from', [1, 10**9], ids=['scale_in_kernel', 'scale_input'])
+def test_conv1x1_input_scale(monkeypatch, pixels_from):
+  """`Conv1x1(x, input_scale)` is `Conv1x1(x * scale per image and channel)`, whether the scale goes
+  into a per-image kernel (CPU) or onto the input, and under `portable_ops`."""
+  monkeypatch.setattr(layers, 'SCALE_IN_KERNEL_PIXELS', pixels_from)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
+  scale = jnp.asarray(rng.uniform(size=(3, 6)), jnp.float32)
+  module = layers.Conv1x1(7)
+  variables = module.init(jax.random.key(0), x)
+  want = np.einsum('bhwc,bc,cd->bhwd', x, scale, variables['params']['kernel'][0, 0])
+  want = want + np.asarray(variables['params']['bias'])
+  assert layers.scale_in_kernel(x.shape) == (pixels_from == 1)
+  got = jax.jit(lambda v, a, s: module.apply(v, a, s))(variables, x, scale)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with layers.portable_ops():
+    assert not layers.scale_in_kernel(x.shape)
+    text = jax.jit(lambda v, a, s: module.apply(v, a, s)).lower(variables, x, scale).as_text()
+    portable = module.apply(variables, x, scale)
+  assert 'convolution' in text
+  np.testing.assert_allclose(portable, want, rtol=1e-5, atol=1e-5)
 
 
 _NATIVE_OFF_SCRIPT = """

@@ -158,6 +158,17 @@ class BatchNorm(nn.Module):
     return y
 
 
+class FoldedBias(nn.Module):
+  """The variables of a folded `BatchNorm` (`params/bias`, (C,)), for a layer that applies
+  `activation(x + bias)` itself (`layers.DepthwiseConv(swish_bias=...)`)."""
+
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, channels: int) -> Array:
+    return self.param('bias', nn.initializers.zeros, (channels,), self.param_dtype)
+
+
 def factory(
   train: bool, momentum: float, epsilon: float, dtype: Any = None, folded: bool = False
 ) -> Callable[..., BatchNorm]:

@@ -88,22 +88,31 @@ class MBConv(nn.Module):
     cin = x.shape[-1]
     filters = cin * self.expand_ratio
     y = x
+    expand_bias = None
     if self.expand_ratio != 1:
       y = Conv1x1(filters, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='expand')(
         y
       )
-      y = bn('expand_bn', nn.swish)(y)
-    y = DepthwiseConv(
+      if self.folded:  # applied by the depthwise convolution below
+        expand_bias = batch_norm.FoldedBias(name='expand_bn')(filters)
+      else:
+        y = bn('expand_bn', nn.swish)(y)
+    depthwise = DepthwiseConv(
       self.kernel_size,
       self.strides,
       impl=self.depthwise_impl,
       kernel_init=_depthwise_init,
       dtype=self.dtype,
       name='depthwise',
-    )(y)
-    y = bn('depthwise_bn', nn.swish)(y)
+    )
+    if self.folded:  # inference: expand's activation, the conv, its bias, swish and the SE
+      # pooling in one pass where native (`DepthwiseConv` swish_bias)
+      y, pooled = depthwise(y, batch_norm.FoldedBias(name='depthwise_bn')(filters), expand_bias)
+    else:
+      y = bn('depthwise_bn', nn.swish)(depthwise(y))
+      pooled = jnp.mean(y, axis=(1, 2))
     if 0 < self.se_ratio <= 1:
-      se = jnp.mean(y, axis=(1, 2), keepdims=True)
+      se = pooled[:, None, None, :]
       se = nn.swish(
         Conv1x1(
           max(1, int(cin * self.se_ratio)),
@@ -115,10 +124,15 @@ class MBConv(nn.Module):
       se = nn.sigmoid(
         Conv1x1(filters, kernel_init=_conv_init, dtype=self.dtype, name='se_expand')(se)
       )
-      y = y * se
+      if train:
+        y, se = y * se, None
+    else:
+      se = None
+    # In inference the gate goes into the projection (`Conv1x1` input_scale: on CPU a per-image
+    # kernel, so the gated activation is never written); training keeps the plain product.
     y = Conv1x1(
       self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name='project'
-    )(y)
+    )(y, None if se is None else se.reshape(se.shape[0], filters))
     y = bn('project_bn')(y)
     if self.strides == 1 and cin == self.features:
       y = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3))(y, deterministic=not train)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -318,6 +319,13 @@ class DepthwiseConv(nn.Module):
   from the C++ CPU kernels of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
   ('shifted' on CPU — 'native' with `FKD_NATIVE=1` on one device; 'grouped' off CPU).
   `padding`: 'same' | 'symmetric'.
+
+  `swish_bias` (C,): the inference form of depthwise conv → folded BatchNorm → swish (`__call__`
+  returns `(swish(conv(x) + swish_bias), channel means (B, C))`, the means being what
+  squeeze-and-excitation pools); `input_swish_bias` (C,) with it: the input is first taken as
+  swish(x + input_swish_bias) (the folded BatchNorm + swish of an expansion before). With 'native'
+  one C++ pass does all of it, activating each input row once and writing the output and its
+  sums; otherwise the same ops in XLA. Not differentiable on the native path (frozen models only).
   """
 
   kernel_size: int = 3
@@ -331,13 +339,28 @@ class DepthwiseConv(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(
+    self, x: Array, swish_bias: Array | None = None, input_swish_bias: Array | None = None
+  ) -> Array | tuple[Array, Array]:
     c, k = x.shape[-1], self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, c), self.param_dtype)
     bias = self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pads = tuple(tuple(p) for p in conv_padding(self.padding, x.shape[1:3], k, self.strides))
-    y = _DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)](x, kernel, self.strides, pads)
+    impl = resolve_depthwise_impl(self.impl)
+    if swish_bias is not None:
+      swish_bias = swish_bias.astype(x.dtype) if bias is None else swish_bias + bias
+      if impl == 'native' and _native_ok(x, kernel, swish_bias):
+        out_hw = _out_hw(_padded_shape(x.shape, pads), k, k, self.strides)
+        y, row_sums = native.depthwise_bias_swish(
+          x, kernel, swish_bias, self.strides, pads, out_hw, input_swish_bias
+        )
+        return y, jnp.sum(row_sums, axis=1) / (out_hw[0] * out_hw[1])
+      if input_swish_bias is not None:
+        x = nn.swish(x + input_swish_bias.astype(x.dtype))
+      y = nn.swish(_DEPTHWISE_FNS[impl](x, kernel, self.strides, pads) + swish_bias)
+      return y, jnp.mean(y, axis=(1, 2))
+    y = _DEPTHWISE_FNS[impl](x, kernel, self.strides, pads)
     return y if bias is None else y + bias
 
 
@@ -345,6 +368,9 @@ class Conv1x1(nn.Module):
   """1x1 convolution as a 2-D `dot_general` on (B·H·W, Cin) × (Cin, Cout).
 
   Params `kernel` (1, 1, Cin, Cout) and optional `bias` (Cout,), as `nn.Conv(features, (1, 1))`.
+  `input_scale` (B, Cin), if given, multiplies the input per image and channel first (the
+  squeeze-and-excitation gate before a projection); on CPU the scale goes into a per-image copy of
+  the kernel instead, a batched dot that never writes the scaled input (see `scale_in_kernel`).
   """
 
   features: int
@@ -356,7 +382,7 @@ class Conv1x1(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, input_scale: Array | None = None) -> Array:
     cin = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), self.param_dtype)
     bias = (
@@ -364,8 +390,22 @@ class Conv1x1(nn.Module):
       if self.use_bias
       else None
     )
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if _PORTABLE.get() and x.ndim == 4:
+    x, kernel, bias, input_scale = nn.dtypes.promote_dtype(
+      x, kernel, bias, input_scale, dtype=self.dtype
+    )
+    if input_scale is not None and not scale_in_kernel(x.shape):
+      x = x * input_scale.reshape(x.shape[0], *(1,) * (x.ndim - 2), cin)
+      input_scale = None
+    if input_scale is not None:  # per image: x_b @ (diag(s_b) · W)
+      batch = x.shape[0]
+      y = lax.dot_general(
+        x.reshape(batch, -1, cin),
+        input_scale.reshape(batch, cin, 1) * kernel.reshape(1, cin, self.features),
+        (((2,), (1,)), ((0,), (0,))),
+        precision=self.precision,
+      )
+      y = y.reshape(*x.shape[:-1], self.features)
+    elif _PORTABLE.get() and x.ndim == 4:
       y = lax.conv_general_dilated(
         x,
         kernel,
@@ -383,6 +423,20 @@ class Conv1x1(nn.Module):
       )
       y = y.reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias
+
+
+# Pixels per image from which `Conv1x1(input_scale=...)` scales the kernel instead of the input:
+# the batched dot was 1.8-1.9x faster than scale-then-dot at 56² and 112² (4 images, B3 shapes),
+# 0.92-1.09x at 7²-28² (docs/cpu-speed.md, round four).
+SCALE_IN_KERNEL_PIXELS = 56 * 56
+
+
+def scale_in_kernel(shape: tuple[int, ...]) -> bool:
+  """Whether a 1x1 convolution of an input of `shape` (B, ..., Cin) applies its `input_scale`
+  inside a per-image kernel (CPU only, not under `portable_ops`)."""
+  pixels = math.prod(shape[1:-1])
+  on_cpu = jax.default_backend() == 'cpu' and not _PORTABLE.get()
+  return on_cpu and pixels >= SCALE_IN_KERNEL_PIXELS
 
 
 PointwiseConv = Conv1x1

@@ -51,6 +51,7 @@ TARGETS = {
   'fkd_depthwise_forward': 'FkdDepthwiseForward',
   'fkd_depthwise_input_grad': 'FkdDepthwiseInputGrad',
   'fkd_depthwise_kernel_grad': 'FkdDepthwiseKernelGrad',
+  'fkd_depthwise_bias_swish': 'FkdDepthwiseBiasSwish',
 }
 
 status: dict[str, str | None] = {'library': None, 'error': None}
@@ -173,3 +174,30 @@ def depthwise_input_grad(g: Array, kernel: Array, strides: int, pads, in_hw) -> 
 def depthwise_kernel_grad(x: Array, g: Array, kernel_shape, strides: int, pads) -> Array:
   """dK (k, k, 1, C) of a depthwise conv (NHWC `x`, cotangent `g`, TF-style pads), float32."""
   return _call('fkd_depthwise_kernel_grad', kernel_shape, x, g, strides, pads)
+
+
+def depthwise_bias_swish(
+  x: Array, kernel: Array, bias: Array, strides: int, pads, out_hw, input_bias: Array | None = None
+) -> tuple[Array, Array]:
+  """Inference form of [swish(x + input_bias) →] depthwise conv → folded BatchNorm → swish,
+  float32: (y, row_sums), y = swish(conv(x') + bias) (N, *out_hw, C), x' = swish(x + input_bias)
+  (or x), and row_sums (N, out_h, C) the sums of y over each row."""
+  n, c = x.shape[0], x.shape[3]
+  call = jax.ffi.ffi_call(
+    'fkd_depthwise_bias_swish',
+    (
+      jax.ShapeDtypeStruct((n, *out_hw, c), jnp.float32),
+      jax.ShapeDtypeStruct((n, out_hw[0], c), jnp.float32),
+    ),
+    vmap_method='sequential',
+  )
+  return call(
+    x.astype(jnp.float32),
+    kernel.astype(jnp.float32),
+    (bias if input_bias is None else input_bias).astype(jnp.float32),
+    bias.astype(jnp.float32),
+    stride=np.int64(strides),
+    pad_top=np.int64(pads[0][0]),
+    pad_left=np.int64(pads[1][0]),
+    input_swish=np.int64(input_bias is not None),
+  )
