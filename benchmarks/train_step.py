@@ -322,10 +322,10 @@ def measure_steps(args) -> dict:
     except ImportError as e:
       print(f'Keras/TensorFlow not importable ({e}); pip install -e ".[bench]". fkd only.')
       use_keras = False
-  # Whether 'auto' runs the opt-in native kernels (FKD_NATIVE=1; built once per machine, ~5 s,
-  # here before any timing, as a first training run would have).
+  # Whether 'auto' runs the native kernels (built once per machine, ~5 s, here before any timing,
+  # as a first training run would have; FKD_NATIVE=0 turns them off).
   dw = 'on' if layers.resolve_depthwise_impl('auto') == 'native' else 'off'
-  if native.opted_in() and dw == 'off':
+  if native.enabled() and dw == 'off':
     dw += f' ({native.status["error"] or "several devices"})'
   print(
     f'{versions}; batch {args.batch}, {args.res}x{args.res}, XLA_FLAGS='

@@ -139,18 +139,17 @@ def init_state(
   }
 
 
-CPU_FROZEN_CHUNK = 0  # one call; `FKD_FROZEN_CHUNK=4` in the environment: 4 images at a time
+CPU_FROZEN_CHUNK = 4  # images per call of a frozen model on one CPU device; `FKD_FROZEN_CHUNK`
 
 
 def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None):
   """`module.apply(variables, images, train=False)` of a frozen model (a teacher in the step).
 
-  On one CPU device the batch can run `chunk` images at a time (`lax.map`; default
-  `$FKD_FROZEN_CHUNK`, else `CPU_FROZEN_CHUNK` = 0, one call): inference mode treats images
+  On one CPU device the batch runs `chunk` images at a time (`lax.map`; default
+  `$FKD_FROZEN_CHUNK`, else `CPU_FROZEN_CHUNK` = 4; 0 = one call): inference mode treats images
   independently, and a few images' activations stay in cache where the whole batch's stream
   through memory (the frozen EfficientNet-B3 forward pass at 224², batch 32: ~1.2x faster in
-  chunks of 4, README "Speed on CPU"). Same outputs to float32 rounding, opt-in like the native
-  kernels (a different rounding sends the student along another path). Elsewhere (GPU/TPU, a
+  chunks of 4, README "Speed on CPU"). Same outputs to float32 rounding. Elsewhere (GPU/TPU, a
   batch sharded over devices) one call.
   """
   batch = images.shape[0]

@@ -152,11 +152,11 @@ def test_frozen_apply_in_chunks_equals_one_call(monkeypatch):
     got_out, got_feats = jax.jit(fn)(variables, x)
     assert got_out.shape == want_out.shape
     _assert_close({'out': got_out, **got_feats}, {'out': want_out, **want_feats}, f'chunk {chunk}')
-  # The default: one call; FKD_FROZEN_CHUNK=4 on one CPU device: chunks of 4.
+  # The default: chunks of 4 on one CPU device (else one call); FKD_FROZEN_CHUNK=0: one call.
   x8 = np.concatenate([x, x[:2]])
   trace = lambda: str(jax.make_jaxpr(lambda v, x: train.frozen_apply(folded, v, x))(variables, x8))
   monkeypatch.delenv('FKD_FROZEN_CHUNK', raising=False)
-  assert 'scan[' not in trace() and train.CPU_FROZEN_CHUNK == 0
-  monkeypatch.setenv('FKD_FROZEN_CHUNK', '4')
   cpu_single = jax.default_backend() == 'cpu' and jax.device_count() == 1
-  assert ('scan[' in trace()) == cpu_single
+  assert ('scan[' in trace()) == cpu_single and train.CPU_FROZEN_CHUNK == 4
+  monkeypatch.setenv('FKD_FROZEN_CHUNK', '0')
+  assert 'scan[' not in trace()

@@ -55,7 +55,7 @@ def test_same_padding_is_tensorflow():
 
 
 def _cpu_impl() -> str:
-  return 'native' if native.opted_in() and native.available() else 'shifted'
+  return 'native' if native.enabled() and native.available() else 'shifted'
 
 
 def test_resolve_depthwise_impl():

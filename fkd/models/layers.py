@@ -86,15 +86,15 @@ def resolve_impl(impl: str, impls: Sequence[str], what: str, cpu: str, other: st
 
 
 def resolve_depthwise_impl(impl: str) -> str:
-  """Maps 'auto' to 'grouped' off CPU (and inside `portable_ops`); on CPU to 'shifted', or to
-  'native' when `FKD_NATIVE=1` is set, the native kernels are available (`fkd.models.native`) and
-  there is one device.
+  """Maps 'auto' to 'grouped' off CPU (and inside `portable_ops`); on CPU to 'native' when the
+  native kernels are available (`fkd.models.native`; not with `FKD_NATIVE=0`) and there is one
+  device, else to 'shifted'.
 
-  The native kernels are opt-in (why: `fkd.models.native`). With several (forced) CPU devices
-  'shifted' keeps a batch-sharded step local: the native custom call would gather the batch."""
+  With several (forced) CPU devices 'shifted' keeps a batch-sharded step local: the native custom
+  call would gather the batch."""
   resolved = resolve_impl(impl, DEPTHWISE_IMPLS, 'depthwise', 'native', 'grouped')
   if resolved == 'native' and impl == 'auto':
-    if not native.opted_in() or jax.device_count() > 1 or not native.available():
+    if not native.enabled() or jax.device_count() > 1 or not native.available():
       return 'shifted'
   return resolved
 
@@ -317,7 +317,7 @@ class DepthwiseConv(nn.Module):
   feature_group_count=C)`. `impl`: 'grouped' (lax grouped conv), 'shifted' (k·k shifted
   multiply-adds with a custom-VJP kernel gradient), 'native' (forward, input and kernel gradient
   from the C++ CPU kernels of `fkd.models.native`), 'shifted_autodiff' (plain autodiff) or 'auto'
-  ('shifted' on CPU — 'native' with `FKD_NATIVE=1` on one device; 'grouped' off CPU).
+  ('native' on one CPU device with the native kernels, else 'shifted'; 'grouped' off CPU).
   `padding`: 'same' | 'symmetric'.
 
   `swish_bias` (C,): the inference form of depthwise conv → folded BatchNorm → swish (`__call__`

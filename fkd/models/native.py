@@ -17,12 +17,17 @@ temporary file, so concurrent processes never load a half-written library. Witho
 when compiling or loading fails, or with `FKD_NATIVE=0`, `available()` is False (the reason is in
 `status`) and fkd uses the XLA formulation: the same maths, tested equal.
 
-Opt-in: `'auto'` uses them only with `FKD_NATIVE=1` (`DepthwiseConv(impl='native')` always).
-Their whole-model gradients are closer to float64 than the XLA formulations' (docs/cpu-speed.md),
-but MobileFAN students trained with them scored 5.28 % NME against 5.14 % over three seeds
-(embedded dataset): the student's NME follows the float32 program that trains it (XLA's grouped
-convolution lands in between). README's figures were trained with the XLA formulation, which
-stays the default until they are re-measured.
+On by default on one CPU device since 2026-11-30 (`'auto'`; `FKD_NATIVE=0` turns them off,
+`DepthwiseConv(impl='native')` asks for them explicitly). Their whole-model gradients are closer
+to float64 than the XLA formulations' (docs/cpu-speed.md). A student's NME follows the float32
+program that trains it: MobileFAN students scored 5.28 % with them against 5.14 % with the
+shifted XLA formulation over three seeds (XLA's grouped convolution lands in between), which is
+why README says which program each of its tables was trained with.
+
+`native_kernels.cc` also holds the inference form of an EfficientNet block's middle
+(`depthwise_bias_swish`: the expansion's activation, the depthwise convolution, its folded
+BatchNorm bias, swish and the squeeze-and-excitation pooling in one pass), which frozen
+teachers use.
 """
 
 from __future__ import annotations
@@ -132,9 +137,9 @@ def _load() -> bool:
   return True
 
 
-def opted_in() -> bool:
-  """`FKD_NATIVE=1`: 'auto' depthwise convolutions use the native kernels on CPU."""
-  return runtime.env_switch('FKD_NATIVE') is True
+def enabled() -> bool:
+  """Whether 'auto' depthwise convolutions may use the native kernels (not `FKD_NATIVE=0`)."""
+  return runtime.env_switch('FKD_NATIVE') is not False
 
 
 def available() -> bool:
