@@ -120,6 +120,36 @@ def test_module_equals_nn_batch_norm(impl, act):
   )
 
 
+@pytest.mark.skipif(not batch_norm._native_ok(jnp.zeros(1)), reason='no native kernels here')
+@pytest.mark.parametrize('act', list(ACTIVATIONS))
+def test_native_sums_equal_xla(monkeypatch, act):
+  """The fused op's channel sums from the native kernels (statistics: one pass; backward: Σg and
+  Σg(x − μ) with the activation's derivative recomputed) give the XLA form's values and
+  gradients, float32."""
+  activation = ACTIVATIONS[act]
+  rng = np.random.default_rng(2)
+  # 490 rows: four blocks of 128 rows over the threads; activations cross 0 and 6
+  x = jnp.asarray(rng.normal(1.0, 2.0, (5, 14, 7, 40)), jnp.float32)
+  scale = jnp.asarray(rng.uniform(0.5, 2.0, 40), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=40), jnp.float32)
+  w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def loss(x, scale, bias):
+    y, mean, var = batch_norm.batch_norm_train(x, scale, bias, 1e-3, activation)
+    return jnp.sum(y * w) + jnp.sum(mean) + jnp.sum(var), (mean, var)
+
+  run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+  text = run.lower(x, scale, bias).as_text()
+  assert 'fkd_batch_sums' in text and 'fkd_batch_norm_grad_sums' in text
+  got = run(x, scale, bias)
+  monkeypatch.setattr(batch_norm, '_native_ok', lambda *a: False)
+  run_xla = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+  assert 'fkd_batch' not in run_xla.lower(x, scale, bias).as_text()
+  want = run_xla(x, scale, bias)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 def test_resolve_impl():
   assert batch_norm.resolve_impl('auto') == ('fused' if jax.default_backend() == 'cpu' else 'plain')
   with layers.portable_ops():

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fkd.models import batch_norm
-from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input
+from fkd.models.layers import Conv1x1, DepthwiseConv, make_divisible, normalize_input, relu6
 
 Array = jax.Array
 
@@ -46,19 +46,6 @@ MOBILENET_V2_BLOCKS = (
 # Keras defaults: Conv2D/DepthwiseConv2D/Dense use glorot_uniform kernels and zero biases. For the
 # depthwise kernel Keras' (k, k, C, 1) and our (k, k, 1, C) have the same fan_in + fan_out.
 _glorot = nn.initializers.glorot_uniform()
-
-
-@jax.custom_jvp
-def relu6(x: Array) -> Array:
-  """min(max(x, 0), 6), derivative 1 on (0, 6) and 0 elsewhere (one select in the backward pass;
-  `jnp.minimum`'s derivative splits ties and costs XLA several extra ops per element)."""
-  return jnp.clip(x, 0.0, 6.0)
-
-
-@relu6.defjvp
-def _relu6_jvp(primals, tangents):
-  (x,), (t,) = primals, tangents
-  return relu6(x), jnp.where((x > 0.0) & (x < 6.0), t, jnp.zeros_like(t))
 
 
 class InvertedResidual(nn.Module):

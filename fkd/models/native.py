@@ -24,7 +24,9 @@ program that trains it: MobileFAN students scored 5.28 % with them against 5.14 
 shifted XLA formulation over three seeds (XLA's grouped convolution lands in between), which is
 why README says which program each of its tables was trained with.
 
-`native_kernels.cc` also holds the inference form of an EfficientNet block's middle
+`native_kernels.cc` also holds BatchNorm's channel sums for `fkd.models.batch_norm` (Σx, Σx²
+in one pass; Σg, Σg(x − μ) of the backward pass in one pass with the activation's derivative
+recomputed) and the inference form of an EfficientNet block's middle
 (`depthwise_bias_swish`: the expansion's activation, the depthwise convolution, its folded
 BatchNorm bias, swish and the squeeze-and-excitation pooling in one pass), which frozen
 teachers use.
@@ -57,6 +59,8 @@ TARGETS = {
   'fkd_depthwise_input_grad': 'FkdDepthwiseInputGrad',
   'fkd_depthwise_kernel_grad': 'FkdDepthwiseKernelGrad',
   'fkd_depthwise_bias_swish': 'FkdDepthwiseBiasSwish',
+  'fkd_batch_sums': 'FkdBatchSums',
+  'fkd_batch_norm_grad_sums': 'FkdBatchNormGradSums',
 }
 
 status: dict[str, str | None] = {'library': None, 'error': None}
@@ -206,3 +210,27 @@ def depthwise_bias_swish(
     pad_left=np.int64(pads[1][0]),
     input_swish=np.int64(input_bias is not None),
   )
+
+
+def batch_sums(x: Array) -> Array:
+  """(2, C): the sums of `x` (..., C) and of its square over every axis but the last, float32
+  (float64 across blocks of rows), in one pass."""
+  call = jax.ffi.ffi_call(
+    'fkd_batch_sums', jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32), vmap_method='sequential'
+  )
+  return call(x.astype(jnp.float32))
+
+
+def batch_norm_grad_sums(
+  dy: Array, x: Array, mean: Array, a: Array, b: Array, activation_code: int
+) -> Array:
+  """(2, C): [Σg, Σg·(x − mean)] over every axis but the last, g = act'(a·(x − mean) + b)·dy with
+  act by `activation_code` (0 none, 1 ReLU, 2 ReLU6, 3 swish), float32, in one pass over `dy`
+  and `x`."""
+  call = jax.ffi.ffi_call(
+    'fkd_batch_norm_grad_sums',
+    jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32),
+    vmap_method='sequential',
+  )
+  f32 = lambda v: v.astype(jnp.float32)
+  return call(f32(dy), f32(x), f32(mean), f32(a), f32(b), activation=np.int64(activation_code))

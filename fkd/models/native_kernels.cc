@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -492,3 +493,153 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FkdDepthwiseBiasSwish, ForwardBiasSwish,
                                   .Attr<int64_t>("input_swish"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FkdDepthwiseInputGrad, InputGrad, Binding());
+
+namespace {
+
+// Per-channel sums over the rows of (rows, C) tensors, shared out over the pool in blocks of rows:
+// float32 within a block, float64 across blocks and threads. `Block(r0, r1, acc)` adds its sums
+// for rows [r0, r1) into acc (outputs x C floats, zeroed).
+struct SharedSums {
+  int64_t rows, width, outputs, chunk;
+  std::function<void(int64_t, int64_t, float*)> block;
+  std::atomic<int64_t> next{0}, done{0}, slot{0};
+  std::vector<std::vector<double>> totals;
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void Work() {
+    std::vector<double>& total = totals[slot.fetch_add(1)];
+    std::vector<float> acc(outputs * width);
+    for (int64_t r0; (r0 = next.fetch_add(chunk)) < rows;) {
+      const int64_t r1 = std::min(rows, r0 + chunk);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      block(r0, r1, acc.data());
+      for (size_t k = 0; k < acc.size(); ++k) total[k] += acc[k];
+      if (done.fetch_add(r1 - r0) + (r1 - r0) == rows) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+void RowSums(ffi::ThreadPool& pool, int64_t rows, int64_t width, int64_t outputs,
+             std::function<void(int64_t, int64_t, float*)> block, float* out) {
+  auto shared = std::make_shared<SharedSums>();
+  shared->rows = rows;
+  shared->width = width;
+  shared->outputs = outputs;
+  shared->chunk = 128;
+  shared->block = std::move(block);
+  const int64_t blocks = (rows + shared->chunk - 1) / shared->chunk;
+  const int64_t tasks = std::max<int64_t>(0, std::min(pool.num_threads(), blocks - 1));
+  shared->totals.assign(tasks + 1, std::vector<double>(outputs * width, 0.0));
+  for (int64_t t = 0; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
+  shared->Work();
+  {
+    std::unique_lock<std::mutex> lock(shared->mu);
+    shared->cv.wait(lock, [&] { return shared->done.load() >= rows; });
+  }
+  for (int64_t k = 0; k < outputs * width; ++k) {
+    double sum = 0.0;
+    for (const auto& total : shared->totals) sum += total[k];
+    out[k] = static_cast<float>(sum);
+  }
+}
+
+// BatchNorm statistics in one pass: sums (2, C) = [sum x, sum x^2] over every axis but the last.
+ffi::Error BatchSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                     ffi::ResultBuffer<ffi::F32> sums) {
+  const auto xd = x.dimensions(), sd = sums->dimensions();
+  if (xd.size() < 1 || sd.size() != 2 || sd[0] != 2 || sd[1] != xd[xd.size() - 1]) {
+    return ffi::Error::InvalidArgument("fkd batch sums: expected (..., C) -> (2, C)");
+  }
+  const int64_t c = xd[xd.size() - 1], rows = c == 0 ? 0 : x.element_count() / c;
+  const float* data = x.typed_data();
+  RowSums(pool, rows, c, 2, [data, c](int64_t r0, int64_t r1, float* acc) {
+    float* __restrict s = acc;
+    float* __restrict s2 = acc + c;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict v = data + r * c;
+      for (int64_t q = 0; q < c; ++q) {
+        s[q] += v[q];
+        s2[q] += v[q] * v[q];
+      }
+    }
+  }, sums->typed_data());
+  return ffi::Error::Success();
+}
+
+// The two channel sums of BatchNorm's backward pass in one pass over dY and X, the activation's
+// derivative recomputed: g = act'(a (x - mean) + b) * dy; sums (2, C) = [sum g, sum g (x - mean)].
+// activation: 0 none, 1 ReLU, 2 ReLU6, 3 swish.
+template <int Activation>
+void GradSumsRows(const float* __restrict dy, const float* __restrict x,
+                  const float* __restrict mean, const float* __restrict a,
+                  const float* __restrict b, int64_t c, int64_t r0, int64_t r1,
+                  float* __restrict acc) {
+  float* __restrict sg = acc;
+  float* __restrict sgx = acc + c;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* __restrict gv = dy + r * c;
+    const float* __restrict xv = x + r * c;
+    for (int64_t q = 0; q < c; ++q) {
+      const float centred = xv[q] - mean[q];
+      const float pre = centred * a[q] + b[q];
+      float g = gv[q];
+      if (Activation == 1) g = pre > 0.f ? g : 0.f;
+      if (Activation == 2) g = ((pre > 0.f) & (pre < 6.f)) ? g : 0.f;  // & keeps it branch-free
+      if (Activation == 3) {
+        const float sig = 1.0f / (1.0f + Exp(-pre));
+        g *= sig * (1.0f + pre * (1.0f - sig));
+      }
+      sg[q] += g;
+      sgx[q] += g * centred;
+    }
+  }
+}
+
+ffi::Error BatchNormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                             ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
+                             ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                             ffi::ResultBuffer<ffi::F32> sums, int64_t activation) {
+  const auto xd = x.dimensions(), sd = sums->dimensions();
+  const int64_t c = xd.size() < 1 ? -1 : xd[xd.size() - 1];
+  if (c < 0 || dy.element_count() != x.element_count() || sd.size() != 2 || sd[0] != 2 ||
+      sd[1] != c || mean.element_count() != c || a.element_count() != c ||
+      b.element_count() != c || activation < 0 || activation > 3) {
+    return ffi::Error::InvalidArgument(
+        "fkd batch-norm grad sums: expected dY, X (..., C), three (C,) and an activation 0-3");
+  }
+  const int64_t rows = c == 0 ? 0 : x.element_count() / c;
+  const float *g = dy.typed_data(), *xs = x.typed_data(), *m = mean.typed_data(),
+              *av = a.typed_data(), *bv = b.typed_data();
+  std::function<void(int64_t, int64_t, float*)> block;
+  switch (activation) {
+    case 0: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<0>(g, xs, m, av, bv, c, r0, r1, acc); }; break;
+    case 1: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<1>(g, xs, m, av, bv, c, r0, r1, acc); }; break;
+    case 2: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<2>(g, xs, m, av, bv, c, r0, r1, acc); }; break;
+    default: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<3>(g, xs, m, av, bv, c, r0, r1, acc); };
+  }
+  RowSums(pool, rows, c, 2, std::move(block), sums->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FkdBatchSums, BatchSums,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FkdBatchNormGradSums, BatchNormGradSums,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("activation"));
