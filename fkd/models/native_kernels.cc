@@ -30,6 +30,47 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// Runs body(worker, begin, end) over [0, n) in chunks of `chunk`, shared between the calling thread
+// and up to `tasks` pool tasks; returns when every chunk is done. `worker` (0 .. tasks) is the
+// participant's index, for per-thread partial results. The state outlives the call (shared_ptr):
+// a task that starts after the work is done finds nothing left and touches nothing else.
+struct ParallelState {
+  int64_t n, chunk;
+  std::function<void(int64_t, int64_t, int64_t)> body;
+  std::atomic<int64_t> next{0}, done{0}, workers{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void Work() {
+    const int64_t worker = workers.fetch_add(1);
+    for (int64_t begin; (begin = next.fetch_add(chunk)) < n;) {
+      const int64_t end = std::min(n, begin + chunk);
+      body(worker, begin, end);
+      if (done.fetch_add(end - begin) + (end - begin) == n) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t chunk, int64_t tasks,
+                 std::function<void(int64_t, int64_t, int64_t)> body) {
+  auto state = std::make_shared<ParallelState>();
+  state->n = n;
+  state->chunk = std::max<int64_t>(1, chunk);
+  state->body = std::move(body);
+  for (int64_t t = 0; t < tasks; ++t) pool.Schedule([state] { state->Work(); });
+  state->Work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() >= n; });
+}
+
+// Pool tasks worth starting for `chunks` chunks of work (the calling thread takes one share).
+int64_t TasksFor(ffi::ThreadPool& pool, int64_t chunks) {
+  return std::max<int64_t>(0, std::min(pool.num_threads(), chunks - 1));
+}
+
 // Every kernel here: two float32 operands, one float32 result, the stride and the top/left pads.
 auto Binding() {
   return ffi::Ffi::Bind()
@@ -88,30 +129,6 @@ void AddImage(const Geometry& g, const float* x, const float* dy, int64_t n, dou
   }
 }
 
-// Work shared between the calling thread and pool tasks; tasks that start after the work is done
-// find nothing left (the state outlives the call through shared_ptr).
-struct Shared {
-  Geometry g;
-  const float* x;
-  const float* dy;
-  std::atomic<int64_t> next{0}, done{0}, slot{0};
-  std::vector<std::vector<double>> totals;
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Work() {
-    const int64_t id = slot.fetch_add(1);
-    std::vector<double>& total = totals[id];
-    for (int64_t n; (n = next.fetch_add(1)) < g.b;) {
-      AddImage(g, x, dy, n, total.data());
-      if (done.fetch_add(1) + 1 == g.b) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dk, int64_t stride, int64_t pad_top,
                       int64_t pad_left) {
@@ -125,22 +142,17 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument("fkd depthwise kernel grad: shapes do not agree");
   }
   const int64_t size = g.kh * g.kw * g.c;
-  const int64_t tasks = std::max<int64_t>(0, std::min(pool.num_threads(), g.b - 1));
-  auto shared = std::make_shared<Shared>();
-  shared->g = g;
-  shared->x = x.typed_data();
-  shared->dy = dy.typed_data();
-  shared->totals.assign(tasks + 1, std::vector<double>(size, 0.0));
-  for (int64_t t = 0; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  {
-    std::unique_lock<std::mutex> lock(shared->mu);
-    shared->cv.wait(lock, [&] { return shared->done.load() >= g.b; });
-  }
+  const int64_t tasks = TasksFor(pool, g.b);
+  // One float64 total per participant (the partial sums of its images); summed below.
+  std::vector<std::vector<double>> totals(tasks + 1, std::vector<double>(size, 0.0));
+  const float *xs = x.typed_data(), *dys = dy.typed_data();
+  ParallelFor(pool, g.b, 1, tasks, [g, xs, dys, &totals](int64_t worker, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) AddImage(g, xs, dys, n, totals[worker].data());
+  });
   float* out = dk->typed_data();
   for (int64_t k = 0; k < size; ++k) {
     double sum = 0.0;
-    for (const auto& total : shared->totals) sum += total[k];
+    for (const auto& total : totals) sum += total[k];
     out[k] = static_cast<float>(sum);
   }
   return ffi::Error::Success();
@@ -382,45 +394,14 @@ void ConvRows(const Conv& p, const float* in, const float* k, float* out, int64_
   ForwardRows(p, in, k, out, r0, r1);
 }
 
-// Rows of the output shared out over the pool in chunks; the caller takes part (see Shared).
-struct SharedRows {
-  Conv p;
-  const float* in;
-  const float* k;
-  float* out;
-  int64_t rows, chunk;
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Work() {
-    for (int64_t r0; (r0 = next.fetch_add(chunk)) < rows;) {
-      const int64_t r1 = std::min(rows, r0 + chunk);
-      ConvRows(p, in, k, out, r0, r1);
-      if (done.fetch_add(r1 - r0) + (r1 - r0) == rows) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
+// Output rows shared out over the pool, a few chunks per participant.
 ffi::Error RunConv(ffi::ThreadPool& pool, const Conv& p, const float* in, const float* k,
                    float* out) {
   const int64_t rows = p.b * p.oh;
-  auto shared = std::make_shared<SharedRows>();
-  shared->p = p;
-  shared->in = in;
-  shared->k = k;
-  shared->out = out;
-  shared->rows = rows;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  shared->chunk = std::max<int64_t>(1, rows / (4 * (threads + 1)));
-  const int64_t tasks = std::min(threads, (rows + shared->chunk - 1) / shared->chunk - 1);
-  for (int64_t t = 0; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->cv.wait(lock, [&] { return shared->done.load() >= rows; });
+  const int64_t chunk = std::max<int64_t>(1, rows / (4 * (threads + 1)));
+  ParallelFor(pool, rows, chunk, TasksFor(pool, (rows + chunk - 1) / chunk),
+              [p, in, k, out](int64_t, int64_t r0, int64_t r1) { ConvRows(p, in, k, out, r0, r1); });
   return ffi::Error::Success();
 }
 
@@ -496,55 +477,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FkdDepthwiseInputGrad, InputGrad, Binding());
 
 namespace {
 
-// Per-channel sums over the rows of (rows, C) tensors, shared out over the pool in blocks of rows:
-// float32 within a block, float64 across blocks and threads. `Block(r0, r1, acc)` adds its sums
-// for rows [r0, r1) into acc (outputs x C floats, zeroed).
-struct SharedSums {
-  int64_t rows, width, outputs, chunk;
-  std::function<void(int64_t, int64_t, float*)> block;
-  std::atomic<int64_t> next{0}, done{0}, slot{0};
-  std::vector<std::vector<double>> totals;
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Work() {
-    std::vector<double>& total = totals[slot.fetch_add(1)];
-    std::vector<float> acc(outputs * width);
-    for (int64_t r0; (r0 = next.fetch_add(chunk)) < rows;) {
-      const int64_t r1 = std::min(rows, r0 + chunk);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      block(r0, r1, acc.data());
-      for (size_t k = 0; k < acc.size(); ++k) total[k] += acc[k];
-      if (done.fetch_add(r1 - r0) + (r1 - r0) == rows) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
+// Per-channel sums over the rows of (rows, C) tensors, shared out over the pool in blocks of 128
+// rows: float32 within a block, float64 across blocks and threads. `block(r0, r1, acc)` adds its
+// sums for rows [r0, r1) into acc (outputs x C floats, zeroed).
 void RowSums(ffi::ThreadPool& pool, int64_t rows, int64_t width, int64_t outputs,
-             std::function<void(int64_t, int64_t, float*)> block, float* out) {
-  auto shared = std::make_shared<SharedSums>();
-  shared->rows = rows;
-  shared->width = width;
-  shared->outputs = outputs;
-  shared->chunk = 128;
-  shared->block = std::move(block);
-  const int64_t blocks = (rows + shared->chunk - 1) / shared->chunk;
-  const int64_t tasks = std::max<int64_t>(0, std::min(pool.num_threads(), blocks - 1));
-  shared->totals.assign(tasks + 1, std::vector<double>(outputs * width, 0.0));
-  for (int64_t t = 0; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  {
-    std::unique_lock<std::mutex> lock(shared->mu);
-    shared->cv.wait(lock, [&] { return shared->done.load() >= rows; });
-  }
-  for (int64_t k = 0; k < outputs * width; ++k) {
+             const std::function<void(int64_t, int64_t, float*)>& block, float* out) {
+  constexpr int64_t kChunk = 128;
+  const int64_t size = outputs * width, tasks = TasksFor(pool, (rows + kChunk - 1) / kChunk);
+  std::vector<std::vector<double>> totals(tasks + 1, std::vector<double>(size, 0.0));
+  ParallelFor(pool, rows, kChunk, tasks,
+              [&block, &totals, size](int64_t worker, int64_t r0, int64_t r1) {
+                std::vector<float> acc(size, 0.f);
+                block(r0, r1, acc.data());
+                std::vector<double>& total = totals[worker];
+                for (int64_t k = 0; k < size; ++k) total[k] += acc[k];
+              });
+  for (int64_t k = 0; k < size; ++k) {
     double sum = 0.0;
-    for (const auto& total : shared->totals) sum += total[k];
+    for (const auto& total : totals) sum += total[k];
     out[k] = static_cast<float>(sum);
   }
+}
+
+int64_t Count(const ffi::Buffer<ffi::F32>& buffer) {
+  return static_cast<int64_t>(buffer.element_count());
 }
 
 // BatchNorm statistics in one pass: sums (2, C) = [sum x, sum x^2] over every axis but the last.
@@ -554,7 +510,7 @@ ffi::Error BatchSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (xd.size() < 1 || sd.size() != 2 || sd[0] != 2 || sd[1] != xd[xd.size() - 1]) {
     return ffi::Error::InvalidArgument("fkd batch sums: expected (..., C) -> (2, C)");
   }
-  const int64_t c = xd[xd.size() - 1], rows = c == 0 ? 0 : x.element_count() / c;
+  const int64_t c = xd[xd.size() - 1], rows = c == 0 ? 0 : Count(x) / c;
   const float* data = x.typed_data();
   RowSums(pool, rows, c, 2, [data, c](int64_t r0, int64_t r1, float* acc) {
     float* __restrict s = acc;
@@ -606,12 +562,12 @@ ffi::Error BatchNormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
   const auto xd = x.dimensions(), sd = sums->dimensions();
   const int64_t c = xd.size() < 1 ? -1 : xd[xd.size() - 1];
   if (c < 0 || dy.element_count() != x.element_count() || sd.size() != 2 || sd[0] != 2 ||
-      sd[1] != c || mean.element_count() != c || a.element_count() != c ||
-      b.element_count() != c || activation < 0 || activation > 3) {
+      sd[1] != c || Count(mean) != c || Count(a) != c || Count(b) != c || activation < 0 ||
+      activation > 3) {
     return ffi::Error::InvalidArgument(
         "fkd batch-norm grad sums: expected dY, X (..., C), three (C,) and an activation 0-3");
   }
-  const int64_t rows = c == 0 ? 0 : x.element_count() / c;
+  const int64_t rows = c == 0 ? 0 : Count(x) / c;
   const float *g = dy.typed_data(), *xs = x.typed_data(), *m = mean.typed_data(),
               *av = a.typed_data(), *bv = b.typed_data();
   std::function<void(int64_t, int64_t, float*)> block;
@@ -621,7 +577,7 @@ ffi::Error BatchNormGradSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
     case 2: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<2>(g, xs, m, av, bv, c, r0, r1, acc); }; break;
     default: block = [=](int64_t r0, int64_t r1, float* acc) { GradSumsRows<3>(g, xs, m, av, bv, c, r0, r1, acc); };
   }
-  RowSums(pool, rows, c, 2, std::move(block), sums->typed_data());
+  RowSums(pool, rows, c, 2, block, sums->typed_data());
   return ffi::Error::Success();
 }
 
