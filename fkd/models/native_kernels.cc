@@ -71,6 +71,15 @@ int64_t TasksFor(ffi::ThreadPool& pool, int64_t chunks) {
   return std::max<int64_t>(0, std::min(pool.num_threads(), chunks - 1));
 }
 
+// out[k] = the sum over participants of their float64 partial totals[worker][k], as float32.
+void SumTotals(const std::vector<std::vector<double>>& totals, float* out) {
+  for (size_t k = 0; k < totals[0].size(); ++k) {
+    double sum = 0.0;
+    for (const auto& total : totals) sum += total[k];
+    out[k] = static_cast<float>(sum);
+  }
+}
+
 // Every kernel here: two float32 operands, one float32 result, the stride and the top/left pads.
 auto Binding() {
   return ffi::Ffi::Bind()
@@ -149,12 +158,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   ParallelFor(pool, g.b, 1, tasks, [g, xs, dys, &totals](int64_t worker, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) AddImage(g, xs, dys, n, totals[worker].data());
   });
-  float* out = dk->typed_data();
-  for (int64_t k = 0; k < size; ++k) {
-    double sum = 0.0;
-    for (const auto& total : totals) sum += total[k];
-    out[k] = static_cast<float>(sum);
-  }
+  SumTotals(totals, dk->typed_data());
   return ffi::Error::Success();
 }
 
@@ -205,6 +209,9 @@ inline float Exp(float x) {
   return p * scale;
 }
 
+// swish(v) = v * sigmoid(v).
+inline float Swish(float v) { return v / (1.0f + Exp(-v)); }
+
 // out[x, c] = swish(out[x, c] + bias[c]) over one output row; sums[c] = its per-channel sum.
 void BiasSwishRow(const Conv& p, float* __restrict out, float* __restrict sums) {
   const float* __restrict bias = p.bias;
@@ -213,8 +220,7 @@ void BiasSwishRow(const Conv& p, float* __restrict out, float* __restrict sums) 
   for (int64_t x = 0; x < width; ++x) {
     float* __restrict o = out + x * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float v = o[c] + bias[c];
-      const float y = v / (1.0f + Exp(-v));
+      const float y = Swish(o[c] + bias[c]);
       o[c] = y;
       sums[c] += y;
     }
@@ -274,8 +280,7 @@ void SwishInputRow(const float* __restrict in, const float* __restrict bias, int
                    float* __restrict out) {
   for (int64_t x = 0; x < w; ++x) {
     for (int64_t q = 0; q < c; ++q) {
-      const float v = in[x * c + q] + bias[q];
-      out[x * c + q] = v / (1.0f + Exp(-v));
+      out[x * c + q] = Swish(in[x * c + q] + bias[q]);
     }
   }
 }
@@ -485,18 +490,16 @@ void RowSums(ffi::ThreadPool& pool, int64_t rows, int64_t width, int64_t outputs
   constexpr int64_t kChunk = 128;
   const int64_t size = outputs * width, tasks = TasksFor(pool, (rows + kChunk - 1) / kChunk);
   std::vector<std::vector<double>> totals(tasks + 1, std::vector<double>(size, 0.0));
+  std::vector<std::vector<float>> scratch(tasks + 1, std::vector<float>(size));  // per participant
   ParallelFor(pool, rows, kChunk, tasks,
-              [&block, &totals, size](int64_t worker, int64_t r0, int64_t r1) {
-                std::vector<float> acc(size, 0.f);
+              [&block, &totals, &scratch, size](int64_t worker, int64_t r0, int64_t r1) {
+                std::vector<float>& acc = scratch[worker];
+                std::fill(acc.begin(), acc.end(), 0.f);
                 block(r0, r1, acc.data());
                 std::vector<double>& total = totals[worker];
                 for (int64_t k = 0; k < size; ++k) total[k] += acc[k];
               });
-  for (int64_t k = 0; k < size; ++k) {
-    double sum = 0.0;
-    for (const auto& total : totals) sum += total[k];
-    out[k] = static_cast<float>(sum);
-  }
+  SumTotals(totals, out);
 }
 
 int64_t Count(const ffi::Buffer<ffi::F32>& buffer) {
