@@ -7,7 +7,8 @@ MobileFAN's stage 3 (64² = 4096 nodes, 128 student and 256 teacher channels, ba
   python benchmarks/affinity.py            # prints `memory ratio: <naive/gram>x`, `time ratio: ...`
   python benchmarks/affinity.py --n=1024   # smaller, quicker
 
-`gram` is fkd.affinity.affinity_mse (streamed custom VJP); `gram_plain` (normalise, Grams, autodiff)
+`gram` is fkd.losses.affinity.affinity_mse (streamed custom VJP); `gram_plain` (normalise,
+Grams, autodiff)
 is printed for reference. All forms are checked to agree before timing.
 """
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fkd import affinity
+from fkd.losses import affinity
 
 
 def compile_loss_and_grad(fn, fs, ft):

@@ -2,7 +2,8 @@
 
   python benchmarks/deconv.py [--batch 8] [--rounds 5]
 
-`fkd.models.fan.Deconv2x` (impl 'phases', what 'auto' picks on CPU) against the same module with
+`fkd.models.heatmap_net.Deconv2x` (impl 'phases', what 'auto' picks on CPU) against the same module
+with
 impl 'xla' (`lax.conv_transpose`, as `nn.ConvTranspose`), same parameters, forward + gradient with
 respect to input and kernel, at the decoder shapes of the heatmap networks: the k4/p1 ×2 stages of
 the Simple Baselines teacher (256 channels: 8² → 16² → 32² → 64² at 256² crops) and the k2 stages
@@ -25,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fkd.models import fan  # noqa: E402
+from fkd.models import heatmap_net as fan  # noqa: E402
 
 # (kernel, input side, channels in, channels out): teacher k4 stages, student k2 stages.
 SHAPES = [

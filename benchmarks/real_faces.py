@@ -251,8 +251,10 @@ def posthoc(
   shape and ASM projection on a PCA of the real training shapes), flip test-time augmentation
   and the average of the three models."""
   from configs import kd
-  from fkd import asm, metrics, predict
-  from fkd import input_pipeline as ip
+  from fkd.data import asm
+  from fkd.data import pipeline as ip
+  from fkd.evaluation import metrics
+  from fkd.serve import predict
 
   c = kd.get_config('300w,cpu')
   c.data.manual_dir, c.data.allow_partial, c.data.data_dir = str(manual), True, str(data_dir)
@@ -307,7 +309,7 @@ def gallery(
   """
   from PIL import Image, ImageDraw
 
-  from fkd import predict
+  from fkd.serve import predict
 
   test = manual / 'helen' / 'testset'
   boxes = {

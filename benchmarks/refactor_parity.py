@@ -1,4 +1,5 @@
-"""Bit-identical results.json of the tiny KD and tiny MobileFAN runs: this tree against a git ref.
+"""Bit-identical results.json of the tiny KD, MobileFAN and output_kd runs: this tree against a git
+ref.
 
   python benchmarks/refactor_parity.py [--ref=8bfd57e] [--workdir=/tmp/fkd-parity]
 
@@ -25,6 +26,7 @@ JOBS = {
     '--config.teacher_train.num_steps=6',
   ],
   'mobilefan': ['--config=configs/mobilefan.py:tiny,baseline'],
+  'output_kd': ['--config=configs/output_kd.py:tiny'],
 }
 
 

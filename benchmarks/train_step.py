@@ -24,7 +24,8 @@ Keras' default `jit_compile='auto'` (which means no XLA on a CPU-only machine: T
 graph runtime with its oneDNN kernels) unless `--keras-jit` says otherwise.
 
 The benchmark calls `fkd.cli.start()` before JAX initialises, as `python -m fkd.main` does, so the
-CPU process settings (`fkd/runtime.py`: synchronous CPU dispatch, glibc malloc that keeps freed
+CPU process settings (`fkd/infra/runtime.py`: synchronous CPU dispatch, glibc malloc that keeps
+freed
 memory) are in effect, as in training; the header line says so. `FKD_CPU_TUNING=0` measures
 without them.
 
@@ -60,8 +61,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fkd import cli, config_lib, heads, inference, losses, methods, runtime, train  # noqa: E402
+from fkd import cli, config_lib, heads, inference, methods  # noqa: E402
+from fkd.infra import runtime
+from fkd.losses import kd_loss as losses
 from fkd.models import layers, native  # noqa: E402
+from fkd.training import trainer as train
 
 STAGES = {'student': 'student_baseline', 'teacher': 'teacher_tough', 'kd': 'student_kd'}
 KINDS = (*STAGES, 'fold')

@@ -4,7 +4,7 @@ Two stages in one command: the teacher on Gaussian heatmaps, then the EfficientF
 (EfficientNet-B0 encoder, three bilinear ×2 + 3x3 conv stages, 1x1 head) with heatmap MSE +
 feature-aligned (λ 0.01) + multiscale patch-similarity (λ 0.01) distillation (method.md §4, §6;
 the paper's decoder, teacher and weights are unknown, §9 #13–17). Hyper-parameters live in
-fkd/fan_config.py with comments citing method.md.
+fkd/methods/fan/recipe.py with comments citing method.md.
 
 Embedded synthetic dataset, CPU-sized:
   python -m fkd.main --config=configs/efficientfan.py --workdir=runs/efficientfan
@@ -16,8 +16,8 @@ Paper scale (256², ResNet-50 teacher; needs `resnet50` in fkd.models):
 Args: as configs/mobilefan.py.
 """
 
-from fkd import fan_config
 from fkd.config_lib import parse_arg
+from fkd.methods.fan import recipe as fan_config
 
 
 def get_config(arg: str | None = None):

@@ -10,8 +10,8 @@ Trains only the `teacher` stage into WORKDIR/teacher. Both students can then dis
 Args: as configs/mobilefan.py (synthetic | 300w | wflw | cofw, runlocal, tiny).
 """
 
-from fkd import fan_config
 from fkd.config_lib import parse_arg
+from fkd.methods.fan import recipe as fan_config
 
 
 def get_config(arg: str | None = None):

@@ -17,7 +17,8 @@ build included, sized for a 2-core CPU (README "Real faces on a CPU"):
       --config.data.manual_dir=/data/300W --config.data.allow_partial=True
   Design decision: synthetic pretraining runs *inside* this command, as a pre-stage on the
   embedded synthetic_faces (built on first use, no download) into <workdir>/pretrain/, and every
-  real stage starts from it (fkd/pretrain.py). A cached checkpoint would not exist on a fresh
+  real stage starts from it (fkd/training/prestage.py). A cached checkpoint would not exist on a
+  fresh
   machine; the pre-stage is paid for within the budget. `--config.pretrain.dataset=` turns it
   off; a hand-set `init_from` replaces it. Eval splits that a partial download lacks (e.g.
   `challenging`) are dropped with a note.

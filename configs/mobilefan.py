@@ -3,7 +3,7 @@
 Two stages in one command: the teacher on Gaussian heatmaps, then the MobileFAN student (MobileNetV2
 encoder, three k2 s2 deconvolutions, 1x1 head) with heatmap MSE + feature-aligned (λ 0.01) +
 feature-similarity (pixel affinity, λ 0.01) distillation (method.md §4–5). Hyper-parameters live in
-fkd/fan_config.py with comments citing method.md.
+fkd/methods/fan/recipe.py with comments citing method.md.
 
 Embedded synthetic dataset, CPU-sized:
   python -m fkd.main --config=configs/mobilefan.py --workdir=runs/mobilefan
@@ -16,8 +16,8 @@ Args (comma-separated): synthetic (default) | 300w | wflw | cofw; runlocal; tiny
 baseline (also train `student_baseline`, the student with the heatmap MSE alone).
 """
 
-from fkd import fan_config
 from fkd.config_lib import parse_arg
+from fkd.methods.fan import recipe as fan_config
 
 
 def get_config(arg: str | None = None):

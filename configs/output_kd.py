@@ -1,4 +1,4 @@
-"""Output distillation, the plain regression-KD baseline (fkd/methods/output_kd.py).
+"""Output distillation, the plain regression-KD baseline (fkd/methods/output_kd/method.py).
 
 The Tough teacher of KD-Loss (same network, data and budget as configs/kd.py), then the same
 MobileNetV2 student trained on (1 − α)·MSE(ground truth) + α·MSE(teacher output). Reuse a KD-Loss

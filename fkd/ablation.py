@@ -6,7 +6,8 @@ For each seed s (config.seed + 0 … N−1) it trains the method's teachers once
 (`config.teacher_*_ckpt` / `config.teacher_ckpt`). Every student row trains the same network on
 the same data for the same budget, from the same initialisation and batch order (one stage seed for
 all student rows of a seed); rows differ only in their config overrides. Each run is one
-`fkd.train.run(config, workdir)` and is scored by its own `results.json`; a run whose stages are
+`fkd.training.trainer.run(config, workdir)` and is scored by its own `results.json`; a run whose
+stages are
 finished and whose results.json exists is skipped, so rerunning the command resumes.
 
 It writes `DIR/ablation.json`:
@@ -36,8 +37,10 @@ from typing import Any
 
 import ml_collections
 
-from fkd import inference, methods, pretrain, train
+from fkd import inference, methods
 from fkd.errors import FkdError
+from fkd.training import prestage as pretrain
+from fkd.training import trainer as train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,7 @@ def kd_rows(config: Any) -> dict[str, Row]:
     'output_kd': Row(
       'student_output_kd',
       'plain output distillation from the Tough teacher, '
-      '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd.py)',
+      '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd/method.py)',
       {'method': 'output_kd', 'output_kd': {'alpha': 0.5}},
       extra=True,
     ),

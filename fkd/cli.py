@@ -1,8 +1,9 @@
 """What every `python -m fkd.<tool>` shares: start-up, config flags, `fkd: error:` one-liners.
 
 Entry points call `run(main, ...)`: it switches on the CPU tuning and the persistent compilation
-cache (`fkd.runtime`) and, for tools that take part in multi-host runs, the distributed start-up
-(`fkd.distributed`) before JAX starts. Then one exit convention for every tool (`report`):
+cache (`fkd.infra.runtime`) and, for tools that take part in multi-host runs, the distributed
+start-up
+(`fkd.infra.distributed`) before JAX starts. Then one exit convention for every tool (`report`):
 
 - 0: done;
 - 2: a user error (`FkdError`, a bad flag, or an I/O error of the user's files such as a full
@@ -76,13 +77,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def start(distributed: bool = False) -> None:
   """Process settings an entry point opts into, before JAX initialises its backends: the CPU
-  tuning and the persistent compilation cache (`fkd.runtime`)."""
-  from fkd import runtime
+  tuning and the persistent compilation cache (`fkd.infra.runtime`)."""
+  from fkd.infra import runtime
 
   runtime.configure()
   runtime.enable_compilation_cache()
   if distributed:
-    from fkd import distributed as dist
+    from fkd.infra import distributed as dist
 
     dist.maybe_initialize()
 

@@ -7,7 +7,7 @@ stage (unit tests, notebooks' smoke runs); `key=value` items set other options.
 
 Blocks: `common` (seed, method, stages, data, eval: every method), `regression_base` (+ student,
 teacher, losses and optimizers of the regression methods), `kd_base` (+ ASM and KD-Loss). The
-heatmap methods build on `common` in `fkd/fan_config.py`.
+heatmap methods build on `common` in `fkd/methods/fan/recipe.py`.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def regression_base(
   # method.md §2.4: MobileNetV2 1.0 student, GAP -> Dense(2N), random init, no dropout.
   # `init_from` (student and teacher): an fkd checkpoint directory to start from, e.g. ImageNet
   # weights converted by `python -m fkd.tools.import_weights` (method.md §2.4: "fkd default:
-  # random init; option: ImageNet init"); None = random init. See fkd/pretrained.py.
+  # random init; option: ImageNet init"); None = random init. See fkd/training/init_from.py.
   c.student = ml_collections.ConfigDict(
     dict(
       name='mobilenet_v2',
@@ -263,7 +263,8 @@ def cpu_real(c: ml_collections.ConfigDict, dataset: str, runlocal: bool) -> None
   """Turns a real-dataset config into the CPU-sized real-face preset, in place.
 
   The three KD-Loss stages at 96², MobileNetV2 teachers and student, all started from networks
-  pretrained on the embedded synthetic_faces by a pre-stage inside the same run (fkd/pretrain.py),
+  pretrained on the embedded synthetic_faces by a pre-stage inside the same run
+  (fkd/training/prestage.py),
   because on ~100 real faces the networks learn nothing that transfers from scratch. Every value
   below was measured on held-out real faces (benchmarks/real_faces.py, README "Real faces").
   """
@@ -286,7 +287,8 @@ def cpu_real(c: ml_collections.ConfigDict, dataset: str, runlocal: bool) -> None
   # Start from the pre-stage's checkpoints with their head: synthetic_faces has the 300W points.
   c.student.init_skip = ()
   c.teacher.init_skip = ()
-  # The synthetic pre-stage (fkd/pretrain.py). Measured on held-out real faces (helen0): without
+  # The synthetic pre-stage (fkd/training/prestage.py). Measured on held-out real faces (helen0):
+  # without
   # it the student is worse than the mean shape (19.7 % vs 16.8 %), with it 9.4 %.
   c.pretrain = ml_collections.ConfigDict(
     dict(

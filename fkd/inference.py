@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fkd import checkpoint, heads, methods, models
+from fkd import heads, methods, models
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
 
 
 def make_model(name: str, kwargs: dict[str, Any], head: heads.Head, num_landmarks: int):

@@ -1,6 +1,7 @@
 """Command line: `python -m fkd.main --config=configs/kd.py[:ARG] --workdir=DIR [--config.x=y]`.
 
-Only parses flags and hands over to `fkd.train.run`; notebooks call that function directly
+Only parses flags and hands over to `fkd.training.trainer.run`; notebooks call that function
+directly
 (after `fkd.cli.start()`, which switches on the CPU tuning).
 """
 
@@ -12,7 +13,7 @@ from fkd import cli
 
 
 def main(argv: list[str]) -> None:
-  from fkd import train
+  from fkd.training import trainer as train
 
   try:
     train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)

@@ -10,8 +10,9 @@ from conftest import REPO, tiny_kd_config
 
 from configs import efficientfan, mobilefan
 from configs import kd as kd_config
-from fkd import ablation, inference, methods, train
+from fkd import ablation, inference, methods
 from fkd.errors import FkdError
+from fkd.training import trainer as train
 
 KD_ROWS = (
   'teacher_tough',
@@ -234,7 +235,7 @@ def test_absent_teacher_is_a_zero_weight_teacher():
   import jax
   import jax.numpy as jnp
 
-  from fkd import losses
+  from fkd.losses import kd_loss as losses
 
   p, g, a, s = jax.random.normal(jax.random.key(0), (4, 2, 12)) * 0.1
   for kw, tough, tolerant in (

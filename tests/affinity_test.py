@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fkd import affinity
 from fkd.errors import FkdError
-from fkd.models import fan
+from fkd.losses import affinity
+from fkd.models import heatmap_net as fan
 
 
 def test_cosine_affinity_hand_value():

@@ -1,4 +1,4 @@
-"""Tests for fkd.asm (method.md §2.3)."""
+"""Tests for fkd.data.asm (method.md §2.3)."""
 
 import glob
 import os
@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from fkd import asm
+from fkd.data import asm
 
 # Hand-computed case: 3 shapes of 2 points (2N = 4). The centred rows are combinations of the
 # orthonormal directions e1 = (1, 1, 0, 0)/√2 and e2 = (0, 0, 1, -1)/√2 with orthogonal coefficient

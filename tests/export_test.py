@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from fkd import export, inference, predict
+from fkd import inference
 from fkd.errors import FkdError
+from fkd.serve import export, predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_TF = importlib.util.find_spec('tensorflow') is not None

@@ -112,7 +112,7 @@ def test_deconv_phases_equal_conv_transpose(k):
   # (method.md §8), against the CPU phase form, in value and kernel gradient.
   import flax.linen as nn
 
-  from fkd.models.fan import Deconv2x
+  from fkd.models.heatmap_net import Deconv2x
 
   x = jnp.asarray(np.random.default_rng(k).normal(size=(2, 5, 4, 3)), jnp.float32)
   ref = nn.ConvTranspose(

@@ -9,8 +9,9 @@ import pytest
 
 from configs import efficientfan as efficientfan_config
 from configs import mobilefan as mobilefan_config
-from fkd import checkpoint, train
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
+from fkd.training import trainer as train
 
 
 def _config(module, data_dir, arg='tiny'):
@@ -113,7 +114,7 @@ def test_paper_configs_build():
 
 
 def test_predictor_decodes_heatmaps(mobilefan_run):
-  from fkd import predict
+  from fkd.serve import predict
 
   workdir, results = mobilefan_run
   predictor = predict.Predictor(os.path.join(workdir, 'student_distill'))

@@ -140,7 +140,7 @@ def test_frozen_apply_in_chunks_equals_one_call(monkeypatch):
   """The train step runs frozen teachers a few images at a time on CPU (`train.frozen_apply`):
   the same outputs and features as one call on the batch, and the chunked path is really taken
   (a `lax.map` loop) when the chunk divides the batch, not otherwise."""
-  from fkd import train
+  from fkd.training import trainer as train
 
   model = MODELS['efficientnet']
   folded, variables = fold.fold_batch_norm(model, _trained_like(model))

@@ -133,7 +133,7 @@ def test_crop_pixels_align_with_landmarks_under_jpeg_draft():
 
 
 def test_fit_pcas_equals_separate_fits():
-  from fkd import asm
+  from fkd.data import asm
 
   x = np.random.default_rng(0).normal(size=(200, 20, 2)) * np.linspace(3, 0.1, 40).reshape(20, 2)
   models = face_builder.fit_pcas(x, face_builder.ASM_ACCS)

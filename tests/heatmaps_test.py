@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fkd import heatmaps as hm
 from fkd.errors import FkdError
+from fkd.heads import heatmaps as hm
 
 
 def test_render_hand_values():

@@ -130,7 +130,7 @@ def lock_of(pid_of: Callable[[], int]) -> Callable[[pathlib.Path, pathlib.Path],
   """{tmp}/w/.lock naming the process `pid_of()` on this host."""
 
   def setup(tmp: pathlib.Path, run: pathlib.Path) -> None:
-    from fkd import workdir
+    from fkd.infra import workdir
 
     pid = pid_of()
     (tmp / 'w').mkdir(exist_ok=True)
@@ -162,7 +162,7 @@ def set_aside(stage: str) -> Callable[[pathlib.Path], None]:
 
 def exported(tmp: pathlib.Path, run: pathlib.Path) -> None:
   """An earlier export of the copied run, at the default place."""
-  from fkd import export
+  from fkd.serve import export
 
   export.export(str(tmp / 'w'), batch=1)
 
@@ -173,7 +173,7 @@ def lock_gone(tmp: pathlib.Path) -> None:
 
 def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
   """The first report written fails as a full disk does under Orbax / asyncio (wrapped)."""
-  from fkd import metric_writer
+  from fkd.infra import metric_writer
 
   def full(*args, **kwargs):
     try:
@@ -185,7 +185,7 @@ def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
-  from fkd import metric_writer
+  from fkd.infra import metric_writer
 
   def denied(*args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), 'eval.jsonl')
@@ -938,7 +938,7 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 400) -> None:
 def test_ctrl_c_saves_a_checkpoint_and_a_second_run_is_locked_out(data_dir, tmp_path):
   """A live run holds the lock (a second run stops at once), and Ctrl-C (SIGINT) stops it with
   exit 130 after a checkpoint at the step it reached, which the rerun resumes from."""
-  from fkd import checkpoint
+  from fkd.infra import checkpoint
 
   workdir = tmp_path / 'w'
   command = [
@@ -988,7 +988,7 @@ def test_a_bug_in_fkd_shows_its_traceback_and_says_so(capsys):
 def test_lock_of_a_reused_pid_is_stale(tmp_path, capsys):
   """A lock whose pid now belongs to another process (another start time) is taken over; this
   process's own lock is re-entrant, and released on the way out."""
-  from fkd import workdir
+  from fkd.infra import workdir
 
   lock = tmp_path / '.lock'
   host = __import__('socket').gethostname()
@@ -1005,7 +1005,7 @@ def test_lock_of_a_reused_pid_is_stale(tmp_path, capsys):
 
 
 def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
-  from fkd import metric_writer
+  from fkd.infra import metric_writer
 
   path = tmp_path / 'metrics.jsonl'
   path.write_text(''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (1, 8, 16, 24)))

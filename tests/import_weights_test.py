@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from fkd import checkpoint, models
+from fkd import models
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
 from fkd.tools import import_weights as iw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +214,9 @@ def test_converted_checkpoint_loads_into_the_paper_configs(tmp_path, who, arch):
   """The paper configs' teacher (EfficientNet-B3) and student (MobileNetV2 1.0) take a converted
   Keras checkpoint through `init_from` (training from it: pretrained_test.py)."""
   from configs import kd as kd_config
-  from fkd import methods, pretrained, train
+  from fkd import methods
+  from fkd.training import init_from as pretrained
+  from fkd.training import trainer as train
 
   variables = _fkd_variables(arch, 1000)
   src = str(tmp_path / f'{arch}.weights.h5')

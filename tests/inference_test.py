@@ -4,8 +4,9 @@ import conftest
 import numpy as np
 import pytest
 
-from fkd import checkpoint, inference
+from fkd import inference
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
 
 OLD_KEYS = (
   'stage',
@@ -48,7 +49,7 @@ def test_old_regression_checkpoint_predicts_the_same(run_dir, tmp_path):
 def test_fixture_models_see_their_input(run_dir, data_dir):
   # The predict / evaluate / export tests check parity on these models: their outputs must depend
   # on the image, by far more than those tests' tolerances (<= 2e-3 px).
-  from fkd import input_pipeline as ip
+  from fkd.data import pipeline as ip
 
   faces = ip.load(conftest.tiny_kd_config(data_dir), splits=('test',)).splits['test'].images[:4]
   for stage in ('student_kd', 'teacher_tough'):

@@ -346,7 +346,7 @@ def tiny_config(path: str, manual_dir, data_dir):
 
 
 def test_train_and_evaluate_68_points(real, tmp_path):
-  from fkd import train
+  from fkd.training import trainer as train
 
   tmp, _ = real
   config = tiny_config('configs/baseline.py', tmp / 'pts', tmp / 'tfds_e2e')
@@ -361,7 +361,8 @@ def test_train_and_evaluate_68_points(real, tmp_path):
 def test_train_and_evaluate_5_points(real, tmp_path):
   """Eye centres, nose tip, mouth corners (CSV), flip [1, 0, 2, 4, 3], inter-eye-centre NME; a
   heatmap method (MobileFAN) on it."""
-  from fkd import inference, train
+  from fkd import inference
+  from fkd.training import trainer as train
 
   tmp, splits = real
   root = tmp_path / 'five'
@@ -387,7 +388,7 @@ def test_train_and_evaluate_5_points(real, tmp_path):
 def test_cofw_29_points_coco(shared_data, tmp_path):
   """mmpose's real COFW test faces (COCO keypoints, 29 points, v = 1 occluded) as a folder with
   COFW's flip and inter-ocular normaliser: builds, keeps v, trains a tiny baseline."""
-  from fkd import train
+  from fkd.training import trainer as train
 
   src = shared_data / 'mmpose-tests-data' / 'cofw'
   root = tmp_path / 'cofw'
@@ -427,7 +428,7 @@ def test_cofw_29_points_coco(shared_data, tmp_path):
 def test_config_from_dataset_and_no_flip(tmp_path):
   """A `folder` config takes N, the eval splits and the normaliser from the built dataset; a
   null flip_permutation turns the flip augmentation off."""
-  from fkd import input_pipeline as ip
+  from fkd.data import pipeline as ip
 
   data = tiny_folder(tmp_path, 'pts', n=5, nme_normalizer=[[0, 1], 2])
   config = tiny_config('configs/kd.py', data, tmp_path / 'tfds')

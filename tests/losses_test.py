@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fkd import losses
+from fkd.losses import kd_loss as losses
 
 CODE = losses.KDParams.code()
 FIG = losses.KDParams.figure()

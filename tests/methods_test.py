@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fkd import config_lib, heads, methods, train
+from fkd import config_lib, heads, methods
 from fkd.errors import FkdError
+from fkd.training import trainer as train
 
 # One config per method (a new method adds its line here and its file in configs/).
 CONFIGS = {

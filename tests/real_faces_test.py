@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 from configs import kd as kd_config
-from fkd import checkpoint, input_pipeline, train
+from fkd.data import pipeline as input_pipeline
+from fkd.infra import checkpoint
+from fkd.training import trainer as train
 
 DUMMY = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
 

@@ -36,7 +36,8 @@ import jax
 import numpy as np
 import pytest
 
-from fkd import checkpoint, models
+from fkd import models
+from fkd.infra import checkpoint
 from fkd.tools import import_weights
 
 pytestmark = pytest.mark.reference

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from configs import baseline as baseline_config
-from fkd import checkpoint, inference, train
-from fkd import input_pipeline as ip
+from fkd import inference
+from fkd.data import pipeline as ip
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
+from fkd.training import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""fkd.runtime: entry points apply the CPU process settings (importing fkd does not); they stop
+"""fkd.infra.runtime: entry points apply the CPU process settings (importing fkd does not); they
+stop
 per-step page faults."""
 
 import json
@@ -10,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from fkd import runtime
+from fkd.infra import runtime
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,8 @@ import json, resource, sys
 if sys.argv[1] == 'jax_first':
   import jax; jax.devices()
 import fkd, jax, jax.numpy as jnp
-from fkd import cli, runtime
+from fkd import cli
+from fkd.infra import runtime
 if sys.argv[1] != 'import_only':
   cli.start()
 
@@ -78,7 +80,7 @@ def test_cpu_tuning_removes_page_faults():
 
 
 def test_malloc_settings_skipped_for_accelerators(monkeypatch):
-  from fkd import runtime
+  from fkd.infra import runtime
 
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
   assert runtime._accelerator_installed()
@@ -89,7 +91,8 @@ def test_malloc_settings_skipped_for_accelerators(monkeypatch):
 CACHE_PROBE = r"""
 import json
 import jax, jax.numpy as jnp
-from fkd import cli, runtime
+from fkd import cli
+from fkd.infra import runtime
 cli.start()
 jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((64, 64))).block_until_ready()
 print(json.dumps({'dir': jax.config.jax_compilation_cache_dir, **runtime.cache_status}))

@@ -1,11 +1,12 @@
-"""fkd.smoothing: the One Euro filter against hand-computed values, jitter reduction, tracking."""
+"""fkd.serve.smoothing: the One Euro filter against hand-computed values, jitter reduction,
+tracking."""
 
 import math
 
 import numpy as np
 import pytest
 
-from fkd import smoothing
+from fkd.serve import smoothing
 
 
 def test_alpha_hand_computed():

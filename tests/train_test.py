@@ -12,8 +12,10 @@ import tensorflow_datasets as tfds
 
 from configs import baseline as baseline_config
 from configs import kd as kd_config
-from fkd import checkpoint, inference, train
+from fkd import inference
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
+from fkd.training import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

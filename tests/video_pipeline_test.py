@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import box_calibration, detect, smoothing, video
+from fkd.serve import box_calibration, detect, smoothing, video
 
 pytest.importorskip('cv2')
 pytest.importorskip('dlib')

@@ -1,12 +1,13 @@
-"""fkd.video: a tiny synthetic video written with OpenCV and read back; broken and missing files."""
+"""fkd.serve.video: a tiny synthetic video written with OpenCV and read back; broken and missing
+files."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from fkd import video
 from fkd.errors import FkdError
+from fkd.serve import video
 
 pytest.importorskip('cv2')
 

@@ -13,7 +13,8 @@ import pytest
 from configs import kd as kd_config
 from configs import mobilefan as mobilefan_config
 from configs import output_kd as output_kd_config
-from fkd import affinity, methods
+from fkd import methods
+from fkd.losses import affinity
 
 # Two entries (one landmark, x and y) with ground truth 0, in pixel target space so the regression
 # targets are the landmark coordinates themselves. p: student, a: Tough, s: Tolerant.

@@ -39,8 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fkd import asm
-from fkd.data import augment, crops, schemes
+from fkd.data import asm, augment, crops, schemes
 from fkd.errors import FkdError
 
 ASM_ACCS = {'p80': 0.80, 'p85': 0.85, 'p90': 0.90, 'p95': 0.95, 'p97': 0.97}

@@ -79,7 +79,8 @@ class Scheme:
   inter_pupil: tuple[tuple[int, ...], tuple[int, ...]]
 
   def metadata(self) -> dict:
-    """Index sets in the form `fkd.metrics.normalising_distance` takes (ints or groups)."""
+    """Index sets in the form `fkd.evaluation.metrics.normalising_distance` takes (ints or
+    groups)."""
     pupil = [list(g) if len(g) > 1 else g[0] for g in self.inter_pupil]
     return {
       'inter_ocular': list(self.inter_ocular),

@@ -10,9 +10,9 @@ from typing import Any
 
 from fkd.errors import FkdError
 from fkd.methods.base import Frozen, LossFn, Method, Stage, stage_dir
-from fkd.methods.fan import HeatmapDistillation
-from fkd.methods.kd import KDLoss
-from fkd.methods.output_kd import OutputKD
+from fkd.methods.fan.method import HeatmapDistillation
+from fkd.methods.kd.method import KDLoss
+from fkd.methods.output_kd.method import OutputKD
 
 REGISTRY: dict[str, Method] = {
   'kd': KDLoss(),

@@ -1,4 +1,4 @@
-"""What a distillation method tells the generic trainer (`fkd.train`).
+"""What a distillation method tells the generic trainer (`fkd.training.trainer`).
 
 A method is a set of named stages. Each `Stage` says which model it trains on which head, with
 which optimizer config, and which other stages it distils from (`teachers`, by stage name). The

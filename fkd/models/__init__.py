@@ -2,7 +2,8 @@
 
 `get_model(name, **kwargs)` builds any backbone of `fkd.models.backbones` (regression / trunk
 models, `num_outputs=...`) or a heatmap network (`heatmap_net` and the presets of
-`fkd.models.fan.PRESETS`, `num_landmarks=...`). Lists in kwargs (as JSON checkpoint meta gives
+`fkd.models.heatmap_net.PRESETS`, `num_landmarks=...`). Lists in kwargs (as JSON checkpoint meta
+gives
 them) become tuples.
 """
 
@@ -17,8 +18,8 @@ import jax
 from fkd.models import fold
 from fkd.models.backbones import backbone_names, get_backbone, tuples
 from fkd.models.efficientnet import EFFICIENTNET_PARAMS, EfficientNet
-from fkd.models.fan import PRESETS as HEATMAP_PRESETS
-from fkd.models.fan import HeatmapNet
+from fkd.models.heatmap_net import PRESETS as HEATMAP_PRESETS
+from fkd.models.heatmap_net import HeatmapNet
 from fkd.models.layers import Conv1x1, DepthwiseConv, PointwiseConv, make_divisible
 from fkd.models.mobilenet_v2 import MobileNetV2
 from fkd.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet

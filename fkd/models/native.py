@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fkd import runtime
+from fkd.infra import runtime
 
 Array = jax.Array
 

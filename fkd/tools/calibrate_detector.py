@@ -2,7 +2,7 @@
 
   python -m fkd.tools.calibrate_detector --manual_dir=<300-W folder> --output=DIR/calibration.json
 
-Runs the face detector (`fkd.detect`, needs `pip install "fkd[detect]"`) on every image with a
+Runs the face detector (`fkd.serve.detect`, needs `pip install "fkd[detect]"`) on every image with a
 `.pts` in the training folders (`afw`, `helen/trainset`, `lfpw/trainset`, those present), matches
 the annotated face, fits the 4-number calibration on all of them and checks it leave-one-folder-out
 (fit on AFW, test on HELEN, ...). Writes the JSON (to `--output`, or `--output`/calibration.json
@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-from fkd import box_calibration, detect
 from fkd.errors import FkdError
+from fkd.serve import box_calibration, detect
 
 
 def run(
@@ -91,7 +91,7 @@ def _define_flags():
   flags.DEFINE_string('manual_dir', None, '300-W manual download (afw/, helen/trainset/, ...).')
   flags.DEFINE_string('output', None, 'calibration.json path, or a folder to write it in.')
   flags.DEFINE_list('folders', list(box_calibration.FOLDERS_300W), 'Training folders to use.')
-  flags.DEFINE_float('min_score', 0.4, 'Detector score threshold (fkd.detect.FaceDetector).')
+  flags.DEFINE_float('min_score', 0.4, 'Detector score threshold (fkd.serve.detect.FaceDetector).')
   flags.DEFINE_float('min_face', 40.0, 'Smallest face side looked for, in pixels.')
   flags.DEFINE_float('min_face_fraction', 0.05, '... or this fraction of the shorter side.')
   flags.DEFINE_string('description', '', 'What the data is (recorded in the JSON).')

@@ -506,7 +506,7 @@ def import_weights(
   source_format: str, arch: str, src: str, dst: str, width: float = 1.0
 ) -> dict[str, Any]:
   """Converts `src` and writes the checkpoint `dst`; returns its meta."""
-  from fkd import checkpoint
+  from fkd.infra import checkpoint
 
   if os.path.exists(dst) and not os.path.isdir(dst):
     raise FkdError(f'{dst} is a file, not a folder; choose a new directory')

@@ -10,8 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fkd import asm
-from fkd.data import crops, formats, schemes, testing
+from fkd.data import asm, crops, formats, schemes, testing
 from fkd.data.face_builder import decode_image
 from fkd.errors import FkdError
 from tfds_builders import ibug_300w

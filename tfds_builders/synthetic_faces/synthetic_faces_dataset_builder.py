@@ -23,8 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fkd import asm
-from fkd.data import crops, face_builder, schemes, synthetic_render
+from fkd.data import asm, crops, face_builder, schemes, synthetic_render
 from fkd.data.face_builder import local_dataset_info
 
 NUM_LANDMARKS = 68

@@ -5,8 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fkd import asm
-from fkd.data import crops, synthetic_render
+from fkd.data import asm, crops, synthetic_render
 from tfds_builders import synthetic_faces as sf
 
 _TINY = dict(name='unittest', image_size=128, num_train=40, num_test=10)

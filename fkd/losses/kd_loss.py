@@ -79,7 +79,9 @@ class KDParams:
     """Builds from a `config.kd` ConfigDict: `mode` picks the variant, set fields override it."""
     cfg = dict(kd_config)
     mode = cfg.pop('mode', 'code')
-    cfg.pop('teachers', None)  # which teachers are loaded: the method's business (fkd.methods.kd)
+    cfg.pop(
+      'teachers', None
+    )  # which teachers are loaded: the method's business (fkd.methods.kd.method)
     overrides = {k: v for k, v in cfg.items() if v is not None}
     if mode == 'code':
       return cls.code(**overrides)

@@ -17,8 +17,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from fkd import affinity, heads, heatmaps, models
+from fkd import heads, models
 from fkd.errors import FkdError
+from fkd.heads import heatmaps
+from fkd.losses import affinity
 from fkd.methods.base import Frozen, LossFn, Method, Stage
 
 

@@ -2,7 +2,7 @@
 
 - `lock(workdir)`: `DIR/.lock` holds the pid, host and start time of the run writing into DIR. A
   second run stops at once with a one-line error; a lock whose process is gone (killed, crashed)
-  is taken over. Several hosts: process 0 holds it for all of them (`fkd.train.run`).
+  is taken over. Several hosts: process 0 holds it for all of them (`fkd.training.trainer.run`).
 - `DIR/<stage>/config.json`: the config that started the stage. `check_config` compares a rerun's
   or an evaluation's config with every stage's record over the fields that change a model or its
   scores, i.e. every field but the operational ones of `OPERATIONAL`; a difference is a one-line
@@ -89,7 +89,7 @@ def write_record(stage_dir: str, config: Any) -> None:
     return
   os.makedirs(stage_dir, exist_ok=True)
   flat = config if isinstance(config, dict) else flatten(config)
-  record = {'note': 'the config that started this stage (fkd.workdir)', 'config': flat}
+  record = {'note': 'the config that started this stage (fkd.infra.workdir)', 'config': flat}
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(record, f, indent=1, sort_keys=True)

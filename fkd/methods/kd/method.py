@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fkd import heads, losses
+from fkd import heads
 from fkd.errors import FkdError
+from fkd.losses import kd_loss as losses
 from fkd.methods.base import LossFn, Method, Stage
 
 TEACHERS = ('teacher_tough', 'teacher_tolerant')

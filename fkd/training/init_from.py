@@ -20,8 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from fkd import checkpoint
 from fkd.errors import FkdError
+from fkd.infra import checkpoint
 
 PREPROCESSING_KWARGS = ('input_mean', 'input_std', 'bn_epsilon', 'padding')
 DONT_LOAD = ('head/.*',)
@@ -101,7 +101,7 @@ def load_into(state: dict[str, Any], stage: Any, optimizer: Any) -> dict[str, An
   variables, _ = checkpoint.load_model(path)
   source = f'config.{stage.role}.init_from={path}'
   # `init_skip` (regexes, default the head): what stays randomly initialised; () loads the head
-  # too, for a checkpoint of the same task (the synthetic pre-stage, fkd/pretrain.py).
+  # too, for a checkpoint of the same task (the synthetic pre-stage, fkd/training/prestage.py).
   skip = tuple(stage.model_config.get('init_skip', DONT_LOAD))
   params = merge_params(state['params'], variables['params'], skip, source=source)
   batch_stats = merge_params(

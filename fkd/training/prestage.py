@@ -1,6 +1,7 @@
 """A pre-stage on the embedded `synthetic_faces` before the stages of a real dataset (issue 14).
 
-With `config.pretrain.dataset` set (the `300w,cpu` preset sets it), `fkd.train.run` first trains
+With `config.pretrain.dataset` set (the `300w,cpu` preset sets it), `fkd.training.trainer.run`
+first trains
 the config's teacher and student networks with MSE on the ground truth of that dataset, into
 `<workdir>/pretrain/` (its own `results.json` on the synthetic test split), and then starts every
 real-data stage from them: both teachers from the pretrained teacher network, the student from
@@ -61,7 +62,8 @@ def pretrain_config(config: Any) -> Any:
 
 
 def run(config: Any, workdir: str, train_run: Callable[[Any, str], Any]) -> Any:
-  """Runs the pre-stage (when enabled and needed) with `train_run` (`fkd.train.run`, passed in so
+  """Runs the pre-stage (when enabled and needed) with `train_run` (`fkd.training.trainer.run`,
+  passed in so
   that this module does not import the trainer) and returns the config that starts from it."""
   if not enabled(config):
     return config

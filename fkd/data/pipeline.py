@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fkd import asm
-from fkd.data import datasets, formats, schemes
+from fkd.data import asm, datasets, formats, schemes
 from fkd.errors import FkdError
 
 

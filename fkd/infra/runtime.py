@@ -156,6 +156,6 @@ def describe() -> str:
       'glibc, or a GPU/TPU plugin is installed; JAX_PLATFORMS=cpu enables them)' + cache
     )
   return (
-    'CPU tuning not applied: call fkd.cli.start() (fkd.runtime.configure()) before JAX '
+    'CPU tuning not applied: call fkd.cli.start() (fkd.infra.runtime.configure()) before JAX '
     'initialises (faster CPU train steps: README, "Speed on CPU")' + cache
   )

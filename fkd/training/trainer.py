@@ -25,23 +25,15 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from fkd import (
-  checkpoint,
-  config_check,
-  evaluate,
-  inference,
-  methods,
-  metric_writer,
-  models,
-  pretrain,
-  pretrained,
-  runtime,
-  sharding,
-)
-from fkd import input_pipeline as ip
-from fkd import workdir as workdir_lib
+from fkd import inference, methods, models
+from fkd.data import pipeline as ip
 from fkd.errors import FkdError
+from fkd.evaluation import evaluate
+from fkd.infra import checkpoint, config_check, metric_writer, runtime, sharding
+from fkd.infra import workdir as workdir_lib
 from fkd.methods import Frozen, Method, Stage
+from fkd.training import init_from as pretrained
+from fkd.training import prestage as pretrain
 
 
 def build_model(stage: Stage, num_landmarks: int, **extra: Any):
@@ -55,7 +47,7 @@ def build_model(stage: Stage, num_landmarks: int, **extra: Any):
 
 
 def validate(config: Any, workdir: str, allow_config_change: bool = False) -> Method:
-  """Checks the config, the stages' inputs and the workdir's stage records (`fkd.workdir`);
+  """Checks the config, the stages' inputs and the workdir's stage records (`fkd.infra.workdir`);
   returns the config's method."""
   method = methods.get(config)
   config_check.check(config, jax.device_count(), models.model_names())
@@ -413,7 +405,7 @@ def train_stage(
     )
 
   # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
-  # see fkd/runtime.py); batches are a pure function of the step, so resumption is unchanged.
+  # see fkd/infra/runtime.py); batches are a pure function of the step, so resumption is unchanged.
   prefetch = concurrent.futures.ThreadPoolExecutor(1, 'fkd-prefetch')
   next_batch = prefetch.submit(batch_at, start)
   with _preemption_guard() as preempted, bar, writer, prefetch:
@@ -463,7 +455,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
   """Trains every stage of `config.stages` and evaluates every model in `workdir`.
 
   `allow_config_change`: continue in a workdir whose stages were trained with another config (a
-  note per differing field instead of an error; `fkd.workdir`).
+  note per differing field instead of an error; `fkd.infra.workdir`).
   """
   t0 = time.time()
   method = validate(config, workdir, allow_config_change)
@@ -474,7 +466,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
 
 @contextlib.contextmanager
 def _workdir_lock(workdir: str):
-  """The workdir lock (`fkd.workdir`), held by process 0 for every process of a run."""
+  """The workdir lock (`fkd.infra.workdir`), held by process 0 for every process of a run."""
   with contextlib.ExitStack() as stack:
     error = None
     try:

@@ -6,7 +6,7 @@ enough to score or serve it (`fkd.inference.Predictor`):
 - `RegressionHead` (KD-Loss, the hint baseline): the model outputs (B, 2N) interleaved (x, y) in
   `space` — 'normalized', u = (S/2 − x)/S (method.md §2.2), or 'pixel' (COFW, §9 #5);
 - `HeatmapHead` (MobileFAN, EfficientFAN): the model outputs (B, H, W, N) heatmaps of stride
-  S/H; Gaussian targets of `sigma` heatmap pixels and the `decode` rule of `fkd.heatmaps`.
+  S/H; Gaussian targets of `sigma` heatmap pixels and the `decode` rule of `fkd.heads.heatmaps`.
 
 Crop pixels are 0-based with pixel centres at integers (method.md §1.2).
 """
@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fkd import heatmaps
 from fkd.errors import FkdError
+from fkd.heads import heatmaps
 
 SPACES = ('normalized', 'pixel')
 

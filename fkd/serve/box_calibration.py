@@ -13,7 +13,8 @@ ratio over the training faces). The numbers are fitted for all faces and again p
 `view` (dlib's HOG filter: front, left, right, ...) that has at least `MIN_VIEW_FACES` training
 faces: a turned face's landmarks sit off-centre in its box, and per-view numbers raise the held-out
 IoU (see below). `apply(calib, box, view)` maps a detection to the landmark box, in the (x, y, w, h)
-convention of `fkd.detect` / `--bbox` (edges x−½ .. x+w−½); `fkd.predict` then widens it by its
+convention of `fkd.serve.detect` / `--bbox` (edges x−½ .. x+w−½); `fkd.predict` then widens it by
+its
 margin as for a `--bbox`.
 
 The calibration is data, not a constant: `calibration.json` (`FILENAME`), written by
@@ -21,7 +22,8 @@ The calibration is data, not a constant: `calibration.json` (`FILENAME`), writte
 settings, the training folders and face count, the fit residuals and a leave-one-folder-out check
 (fit on AFW, test on HELEN and vice versa): mean IoU with the landmark box before and after.
 `find(stage_dir, workdir, dataset='ibug_300w')` returns the first `calibration.json` of the given
-folders, else the one fkd ships for the dataset (`fkd/calibrations/<dataset>.json`: 300-W, fitted
+folders, else the one fkd ships for the dataset (`fkd/serve/calibrations/<dataset>.json`: 300-W,
+fitted
 on the 118 detected faces of the 120 AFW + HELEN training photos of shared/data; held-out IoU with
 the landmark box 0.68 -> 0.80 on AFW, 0.72 -> 0.79 on HELEN).
 """
@@ -37,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from fkd.detect import iou
 from fkd.errors import FkdError
+from fkd.serve.detect import iou
 
 FILENAME = 'calibration.json'
 FORMAT = 'fkd.box_calibration/1'

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fkd.detect import iou
+from fkd.serve.detect import iou
 
 
 def alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray:

@@ -8,7 +8,8 @@ weighting (the part KD-Loss adds):
 with D = MSE (`config.output_kd.loss='mse'`, the classic form) or L1 (`'l1'`: the same loss shape
 as KD-Loss's Loss_Main, so the ablation can tell teacher targets from loss shape).
 
-Same teacher stage, student network, data and budget as KD-Loss (`fkd.methods.kd`), and the same
+Same teacher stage, student network, data and budget as KD-Loss (`fkd.methods.kd.method`), and the
+same
 seed offsets, so `student_output_kd` starts from `student_kd`'s initialisation: the two students
 differ only in how the teacher enters the loss.
 """
@@ -18,8 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from fkd.errors import FkdError
-from fkd.methods import kd
 from fkd.methods.base import LossFn, Method, Stage
+from fkd.methods.kd import method as kd
 
 
 class OutputKD(Method):

@@ -1,6 +1,6 @@
 """Face detection that ships inside a pip wheel: dlib's HOG + linear SVM frontal-face detector.
 
-  from fkd import detect
+  from fkd.serve import detect
   faces = detect.detect_faces(image_rgb)  # [Detection(box, score, view), ...], best first
 
 Backend: `dlib-bin` (the `detect` extra, `pip install "fkd[detect]"`; Boost Software License 1.0,

@@ -1,0 +1,461 @@
+"""Evaluation of every model a run trained: NME / FR / AUC per split, beside the published numbers.
+
+`python -m fkd.evaluate --config=configs/kd.py[:ARG] --workdir=DIR` (the same config as training)
+scores the mean shape and every finished stage of DIR on each eval split and writes
+
+- `DIR/results.json`: `{"dataset", "models": {NAME: {SPLIT: {"nme", "fr", "auc", "auc_kd",
+  "count"}}}, "nme_per_image": {NAME: {SPLIT: [...]}}, ...}` (NME and FR in %, AUC in 0..1);
+- `DIR/results.md`: one table per split, ours beside the published / author-noted numbers of
+  `fkd/evaluation/published.json` for the same dataset, split and model;
+- `DIR/ced.png`: the cumulative error distribution of every model, one panel per split;
+- `DIR/worst.png`: the best and worst faces of the student on the test split, ground truth and
+  prediction overlaid;
+- `DIR/<stage>/events.out.tfevents.*` + `eval.jsonl`: `eval/<split>/nme|fr|auc|auc_kd` at the
+  stage's final step, for TensorBoard beside the training curves.
+
+`fkd.training.trainer.run` calls `evaluate_workdir` and `write_results` at the end of training, so
+a run
+writes all four files; this module's CLI re-evaluates an existing workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import math
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from fkd import inference, methods, models
+from fkd.data import pipeline as ip
+from fkd.errors import FkdError
+from fkd.evaluation import metrics
+from fkd.infra import config_check, metric_writer, sharding
+from fkd.infra import workdir as workdir_lib
+
+PUBLISHED_METHOD = 'kd_loss'
+OVERLAY_COUNT = 5  # faces per row of worst.png
+
+
+def predict_split(
+  predict, variables, split: ip.Split, batch_size: int, mesh, desc: str | None = None
+) -> np.ndarray:
+  """Landmarks (M, N, 2) in crop pixels for every image of a split (every process gets all)."""
+  batch_size = max(jax.device_count(), batch_size - batch_size % jax.device_count())
+  local = batch_size // jax.process_count()
+  lo = jax.process_index() * local
+  out = []
+  batches = metric_writer.progress(
+    ip.eval_batches(split, batch_size),
+    total=math.ceil(len(split) / batch_size),
+    desc=desc,
+    unit='batch',
+    enabled=jax.process_index() == 0,
+  )
+  for images, n in batches:
+    flat = predict(
+      variables, sharding.shard_batch({'image': images[lo : lo + local]}, mesh)['image']
+    )
+    if jax.process_count() > 1:
+      flat = multihost_utils.process_allgather(flat, tiled=True)
+    out.append(np.asarray(jax.device_get(flat))[:n])
+  return np.concatenate(out)
+
+
+def _mean_shape(train: ip.Split) -> np.ndarray:
+  """Mean training shape over every shard; the same whichever processes hold the shards."""
+  per_shard = train.landmarks.reshape(len(train.shards), -1, *train.landmarks.shape[1:])
+  sums = per_shard.astype(np.float64).sum(axis=1).astype(np.float32)  # JAX gathers float32
+  if jax.process_count() > 1:
+    sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, *sums.shape[1:])
+  return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(np.float32)
+
+
+def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
+  nme = metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
+  return metrics.summarize(nme, config.eval.fr_threshold)
+
+
+def model_dirs(config: Any, workdir: str) -> dict[str, str]:
+  """Stage name -> directory of every finished stage of a run, in the method's order (teachers
+  may live elsewhere: `config.<stage>_ckpt`)."""
+  dirs = {}
+  for name in methods.get(config).stages:
+    path = methods.stage_dir(config, workdir, name)
+    if inference.is_finished(path):
+      dirs[name] = path
+  return dirs
+
+
+def _overlay_split(splits: list[str]) -> str:
+  """The split of worst.png: 'test' or 300W's 'full' when evaluated, else the first."""
+  return next((s for s in ('test', 'full') if s in splits), splits[0])
+
+
+def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]:
+  """Scores the mean shape and every finished model of the run on each eval split.
+
+  Returns the results.json record. It also holds `'_overlay'` (not written to JSON): the test
+  images, ground truth and predictions of the best and worst faces of the preferred model, which
+  `write_results` draws into worst.png.
+  """
+  mesh = sharding.make_mesh()
+  eval_splits = list(data.eval_splits)  # the requested splits that were built
+  threshold = config.eval.fr_threshold
+  results: dict[str, Any] = {
+    'dataset': config.data.name,
+    'norm': config.eval.norm,
+    'frame': config.eval.frame,
+    'fr_threshold': threshold,
+    'image_size': data.image_size,
+    'models': {},
+    'steps': {},
+    'nme_per_image': {},
+  }
+  if data.dropped:  # eval splits a partial build left out, with the reason
+    results['dropped_splits'] = dict(data.dropped)
+  preds: dict[str, dict[str, np.ndarray]] = {}
+
+  def add(name: str, split: str, pred: np.ndarray) -> None:
+    nme = metrics.nme_per_image(pred, data.splits[split].landmarks, config.eval.norm)
+    results['models'].setdefault(name, {})[split] = metrics.summarize(nme, threshold)
+    results['nme_per_image'].setdefault(name, {})[split] = [round(float(v), 6) for v in nme]
+    preds.setdefault(name, {})[split] = pred
+
+  mean_shape = _mean_shape(data.splits[config.data.train_split])
+  for s in eval_splits:
+    add('mean_shape', s, np.broadcast_to(mean_shape, data.splits[s].landmarks.shape))
+  for name, path in model_dirs(config, workdir).items():
+    predictor = inference.Predictor(path)
+    if predictor.num_landmarks != data.num_landmarks or predictor.image_size != data.image_size:
+      raise FkdError(
+        f'{path} predicts {predictor.num_landmarks} landmarks on '
+        f'{predictor.image_size}² crops; the evaluation data has '
+        f'{data.num_landmarks} on {data.image_size}² (config.data)'
+      )
+    results['steps'][name] = int(predictor.meta.get('total_steps', 0))
+    variables = sharding.replicate(predictor.variables, mesh)
+    predict = jax.jit(predictor.landmarks)
+    for s in eval_splits:
+      add(
+        name,
+        s,
+        predict_split(
+          predict, variables, data.splits[s], config.eval.batch_size, mesh, f'eval {name}/{s}'
+        ),
+      )
+
+  shown = next((m for m in methods.preferred_stages() if m in preds), None)
+  if shown is not None:
+    split = _overlay_split(eval_splits)
+    nme = np.asarray(results['nme_per_image'][shown][split])
+    best, worst = metrics.ranked(nme, OVERLAY_COUNT)
+    sel = np.concatenate([best, worst])
+    sp = data.splits[split]
+    results['_overlay'] = {
+      'model': shown,
+      'split': split,
+      'rows': {'best': len(best), 'worst': len(worst)},
+      'images': sp.images[sel],
+      'gt': sp.landmarks[sel],
+      'pred': preds[shown][split][sel],
+      'nme': nme[sel],
+      'names': [sp.names[i] for i in sel],
+    }
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Published numbers.
+
+
+@functools.cache
+def published() -> dict[str, Any]:
+  """fkd/evaluation/published.json: the papers' and authors' numbers, each with its source."""
+  return json.loads((importlib.resources.files('fkd.evaluation') / 'published.json').read_text())
+
+
+def published_rows(
+  dataset: str, split: str, model: str, method: str = PUBLISHED_METHOD
+) -> list[dict[str, Any]]:
+  """Published records for a TFDS dataset name ('ibug_300w', 'wflw/...'), split and model."""
+  base = dataset.split('/')[0].split(':')[0]
+  return [
+    r
+    for r in published()['methods'][method]['results']
+    if r['dataset'] == base and r['split'] == split and r['model'] == model
+  ]
+
+
+def _fmt_published(rows: list[dict[str, Any]], norm: str, frame: str, refs: dict[str, int]) -> str:
+  cells = []
+  for r in rows:
+    values = [f'{r["nme"]:.2f}']
+    if 'fr' in r:
+      values.append(f'{r["fr"]:.2f}')
+      if 'auc_kd' in r:
+        values.append(f'{r["auc_kd"]:.4f}')
+    mark = '' if (r['norm'], r['frame']) == (norm, frame) else ' †'
+    ref = refs.setdefault(r['source'], len(refs) + 1)
+    cells.append(f'{" / ".join(values)} ({r["label"]} [{ref}]){mark}')
+  return '; '.join(cells) if cells else '—'
+
+
+# ---------------------------------------------------------------------------------------------
+# results.md
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+  """One table per split: our NME / FR / AUC / AUC_KD beside the published numbers."""
+  splits = list(next(iter(results['models'].values())))
+  refs: dict[str, int] = {}
+  other_protocol = False
+  parts = []
+  for split in splits:
+    count = next(iter(results['models'].values()))[split].get('count')
+    lines = [
+      f'### {split}' + (f' ({count} images)' if count else ''),
+      '',
+      '| model | NME % | FR % | AUC | AUC_KD | published NME % / FR % / AUC_KD (source) |',
+      '|---|---:|---:|---:|---:|---|',
+    ]
+    for name, per_split in results['models'].items():
+      r = per_split[split]
+      pub = _fmt_published(
+        published_rows(results['dataset'], split, name), results['norm'], results['frame'], refs
+      )
+      other_protocol |= '†' in pub
+      auc_kd = f'{r["auc_kd"]:.4f}' if 'auc_kd' in r else '—'
+      lines.append(
+        f'| {name} | {r["nme"]:.2f} | {r["fr"]:.2f} | {r["auc"]:.4f} | {auc_kd} | {pub} |'
+      )
+    parts.append('\n'.join(lines))
+  notes = []
+  if refs:
+    notes += [f'[{i}] {src}' for src, i in refs.items()]
+    if other_protocol:
+      notes.append('† published under another normalisation or frame than this evaluation.')
+  else:
+    datasets = sorted({r['dataset'] for r in published()['methods'][PUBLISHED_METHOD]['results']})
+    notes.append(
+      f'No published numbers for {results["dataset"]}: KD-Loss reports on '
+      f'{", ".join(datasets)} (fkd/evaluation/published.json).'
+    )
+  return '\n\n'.join(parts) + '\n\n' + '\n'.join(f'- {n}' for n in notes)
+
+
+def _markdown(results: dict[str, Any]) -> str:
+  files = [f for f in ('ced.png', 'worst.png') if f in results.get('_figures', ())]
+  figures = ''.join(f'\n![{f}]({f})\n' for f in files)
+  return (
+    f'# fkd results: {results["dataset"]}\n\n'
+    f'NME normalised {results["norm"]} in the {results["frame"]} frame '
+    f'({results["image_size"]} px crops), in %; FR (strict >) and AUC at '
+    f'{results["fr_threshold"]}. AUC is the standard closed form (perfect = 1); AUC_KD is '
+    f'the KD-Loss codebase variant (perfect = 0.95), comparable only with the published '
+    f'AUC_KD (docs/results.md §1).\n\n{markdown_table(results)}\n{figures}'
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures.
+
+
+def _ced_range(per_image: dict[str, dict[str, list[float]]], threshold: float) -> float:
+  """θ, or a multiple of it that covers 90 % of the best model's images when models are poor."""
+  q = min(
+    float(np.quantile(v, 0.9))
+    for per_split in per_image.values()
+    for v in per_split.values()
+    if len(v)
+  )
+  return next(
+    threshold * m for m in (1, 2, 3, 5, 10, 20, 50, 100) if threshold * m >= q or m == 100
+  )
+
+
+def plot_ced(results: dict[str, Any], path: str) -> None:
+  """Every model's CED, one axis per split (x: NME %, up to θ or further when models are poor)."""
+  from matplotlib.figure import Figure
+
+  per_image = results['nme_per_image']
+  splits = list(next(iter(per_image.values())))
+  threshold = results['fr_threshold']
+  x_max = _ced_range(per_image, threshold)
+  cols = min(len(splits), 3)
+  rows = math.ceil(len(splits) / cols)
+  fig = Figure(figsize=(5.6 * cols, 5.2 * rows), layout='constrained')
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax, split in zip(axes, splits, strict=False):
+    for name, per_split in per_image.items():
+      nme = np.asarray(per_split[split])
+      t, frac = metrics.ced(nme, x_max, 401)
+      style = dict(color='0.45', ls='--') if name == 'mean_shape' else {}
+      label = (
+        f'{name}: NME {100 * nme.mean():.2f} %, '
+        f'FR {metrics.failure_rate(nme, threshold):.1f} %, '
+        f'AUC {metrics.auc(nme, threshold):.3f}'
+      )
+      ax.plot(100 * t, frac, lw=1.8, label=label, **style)
+    if x_max > threshold:
+      ax.axvline(100 * threshold, color='k', lw=0.8, ls=':')
+      ax.annotate(f' θ = {100 * threshold:g} %', (100 * threshold, 0.97), fontsize=8, va='top')
+    ax.set(
+      xlim=(0, 100 * x_max),
+      ylim=(0, 1.0),
+      xlabel=f'NME (%, {results["norm"]})',
+      ylabel='fraction of images ≤ NME',
+      title=f'{results["dataset"]} / {split} ({len(nme)} images)',
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+  for ax in axes[len(splits) :]:
+    ax.set_visible(False)
+  fig.suptitle(f'Cumulative error distribution (FR and AUC at θ = {threshold:g})')
+  fig.savefig(path, dpi=110)
+
+
+def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
+  """The best and worst faces, one row each: ground truth (green), prediction (red), errors."""
+  from matplotlib.figure import Figure
+
+  n_best, n_worst = overlay['rows']['best'], overlay['rows']['worst']
+  cols = max(n_best, n_worst)
+  fig = Figure(figsize=(2.6 * cols, 2.6 * 2 + 0.7), layout='constrained')
+  axes = fig.subplots(2, cols, squeeze=False)
+  for ax in axes.ravel():
+    ax.set_axis_off()
+  size = overlay['images'].shape[1]
+  dot = max(4.0, 36.0 * 64 / max(size, 64) / 4)
+  for i in range(n_best + n_worst):
+    row, col = (0, i) if i < n_best else (1, i - n_best)
+    ax = axes[row, col]
+    gt, pred = overlay['gt'][i], overlay['pred'][i]
+    ax.imshow(overlay['images'][i], interpolation='bilinear')
+    ax.plot(
+      np.stack([gt[:, 0], pred[:, 0]]),
+      np.stack([gt[:, 1], pred[:, 1]]),
+      color='yellow',
+      lw=0.6,
+      alpha=0.8,
+    )
+    ax.scatter(gt[:, 0], gt[:, 1], s=dot, c='lime', edgecolors='black', linewidths=0.3)
+    ax.scatter(pred[:, 0], pred[:, 1], s=dot, c='red', marker='x', linewidths=0.8)
+    ax.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
+    ax.set_title(
+      f'{"best" if row == 0 else "worst"}: NME {100 * overlay["nme"][i]:.1f} %\n'
+      f'{overlay["names"][i]}',
+      fontsize=8,
+    )
+  fig.suptitle(
+    f'{overlay["model"]} on {overlay["split"]}: best (top) and worst (bottom) faces'
+    f'{" by " + norm + " NME" if norm else ""}\n'
+    'green ● ground truth, red × prediction, yellow: error',
+    fontsize=10,
+  )
+  fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _write(path: str, data: bytes | str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _dumps(record: dict[str, Any]) -> str:
+  """Indented JSON with every list of numbers on one line (the per-image NMEs)."""
+  text = json.dumps(record, indent=2)
+  return re.sub(
+    r'\[\s+([-+0-9.eE,\s]+?)\s+\]', lambda m: '[' + ' '.join(m.group(1).split()) + ']', text
+  )
+
+
+def write_figures(results: dict[str, Any], workdir: str) -> list[str]:
+  """ced.png (needs 'nme_per_image') and worst.png (needs '_overlay'); returns the files made."""
+  made = []
+  if results.get('nme_per_image'):
+    plot_ced(results, os.path.join(workdir, 'ced.png'))
+    made.append('ced.png')
+  if results.get('_overlay'):
+    plot_overlays(results['_overlay'], os.path.join(workdir, 'worst.png'), results['norm'])
+    made.append('worst.png')
+  return made
+
+
+def write_scalars(results: dict[str, Any], workdir: str) -> None:
+  """TensorBoard scalars `eval/<split>/{nme,fr,auc,auc_kd}` in each stage directory of `workdir`,
+  at the stage's final step, so they appear beside its training curves (and in eval.jsonl)."""
+  for name, step in results.get('steps', {}).items():
+    stage_dir = os.path.join(workdir, name)
+    if os.path.isdir(stage_dir):
+      scalars = {
+        f'eval/{split}/{k}': r[k]
+        for split, r in results['models'][name].items()
+        for k in ('nme', 'fr', 'auc', 'auc_kd')
+        if k in r
+      }
+      with metric_writer.MetricWriter(stage_dir, jsonl='eval.jsonl') as writer:
+        writer.write_scalars(step, scalars)
+
+
+def write_results(results: dict[str, Any], workdir: str) -> None:
+  """Writes results.json, results.md, ced.png, worst.png and the eval scalars; prints the tables.
+
+  Keys starting with '_' stay out of results.json (in-memory extras such as '_overlay').
+  """
+  write_scalars(results, workdir)
+  figures = write_figures(results, workdir)
+  record = {k: v for k, v in results.items() if not k.startswith('_')}
+  _write(os.path.join(workdir, 'results.json'), _dumps(record))
+  _write(os.path.join(workdir, 'results.md'), _markdown({**results, '_figures': figures}))
+  print(markdown_table(results), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def evaluate(config: Any, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
+  """Loads the eval data, scores every finished model of `workdir` and writes the reports.
+
+  The config must be the one that trained the workdir's stages in every field that matters
+  (`fkd.infra.workdir`; `allow_config_change`: a note instead of the error).
+  """
+  if not os.path.isdir(workdir):
+    raise FkdError(f'workdir {workdir} does not exist')
+  config_check.check(config, jax.device_count(), models.model_names())
+  stages = methods.get(config).stages
+  workdir_lib.check_config(config, workdir, stages, allow_config_change, verb='evaluate')
+  with workdir_lib.lock(workdir, active=jax.process_index() == 0):
+    data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
+    results = evaluate_workdir(config, workdir, data)
+    if len(results['models']) == 1:
+      print(f'fkd: no finished model in {workdir}; only the mean shape is scored', flush=True)
+    if jax.process_index() == 0:
+      write_results(results, workdir)
+  return results
+
+
+def _main(argv: list[str]) -> None:
+  evaluate(_CONFIG.value, _WORKDIR.value, _ALLOW.value)
+
+
+def main() -> None:
+  """`python -m fkd.evaluate` (fkd/evaluate.py runs this)."""
+  global _ALLOW, _CONFIG, _WORKDIR
+  from fkd import cli
+
+  _CONFIG, _WORKDIR = cli.define_run_flags()
+  _ALLOW = cli.define_allow_config_change()
+  cli.run(_main, distributed=True)

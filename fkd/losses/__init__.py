@@ -1,0 +1,1 @@
+"""Losses: KD-Loss and its regression terms, and the feature/affinity distillation losses."""

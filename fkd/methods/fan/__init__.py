@@ -1,0 +1,1 @@
+"""MobileFAN / EfficientFAN heatmap distillation: the method and its config recipe."""

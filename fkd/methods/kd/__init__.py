@@ -1,0 +1,1 @@
+"""KD-Loss (Fard & Mahoor): the method."""

@@ -1,0 +1,1 @@
+"""Output distillation, the plain regression-KD baseline: the method."""

@@ -1,0 +1,292 @@
+"""Export of a trained model for deployment: StableHLO (`jax.export`) or TFLite (via jax2tf).
+
+  python -m fkd.export --workdir=DIR --format=stablehlo [--stage=student_kd] [--batch=0]
+      [--output=DIR/export/student_kd.stablehlo]
+  python -m fkd.export --workdir=DIR --format=tflite      # needs TensorFlow installed
+
+The exported function is the whole inference: uint8 face crops (B, S, S, 3), S = the model's
+`image_size`, -> landmarks (B, N, 2) float32 in crop pixels (pixel centres at integers), with the
+parameters baked in as constants. Map them to the photo with the inverse crop affine
+(`fkd.predict`). `--batch=0` (default) exports a symbolic batch size for StableHLO; TFLite always
+gets a fixed batch (1 when 0). Next to the artifact a `.json` file records the input/output
+contract and the model. Load the StableHLO artifact with
+
+  exp = jax.export.deserialize(open(path, 'rb').read()); landmarks = exp.call(images)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fkd import heads, inference
+from fkd.errors import FkdError
+from fkd.infra import checkpoint
+from fkd.models import layers
+
+FORMATS = ('stablehlo', 'tflite')
+
+
+def inference_fn(stage_dir: str) -> tuple[Callable[[jax.Array], jax.Array], dict[str, Any]]:
+  """`f(images uint8 (B, S, S, 3)) -> landmarks (B, N, 2)` in crop pixels, and the stage's meta.
+
+  The parameters are closed over, so they become constants of the exported program.
+  """
+  predictor = inference.Predictor(stage_dir)
+  return functools.partial(predictor.landmarks, predictor.variables), predictor.meta
+
+
+def predictor_head(meta: dict[str, Any]) -> dict[str, Any]:
+  return heads.from_meta(meta).meta()
+
+
+def export_stablehlo(
+  fn: Callable, image_size: int, batch: int = 0, platforms: Sequence[str] | None = None
+) -> jax.export.Exported:
+  """`jax.export` of `fn` on uint8 (batch, S, S, 3); batch 0 = symbolic batch size 'b'."""
+  (b,) = jax.export.symbolic_shape('b') if batch <= 0 else (batch,)
+  spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8)
+  return jax.export.export(jax.jit(_fresh(fn)), platforms=platforms)(spec)
+
+
+def _fresh(fn: Callable) -> Callable:
+  """A new function object calling `fn`: JAX's trace caches are keyed by the function, not by
+  `layers.portable_ops()`, so `fn` traced earlier (the parity probe, on CPU's native kernels)
+  would otherwise be exported as that trace."""
+  return lambda images: fn(images)
+
+
+def load_stablehlo(path: str) -> jax.export.Exported:
+  with open(path, 'rb') as f:
+    return jax.export.deserialize(bytearray(f.read()))
+
+
+def export_tflite(fn: Callable, image_size: int, batch: int = 1) -> bytes:
+  """A TFLite flatbuffer through jax2tf + a SavedModel (TFLite reads the embedded StableHLO)."""
+  try:
+    import tensorflow as tf
+  except ImportError:
+    raise FkdError(
+      '--format=tflite needs TensorFlow (pip install tensorflow), which is not '
+      'installed; --format=stablehlo needs only JAX'
+    ) from None
+  from jax.experimental import jax2tf
+
+  spec = tf.TensorSpec((max(batch, 1), image_size, image_size, 3), tf.uint8, name='images')
+  tf_fn = tf.function(
+    jax2tf.convert(_fresh(fn), with_gradient=False), input_signature=[spec], autograph=False
+  )
+  module = tf.Module()
+  module.serve = tf_fn
+  with tempfile.TemporaryDirectory() as tmp:
+    tf.saved_model.save(module, tmp, signatures=tf_fn.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    converter.target_spec.supported_ops = [
+      tf.lite.OpsSet.TFLITE_BUILTINS,
+      tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    return converter.convert()
+
+
+def run_tflite(model: bytes, images: np.ndarray) -> np.ndarray:
+  """Runs a TFLite flatbuffer on a batch (TensorFlow's interpreter)."""
+  import tensorflow as tf
+
+  interpreter = tf.lite.Interpreter(model_content=model)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]['index'], images)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+
+
+def export(
+  workdir: str,
+  fmt: str = 'stablehlo',
+  output: str | None = None,
+  stage: str | None = None,
+  batch: int = 0,
+  platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
+  """Exports a stage of `workdir` (default: the student) and checks it against JAX.
+
+  Returns the record written next to the artifact (paths, shapes, model, parity).
+  """
+  if fmt not in FORMATS:
+    raise FkdError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+  stage_dir = os.path.join(workdir, stage) if stage else inference.find_stage(workdir)
+  if checkpoint.read_meta(stage_dir) is None:
+    raise FkdError(f'no checkpoint in {stage_dir}')
+  name = os.path.basename(os.path.normpath(stage_dir))
+  output = output or os.path.join(workdir, 'export', f'{name}.{fmt}')
+  check_output(output)
+  fn, meta = inference_fn(stage_dir)
+  size = int(meta['image_size'])
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+
+  probe_batch = batch if batch > 0 else 2
+  probe = np.random.default_rng(0).integers(0, 256, (probe_batch, size, size, 3), np.uint8)
+  expected = np.asarray(jax.jit(fn)(probe))
+  if fmt == 'stablehlo':
+    with layers.portable_ops():  # standard conv ops for other runtimes
+      exported = export_stablehlo(fn, size, batch, platforms)
+    try:
+      data = exported.serialize()
+    except ImportError as e:  # jax.export serialization needs the `flatbuffers` package
+      raise FkdError(f'--format=stablehlo: {e}') from None
+    got = np.asarray(jax.export.deserialize(data).call(probe))
+    in_shape = [d if isinstance(d, int) else str(d) for d in exported.in_avals[0].shape]
+    extra = {
+      'platforms': list(exported.platforms),
+      'load': "jax.export.deserialize(open(path, 'rb').read()).call(images)",
+    }
+  else:
+    if batch <= 0:
+      batch = probe_batch = 1
+      probe = probe[:1]
+      expected = expected[:1]
+    with layers.portable_ops():  # TFLite's native CONV_2D / DEPTHWISE_CONV_2D
+      data = export_tflite(fn, size, batch)
+    got = run_tflite(data, probe)
+    in_shape = [batch, size, size, 3]
+    extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
+  _write_atomically(output, data)
+  diff = float(np.max(np.abs(got - expected)))
+  record = {
+    'artifact': os.path.abspath(output),
+    'format': fmt,
+    'bytes': len(data),
+    'input': {
+      'name': 'images',
+      'shape': in_shape,
+      'dtype': 'uint8',
+      'meaning': 'RGB face crops, the box resized anisotropically (fkd.predict)',
+    },
+    'output': {
+      'shape': [in_shape[0], int(meta['num_landmarks']), 2],
+      'dtype': 'float32',
+      'meaning': 'landmarks (x, y) in crop pixels, pixel centres at integers',
+    },
+    'model': {
+      'checkpoint': os.path.abspath(stage_dir),
+      'head': predictor_head(meta),
+      **{
+        k: meta[k]
+        for k in (
+          'stage',
+          'method',
+          'model',
+          'model_kwargs',
+          'dataset',
+          'image_size',
+          'num_landmarks',
+        )
+        if k in meta
+      },
+    },
+    'parity_max_abs_diff': diff,
+    **extra,
+  }
+  _write_atomically(record_path(output), json.dumps(record, indent=1).encode())
+  return record
+
+
+def record_path(output: str) -> str:
+  """The JSON record written next to an artifact."""
+  return os.path.splitext(output)[0] + '.json'
+
+
+def _is_export_record(path: str) -> bool:
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  return isinstance(record, dict) and {'artifact', 'format', 'input', 'output'} <= set(record)
+
+
+def check_output(output: str) -> None:
+  """An FkdError unless `output` and its record are new files or an earlier export's."""
+  record = record_path(output)
+  if os.path.abspath(record) == os.path.abspath(output):
+    raise FkdError(f'--output {output}: the artifact cannot be a .json file (its record is one)')
+  if os.path.isdir(output):
+    raise FkdError(
+      f'--output {output} is a folder; give the artifact file, e.g. {output}/model.{FORMATS[0]}'
+    )
+  if os.path.lexists(record) and not _is_export_record(record):
+    raise FkdError(
+      f'{record} (the record of --output {output}) exists and was not written by fkd.export: '
+      'choose another --output'
+    )
+  if os.path.lexists(output) and not (
+    _is_export_record(record) and _same_file(_read_artifact(record), output)
+  ):
+    raise FkdError(f'--output {output} exists and was not written by fkd.export: choose another')
+
+
+def _read_artifact(record: str) -> str:
+  with open(record) as f:
+    return json.load(f)['artifact']
+
+
+def _same_file(a: str, b: str) -> bool:
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  """Writes a temporary file next to `path`, then renames it: never half an artifact."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _define_flags():
+  from absl import flags
+
+  flags.DEFINE_string('workdir', None, 'Run directory.')
+  flags.DEFINE_enum('format', 'stablehlo', FORMATS, 'Artifact format.')
+  flags.DEFINE_string('output', None, 'Artifact path (default DIR/export/<stage>.<format>).')
+  flags.DEFINE_string(
+    'stage', None, 'Stage to export (default: student_kd, else student_baseline, else a teacher).'
+  )
+  flags.DEFINE_integer('batch', 0, 'Fixed batch size; 0 = symbolic (StableHLO) or 1 (TFLite).')
+  flags.DEFINE_list(
+    'platforms',
+    None,
+    "StableHLO lowering platforms (cpu, cuda, rocm, tpu); default: this machine's backend.",
+  )
+  flags.mark_flags_as_required(['workdir'])
+  return flags.FLAGS
+
+
+def _main(argv: list[str]) -> None:
+  f = _FLAGS
+  record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
+  print(
+    f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
+    f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
+    f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}',
+    flush=True,
+  )
+
+
+def main() -> None:
+  """`python -m fkd.export` (fkd/export.py runs this)."""
+  global _FLAGS
+  from fkd import cli
+
+  _FLAGS = _define_flags()
+  cli.run(_main)

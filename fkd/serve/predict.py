@@ -1,0 +1,988 @@
+"""Landmarks on any photo, folder of photos or video with a trained model.
+
+  python -m fkd.predict --workdir=DIR --image=photo.jpg --output=OUT     # every face it finds
+  python -m fkd.predict --workdir=DIR --image=photos/ --output=OUT       # a folder, in batches
+  python -m fkd.predict --workdir=DIR --image=face.png --whole_image --output=OUT  # a face crop
+  python -m fkd.predict --workdir=DIR --image=photo.jpg --bbox=x,y,w,h --output=OUT
+  python -m fkd.predict --workdir=DIR --video=in.mp4 [--smooth] --output=OUT
+  python -m fkd.predict --workdir=DIR --camera=0 --smooth --output=OUT  # a webcam, until Ctrl-C
+
+Photos: writes `OUT/<stem>.json`, one record per photo,
+
+  {"image": "...", "image_size": [w, h], "faces": [{"box": [x, y, w, h], "score": 0.97,
+   "landmarks": [[x, y], ...], ...}], ...}
+
+in original-image pixels (0-based, pixel centres at integers; EXIF-rotated photos in their upright
+orientation), and `OUT/<stem>.png`, the photo with every face's box and landmarks drawn. No face
+found gives `"faces": []` and a `"note"`, and is not an error. Video: `OUT/<stem>.mp4` (the
+annotated frames, same count and rate) and `OUT/<stem>.jsonl` (one line per frame:
+`{"frame": i, "time": t, "faces": [...]}`).
+
+Where the faces come from (`source` of each face):
+- `detector` (default): `fkd.serve.detect` (dlib's HOG detector, the `detect` extra) finds every
+face;
+  its box is mapped to the landmark box the model was trained on by a box calibration
+  (`fkd.box_calibration`, found by `find_calibration`: the stage dir, the workdir, then the one
+  fkd ships for the model's dataset or for another dataset of the same mark-up).
+- `bbox`: `--bbox=x,y,w,h`, the face's landmark box (the tight box of its points).
+- `whole_image`: `--whole_image`, the photo is the face crop (no margin).
+
+The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
+margin of the model's dataset (`TRAINING_MARGINS`, `--margin` overrides) and resized
+anisotropically to the model's `image_size`; predictions are mapped back with the inverse crop
+affine (`fkd.data.crops`). Faces go through the model in batches of a fixed `--batch_size` (one
+jitted call per batch, padded, so it compiles once), across photos and frames.
+
+Nothing the user owns is overwritten: an output that would replace an input file, or any existing
+file an earlier `fkd.predict` did not write, is an error, and inputs whose stems collide (`a.jpg`,
+`a.png`) get distinct output names (`a_jpg`, `a_png`). `--bbox` must be finite, of positive size
+and overlap the photo.
+`--workdir` picks the run's finished student (`student_kd`, `student_distill`, ...), else a teacher
+(`fkd.inference.find_stage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fkd import inference
+from fkd.data import crops, datasets, formats
+from fkd.errors import FkdError
+from fkd.inference import find_stage
+from fkd.infra import checkpoint, metric_writer
+from fkd.serve import box_calibration
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+# The training crop margin per dataset (TFDS name): the landmark box widened by this fraction of
+# its width / height per side. synthetic_faces: its builder's crop_margin. 300-W: the landmark
+# extent ± 5 px (tfds_builders/ibug_300w MARGIN): 0.013 of the landmark box's width and height
+# (median; mean 0.014) over the 1537 300-W faces of shared/data.
+TRAINING_MARGINS = {'synthetic_faces': 0.05, 'ibug_300w': 0.013}
+DEFAULT_MARGIN = 0.05  # datasets without an entry (WFLW and COFW crops are wider than 5 px)
+DEFAULT_BATCH_SIZE = 16
+COORDINATES = 'original image pixels, 0-based, pixel centres at integer coordinates'
+# 68-point (300W) face parts for the overlay: (first, last, closed).
+PARTS_68 = (
+  (0, 16, False),
+  (17, 21, False),
+  (22, 26, False),
+  (27, 30, False),
+  (31, 35, False),
+  (36, 41, True),
+  (42, 47, True),
+  (48, 59, True),
+  (60, 67, True),
+)
+
+__all__ = ['Face', 'Predictor', 'find_calibration', 'find_stage', 'predict_image', 'run']
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+  try:
+    x, y, w, h = (float(v) for v in text.split(','))
+  except ValueError:
+    raise FkdError(f'--bbox must be x,y,w,h (4 numbers), got {text!r}') from None
+  if not all(math.isfinite(v) for v in (x, y, w, h)):
+    raise FkdError(f'--bbox must be 4 finite numbers x,y,w,h, got {text!r}')
+  if w <= 0 or h <= 0:
+    raise FkdError(f'--bbox width and height must be positive, got {text!r}')
+  return x, y, w, h
+
+
+def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str) -> None:
+  """An FkdError when the box (x, y, w, h) has no pixel in common with the image (w, h)."""
+  x, y, w, h = bbox
+  if x + w <= 0 or y + h <= 0 or x >= size[0] or y >= size[1]:
+    raise FkdError(
+      f'--bbox {x:g},{y:g},{w:g},{h:g} lies outside {path} ({size[0]}x{size[1]} pixels)'
+    )
+
+
+def face_box(
+  image_size: tuple[int, int], bbox: Sequence[float] | None, margin: float
+) -> np.ndarray:
+  """[L, T, R, B] pixel-edge box (pixel centres at integers) of `bbox` = (x, y, w, h).
+
+  (x, y) is the top-left pixel of the box, which covers pixels x..x+w−1; the box is widened by
+  `margin`·w and `margin`·h on each side. None is the whole image, without margin.
+  """
+  if bbox is None:
+    w, h = image_size
+    return np.array([-0.5, -0.5, w - 0.5, h - 0.5])
+  x, y, w, h = bbox
+  return np.array(
+    [x - 0.5 - margin * w, y - 0.5 - margin * h, x + w - 0.5 + margin * w, y + h - 0.5 + margin * h]
+  )
+
+
+def crop_face(img: Image.Image, box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The size x size anisotropic crop of `box` (uint8) and its 2x3 affine (image -> crop).
+
+  Resampled with an antialiasing resize (like the training crops, which are downsized with PIL's
+  resize); areas outside the image are black.
+  """
+  a = crops.box_transform(box, size)
+  lo = box + 0.5  # PIL's box is in pixel-corner coordinates
+  pad = [
+    max(0, math.ceil(-lo[0])),
+    max(0, math.ceil(-lo[1])),
+    max(0, math.ceil(lo[2] - img.width)),
+    max(0, math.ceil(lo[3] - img.height)),
+  ]
+  if any(pad):
+    canvas = Image.new('RGB', (img.width + pad[0] + pad[2], img.height + pad[1] + pad[3]))
+    canvas.paste(img, (pad[0], pad[1]))
+    img, lo = canvas, lo + np.array([pad[0], pad[1], pad[0], pad[1]])
+  crop = img.resize(
+    (size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in lo), reducing_gap=2.0
+  )  # as input_pipeline.load_split
+  return np.asarray(crop, np.uint8), a
+
+
+def open_photo(path: str) -> Image.Image:
+  """The photo as RGB, upright (EXIF orientation applied, as photo viewers show it)."""
+  img = formats.open_image(path)
+  try:
+    with Image.open(path) as raw:
+      orientation = raw.getexif().get(0x0112, 1)
+  except (OSError, ValueError):
+    orientation = 1
+  return _transpose(img, orientation) if orientation not in (None, 1) else img
+
+
+def _transpose(img: Image.Image, orientation: int) -> Image.Image:
+  method = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+  }.get(orientation)
+  return img.transpose(method) if method is not None else img
+
+
+# ---- where the box calibration and the crop margin come from ---------------------------------
+
+
+def dataset_name(meta: dict[str, Any]) -> str:
+  """The TFDS name of a checkpoint's dataset ('synthetic_faces/small' -> 'synthetic_faces')."""
+  return str(meta.get('dataset', '')).split('/')[0]
+
+
+def training_margin(meta: dict[str, Any]) -> float:
+  """The crop margin a model was trained with (`TRAINING_MARGINS`), from its checkpoint meta."""
+  return TRAINING_MARGINS.get(dataset_name(meta), DEFAULT_MARGIN)
+
+
+def _same_markup_datasets(name: str) -> list[str]:
+  """TFDS names of the datasets whose mark-up is `name`'s (itself first)."""
+  table = list(datasets.DATASETS.values())
+  scheme = next((d.scheme for d in table if d.tfds_name == name), None)
+  same = [d.tfds_name for d in table if scheme is not None and d.scheme == scheme]
+  return list(dict.fromkeys([name, *same]))
+
+
+def find_calibration(
+  stage_dir: str, path: str | None = None
+) -> tuple[box_calibration.Calibration | None, str]:
+  """The detector -> landmark box calibration of a model, and where it came from.
+
+  In order: `path` (`--calibration`), `<stage_dir>/calibration.json`, `<workdir>/calibration.json`
+  (the stage's parent), the calibration fkd ships for the model's dataset
+  (`fkd/serve/calibrations/<tfds name>.json`), else for another dataset with the same mark-up (the
+  embedded `synthetic_faces` uses 300-W's 68 points, so it gets `ibug_300w.json`: the landmark box
+  of a real face is what a model of that mark-up should be given). (None, reason) when none fits.
+  """
+  if path:
+    return box_calibration.load(path), os.path.abspath(
+      path if not os.path.isdir(path) else os.path.join(path, box_calibration.FILENAME)
+    )
+  for d in (stage_dir, os.path.dirname(os.path.abspath(stage_dir))):
+    candidate = os.path.join(d, box_calibration.FILENAME)
+    if os.path.isfile(candidate):
+      return box_calibration.load(candidate), os.path.abspath(candidate)
+  meta = checkpoint.read_meta(stage_dir) or {}
+  name = dataset_name(meta)
+  for other in _same_markup_datasets(name):
+    calib = box_calibration.packaged(other)
+    if calib is not None:
+      note = '' if other == name else f' (same mark-up as {name})'
+      return calib, f'packaged {other}{note}: {box_calibration.PACKAGED / (other + ".json")}'
+  return None, f'none for dataset {name or "?"}: detector boxes are used uncalibrated'
+
+
+# ---- the Python API ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """One face of a photo: `box` (x, y, w, h) the landmark box the crop was made from, `score`
+  (the detector's, None for a given box), `landmarks` (N, 2) in original-image pixels.
+
+  `source` is 'detector', 'bbox' or 'whole_image'; detector faces also keep the detector's own
+  box (`detection_box`) and `view`; `crop_box` is the [L, T, R, B] pixel-edge box that was cropped.
+  """
+
+  box: tuple[float, float, float, float]
+  score: float | None
+  landmarks: np.ndarray
+  source: str = 'detector'
+  view: str | None = None
+  detection_box: tuple[float, float, float, float] | None = None
+  crop_box: tuple[float, float, float, float] | None = None
+  track: int | None = None
+
+  def to_json(self) -> dict[str, Any]:
+    r3 = lambda v: round(float(v), 3)
+    out = {
+      'box': [r3(v) for v in self.box],
+      'score': None if self.score is None else round(float(self.score), 4),
+      'landmarks': [[r3(x), r3(y)] for x, y in np.asarray(self.landmarks)],
+      'source': self.source,
+    }
+    if self.track is not None:
+      out['track'] = int(self.track)
+    if self.view is not None:
+      out['view'] = self.view
+    if self.detection_box is not None:
+      out['detection_box'] = [r3(v) for v in self.detection_box]
+    if self.crop_box is not None:
+      out['crop_box'] = [r3(v) for v in self.crop_box]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Box:
+  """A face to crop: its landmark box and where it came from (no landmarks yet)."""
+
+  box: tuple[float, float, float, float] | None  # None: the whole image
+  score: float | None
+  source: str
+  view: str | None = None
+  detection_box: tuple[float, float, float, float] | None = None
+
+
+class Predictor(inference.Predictor):
+  """A model with face detection: `faces(image) -> list[Face]` on any photo.
+
+    predictor = predict.Predictor.from_workdir('runs/kd')
+    for face in predictor.faces('photo.jpg'):   # a path, a PIL image or a uint8 RGB array
+      print(face.box, face.score, face.landmarks.shape)
+
+  Still the `fkd.inference.Predictor` of its stage (`predictor(crops)` -> crop-frame landmarks).
+  Args beyond the stage: `calibration` (a calibration.json path; default `find_calibration`),
+  `margin` (default: the model's training margin), `batch_size` (faces per jitted call, fixed),
+  and the detector's `min_score`, `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
+  """
+
+  def __init__(
+    self,
+    stage_dir: str,
+    calibration: str | None = None,
+    margin: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **detector_kwargs: Any,
+  ):
+    super().__init__(stage_dir)
+    if batch_size < 1:
+      raise FkdError(f'batch_size must be at least 1, got {batch_size}')
+    self.margin = training_margin(self.meta) if margin is None else float(margin)
+    self.batch_size = int(batch_size)
+    self.calibration, self.calibration_source = find_calibration(stage_dir, calibration)
+    self.detector_kwargs = {k: v for k, v in detector_kwargs.items() if v is not None}
+    self._detector = None
+
+  @classmethod
+  def from_workdir(cls, workdir: str, **kwargs: Any) -> Predictor:
+    """The workdir's finished student (else a teacher; `fkd.inference.find_stage`)."""
+    return cls(find_stage(workdir), **kwargs)
+
+  @classmethod
+  def from_checkpoint(cls, stage_dir: str, **kwargs: Any) -> Predictor:
+    """A stage directory (e.g. runs/kd/student_kd)."""
+    if checkpoint_meta(stage_dir) is None:
+      raise FkdError(f'no checkpoint in {stage_dir}')
+    return cls(stage_dir, **kwargs)
+
+  @property
+  def detector(self) -> Any:
+    if self._detector is None:
+      from fkd.serve import detect
+
+      self._detector = detect.FaceDetector(**self.detector_kwargs)
+    return self._detector
+
+  def locate(
+    self,
+    image: np.ndarray,
+    bbox: Sequence[float] | None = None,
+    whole_image: bool = False,
+  ) -> list[_Box]:
+    """The faces to crop in a uint8 RGB image: the given box, the whole image or detections."""
+    if whole_image:
+      return [_Box(None, None, 'whole_image')]
+    if bbox is not None:
+      return [_Box(tuple(float(v) for v in bbox), None, 'bbox')]
+    out = []
+    for d in self.detector(image):
+      if self.calibration is not None:
+        box = tuple(float(v) for v in box_calibration.apply(self.calibration, d.box, d.view))
+      else:
+        box = d.box
+      out.append(_Box(box, d.score, 'detector', d.view, d.box))
+    return out
+
+  def crop(self, img: Image.Image, boxes: Sequence[_Box]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(k, S, S, 3) uint8 crops of `boxes` and their crop boxes [L, T, R, B]."""
+    size = self.image_size
+    out, edges = np.zeros((len(boxes), size, size, 3), np.uint8), []
+    for i, b in enumerate(boxes):
+      e = face_box(img.size, b.box, self.margin)
+      out[i], _ = crop_face(img, e, size)
+      edges.append(e)
+    return out, edges
+
+  def predict_crops(self, face_crops: np.ndarray) -> np.ndarray:
+    """Crop-frame landmarks (k, N, 2) of k crops, in jitted calls of exactly `batch_size`."""
+    k, b = len(face_crops), self.batch_size
+    out = np.zeros((k, self.num_landmarks, 2), np.float32)
+    for start in range(0, k, b):
+      chunk = face_crops[start : start + b]
+      padded = np.zeros((b, *face_crops.shape[1:]), np.uint8)
+      padded[: len(chunk)] = chunk
+      out[start : start + len(chunk)] = self(padded)[: len(chunk)]
+    return out
+
+  def to_faces(
+    self, boxes: Sequence[_Box], edges: Sequence[np.ndarray], crop_landmarks: np.ndarray
+  ) -> list[Face]:
+    """Faces in original pixels from crop-frame landmarks."""
+    faces = []
+    for b, e, pts in zip(boxes, edges, crop_landmarks, strict=True):
+      a = crops.box_transform(e, self.image_size)
+      points = crops.apply(crops.invert(a), pts)
+      box = b.box if b.box is not None else (0.0, 0.0, e[2] - e[0], e[3] - e[1])
+      faces.append(
+        Face(box, b.score, points, b.source, b.view, b.detection_box, tuple(float(v) for v in e))
+      )
+    return faces
+
+  def faces(
+    self,
+    image: str | os.PathLike | Image.Image | np.ndarray,
+    bbox: Sequence[float] | None = None,
+    whole_image: bool = False,
+  ) -> list[Face]:
+    """Every face of a photo with its landmarks (original pixels), best detector score first."""
+    img = as_image(image)
+    boxes = self.locate(np.asarray(img), bbox, whole_image)
+    face_crops, edges = self.crop(img, boxes)
+    return self.to_faces(boxes, edges, self.predict_crops(face_crops))
+
+
+def checkpoint_meta(stage_dir: str) -> dict[str, Any] | None:
+  return checkpoint.read_meta(stage_dir) if os.path.isdir(stage_dir) else None
+
+
+def as_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+  """An RGB PIL image of a path (upright), a PIL image or a uint8 (H, W[, 3|4]) array."""
+  if isinstance(image, str | os.PathLike):
+    return open_photo(os.fspath(image))
+  if isinstance(image, Image.Image):
+    return image.convert('RGB')
+  arr = np.asarray(image)
+  if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+    raise FkdError(
+      f'an image must be a uint8 (H, W) or (H, W, 3) array, got {arr.dtype} {arr.shape}'
+    )
+  return Image.fromarray(arr[..., :3] if arr.ndim == 3 else arr).convert('RGB')
+
+
+def in_batches(
+  predictor: Predictor, items: Iterable[tuple[Any, np.ndarray]]
+) -> Iterator[tuple[Any, np.ndarray]]:
+  """(key, crops (k, S, S, 3)) -> (key, crop-frame landmarks (k, N, 2)), in order.
+
+  Crops of consecutive items share jitted calls of exactly `predictor.batch_size` faces (the last
+  one padded), so a folder of photos or a video compiles once and fills every batch.
+  """
+  b = predictor.batch_size
+  pending: list[tuple[Any, int]] = []  # keys waiting for their landmarks, and their face counts
+  queued: list[np.ndarray] = []  # crops not yet run
+  done: list[np.ndarray] = []  # landmarks run but not yet handed out
+
+  def run(n: int) -> None:
+    rows = np.concatenate(queued) if queued else np.zeros((0,), np.uint8)
+    done.append(predictor.predict_crops(rows[:n]))
+    queued[:] = [rows[n:]] if len(rows) > n else []
+
+  def ready() -> Iterator[tuple[Any, np.ndarray]]:
+    nonlocal done
+    out = np.concatenate(done) if done else None
+    while pending and (pending[0][1] == 0 or (out is not None and len(out) >= pending[0][1])):
+      key, n = pending.pop(0)
+      if n == 0:
+        yield key, np.zeros((0, predictor.num_landmarks, 2), np.float32)
+        continue
+      yield key, out[:n]
+      out = out[n:]
+    done = [out] if out is not None and len(out) else []
+
+  for key, face_crops in items:
+    pending.append((key, len(face_crops)))
+    if len(face_crops):
+      queued.append(face_crops)
+    n_queued = sum(len(q) for q in queued)
+    if n_queued >= b:
+      run(n_queued - n_queued % b)
+    yield from ready()
+  if queued:
+    run(sum(len(q) for q in queued))
+  yield from ready()
+
+
+# ---- records and overlays ----------------------------------------------------------------------
+
+
+def no_face_note(predictor: Predictor) -> str:
+  d = predictor.detector
+  return (
+    f'no face found (detector min_score {d.min_score:g}, faces from '
+    f'max({d.min_face:g} px, {d.min_face_fraction:g} x the shorter side)): pass --bbox=x,y,w,h, '
+    'or --whole_image if the photo is a face crop'
+  )
+
+
+def image_record(
+  predictor: Predictor, path: str, img: Image.Image, faces: Sequence[Face], source: str
+) -> dict[str, Any]:
+  """The JSON record of one photo (module docstring)."""
+  record: dict[str, Any] = {
+    'image': os.path.abspath(path),
+    'image_size': list(img.size),
+    'faces': [f.to_json() for f in faces],
+    'num_landmarks': predictor.num_landmarks,
+    'coordinates': COORDINATES,
+    'source': source,
+  }
+  if source == 'detector':
+    if not faces:
+      record['note'] = no_face_note(predictor)
+    record['detector'] = predictor.detector.config()
+    record['calibration'] = predictor.calibration_source
+  record['margin'] = 0.0 if source == 'whole_image' else predictor.margin
+  record['model'] = predictor.info()
+  return record
+
+
+def draw_faces(img: Image.Image, faces: Sequence[Face]) -> Image.Image:
+  """`img` (a copy) with each face's landmark box (yellow), contours (cyan, 68 points), landmarks
+  (red) and score."""
+  img = img.copy()
+  draw = ImageDraw.Draw(img)
+  for face in faces:
+    pts = np.asarray(face.landmarks, np.float64) + 0.5
+    x, y, w, h = face.box
+    box = [x, y, x + w, y + h]  # pixel edges x−½ .. x+w−½, in PIL's corner coordinates
+    scale = max(w, h)
+    r = max(1.0, scale / 100)
+    width = max(1, round(scale / 150))
+    draw.rectangle(box, outline=(255, 220, 0), width=width)
+    if face.score is not None:
+      size = max(10, round(scale / 8))
+      draw.text(
+        (box[0], max(0, box[1] - 1.2 * size)),
+        f'{face.score:.2f}',
+        fill=(255, 220, 0),
+        font=_font(size),
+      )
+    if len(pts) == 68:
+      for first, last, closed in PARTS_68:
+        line = [tuple(p) for p in pts[first : last + 1]]
+        draw.line(line + line[:1] if closed else line, fill=(0, 220, 255), width=width)
+    for px, py in pts:
+      draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 40, 40))
+  return img
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  try:
+    return ImageFont.load_default(size=size)  # Pillow >= 10.1
+  except TypeError:
+    return ImageFont.load_default()
+
+
+def predict_image(
+  predictor: Predictor,
+  path: str,
+  bbox: Sequence[float] | None = None,
+  whole_image: bool = False,
+) -> dict[str, Any]:
+  """The JSON record of one photo (one image, unbatched; `run` batches folders)."""
+  img = open_photo(path)
+  faces = predictor.faces(img, bbox, whole_image)
+  return image_record(predictor, path, img, faces, _source(bbox, whole_image))
+
+
+def _source(bbox: Sequence[float] | None, whole_image: bool) -> str:
+  return 'whole_image' if whole_image else 'bbox' if bbox is not None else 'detector'
+
+
+# ---- inputs and outputs ------------------------------------------------------------------------
+
+
+def image_paths(image: str) -> list[str]:
+  if os.path.isdir(image):
+    paths = sorted(
+      os.path.join(image, f)
+      for f in os.listdir(image)
+      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(image, f))
+    )
+    if not paths:
+      raise FkdError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {image}')
+    return paths
+  if not os.path.isfile(image):
+    raise FkdError(f'--image {image} does not exist')
+  return [image]
+
+
+def output_stems(paths: Sequence[str], output: str) -> list[str]:
+  """`OUT/<stem>` per input; inputs sharing a stem get `OUT/<stem>_<ext>` (a.jpg, a.png)."""
+  stems = [os.path.splitext(os.path.basename(p)) for p in paths]
+  count: dict[str, int] = {}
+  for stem, _ in stems:
+    count[stem] = count.get(stem, 0) + 1
+  names = [s if count[s] == 1 else f'{s}_{e.lstrip(".").lower()}' for s, e in stems]
+  seen: dict[str, int] = {}
+  out = []
+  for name in names:  # still colliding (a.JPG, a.jpg in one folder): number them
+    k = seen.get(name, 0)
+    seen[name] = k + 1
+    out.append(os.path.join(output, name if k == 0 else f'{name}_{k}'))
+  return out
+
+
+def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
+  """An FkdError when an output file would replace an input file, or an existing file that an
+  earlier `fkd.predict` did not write (`is_predict_output`)."""
+  real = {os.path.realpath(p): p for p in inputs}
+  for out in outputs:
+    hit = real.get(os.path.realpath(out))
+    if hit is not None:
+      raise FkdError(
+        f'{out} would overwrite the input {hit}: choose an --output folder that does not hold '
+        'the inputs'
+      )
+    if os.path.lexists(out) and not is_predict_output(out):
+      raise FkdError(
+        f'{out} exists and was not written by fkd.predict: choose another --output folder'
+      )
+
+
+def is_predict_output(path: str) -> bool:
+  """Whether `path` is a file an earlier `fkd.predict` wrote (it may then be replaced): a photo's
+  JSON record or its overlay, a video's JSON lines or its overlay video."""
+  stem, ext = os.path.splitext(path)
+  if os.path.islink(path) or not os.path.isfile(path):
+    return False
+  if ext in ('.png', '.mp4'):
+    sibling = stem + ('.json' if ext == '.png' else '.jsonl')
+    return os.path.isfile(sibling) and is_predict_output(sibling)
+  try:
+    with open(path) as f:
+      first = json.loads(f.readline() if ext == '.jsonl' else f.read())
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  keys = {'frame', 'faces'} if ext == '.jsonl' else {'image', 'faces', 'coordinates'}
+  return isinstance(first, dict) and keys <= set(first)
+
+
+def _check_output(output: str) -> None:
+  """The output folder must be a folder (it is made when the first result is written)."""
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise FkdError(f'--output {output} is a file, not a folder')
+
+
+def _check_args(
+  workdir: str | None, checkpoint_dir: str | None, bbox: Any, whole_image: bool
+) -> None:
+  """The flag combinations photos and videos share."""
+  if bool(workdir) == bool(checkpoint_dir):
+    raise FkdError('give exactly one of --workdir and --checkpoint')
+  if bbox is not None and whole_image:
+    raise FkdError('give at most one of --bbox and --whole_image')
+
+
+def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: Any) -> Predictor:
+  predictor = (
+    Predictor.from_workdir(workdir, **kwargs)
+    if workdir
+    else Predictor.from_checkpoint(checkpoint_dir, **kwargs)
+  )
+  info = predictor.info()
+  print(
+    f'fkd: {info["stage"]} ({info["model"]}, step {info["step"]}) from {info["checkpoint"]}',
+    flush=True,
+  )
+  return predictor
+
+
+def _write_json(path: str, record: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _start(
+  output: str,
+  workdir: str | None,
+  checkpoint_dir: str | None,
+  bbox: Sequence[float] | None,
+  whole_image: bool,
+  calibration: str | None,
+  margin: float | None,
+  batch_size: int,
+  detector_kwargs: dict[str, Any],
+) -> tuple[Predictor, str]:
+  """What photos and videos share once their inputs are checked: the predictor, where the boxes
+  come from (a missing detector fails here, with the install hint) and the output folder."""
+  predictor = _load_predictor(
+    workdir,
+    checkpoint_dir,
+    calibration=calibration,
+    margin=margin,
+    batch_size=batch_size,
+    **detector_kwargs,
+  )
+  source = _source(bbox, whole_image)
+  if source == 'detector':
+    predictor.detector  # noqa: B018  (fails now, with the install hint, if dlib is missing)
+    print(f'fkd: box calibration: {predictor.calibration_source}', flush=True)
+  _check_output(output)
+  return predictor, source
+
+
+# ---- photos ------------------------------------------------------------------------------------
+
+
+def run(
+  image: str,
+  output: str,
+  workdir: str | None = None,
+  checkpoint_dir: str | None = None,
+  bbox: Sequence[float] | None = None,
+  margin: float | None = None,
+  whole_image: bool = False,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  calibration: str | None = None,
+  **detector_kwargs: Any,
+) -> list[str]:
+  """Predicts every image of `image` (a file or folder); returns the JSON paths written."""
+  _check_args(workdir, checkpoint_dir, bbox, whole_image)
+  paths = image_paths(image)
+  stems = output_stems(paths, output)
+  check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
+  folder = os.path.isdir(image)
+  if bbox is not None and not folder:  # before anything is written
+    check_bbox_overlaps(bbox, open_photo(paths[0]).size, paths[0])
+  predictor, source = _start(
+    output,
+    workdir,
+    checkpoint_dir,
+    bbox,
+    whole_image,
+    calibration,
+    margin,
+    batch_size,
+    detector_kwargs,
+  )
+
+  def located() -> Iterator[tuple[Any, np.ndarray]]:
+    bar = metric_writer.progress(total=len(paths), desc='photos', unit=' photos')
+    for path, stem in zip(paths, stems, strict=True):
+      bar.update()
+      try:
+        img = open_photo(path)
+      except FkdError as e:
+        if not folder:
+          raise
+        metric_writer.write(f'fkd: warning: skipping {path}: {e}')
+        continue
+      if bbox is not None:
+        check_bbox_overlaps(bbox, img.size, path)
+      boxes = predictor.locate(np.asarray(img), bbox, whole_image)
+      face_crops, edges = predictor.crop(img, boxes)
+      yield (path, stem, img, boxes, edges), face_crops
+    bar.close()
+
+  written = []
+  for (path, stem, img, boxes, edges), landmarks in in_batches(predictor, located()):
+    faces = predictor.to_faces(boxes, edges, landmarks)
+    record = image_record(predictor, path, img, faces, source)
+    os.makedirs(output, exist_ok=True)
+    _write_json(stem + '.json', record)
+    draw_faces(img, faces).save(stem + '.png')
+    if whole_image:
+      what = f'whole image ({img.width}x{img.height}) as the face crop'
+    elif bbox is not None:
+      what = '1 face (--bbox)'
+    else:
+      what = f'{len(faces)} face{"s" if len(faces) != 1 else ""}'
+    metric_writer.write(
+      f'{path}: {what}, {predictor.num_landmarks} landmarks -> {stem}.json, {stem}.png'
+    )
+    if 'note' in record:
+      metric_writer.write(f'{path}: {record["note"]}')
+    written.append(stem + '.json')
+  return written
+
+
+# ---- video -------------------------------------------------------------------------------------
+
+
+class _Motion:
+  """Mean frame-to-frame landmark motion per track, raw and smoothed (the jitter figure)."""
+
+  def __init__(self):
+    self.last: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    self.sums: dict[int, np.ndarray] = {}  # track -> [raw sum, smooth sum, steps]
+
+  def add(self, frame: int, track: int, raw: np.ndarray, smooth: np.ndarray) -> None:
+    prev = self.last.get(track)
+    if prev is not None and prev[0] == frame - 1:
+      s = self.sums.setdefault(track, np.zeros(3))
+      s += [
+        np.linalg.norm(raw - prev[1], axis=-1).mean(),
+        np.linalg.norm(smooth - prev[2], axis=-1).mean(),
+        1,
+      ]
+    self.last[track] = (frame, raw, smooth)
+
+  def lines(self) -> list[str]:
+    return [
+      f'track {t}: mean frame-to-frame landmark motion {s[0] / s[2]:.2f} px raw -> '
+      f'{s[1] / s[2]:.2f} px smoothed ({int(s[2])} frame pairs)'
+      for t, s in sorted(self.sums.items())
+    ]
+
+
+def parse_camera(text: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    raise FkdError(
+      f'--camera must be a camera index (0 for the first webcam), got {text!r}'
+    ) from None
+
+
+def run_video(
+  source: str | int,
+  output: str,
+  workdir: str | None = None,
+  checkpoint_dir: str | None = None,
+  smooth: bool = False,
+  bbox: Sequence[float] | None = None,
+  margin: float | None = None,
+  whole_image: bool = False,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  calibration: str | None = None,
+  min_cutoff: float = 1.0,
+  beta: float = 1.0,
+  **detector_kwargs: Any,
+) -> tuple[str, str]:
+  """Landmarks on every frame of a video file (or camera index): (OUT/<stem>.mp4, .jsonl).
+
+  Frames go through the model in batches across frames (one frame at a time for a camera). A
+  video that breaks off ends with an FkdError after the frames read so far are written (a valid,
+  shorter video and JSON lines); a camera runs until Ctrl-C.
+  """
+  from fkd.serve import smoothing, video
+
+  _check_args(workdir, checkpoint_dir, bbox, whole_image)
+  camera = isinstance(source, int)
+  if not camera and not os.path.isfile(source):
+    raise FkdError(f'--video {source} does not exist')
+  stem = os.path.join(
+    output, f'camera{source}' if camera else os.path.splitext(os.path.basename(source))[0]
+  )
+  paths = (stem + '.mp4', stem + '.jsonl')
+  if not camera:
+    check_no_overwrite([source], paths)
+  predictor, src = _start(
+    output,
+    workdir,
+    checkpoint_dir,
+    bbox,
+    whole_image,
+    calibration,
+    margin,
+    batch_size,
+    detector_kwargs,
+  )
+  reader = video.VideoReader(source)
+  info = reader.info
+  if bbox is not None:
+    check_bbox_overlaps(bbox, info.size, str(source))
+  tracker = (
+    smoothing.FaceTracker(min_cutoff=min_cutoff, beta=beta, fps=info.fps) if smooth else None
+  )
+  motion = _Motion()
+  broken: list[FkdError] = []
+  stats = {'frames': 0, 'faces': 0}
+
+  def located() -> Iterator[tuple[Any, np.ndarray]]:
+    try:
+      for frame in reader:
+        img = Image.fromarray(frame.image)
+        boxes = predictor.locate(frame.image, bbox, whole_image)
+        face_crops, edges = predictor.crop(img, boxes)
+        yield (frame, img, boxes, edges), face_crops
+    except FkdError as e:  # a broken or truncated file: finish what was read, then say so
+      broken.append(e)
+
+  batches = _one_at_a_time(predictor, located()) if camera else in_batches(predictor, located())
+  os.makedirs(output, exist_ok=True)
+  bar = metric_writer.progress(total=info.frame_count, desc='frames', unit=' frames')
+  with reader, video.VideoWriter(paths[0], info.fps, info.size) as writer, open(paths[1], 'w') as f:
+    try:
+      for (frame, img, boxes, edges), landmarks in batches:
+        faces = predictor.to_faces(boxes, edges, landmarks)
+        if tracker is not None:
+          tracked = tracker.update(
+            [fc.box for fc in faces], [fc.landmarks for fc in faces], frame.time
+          )
+          for fc, (track, pts) in zip(faces, tracked, strict=True):
+            motion.add(frame.index, track, fc.landmarks, pts)
+          faces = [
+            dataclasses.replace(fc, landmarks=pts, track=track)
+            for fc, (track, pts) in zip(faces, tracked, strict=True)
+          ]
+        line = {
+          'frame': frame.index,
+          'time': round(frame.time, 4),
+          'faces': [fc.to_json() for fc in faces],
+        }
+        f.write(json.dumps(line) + '\n')
+        f.flush()
+        writer.write(np.asarray(draw_faces(img, faces)))
+        stats['frames'] += 1
+        stats['faces'] += len(faces)
+        bar.update()
+    except KeyboardInterrupt:
+      if not camera:
+        raise
+      metric_writer.write('fkd: stopped (Ctrl-C)')
+  bar.close()
+  print(
+    f'{source}: {stats["frames"]} frames at {info.fps:g} fps, {stats["faces"]} faces'
+    f'{" (smoothed)" if smooth else ""} -> {paths[0]}, {paths[1]}',
+    flush=True,
+  )
+  for line in motion.lines():
+    print(line, flush=True)
+  if broken:
+    raise FkdError(
+      f'{broken[0]}; the {stats["frames"]} frames before it are in {paths[0]} and {paths[1]}'
+    )
+  return paths
+
+
+def _one_at_a_time(
+  predictor: Predictor, items: Iterable[tuple[Any, np.ndarray]]
+) -> Iterator[tuple[Any, np.ndarray]]:
+  """Like `in_batches`, but every item runs at once (live video: no waiting for a full batch)."""
+  for key, face_crops in items:
+    yield key, predictor.predict_crops(face_crops)
+
+
+def _define_flags():
+  from absl import flags
+
+  flags.DEFINE_string(
+    'workdir', None, 'Run directory: uses its student_kd (else baseline, else a teacher).'
+  )
+  flags.DEFINE_string('checkpoint', None, 'A stage directory (e.g. DIR/student_kd) instead.')
+  flags.DEFINE_string('image', None, 'An image file or a folder of images.')
+  flags.DEFINE_string('video', None, 'A video file: writes OUT/<stem>.mp4 and OUT/<stem>.jsonl.')
+  flags.DEFINE_string('camera', None, 'A camera index (0: the first webcam), until Ctrl-C.')
+  flags.DEFINE_string('output', None, 'Output folder.')
+  flags.DEFINE_string(
+    'bbox', None, 'Face box x,y,w,h in pixels (top-left pixel, size) instead of face detection.'
+  )
+  flags.DEFINE_boolean(
+    'whole_image', False, 'The whole image is the face crop (pre-cropped faces; no detection).'
+  )
+  flags.DEFINE_float(
+    'margin',
+    None,
+    'Widening of the face box per side, as a fraction of its width / height; default: the '
+    "model's training crops (0.05 synthetic_faces, 0.013 300-W).",
+  )
+  flags.DEFINE_integer(
+    'batch_size',
+    DEFAULT_BATCH_SIZE,
+    'Faces per jitted call (fixed: compiled once; 1 for --camera).',
+  )
+  flags.DEFINE_string(
+    'calibration', None, 'A detector box calibration.json; default: found with the model.'
+  )
+  flags.DEFINE_float('min_score', None, 'Detector score threshold (fkd.serve.detect default 0.4).')
+  flags.DEFINE_float('min_face', None, 'Smallest face side looked for, in pixels (default 40).')
+  flags.DEFINE_float(
+    'min_face_fraction', None, '... or this fraction of the shorter image side (default 0.05).'
+  )
+  flags.DEFINE_integer('max_faces', None, 'Keep at most this many faces per image (best first).')
+  flags.DEFINE_boolean('smooth', False, 'Video: One Euro smoothing of landmarks across frames.')
+  flags.DEFINE_float('min_cutoff', 1.0, '--smooth: cutoff at rest in Hz (lower: smoother).')
+  flags.DEFINE_float('beta', 1.0, '--smooth: cutoff rise with speed (higher: less lag).')
+  flags.mark_flags_as_required(['output'])
+  return flags.FLAGS
+
+
+def _main(argv: list[str]) -> None:
+  f = _FLAGS
+  inputs = [name for name in ('image', 'video', 'camera') if getattr(f, name) is not None]
+  if len(inputs) != 1:
+    raise FkdError('give exactly one of --image, --video and --camera')
+  common = dict(
+    workdir=f.workdir,
+    checkpoint_dir=f.checkpoint,
+    bbox=parse_bbox(f.bbox) if f.bbox else None,
+    margin=f.margin,
+    whole_image=f.whole_image,
+    batch_size=f.batch_size,
+    calibration=f.calibration,
+    min_score=f.min_score,
+    min_face=f.min_face,
+    min_face_fraction=f.min_face_fraction,
+    max_faces=f.max_faces,
+  )
+  if f.image is not None:
+    if f.smooth:
+      raise FkdError('--smooth is for --video and --camera')
+    run(f.image, f.output, **common)
+    return
+  source = f.video if f.video is not None else parse_camera(f.camera)
+  if f.camera is not None and not f['batch_size'].present:
+    common['batch_size'] = 1  # live: one frame at a time, so no padding to a large batch
+  run_video(source, f.output, smooth=f.smooth, min_cutoff=f.min_cutoff, beta=f.beta, **common)
+
+
+def main() -> None:
+  """`python -m fkd.predict` (fkd/predict.py runs this)."""
+  global _FLAGS
+  from fkd import cli
+
+  _FLAGS = _define_flags()
+  cli.run(_main)

@@ -1,0 +1,1 @@
+"""Training: the generic trainer, the synthetic pre-stage and `init_from` weights."""
