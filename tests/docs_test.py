@@ -307,3 +307,33 @@ def test_correct_commands_pass():
     '```\n'
   )
   assert check_text(text, tool_flags()) == []
+
+
+def _slug(heading: str) -> str:
+  """Python-Markdown's toc anchor of a heading (mkdocs uses the same)."""
+  text = re.sub(r'[`*]', '', heading)
+  text = re.sub(r'[^\w\s-]', '', text).strip().lower()
+  return re.sub(r'[-\s]+', '-', text)
+
+
+@pytest.mark.parametrize(
+  'path',
+  [ROOT / 'README.md', *sorted((ROOT / 'fkd' / 'methods').glob('*/README.md'))],
+  ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_links_outside_the_site_resolve(path: pathlib.Path):
+  """README and the method folders' READMEs are not built by mkdocs (whose strict build checks
+  the site's links): their relative links must name files, and headings, that exist."""
+  broken = []
+  for target in re.findall(r'\]\(([^)\s]+)\)', path.read_text()):
+    if re.match(r'[a-z]+:', target):
+      continue  # a URL
+    file, _, anchor = target.partition('#')
+    dest = (path.parent / file).resolve() if file else path
+    if not dest.exists():
+      broken.append(target)
+    elif anchor and dest.suffix == '.md':
+      headings = re.findall(r'^#+ (.+)$', _FENCE.sub('', dest.read_text()), re.M)
+      if anchor not in {_slug(h) for h in headings}:
+        broken.append(target)
+  assert not broken, f'{path.name}: broken links {broken}'
