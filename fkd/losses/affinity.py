@@ -187,7 +187,8 @@ def affinity_mse(fs: Array, ft: Array, eps: float = EPS, block: int | None = Non
   """mean_{b,p,q} (C(F_S) − C(F_T))² in Gram form, O(C²) memory (module doc).
 
   Args:
-    fs, ft: (B, H, W, Cs) and (B, H, W, Ct) feature maps (or (B, N, C)) with the same B and N.
+    fs: (B, H, W, Cs) student feature maps (or (B, N, Cs)).
+    ft: (B, H, W, Ct) teacher feature maps (or (B, N, Ct)), with the same B and N as `fs`.
     eps: norm regulariser.
     block: rows per streamed block, dividing N (default: the largest divisor of N up to 256).
   """
