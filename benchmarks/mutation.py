@@ -33,17 +33,17 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COPIED = ('fkd', 'tests', 'configs', 'tfds_builders', 'docs', 'pyproject.toml')
 
-LOSSES_T = ('tests/losses_test.py', 'tests/wiring_test.py')
-WIRING_T = ('tests/wiring_test.py',)
-METRICS_T = ('tests/metrics_test.py', 'tests/normalisers_test.py')
-ASM_T = ('tests/asm_test.py',)
-AFFINITY_T = ('tests/affinity_test.py',)
-HEATMAPS_T = ('tests/heatmaps_test.py',)
-CROPS_T = ('tests/crops_test.py',)
+LOSSES_T = ('tests/unit/losses_test.py', 'tests/unit/wiring_test.py')
+WIRING_T = ('tests/unit/wiring_test.py',)
+METRICS_T = ('tests/unit/metrics_test.py', 'tests/unit/normalisers_test.py')
+ASM_T = ('tests/unit/asm_test.py',)
+AFFINITY_T = ('tests/unit/affinity_test.py',)
+HEATMAPS_T = ('tests/unit/heatmaps_test.py',)
+CROPS_T = ('tests/unit/crops_test.py',)
 HEADS_T = (
-  'tests/wiring_test.py',
-  'tests/methods_test.py::test_regression_head_hand_values',
-  'tests/methods_test.py::test_heatmap_head_decodes_its_targets',
+  'tests/unit/wiring_test.py',
+  'tests/unit/methods_test.py::test_regression_head_hand_values',
+  'tests/unit/methods_test.py::test_heatmap_head_decodes_its_targets',
 )
 
 

@@ -14,7 +14,7 @@ from fkd.data import formats
 from fkd.errors import FkdError
 from fkd.serve import box_calibration, detect, predict, smoothing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
