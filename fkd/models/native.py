@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 
 import jax
@@ -48,7 +47,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fkd.infra import runtime
+from fkd.infra import files, runtime
 
 Array = jax.Array
 
@@ -104,18 +103,12 @@ def library_path(compiler: str) -> str:
 
 def _build(compiler: str, path: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
-  os.close(fd)
-  try:
+  with files.replacing(path) as tmp:  # concurrent first uses never load a half-written library
     cmd = [compiler, *FLAGS, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', tmp]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
       lines = (done.stderr or done.stdout).strip().splitlines()
       raise RuntimeError(f'{os.path.basename(compiler)} failed: {lines[-1] if lines else "?"}')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _load() -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from fkd.errors import FkdError
+from fkd.infra import files
 from fkd.serve.detect import iou
 
 FILENAME = 'calibration.json'
@@ -259,11 +260,7 @@ def save(calib: Calibration, path: str | os.PathLike) -> str:
   """Writes the JSON (to `path`, or `path/calibration.json` for a folder); returns the file."""
   path = output_path(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(calib.to_json(), f, indent=1)
-    f.write('\n')
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(calib.to_json(), indent=1) + '\n')
   return path
 
 

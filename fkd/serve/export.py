@@ -29,7 +29,7 @@ import numpy as np
 
 from fkd import heads, inference
 from fkd.errors import FkdError
-from fkd.infra import checkpoint
+from fkd.infra import checkpoint, files
 from fkd.models import layers
 
 FORMATS = ('stablehlo', 'tflite')
@@ -157,7 +157,7 @@ def export(
     got = run_tflite(data, probe)
     in_shape = [batch, size, size, 3]
     extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
-  _write_atomically(output, data)
+  files.atomic_write(output, data)  # never half an artifact
   diff = float(np.max(np.abs(got - expected)))
   record = {
     'artifact': os.path.abspath(output),
@@ -194,7 +194,7 @@ def export(
     'parity_max_abs_diff': diff,
     **extra,
   }
-  _write_atomically(record_path(output), json.dumps(record, indent=1).encode())
+  files.atomic_write(record_path(output), json.dumps(record, indent=1))
   return record
 
 
@@ -239,18 +239,6 @@ def _read_artifact(record: str) -> str:
 
 def _same_file(a: str, b: str) -> bool:
   return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes a temporary file next to `path`, then renames it: never half an artifact."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _define_flags():

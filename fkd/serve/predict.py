@@ -57,7 +57,7 @@ from fkd import inference
 from fkd.data import crops, datasets, formats
 from fkd.errors import FkdError
 from fkd.inference import find_stage
-from fkd.infra import checkpoint, metric_writer
+from fkd.infra import checkpoint, files, metric_writer
 from fkd.serve import box_calibration
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -637,13 +637,6 @@ def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: A
   return predictor
 
 
-def _write_json(path: str, record: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _start(
   output: str,
   workdir: str | None,
@@ -731,7 +724,7 @@ def run(
     faces = predictor.to_faces(boxes, edges, landmarks)
     record = image_record(predictor, path, img, faces, source)
     os.makedirs(output, exist_ok=True)
-    _write_json(stem + '.json', record)
+    files.atomic_write(stem + '.json', json.dumps(record, indent=1))
     draw_faces(img, faces).save(stem + '.png')
     if whole_image:
       what = f'whole image ({img.width}x{img.height}) as the face crop'
