@@ -240,20 +240,18 @@ def output_path(path: str | os.PathLike) -> str:
   """The file `save` writes for `path` (`path/calibration.json` for a folder).
 
   Raises:
-    FkdError: when that file exists and is not a calibration (nothing the user owns is replaced).
+    FkdError: when that file exists and is not a calibration (`files.check_replaceable`).
   """
   path = os.fspath(path)
   if os.path.isdir(path):
     path = os.path.join(path, FILENAME)
-  if os.path.lexists(path):
-    try:
-      with open(path) as f:
-        ours = json.load(f).get('format') == FORMAT
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-      ours = False
-    if not ours:
-      raise FkdError(f'{path} exists and is not a box calibration: choose another --output')
+  files.check_replaceable(path, _is_calibration, 'fkd.tools.calibrate_detector')
   return path
+
+
+def _is_calibration(path: str) -> bool:
+  record = files.json_object(path)
+  return record is not None and record.get('format') == FORMAT
 
 
 def save(calib: Calibration, path: str | os.PathLike) -> str:

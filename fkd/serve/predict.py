@@ -583,10 +583,7 @@ def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
         f'{out} would overwrite the input {hit}: choose an --output folder that does not hold '
         'the inputs'
       )
-    if os.path.lexists(out) and not is_predict_output(out):
-      raise FkdError(
-        f'{out} exists and was not written by fkd.predict: choose another --output folder'
-      )
+    files.check_replaceable(out, is_predict_output, 'fkd.predict', 'choose another --output folder')
 
 
 def is_predict_output(path: str) -> bool:
@@ -596,15 +593,10 @@ def is_predict_output(path: str) -> bool:
   if os.path.islink(path) or not os.path.isfile(path):
     return False
   if ext in ('.png', '.mp4'):
-    sibling = stem + ('.json' if ext == '.png' else '.jsonl')
-    return os.path.isfile(sibling) and is_predict_output(sibling)
-  try:
-    with open(path) as f:
-      first = json.loads(f.readline() if ext == '.jsonl' else f.read())
-  except (OSError, ValueError, UnicodeDecodeError):
-    return False
+    return is_predict_output(stem + ('.json' if ext == '.png' else '.jsonl'))
+  first = files.json_object(path, first_line=ext == '.jsonl')
   keys = {'frame', 'faces'} if ext == '.jsonl' else {'image', 'faces', 'coordinates'}
-  return isinstance(first, dict) and keys <= set(first)
+  return first is not None and keys <= set(first)
 
 
 def _check_output(output: str) -> None:

@@ -798,7 +798,7 @@ CASES = [
     C,
     '--manual_dir={tmp} --output={tmp}/notes.json',
     setup=files({'notes.json': '{"mine": 1}'}),
-    message='is not a box calibration',
+    message='exists and was not written by fkd.tools.calibrate_detector',
   ),
   Case(
     'calibrate_positional',

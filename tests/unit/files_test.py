@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from fkd.errors import FkdError
 from fkd.infra import files
 
 
@@ -45,3 +46,33 @@ def test_temporary_names_differ_per_call_and_name_the_process(tmp_path):
   names = {files.temp_name(tmp_path / 'x') for _ in range(50)}
   assert len(names) == 50
   assert all(f'.tmp-{os.getpid()}-' in n for n in names)
+
+
+def test_json_object_only_of_regular_files_holding_an_object(tmp_path):
+  (tmp_path / 'a.json').write_text('{"faces": []}')
+  (tmp_path / 'lines.jsonl').write_text('{"frame": 0}\n{"frame": 1}\n')
+  (tmp_path / 'list.json').write_text('[1, 2]')
+  (tmp_path / 'bad.json').write_bytes(b'\xff{')
+  (tmp_path / 'link.json').symlink_to(tmp_path / 'a.json')
+  assert files.json_object(tmp_path / 'a.json') == {'faces': []}
+  assert files.json_object(tmp_path / 'lines.jsonl', first_line=True) == {'frame': 0}
+  assert files.json_object(tmp_path / 'lines.jsonl') is None  # two objects: not one JSON value
+  for name in ('list.json', 'bad.json', 'link.json', 'absent.json'):
+    assert files.json_object(tmp_path / name) is None, name
+  assert files.json_object(tmp_path) is None  # a folder
+
+
+def test_check_replaceable_refuses_what_the_tool_did_not_write(tmp_path):
+  ours = lambda path: files.json_object(path) == {'tool': 1}
+  files.check_replaceable(tmp_path / 'new.json', ours, 'fkd.tool')  # absent: fine
+  (tmp_path / 'old.json').write_text('{"tool": 1}')
+  files.check_replaceable(tmp_path / 'old.json', ours, 'fkd.tool')  # its own: fine
+  (tmp_path / 'mine.json').write_text('{"mine": 1}')
+  with pytest.raises(FkdError, match=r'mine.json exists and was not written by fkd.tool: choose'):
+    files.check_replaceable(tmp_path / 'mine.json', ours, 'fkd.tool')
+  (tmp_path / 'link.json').symlink_to(tmp_path / 'old.json')  # even to one of its own files
+  with pytest.raises(FkdError, match=r'^the link exists and was not written by fkd.tool: go$'):
+    files.check_replaceable(tmp_path / 'link.json', lambda p: True, 'fkd.tool', 'go', 'the link')
+  (tmp_path / 'dangling.json').symlink_to(tmp_path / 'absent.json')
+  with pytest.raises(FkdError, match='dangling.json exists'):
+    files.check_replaceable(tmp_path / 'dangling.json', lambda p: True, 'fkd.tool')
