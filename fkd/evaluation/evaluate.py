@@ -77,11 +77,6 @@ def _mean_shape(train: ip.Split) -> np.ndarray:
   return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(np.float32)
 
 
-def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
-  nme = metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
-  return metrics.summarize(nme, config.eval.fr_threshold)
-
-
 def model_dirs(config: Any, workdir: str) -> dict[str, str]:
   """Stage name -> directory of every finished stage of a run, in the method's order (teachers
   may live elsewhere: `config.<stage>_ckpt`)."""
