@@ -658,13 +658,6 @@ MUTANTS = [
     'heatmap MSE mean → sum',
     HEATMAPS_T,
   ),
-  M(
-    'fkd/heads/heatmaps.py',
-    'np.asarray(points, np.float64) - shift[..., None, :]',
-    'np.asarray(points, np.float64) + shift[..., None, :]',
-    'to_original adds the shift',
-    HEATMAPS_T,
-  ),
   # --- crop transforms (method.md §1.2) ---------------------------------------------------------
   M(
     'fkd/data/crops.py',
@@ -696,6 +689,13 @@ MUTANTS = [
   ),
   M(
     'fkd/data/crops.py', '@ a[:, :2].T + a[:, 2]', '@ a[:, :2] + a[:, 2]', 'apply with Aᵀ', CROPS_T
+  ),
+  M(
+    'fkd/data/crops.py',
+    'return np.linalg.inv(np.vstack([a, [0.0, 0.0, 1.0]]))[:2]',
+    'return np.linalg.inv(np.vstack([a, [0.0, 0.0, 2.0]]))[:2]',
+    'invert halves the shift (predictions mapped back off)',
+    CROPS_T,
   ),
 ]
 

@@ -161,9 +161,3 @@ class VideoWriter:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
-
-
-def read_frames(source: str | os.PathLike | int, strict: bool = True) -> Iterator[Frame]:
-  """The frames of a video file or camera (a generator that closes the capture when done)."""
-  with VideoReader(source, strict=strict) as reader:
-    yield from reader

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -259,7 +260,7 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
     predict.run_video(str(cut), str(out), workdir=str(run_dir), batch_size=4)
   lines = _lines(out / 'cut.jsonl')
   assert 0 < len(lines) < 30 and [ln['frame'] for ln in lines] == list(range(len(lines)))
-  assert len(list(video.read_frames(out / 'cut.mp4'))) == len(lines)
+  assert len(list(helpers.read_frames(out / 'cut.mp4'))) == len(lines)
 
 
 def test_photos_are_read_upright(tmp_path):
