@@ -2,7 +2,7 @@
 
 A face detector's box is not the box a landmark model was trained on (300-W crops are the
 landmark extent ± 5 px, `tfds_builders/ibug_300w`): dlib's HOG box is square, takes in the
-forehead and cuts the chin (on 300-W the landmark box's centre is 8 % of the box height lower).
+forehead and cuts the chin (on 300-W the landmark box's centre lies well below the detector's).
 `fit` learns, per coordinate, where the *landmark box* (the tight box of the
 annotated points) lies relative to the detector box:
 
@@ -22,10 +22,9 @@ The calibration is data, not a constant: `calibration.json` (`FILENAME`), writte
 settings, the training folders and face count, the fit residuals and a leave-one-folder-out check
 (fit on AFW, test on HELEN and vice versa): mean IoU with the landmark box before and after.
 `find(stage_dir, dataset='ibug_300w')` returns the `calibration.json` of the stage or its workdir,
-else the one fkd ships for the dataset (`fkd/serve/calibrations/<dataset>.json`: 300-W,
-fitted
-on the 118 detected faces of the 120 AFW + HELEN training photos of shared/data; held-out IoU with
-the landmark box 0.68 -> 0.80 on AFW, 0.72 -> 0.79 on HELEN).
+else the one fkd ships for the dataset (`fkd/serve/calibrations/<dataset>.json`: 300-W, fitted
+on AFW + HELEN training photos; its record holds the face count and the held-out IoU with the
+landmark box before and after).
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ from fkd.serve import box_calibration
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 # The training crop margin per dataset (TFDS name): the landmark box widened by this fraction of
 # its width / height per side. synthetic_faces: its builder's crop_margin. 300-W: the landmark
-# extent ± 5 px (tfds_builders/ibug_300w MARGIN): 0.013 of the landmark box's width and height
-# (median; mean 0.014) over the 1537 300-W faces of shared/data.
+# extent ± 5 px (tfds_builders/ibug_300w MARGIN) as the median fraction of the landmark box's
+# width and height over real 300-W faces.
 TRAINING_MARGINS = {'synthetic_faces': 0.05, 'ibug_300w': 0.013}
 DEFAULT_MARGIN = 0.05  # datasets without an entry (WFLW and COFW crops are wider than 5 px)
 DEFAULT_BATCH_SIZE = 16
