@@ -33,17 +33,17 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COPIED = ('fkd', 'tests', 'configs', 'tfds_builders', 'docs', 'pyproject.toml')
 
-LOSSES_T = ('tests/losses_test.py', 'tests/wiring_test.py')
-WIRING_T = ('tests/wiring_test.py',)
-METRICS_T = ('tests/metrics_test.py', 'tests/normalisers_test.py')
-ASM_T = ('tests/asm_test.py',)
-AFFINITY_T = ('tests/affinity_test.py',)
-HEATMAPS_T = ('tests/heatmaps_test.py',)
-CROPS_T = ('tests/crops_test.py',)
+LOSSES_T = ('tests/unit/losses_test.py', 'tests/unit/wiring_test.py')
+WIRING_T = ('tests/unit/wiring_test.py',)
+METRICS_T = ('tests/unit/metrics_test.py', 'tests/unit/normalisers_test.py')
+ASM_T = ('tests/unit/asm_test.py',)
+AFFINITY_T = ('tests/unit/affinity_test.py',)
+HEATMAPS_T = ('tests/unit/heatmaps_test.py',)
+CROPS_T = ('tests/unit/crops_test.py',)
 HEADS_T = (
-  'tests/wiring_test.py',
-  'tests/methods_test.py::test_regression_head_hand_values',
-  'tests/methods_test.py::test_heatmap_head_decodes_its_targets',
+  'tests/unit/wiring_test.py',
+  'tests/unit/methods_test.py::test_regression_head_hand_values',
+  'tests/unit/methods_test.py::test_heatmap_head_decodes_its_targets',
 )
 
 
@@ -658,13 +658,6 @@ MUTANTS = [
     'heatmap MSE mean → sum',
     HEATMAPS_T,
   ),
-  M(
-    'fkd/heads/heatmaps.py',
-    'np.asarray(points, np.float64) - shift[..., None, :]',
-    'np.asarray(points, np.float64) + shift[..., None, :]',
-    'to_original adds the shift',
-    HEATMAPS_T,
-  ),
   # --- crop transforms (method.md §1.2) ---------------------------------------------------------
   M(
     'fkd/data/crops.py',
@@ -696,6 +689,13 @@ MUTANTS = [
   ),
   M(
     'fkd/data/crops.py', '@ a[:, :2].T + a[:, 2]', '@ a[:, :2] + a[:, 2]', 'apply with Aᵀ', CROPS_T
+  ),
+  M(
+    'fkd/data/crops.py',
+    'return np.linalg.inv(np.vstack([a, [0.0, 0.0, 1.0]]))[:2]',
+    'return np.linalg.inv(np.vstack([a, [0.0, 0.0, 2.0]]))[:2]',
+    'invert halves the shift (predictions mapped back off)',
+    CROPS_T,
   ),
 ]
 

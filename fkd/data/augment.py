@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from fkd.data import crops, schemes
+from fkd.data import crops
 
 # Copies per training face in the offline original (method.md §2.2): plain crop + F − 1 augmented.
 COPIES = {'300w': 6, 'cofw': 10, 'wflw': 5}
@@ -195,8 +195,3 @@ def augment_kd(
   )
   out = np.asarray(crops.warp(Image.fromarray(image), a, size))
   return (photometric(out, rng) if photometric_noise else out), points
-
-
-def flip_crop(image: np.ndarray, landmarks: np.ndarray, flip_permutation: Sequence[int]):
-  """A plain horizontal flip of a crop (x ↦ S − 1 − x, re-indexed)."""
-  return image[:, ::-1], schemes.flip_points(landmarks, flip_permutation, image.shape[1])

@@ -81,7 +81,7 @@ DATASETS = {
     Dataset(
       'cofw68', 'cofw', 'cofw68', ('test',), 'inter_ocular', 'pixel', 'tfds_builders.cofw', 'cofw68'
     ),
-    # Your own landmarks (issue 18): the facts come from DIR/dataset.json (fkd.data.folder).
+    # Your own landmarks: the facts come from DIR/dataset.json (fkd.data.folder).
     Dataset(
       'folder',
       'landmarks_folder',

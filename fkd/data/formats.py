@@ -7,7 +7,6 @@ a `ValueError`) naming the file and what was expected.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import os
@@ -185,48 +184,6 @@ def join_boxes(boxes: Sequence[Box300W], names: Sequence[str]) -> dict[str, Box3
     if b is not None:
       out[n] = b
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class CsvRow:
-  """One row of HRNet's 300W CSV."""
-
-  image_name: str
-  scale: float
-  center: np.ndarray  # (2,) center_w, center_h
-  points: np.ndarray  # (68, 2) raw
-
-
-def read_hrnet_csv(path: PathLike, num_points: int = 68) -> list[CsvRow]:
-  """Reads HRNet's `face_landmarks_300w_*.csv` (header + 4 + 2N columns)."""
-  rows = []
-  with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    want = 4 + 2 * num_points
-    if header is None or len(header) != want or header[0] != 'image_name':
-      raise DataFormatError(
-        f"{path}: expected a header 'image_name,scale,center_w,center_h,"
-        f"original_0_x,...' with {want} columns"
-      )
-    for line_no, r in enumerate(reader, start=2):
-      if not r:
-        continue
-      if len(r) != want:
-        raise DataFormatError(f'{path}:{line_no}: {len(r)} columns; expected {want}')
-      try:
-        vals = np.asarray([float(v) for v in r[1:]], np.float64)
-      except ValueError:
-        raise DataFormatError(f'{path}:{line_no}: non-numeric value') from None
-      rows.append(
-        CsvRow(
-          r[0],
-          float(vals[0]),
-          vals[1:3],
-          _finite(vals[3:].reshape(num_points, 2), f'{path}:{line_no}'),
-        )
-      )
-  return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,15 +442,6 @@ def open_image(
   out = img.convert('RGB')
   out.info['draft_scale'] = scale
   return out
-
-
-def read_meanface(path: PathLike) -> np.ndarray:
-  """Reads a PIPNet `meanface.txt` (one line of 2N floats) into (N, 2)."""
-  with open(path, encoding='utf-8') as f:
-    vals = np.asarray([float(v) for v in f.read().split()], np.float64)
-  if vals.size % 2:
-    raise DataFormatError(f'{path}: {vals.size} values; expected an even number')
-  return vals.reshape(-1, 2)
 
 
 def iter_files(root: PathLike, exts: Sequence[str]) -> Iterator[str]:

@@ -36,7 +36,7 @@ from fkd import inference, methods, models
 from fkd.data import pipeline as ip
 from fkd.errors import FkdError
 from fkd.evaluation import metrics
-from fkd.infra import config_check, metric_writer, sharding
+from fkd.infra import config_check, files, metric_writer, sharding
 from fkd.infra import workdir as workdir_lib
 
 PUBLISHED_METHOD = 'kd_loss'
@@ -75,11 +75,6 @@ def _mean_shape(train: ip.Split) -> np.ndarray:
   if jax.process_count() > 1:
     sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, *sums.shape[1:])
   return (sums.astype(np.float64).sum(axis=0) / (len(sums) * per_shard.shape[1])).astype(np.float32)
-
-
-def score(pred: np.ndarray, split: ip.Split, config: Any) -> dict[str, float]:
-  nme = metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
-  return metrics.summarize(nme, config.eval.fr_threshold)
 
 
 def model_dirs(config: Any, workdir: str) -> dict[str, str]:
@@ -366,13 +361,6 @@ def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
 # Writing.
 
 
-def _write(path: str, data: bytes | str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def _dumps(record: dict[str, Any]) -> str:
   """Indented JSON with every list of numbers on one line (the per-image NMEs)."""
   text = json.dumps(record, indent=2)
@@ -417,8 +405,10 @@ def write_results(results: dict[str, Any], workdir: str) -> None:
   write_scalars(results, workdir)
   figures = write_figures(results, workdir)
   record = {k: v for k, v in results.items() if not k.startswith('_')}
-  _write(os.path.join(workdir, 'results.json'), _dumps(record))
-  _write(os.path.join(workdir, 'results.md'), _markdown({**results, '_figures': figures}))
+  files.atomic_write(os.path.join(workdir, 'results.json'), _dumps(record))
+  files.atomic_write(
+    os.path.join(workdir, 'results.md'), _markdown({**results, '_figures': figures})
+  )
   print(markdown_table(results), flush=True)
 
 

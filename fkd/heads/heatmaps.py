@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fkd.errors import FkdError
 
@@ -127,20 +126,6 @@ def decode(heatmaps: Array, method: str = 'reference') -> Array:
 def decode_to_crop(heatmaps: Array, stride: int, method: str = 'reference') -> Array:
   """(..., H, W, L) -> (..., L, 2) crop pixels (method.md §4.6 step 3)."""
   return to_crop_coords(decode(heatmaps, method), stride)
-
-
-def to_original(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-  """Crop-frame points -> original-image pixels through the inverse of the crop affine A.
-
-  Args:
-    points: (..., L, 2) crop pixels.
-    affine: (..., 2, 3) A mapping original -> crop coordinates (method.md §1.2).
-  """
-  affine = np.asarray(affine, np.float64)
-  lin, shift = affine[..., :2], affine[..., 2]
-  inv = np.linalg.inv(lin)
-  out = np.einsum('...ij,...lj->...li', inv, np.asarray(points, np.float64) - shift[..., None, :])
-  return out.astype(np.float32)
 
 
 def targets_for_batch(

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from fkd.infra import files
+
 
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """Tag -> [(step, value), ...] of every event file in `logdir`, read by TensorBoard."""
@@ -47,10 +49,7 @@ def truncate(path: str, step: int) -> None:
       kept.append(line)
   if len(kept) == len(lines):
     return
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  files.atomic_write(path, ''.join(kept))
 
 
 class MetricWriter:

@@ -1,9 +1,9 @@
 """Process settings that make XLA:CPU train steps fast; entry points apply them (`fkd.cli.start`).
 
-A MobileNetV2 train step at 224², batch 32, allocates ~2.6 GB of temporaries per step. XLA's
+A MobileNetV2 train step at 224², batch 32, allocates gigabytes of temporaries per step. XLA's
 CPU client runs steps on a worker thread, whose glibc arena serves allocations above 32 MB with
-fresh `mmap`s and gives them back with `munmap`: every step page-faults all of that memory again
-(~640k faults, a third of the step). Two settings remove it (benchmarks/train_step.py measures
+fresh `mmap`s and gives them back with `munmap`: every step page-faults all of that memory again,
+a large share of the step's time. Two settings remove it (benchmarks/train_step.py measures
 the effect; see README "Speed on CPU"):
 
 - `jax_cpu_enable_async_dispatch=False`: CPU computations run on the calling thread, whose
@@ -19,8 +19,8 @@ and JAX_PLATFORMS does not say cpu). `FKD_CPU_TUNING=0` in the environment turns
 prefetches the next batch on a thread, so synchronous dispatch loses no overlap.
 
 `enable_compilation_cache()` (also called by `fkd.cli.start()`) turns on JAX's persistent
-compilation cache, so a train step compiled once (29 s cold for the EfficientNet-B3 teacher step
-on 2 cores) loads in a few seconds in every later run with the same shapes and versions. Where:
+compilation cache, so a train step compiled once (a large teacher's step takes long to compile
+on CPU) loads quickly in every later run with the same shapes and versions. Where:
 `$FKD_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/fkd/jax`, else `~/.cache/fkd/jax`;
 `FKD_COMPILATION_CACHE=0` turns it off, and a cache directory set through JAX's own
 `JAX_COMPILATION_CACHE_DIR` / `jax_compilation_cache_dir` is left as it is. Only programs that

@@ -1,6 +1,6 @@
 """Data-parallel placement: one 1-D mesh over every device, replicated state, batch-sharded inputs.
 
-This jit + `NamedSharding` step is today's replacement for `jax.pmap`: the same program runs on one
+This jit + `NamedSharding` step is JAX's replacement for `jax.pmap`: the same program runs on one
 device, many local devices or many hosts, and XLA inserts the gradient all-reduce itself.
 """
 

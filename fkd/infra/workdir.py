@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fkd.errors import FkdError
+from fkd.infra import files
 
 LOCK = '.lock'
 RECORD = 'config.json'
@@ -90,10 +91,7 @@ def write_record(stage_dir: str, config: Any) -> None:
   os.makedirs(stage_dir, exist_ok=True)
   flat = config if isinstance(config, dict) else flatten(config)
   record = {'note': 'the config that started this stage (fkd.infra.workdir)', 'config': flat}
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
 
 
 def differences(config: Any, record: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -8,9 +8,9 @@ is part of the op.
 
 Why: in a training step XLA:CPU keeps the normalised tensor, the pre-activation and the
 activation mask alive for the backward pass and spends several full passes over memory per layer
-(BatchNorm and ReLU6 were ~45 % of the MobileNetV2 step). The fused op keeps only its input `x`
-and per-channel vectors; the backward pass recomputes the pre-activation from `x` and needs two
-passes: one for the two channel sums, one for the input gradient:
+(BatchNorm and ReLU6 were a large share of the MobileNetV2 step). The fused op keeps only its
+input `x` and per-channel vectors; the backward pass recomputes the pre-activation from `x` and
+needs two passes: one for the two channel sums, one for the input gradient:
 
   forward:  μ, σ² = mean(x), mean(x²) − μ²;  a = γ / √(σ² + ε);  y = act(a·(x − μ) + β)
   backward: g = act'(a·(x − μ) + β) ⊙ ∂y;  Σg, Σg(x − μ) over the batch and space;
@@ -21,7 +21,7 @@ passes: one for the two channel sums, one for the input gradient:
 Where the native kernels run (`fkd.models.native`: float32, one CPU device, not `FKD_NATIVE=0`)
 the channel sums are custom calls: Σx and Σx² in one pass, and Σg, Σg(x − μ) in one pass over ∂y
 and x with the activation's derivative recomputed, so g is never written out (XLA:CPU made two
-or three passes for each; the MobileNetV2 train step ~1.2x faster).
+or three passes for each; docs/cpu-speed.md has the train step's gain).
 `impl`: 'auto' = 'fused' on CPU and 'plain' elsewhere (GPU/TPU fuse the plain form well);
 'plain' is the autodiff formulation, written like flax's. Both are tested equal to
 `nn.BatchNorm` + activation in value and gradient.

@@ -426,8 +426,8 @@ class Conv1x1(nn.Module):
 
 
 # Pixels per image from which `Conv1x1(input_scale=...)` scales the kernel instead of the input:
-# the batched dot was 1.8-1.9x faster than scale-then-dot at 56² and 112² (4 images, B3 shapes),
-# 0.92-1.09x at 7²-28² (docs/cpu-speed.md, round four).
+# on the EfficientNet-B3 shapes the batched dot beats scale-then-dot from 56² up and gains nothing
+# below (docs/cpu-speed.md).
 SCALE_IN_KERNEL_PIXELS = 56 * 56
 
 

@@ -2,27 +2,26 @@
 
 `native_kernels.cc` (next to this file) holds the depthwise convolution's forward pass, input
 gradient and kernel gradient. XLA:CPU evaluates the kernel gradient as k·k separate reductions
-that each stream the activations and cotangents from memory (~1–2 G multiply-adds/s, the largest
-single cost of a MobileNetV2 train step on CPU); the kernel makes one pass per output row with a
-block of channels of every tap in registers. All three share their work out over XLA's intra-op
-thread pool (per op 4.5x / 2.2x / 1.6x faster than the XLA forms on the MobileNetV2 and
-EfficientNet shapes, docs/cpu-speed.md; `benchmarks/depthwise.py --impls shifted,native`).
+that each stream the activations and cotangents from memory (memory-bound, the largest single
+cost of a MobileNetV2 train step on CPU); the kernel makes one pass per output row with a block of
+channels of every tap in registers. All three share their work out over XLA's intra-op thread pool
+(each faster than its XLA form on the MobileNetV2 and EfficientNet shapes: docs/cpu-speed.md,
+`benchmarks/depthwise.py --impls shifted,native`).
 
 The source is compiled on first use, with the system C++ compiler (`$CXX`, else `c++` / `g++`)
 against the FFI headers jaxlib ships (`jax.ffi.include_dir()`), into
 `$FKD_NATIVE_CACHE` (else `$XDG_CACHE_HOME/fkd/native`, else `~/.cache/fkd/native`), once per
 source, jaxlib version, compiler flags and CPU model (the file name is their hash: `-march=native`
-code is only loaded on the CPU it was built for). Compiling takes ~5 s and writes through a
-temporary file, so concurrent processes never load a half-written library. Without a compiler,
-when compiling or loading fails, or with `FKD_NATIVE=0`, `available()` is False (the reason is in
-`status`) and fkd uses the XLA formulation: the same maths, tested equal.
+code is only loaded on the CPU it was built for). Compiling takes seconds, once, and writes
+through a temporary file, so concurrent processes never load a half-written library. Without a
+compiler, when compiling or loading fails, or with `FKD_NATIVE=0`, `available()` is False (the
+reason is in `status`) and fkd uses the XLA formulation: the same maths, tested equal.
 
-On by default on one CPU device since 2026-11-30 (`'auto'`; `FKD_NATIVE=0` turns them off,
+On by default on one CPU device (`'auto'`; `FKD_NATIVE=0` turns them off,
 `DepthwiseConv(impl='native')` asks for them explicitly). Their whole-model gradients are closer
 to float64 than the XLA formulations' (docs/cpu-speed.md). A student's NME follows the float32
-program that trains it: MobileFAN students scored 5.28 % with them against 5.14 % with the
-shifted XLA formulation over three seeds (XLA's grouped convolution lands in between), which is
-why README says which program each of its tables was trained with.
+program that trains it (students trained with the native kernels and with the XLA formulations
+score differently), which is why README says which program each of its tables was trained with.
 
 `native_kernels.cc` also holds BatchNorm's channel sums for `fkd.models.batch_norm` (Σx, Σx²
 in one pass; Σg, Σg(x − μ) of the backward pass in one pass with the activation's derivative
@@ -40,7 +39,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 
 import jax
@@ -48,7 +46,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fkd.infra import runtime
+from fkd.infra import files, runtime
 
 Array = jax.Array
 
@@ -104,18 +102,12 @@ def library_path(compiler: str) -> str:
 
 def _build(compiler: str, path: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
-  os.close(fd)
-  try:
+  with files.replacing(path) as tmp:  # concurrent first uses never load a half-written library
     cmd = [compiler, *FLAGS, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', tmp]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
       lines = (done.stderr or done.stdout).strip().splitlines()
       raise RuntimeError(f'{os.path.basename(compiler)} failed: {lines[-1] if lines else "?"}')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _load() -> bool:

@@ -345,9 +345,9 @@ void RowFromRows(const Conv& p, const float* const* rows, const float* k, float*
   };
   int64_t x = 0;
   for (; x < lo; ++x) single(x);
-  // Four at a time pays where the input rows sit in cache (measured on the MobileNetV2 and
-  // EfficientNet shapes: up to 2x for activated rows or an input of <= 12 MB, ~20 % slower when
-  // the input streams from memory).
+  // Four at a time pays where the input rows sit in cache (activated rows, or an input of at
+  // most 12 MB: the bound below) and costs where the input streams from memory (measured on the
+  // MobileNetV2 and EfficientNet shapes, docs/cpu-speed.md).
   const bool block4 = p.in_bias != nullptr || p.b * p.h * p.w * p.c <= (3 << 20);
   for (; block4 && x + 4 <= hi; x += 4) {
     float* o = out_row + x * p.c;

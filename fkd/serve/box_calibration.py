@@ -2,7 +2,7 @@
 
 A face detector's box is not the box a landmark model was trained on (300-W crops are the
 landmark extent ± 5 px, `tfds_builders/ibug_300w`): dlib's HOG box is square, takes in the
-forehead and cuts the chin (on 300-W the landmark box's centre is 8 % of the box height lower).
+forehead and cuts the chin (on 300-W the landmark box's centre lies well below the detector's).
 `fit` learns, per coordinate, where the *landmark box* (the tight box of the
 annotated points) lies relative to the detector box:
 
@@ -21,11 +21,10 @@ The calibration is data, not a constant: `calibration.json` (`FILENAME`), writte
 `python -m fkd.tools.calibrate_detector` beside a model or dataset, records the detector and its
 settings, the training folders and face count, the fit residuals and a leave-one-folder-out check
 (fit on AFW, test on HELEN and vice versa): mean IoU with the landmark box before and after.
-`find(stage_dir, workdir, dataset='ibug_300w')` returns the first `calibration.json` of the given
-folders, else the one fkd ships for the dataset (`fkd/serve/calibrations/<dataset>.json`: 300-W,
-fitted
-on the 118 detected faces of the 120 AFW + HELEN training photos of shared/data; held-out IoU with
-the landmark box 0.68 -> 0.80 on AFW, 0.72 -> 0.79 on HELEN).
+`find(stage_dir, dataset='ibug_300w')` returns the `calibration.json` of the stage or its workdir,
+else the one fkd ships for the dataset (`fkd/serve/calibrations/<dataset>.json`: 300-W, fitted
+on AFW + HELEN training photos; its record holds the face count and the held-out IoU with the
+landmark box before and after).
 """
 
 from __future__ import annotations
@@ -39,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from fkd.data import crops, datasets
 from fkd.errors import FkdError
+from fkd.infra import files
 from fkd.serve.detect import iou
 
 FILENAME = 'calibration.json'
@@ -138,10 +139,10 @@ IDENTITY = Calibration((0.0, 0.0), (1.0, 1.0), target='the detector box itself (
 
 
 def landmark_box(points: np.ndarray) -> np.ndarray:
-  """The (x, y, w, h) landmark box of (N, 2) 0-based points (see `TARGET`)."""
-  points = np.asarray(points, np.float64)
-  lo, hi = points.min(axis=0), points.max(axis=0)
-  return np.concatenate([lo + 0.5, hi - lo])
+  """The (x, y, w, h) landmark box of (N, 2) 0-based points (see `TARGET`): the training crops'
+  `crops.landmark_box` without margin, in the `--bbox` convention (edges x−½ .. x+w−½)."""
+  left, top, right, bottom = crops.landmark_box(np.asarray(points, np.float64), 0.0)
+  return np.array([left + 0.5, top + 0.5, right - left, bottom - top])
 
 
 def apply(
@@ -239,31 +240,25 @@ def output_path(path: str | os.PathLike) -> str:
   """The file `save` writes for `path` (`path/calibration.json` for a folder).
 
   Raises:
-    FkdError: when that file exists and is not a calibration (nothing the user owns is replaced).
+    FkdError: when that file exists and is not a calibration (`files.check_replaceable`).
   """
   path = os.fspath(path)
   if os.path.isdir(path):
     path = os.path.join(path, FILENAME)
-  if os.path.lexists(path):
-    try:
-      with open(path) as f:
-        ours = json.load(f).get('format') == FORMAT
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-      ours = False
-    if not ours:
-      raise FkdError(f'{path} exists and is not a box calibration: choose another --output')
+  files.check_replaceable(path, _is_calibration, 'fkd.tools.calibrate_detector')
   return path
+
+
+def _is_calibration(path: str) -> bool:
+  record = files.json_object(path)
+  return record is not None and record.get('format') == FORMAT
 
 
 def save(calib: Calibration, path: str | os.PathLike) -> str:
   """Writes the JSON (to `path`, or `path/calibration.json` for a folder); returns the file."""
   path = output_path(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(calib.to_json(), f, indent=1)
-    f.write('\n')
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(calib.to_json(), indent=1) + '\n')
   return path
 
 
@@ -292,13 +287,41 @@ def packaged(dataset: str) -> Calibration | None:
   return load(path) if path.is_file() else None
 
 
-def find(*directories: str | os.PathLike | None, dataset: str | None = None) -> Calibration | None:
-  """The first `calibration.json` in `directories` (e.g. the stage, the workdir), else the
-  packaged one of `dataset`, else None."""
-  for d in directories:
-    if d is not None and os.path.isfile(os.path.join(d, FILENAME)):
-      return load(os.path.join(d, FILENAME))
-  return packaged(dataset) if dataset else None
+def find(
+  stage_dir: str | os.PathLike, path: str | os.PathLike | None = None, dataset: str = ''
+) -> tuple[Calibration | None, str]:
+  """The detector -> landmark box calibration of a model, and where it came from.
+
+  In order: `path` (`--calibration`), `<stage_dir>/calibration.json`, `<workdir>/calibration.json`
+  (the stage's parent), the calibration fkd ships for the model's `dataset` (its TFDS name,
+  `fkd/serve/calibrations/<name>.json`), else for another dataset with the same mark-up (the
+  embedded `synthetic_faces` uses 300-W's 68 points, so it gets `ibug_300w.json`: the landmark box
+  of a real face is what a model of that mark-up should be given). (None, reason) when none fits.
+  """
+  if path:
+    path = os.fspath(path)
+    return load(path), os.path.abspath(
+      path if not os.path.isdir(path) else os.path.join(path, FILENAME)
+    )
+  stage_dir = os.fspath(stage_dir)
+  for d in (stage_dir, os.path.dirname(os.path.abspath(stage_dir))):
+    candidate = os.path.join(d, FILENAME)
+    if os.path.isfile(candidate):
+      return load(candidate), os.path.abspath(candidate)
+  for other in _same_markup_datasets(dataset):
+    calib = packaged(other)
+    if calib is not None:
+      note = '' if other == dataset else f' (same mark-up as {dataset})'
+      return calib, f'packaged {other}{note}: {PACKAGED / (other + ".json")}'
+  return None, f'none for dataset {dataset or "?"}: detector boxes are used uncalibrated'
+
+
+def _same_markup_datasets(name: str) -> list[str]:
+  """TFDS names of the datasets whose mark-up is `name`'s (itself first)."""
+  table = list(datasets.DATASETS.values())
+  scheme = next((d.scheme for d in table if d.tfds_name == name), None)
+  same = [d.tfds_name for d in table if scheme is not None and d.scheme == scheme]
+  return list(dict.fromkeys([name, *same]))
 
 
 # ---- fitting on a 300-W manual download ------------------------------------------------------

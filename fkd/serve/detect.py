@@ -4,11 +4,10 @@
   faces = detect.detect_faces(image_rgb)  # [Detection(box, score, view), ...], best first
 
 Backend: `dlib-bin` (the `detect` extra, `pip install "fkd[detect]"`; Boost Software License 1.0,
-a 4 MB wheel, 11 MB installed). The detector's weights are compiled into the library, so nothing
-is read or downloaded at run time. On the 123 real photos of `shared/data` with one annotated face
-each (60 AFW + 60 HELEN 300-W training photos, einstein, breakingbad, takeo) it finds 121 at the
-default settings (IoU > 0.3 with the landmark box); OpenCV 4's bundled Haar cascade
-(`haarcascade_frontalface_default`) found 104 and missed Einstein's face.
+a small wheel). The detector's weights are compiled into the library, so nothing is read or
+downloaded at run time. On real photos with one annotated face each it finds nearly every face at
+the default settings (IoU > 0.3 with the landmark box), more than OpenCV 4's bundled Haar cascade
+(`haarcascade_frontalface_default`).
 
 Boxes are `(x, y, w, h)` in original-image pixels with the convention of `fkd.predict --bbox`:
 (x, y) is the top-left pixel and the box covers pixels x..x+w−1, i.e. its edges are
@@ -18,17 +17,16 @@ trained on: map it with `fkd.box_calibration.apply` first.
 Score: `sigmoid(margin)` of the SVM margin dlib reports (`fhog_object_detector.run`); 0.5 is
 dlib's own decision threshold (margin 0). It orders detections and is monotone in confidence, but
 it is not a calibrated probability. The default `min_score` 0.4 (margin −0.41) keeps faces dlib
-scores just below its threshold: at 0.5, 113 of the 123 annotated faces are found (breakingbad's
-Walter White scores 0.498); at 0.4, 121, with 10 detections on AFW photos that match no annotated
-face (32 at 0.35, 114 at 0.3). On breakingbad.jpg two of those are false: a car seat (0.46) and
-the fuzzy dice (0.42); the landmark model sees them as faces unless the caller raises `min_score`.
+scores just below its threshold: on real photos it finds annotated faces that 0.5 misses, for a few
+detections that match no annotated face (lower thresholds add many more). Some of those are not
+faces (objects in a photo's background); the landmark model sees them as faces unless the caller
+raises `min_score`.
 
 Scale: the image is resized (bilinear, anti-aliased) so that the smallest face looked for,
 `max(min_face, min_face_fraction × the image's shorter side)` pixels, becomes dlib's 80-pixel
 window; one pass then finds faces from that size up. Small images are upsampled, large photos
-downsampled. Time grows with the resized area: on this 2-core machine a 1280 x 720 frame takes
-0.68 s at min_face 40, 0.20 s at 80 and 0.08 s at 120 (640 x 360: 0.17, 0.04, 0.03 s), so video
-wants a larger `min_face` than photos.
+downsampled. Time grows with the resized area, i.e. with (80 / min_face)², so video wants a
+larger `min_face` than photos.
 """
 
 from __future__ import annotations
@@ -121,7 +119,7 @@ class FaceDetector:
     self.min_face_fraction = float(min_face_fraction)
     self.max_faces = max_faces
     require_dlib()
-    self._detector = _dlib_detector()  # ~1 s to build, so shared
+    self._detector = _dlib_detector()  # slow to build, so shared
 
   def config(self) -> dict[str, Any]:
     """What a calibration records about the detector that produced its boxes."""

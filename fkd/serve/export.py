@@ -29,7 +29,7 @@ import numpy as np
 
 from fkd import heads, inference
 from fkd.errors import FkdError
-from fkd.infra import checkpoint
+from fkd.infra import checkpoint, files
 from fkd.models import layers
 
 FORMATS = ('stablehlo', 'tflite')
@@ -157,7 +157,7 @@ def export(
     got = run_tflite(data, probe)
     in_shape = [batch, size, size, 3]
     extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
-  _write_atomically(output, data)
+  files.atomic_write(output, data)  # never half an artifact
   diff = float(np.max(np.abs(got - expected)))
   record = {
     'artifact': os.path.abspath(output),
@@ -194,7 +194,7 @@ def export(
     'parity_max_abs_diff': diff,
     **extra,
   }
-  _write_atomically(record_path(output), json.dumps(record, indent=1).encode())
+  files.atomic_write(record_path(output), json.dumps(record, indent=1))
   return record
 
 
@@ -204,12 +204,8 @@ def record_path(output: str) -> str:
 
 
 def _is_export_record(path: str) -> bool:
-  try:
-    with open(path) as f:
-      record = json.load(f)
-  except (OSError, ValueError, UnicodeDecodeError):
-    return False
-  return isinstance(record, dict) and {'artifact', 'format', 'input', 'output'} <= set(record)
+  record = files.json_object(path)
+  return record is not None and {'artifact', 'format', 'input', 'output'} <= set(record)
 
 
 def check_output(output: str) -> None:
@@ -221,36 +217,16 @@ def check_output(output: str) -> None:
     raise FkdError(
       f'--output {output} is a folder; give the artifact file, e.g. {output}/model.{FORMATS[0]}'
     )
-  if os.path.lexists(record) and not _is_export_record(record):
-    raise FkdError(
-      f'{record} (the record of --output {output}) exists and was not written by fkd.export: '
-      'choose another --output'
-    )
-  if os.path.lexists(output) and not (
-    _is_export_record(record) and _same_file(_read_artifact(record), output)
-  ):
-    raise FkdError(f'--output {output} exists and was not written by fkd.export: choose another')
+  files.check_replaceable(
+    record, _is_export_record, 'fkd.export', name=f'{record} (the record of --output {output})'
+  )
 
+  def recorded(path: str) -> bool:  # the artifact an earlier export's record names
+    if not _is_export_record(record):
+      return False
+    return os.path.realpath(files.json_object(record)['artifact']) == os.path.realpath(path)
 
-def _read_artifact(record: str) -> str:
-  with open(record) as f:
-    return json.load(f)['artifact']
-
-
-def _same_file(a: str, b: str) -> bool:
-  return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes a temporary file next to `path`, then renames it: never half an artifact."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.check_replaceable(output, recorded, 'fkd.export', name=f'--output {output}')
 
 
 def _define_flags():

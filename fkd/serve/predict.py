@@ -20,10 +20,9 @@ annotated frames, same count and rate) and `OUT/<stem>.jsonl` (one line per fram
 
 Where the faces come from (`source` of each face):
 - `detector` (default): `fkd.serve.detect` (dlib's HOG detector, the `detect` extra) finds every
-face;
-  its box is mapped to the landmark box the model was trained on by a box calibration
-  (`fkd.box_calibration`, found by `find_calibration`: the stage dir, the workdir, then the one
-  fkd ships for the model's dataset or for another dataset of the same mark-up).
+  face; its box is mapped to the landmark box the model was trained on by a box calibration
+  (`fkd.serve.box_calibration`, found by `box_calibration.find`: the stage dir, the workdir, then
+  the one fkd ships for the model's dataset or for another dataset of the same mark-up).
 - `bbox`: `--bbox=x,y,w,h`, the face's landmark box (the tight box of its points).
 - `whole_image`: `--whole_image`, the photo is the face crop (no margin).
 
@@ -54,17 +53,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fkd import inference
-from fkd.data import crops, datasets, formats
+from fkd.data import crops, formats
 from fkd.errors import FkdError
 from fkd.inference import find_stage
-from fkd.infra import checkpoint, metric_writer
+from fkd.infra import checkpoint, files, metric_writer
 from fkd.serve import box_calibration
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 # The training crop margin per dataset (TFDS name): the landmark box widened by this fraction of
 # its width / height per side. synthetic_faces: its builder's crop_margin. 300-W: the landmark
-# extent ± 5 px (tfds_builders/ibug_300w MARGIN): 0.013 of the landmark box's width and height
-# (median; mean 0.014) over the 1537 300-W faces of shared/data.
+# extent ± 5 px (tfds_builders/ibug_300w MARGIN) as the median fraction of the landmark box's
+# width and height over real 300-W faces.
 TRAINING_MARGINS = {'synthetic_faces': 0.05, 'ibug_300w': 0.013}
 DEFAULT_MARGIN = 0.05  # datasets without an entry (WFLW and COFW crops are wider than 5 px)
 DEFAULT_BATCH_SIZE = 16
@@ -82,7 +81,7 @@ PARTS_68 = (
   (60, 67, True),
 )
 
-__all__ = ['Face', 'Predictor', 'find_calibration', 'find_stage', 'predict_image', 'run']
+__all__ = ['Face', 'Predictor', 'find_stage', 'predict_image', 'run']
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -184,43 +183,6 @@ def training_margin(meta: dict[str, Any]) -> float:
   return TRAINING_MARGINS.get(dataset_name(meta), DEFAULT_MARGIN)
 
 
-def _same_markup_datasets(name: str) -> list[str]:
-  """TFDS names of the datasets whose mark-up is `name`'s (itself first)."""
-  table = list(datasets.DATASETS.values())
-  scheme = next((d.scheme for d in table if d.tfds_name == name), None)
-  same = [d.tfds_name for d in table if scheme is not None and d.scheme == scheme]
-  return list(dict.fromkeys([name, *same]))
-
-
-def find_calibration(
-  stage_dir: str, path: str | None = None
-) -> tuple[box_calibration.Calibration | None, str]:
-  """The detector -> landmark box calibration of a model, and where it came from.
-
-  In order: `path` (`--calibration`), `<stage_dir>/calibration.json`, `<workdir>/calibration.json`
-  (the stage's parent), the calibration fkd ships for the model's dataset
-  (`fkd/serve/calibrations/<tfds name>.json`), else for another dataset with the same mark-up (the
-  embedded `synthetic_faces` uses 300-W's 68 points, so it gets `ibug_300w.json`: the landmark box
-  of a real face is what a model of that mark-up should be given). (None, reason) when none fits.
-  """
-  if path:
-    return box_calibration.load(path), os.path.abspath(
-      path if not os.path.isdir(path) else os.path.join(path, box_calibration.FILENAME)
-    )
-  for d in (stage_dir, os.path.dirname(os.path.abspath(stage_dir))):
-    candidate = os.path.join(d, box_calibration.FILENAME)
-    if os.path.isfile(candidate):
-      return box_calibration.load(candidate), os.path.abspath(candidate)
-  meta = checkpoint.read_meta(stage_dir) or {}
-  name = dataset_name(meta)
-  for other in _same_markup_datasets(name):
-    calib = box_calibration.packaged(other)
-    if calib is not None:
-      note = '' if other == name else f' (same mark-up as {name})'
-      return calib, f'packaged {other}{note}: {box_calibration.PACKAGED / (other + ".json")}'
-  return None, f'none for dataset {name or "?"}: detector boxes are used uncalibrated'
-
-
 # ---- the Python API ----------------------------------------------------------------------------
 
 
@@ -280,7 +242,7 @@ class Predictor(inference.Predictor):
       print(face.box, face.score, face.landmarks.shape)
 
   Still the `fkd.inference.Predictor` of its stage (`predictor(crops)` -> crop-frame landmarks).
-  Args beyond the stage: `calibration` (a calibration.json path; default `find_calibration`),
+  Args beyond the stage: `calibration` (a calibration.json path; default `box_calibration.find`),
   `margin` (default: the model's training margin), `batch_size` (faces per jitted call, fixed),
   and the detector's `min_score`, `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
   """
@@ -298,7 +260,9 @@ class Predictor(inference.Predictor):
       raise FkdError(f'batch_size must be at least 1, got {batch_size}')
     self.margin = training_margin(self.meta) if margin is None else float(margin)
     self.batch_size = int(batch_size)
-    self.calibration, self.calibration_source = find_calibration(stage_dir, calibration)
+    self.calibration, self.calibration_source = box_calibration.find(
+      stage_dir, calibration, dataset_name(self.meta)
+    )
     self.detector_kwargs = {k: v for k, v in detector_kwargs.items() if v is not None}
     self._detector = None
 
@@ -583,10 +547,7 @@ def check_no_overwrite(inputs: Sequence[str], outputs: Sequence[str]) -> None:
         f'{out} would overwrite the input {hit}: choose an --output folder that does not hold '
         'the inputs'
       )
-    if os.path.lexists(out) and not is_predict_output(out):
-      raise FkdError(
-        f'{out} exists and was not written by fkd.predict: choose another --output folder'
-      )
+    files.check_replaceable(out, is_predict_output, 'fkd.predict', 'choose another --output folder')
 
 
 def is_predict_output(path: str) -> bool:
@@ -596,15 +557,10 @@ def is_predict_output(path: str) -> bool:
   if os.path.islink(path) or not os.path.isfile(path):
     return False
   if ext in ('.png', '.mp4'):
-    sibling = stem + ('.json' if ext == '.png' else '.jsonl')
-    return os.path.isfile(sibling) and is_predict_output(sibling)
-  try:
-    with open(path) as f:
-      first = json.loads(f.readline() if ext == '.jsonl' else f.read())
-  except (OSError, ValueError, UnicodeDecodeError):
-    return False
+    return is_predict_output(stem + ('.json' if ext == '.png' else '.jsonl'))
+  first = files.json_object(path, first_line=ext == '.jsonl')
   keys = {'frame', 'faces'} if ext == '.jsonl' else {'image', 'faces', 'coordinates'}
-  return isinstance(first, dict) and keys <= set(first)
+  return first is not None and keys <= set(first)
 
 
 def _check_output(output: str) -> None:
@@ -635,13 +591,6 @@ def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: A
     flush=True,
   )
   return predictor
-
-
-def _write_json(path: str, record: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1)
-  os.replace(tmp, path)
 
 
 def _start(
@@ -731,7 +680,7 @@ def run(
     faces = predictor.to_faces(boxes, edges, landmarks)
     record = image_record(predictor, path, img, faces, source)
     os.makedirs(output, exist_ok=True)
-    _write_json(stem + '.json', record)
+    files.atomic_write(stem + '.json', json.dumps(record, indent=1))
     draw_faces(img, faces).save(stem + '.png')
     if whole_image:
       what = f'whole image ({img.width}x{img.height}) as the face crop'
@@ -749,32 +698,6 @@ def run(
 
 
 # ---- video -------------------------------------------------------------------------------------
-
-
-class _Motion:
-  """Mean frame-to-frame landmark motion per track, raw and smoothed (the jitter figure)."""
-
-  def __init__(self):
-    self.last: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
-    self.sums: dict[int, np.ndarray] = {}  # track -> [raw sum, smooth sum, steps]
-
-  def add(self, frame: int, track: int, raw: np.ndarray, smooth: np.ndarray) -> None:
-    prev = self.last.get(track)
-    if prev is not None and prev[0] == frame - 1:
-      s = self.sums.setdefault(track, np.zeros(3))
-      s += [
-        np.linalg.norm(raw - prev[1], axis=-1).mean(),
-        np.linalg.norm(smooth - prev[2], axis=-1).mean(),
-        1,
-      ]
-    self.last[track] = (frame, raw, smooth)
-
-  def lines(self) -> list[str]:
-    return [
-      f'track {t}: mean frame-to-frame landmark motion {s[0] / s[2]:.2f} px raw -> '
-      f'{s[1] / s[2]:.2f} px smoothed ({int(s[2])} frame pairs)'
-      for t, s in sorted(self.sums.items())
-    ]
 
 
 def parse_camera(text: str) -> int:
@@ -837,7 +760,7 @@ def run_video(
   tracker = (
     smoothing.FaceTracker(min_cutoff=min_cutoff, beta=beta, fps=info.fps) if smooth else None
   )
-  motion = _Motion()
+  motion = smoothing.Motion()
   broken: list[FkdError] = []
   stats = {'frames': 0, 'faces': 0}
 

@@ -92,6 +92,29 @@ def mean_motion(landmarks: Sequence[np.ndarray] | np.ndarray) -> float:
   return float(np.linalg.norm(np.diff(seq, axis=0), axis=-1).mean())
 
 
+class Motion:
+  """`mean_motion` of each track of a video, raw and smoothed, over the frame pairs it was seen in
+  back to back; streamed: only each track's last frame is kept."""
+
+  def __init__(self):
+    self.last: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    self.sums: dict[int, np.ndarray] = {}  # track -> [raw sum, smooth sum, frame pairs]
+
+  def add(self, frame: int, track: int, raw: np.ndarray, smooth: np.ndarray) -> None:
+    prev = self.last.get(track)
+    if prev is not None and prev[0] == frame - 1:
+      s = self.sums.setdefault(track, np.zeros(3))
+      s += [mean_motion([prev[1], raw]), mean_motion([prev[2], smooth]), 1]
+    self.last[track] = (frame, raw, smooth)
+
+  def lines(self) -> list[str]:
+    return [
+      f'track {t}: mean frame-to-frame landmark motion {s[0] / s[2]:.2f} px raw -> '
+      f'{s[1] / s[2]:.2f} px smoothed ({int(s[2])} frame pairs)'
+      for t, s in sorted(self.sums.items())
+    ]
+
+
 @dataclasses.dataclass
 class Track:
   """One face followed across frames."""

@@ -8,7 +8,7 @@
 Frames are uint8 RGB (H, W, 3) like the rest of fkd (OpenCV's BGR stays inside this module).
 `Frame.time` is index / fps for a file (deterministic) and seconds since opening for a camera.
 Needs OpenCV: the `video` extra, `pip install "fkd[video]"` (opencv-python-headless, Apache-2.0,
-a 62 MB wheel with FFmpeg inside; pinned below 5).
+a large wheel with FFmpeg inside; pinned below 5).
 
 A file that cannot be opened raises FkdError at once. A file that stops decoding before the frame
 count its container promises (truncated or broken) yields every frame it can, then raises FkdError
@@ -161,9 +161,3 @@ class VideoWriter:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
-
-
-def read_frames(source: str | os.PathLike | int, strict: bool = True) -> Iterator[Frame]:
-  """The frames of a video file or camera (a generator that closes the capture when done)."""
-  with VideoReader(source, strict=strict) as reader:
-    yield from reader

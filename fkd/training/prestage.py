@@ -1,4 +1,4 @@
-"""A pre-stage on the embedded `synthetic_faces` before the stages of a real dataset (issue 14).
+"""A pre-stage on the embedded `synthetic_faces` before the stages of a real dataset.
 
 With `config.pretrain.dataset` set (the `300w,cpu` preset sets it), `fkd.training.trainer.run`
 first trains

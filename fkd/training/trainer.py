@@ -140,8 +140,8 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   On one CPU device the batch runs `chunk` images at a time (`lax.map`; default
   `$FKD_FROZEN_CHUNK`, else `CPU_FROZEN_CHUNK` = 4; 0 = one call): inference mode treats images
   independently, and a few images' activations stay in cache where the whole batch's stream
-  through memory (the frozen EfficientNet-B3 forward pass at 224², batch 32: ~1.2x faster in
-  chunks of 4, README "Speed on CPU"). Same outputs to float32 rounding. Elsewhere (GPU/TPU, a
+  through memory (faster for the frozen EfficientNet-B3 forward pass at 224², batch 32: README
+  "Speed on CPU"). Same outputs to float32 rounding. Elsewhere (GPU/TPU, a
   batch sharded over devices) one call.
   """
   batch = images.shape[0]

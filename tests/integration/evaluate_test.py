@@ -14,7 +14,7 @@ from PIL import Image
 from fkd.evaluation import evaluate, metrics
 from fkd.infra import metric_writer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_run_writes_every_report(run_dir):

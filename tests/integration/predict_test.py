@@ -16,7 +16,7 @@ from fkd.data import pipeline as ip
 from fkd.errors import FkdError
 from fkd.serve import predict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _read_pts(path):

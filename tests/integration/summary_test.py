@@ -12,7 +12,7 @@ from jax import lax
 
 from fkd.tools import summary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_count_macs_by_hand():

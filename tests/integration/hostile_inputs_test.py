@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = '--config=configs/kd.py:tiny --config.data.data_dir={data}'
 RUN = TINY + ' ' + ' '.join(conftest.RUN_DIR_FLAGS)  # the config that trained run_dir
 MAIN_NEW = TINY + ' --workdir={tmp}/w'  # fkd.main into a new workdir
@@ -798,7 +798,7 @@ CASES = [
     C,
     '--manual_dir={tmp} --output={tmp}/notes.json',
     setup=files({'notes.json': '{"mine": 1}'}),
-    message='is not a box calibration',
+    message='exists and was not written by fkd.tools.calibrate_detector',
   ),
   Case(
     'calibrate_positional',

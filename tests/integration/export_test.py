@@ -14,7 +14,7 @@ from fkd import inference
 from fkd.errors import FkdError
 from fkd.serve import export, predict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAS_TF = importlib.util.find_spec('tensorflow') is not None
 
 

@@ -14,7 +14,7 @@ from fkd import config_lib
 from fkd.data import build, folder, formats, schemes
 from fkd.errors import FkdError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 FLIP_68 = list(schemes.SCHEMES['300w'].flip_permutation)
 CROP = 48
 

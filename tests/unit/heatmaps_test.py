@@ -94,13 +94,6 @@ def test_crop_round_trip():
   np.testing.assert_allclose(hm.to_crop_coords(jnp.zeros(2), 4), [1.5, 1.5])
 
 
-def test_to_original_inverts_the_crop_affine():
-  affine = np.array([[0.5, 0.0, -10.0], [0.0, 0.25, 4.0]])  # original -> crop
-  original = np.array([[[100.0, 40.0], [30.0, 8.0]]])
-  crop = original @ affine[:, :2].T + affine[:, 2]
-  np.testing.assert_allclose(hm.to_original(crop, affine), original, rtol=1e-6)
-
-
 def test_errors():
   with pytest.raises(FkdError, match='decode'):
     hm.decode(jnp.zeros((1, 4, 4, 1)), 'nope')

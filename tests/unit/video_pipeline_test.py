@@ -1,5 +1,6 @@
 """Video blocks together: frames -> detection -> calibration -> tracking, on a real face."""
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,7 +26,7 @@ def test_face_moving_across_a_video_keeps_one_track(shared_data, tmp_path):
   calib = box_calibration.packaged('ibug_300w')
   tracker = smoothing.FaceTracker(fps=25.0)
   ids, centres = [], []
-  for frame in video.read_frames(path):
+  for frame in helpers.read_frames(path):
     found = detect.detect_faces(frame.image)
     assert len(found) == 1, frame.index
     box = box_calibration.apply(calib, found[0].box, found[0].view)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import helpers
 import ml_collections
 import numpy as np
 import pytest
@@ -125,13 +126,11 @@ def test_predictor_decodes_heatmaps(mobilefan_run):
 
 
 def test_heatmap_checkpoint_written_before_heads_predicts_the_same(mobilefan_run, tmp_path):
-  from inference_test import old_style_copy
-
   from fkd import inference
 
   workdir, _ = mobilefan_run
   stage_dir = os.path.join(workdir, 'student_distill')
-  old_style_copy(
+  helpers.old_style_copy(
     stage_dir, str(tmp_path / 'old'), output='heatmaps', target_space='pixel', sigma=1.0
   )
   new, old = inference.Predictor(stage_dir), inference.Predictor(str(tmp_path / 'old'))

@@ -83,6 +83,24 @@ def test_mean_motion_hand_computed():
     smoothing.mean_motion(seq[:1])
 
 
+def test_video_motion_per_track_over_consecutive_frames():
+  """The per-track summary `fkd.predict --smooth` prints, by hand: frame pairs seen back to back."""
+  motion = smoothing.Motion()
+  point = lambda x, y: np.array([[x, y]], float)
+  for frame, raw, smooth in [
+    (0, point(0, 0), point(0, 0)),
+    (1, point(3, 4), point(0, 1)),  # raw moves 5 px, smoothed 1 px
+    (2, point(3, 4), point(0, 3)),  # 0 and 2
+    (5, point(90, 90), point(90, 90)),  # after a gap: no pair
+    (6, point(90, 91), point(90, 91)),  # 1 and 1
+  ]:
+    motion.add(frame, 0, raw, smooth)
+  motion.add(3, 1, point(7, 7), point(7, 7))  # a track seen once: no line
+  assert motion.lines() == [
+    'track 0: mean frame-to-frame landmark motion 2.00 px raw -> 1.33 px smoothed (3 frame pairs)'
+  ]
+
+
 def test_beta_cuts_the_lag_of_motion():
   # A face moving 1 face size (200 px) per second: beta = 1 lags far less than beta = 0.
   def lag(beta):

@@ -3,6 +3,7 @@
 import io
 import json
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -216,7 +217,7 @@ def test_real_images_decode(shared_data):
 def test_real_csvs_boxes_and_split_lists(shared_data):
   csv_dir = shared_data / 'hrnet-csv-choidm-pipnet' / '300w'
   rows = {
-    n: formats.read_hrnet_csv(csv_dir / f'face_landmarks_300w_{n}.csv')
+    n: helpers.read_hrnet_csv(csv_dir / f'face_landmarks_300w_{n}.csv')
     for n in ('valid_common', 'valid_challenge', 'valid', 'test')
   }
   assert {k: len(v) for k, v in rows.items()} == {
@@ -321,7 +322,7 @@ def test_real_mmpose_samples(shared_data):
   ann = json.loads((base / '300w' / 'test_300w.json').read_text())
   csv = {
     r.image_name.rsplit('/', 1)[1]: r
-    for r in formats.read_hrnet_csv(
+    for r in helpers.read_hrnet_csv(
       shared_data / 'hrnet-csv-choidm-pipnet' / '300w' / 'face_landmarks_300w_test.csv'
     )
   }
@@ -342,7 +343,7 @@ def test_real_mmpose_samples(shared_data):
 )
 def test_real_mean_shapes(shared_data, name, folder, ratio):
   """Eye indices, orientation and flip permutations against PIPNet's mean shapes (§8.8)."""
-  mean = formats.read_meanface(shared_data / 'pipnet-meanfaces' / folder / 'meanface.txt')
+  mean = helpers.read_meanface(shared_data / 'pipnet-meanfaces' / folder / 'meanface.txt')
   s = schemes.SCHEMES[name]
   assert mean.shape == (s.num_landmarks, 2)
   x = mean[:, 0]

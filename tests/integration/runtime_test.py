@@ -13,7 +13,7 @@ import pytest
 
 from fkd.infra import runtime
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A jitted gradient whose 64 MB intermediates are fresh buffers each call (like a train step's
 # temporaries); reports the settings and the median minor page faults per call after warm-up

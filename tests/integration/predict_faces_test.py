@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +15,7 @@ from fkd.data import formats
 from fkd.errors import FkdError
 from fkd.serve import box_calibration, detect, predict, smoothing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +49,7 @@ def _count_calls(monkeypatch):
 def test_calibration_is_found_with_the_model_or_the_dataset(run_dir, tmp_path):
   stage = str(run_dir / 'student_kd')
   # The embedded dataset ships none; it uses the 300-W one (same 68-point mark-up).
-  calib, source = predict.find_calibration(stage)
+  calib, source = box_calibration.find(stage, dataset='synthetic_faces')
   assert calib is not None and source.startswith('packaged ibug_300w (same mark-up as synth')
   assert predict.training_margin({'dataset': 'synthetic_faces/tiny'}) == 0.05
   assert predict.training_margin({'dataset': 'ibug_300w'}) == 0.013
@@ -57,10 +58,10 @@ def test_calibration_is_found_with_the_model_or_the_dataset(run_dir, tmp_path):
   shutil.copytree(run_dir / 'student_kd', work / 'student_kd')
   mine = box_calibration.Calibration((0.0, 0.1), (1.0, 0.9))
   box_calibration.save(mine, work)
-  calib, source = predict.find_calibration(str(work / 'student_kd'))
+  calib, source = box_calibration.find(str(work / 'student_kd'), dataset='synthetic_faces')
   assert source == str(work / 'calibration.json') and calib.offset == (0.0, 0.1)
   with pytest.raises(FkdError, match='no box calibration'):
-    predict.find_calibration(stage, str(tmp_path / 'none.json'))
+    box_calibration.find(stage, str(tmp_path / 'none.json'))
 
 
 def test_detected_face_on_einstein(predictor, shared_data):
@@ -259,7 +260,7 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
     predict.run_video(str(cut), str(out), workdir=str(run_dir), batch_size=4)
   lines = _lines(out / 'cut.jsonl')
   assert 0 < len(lines) < 30 and [ln['frame'] for ln in lines] == list(range(len(lines)))
-  assert len(list(video.read_frames(out / 'cut.mp4'))) == len(lines)
+  assert len(list(helpers.read_frames(out / 'cut.mp4'))) == len(lines)
 
 
 def test_photos_are_read_upright(tmp_path):

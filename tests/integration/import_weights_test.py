@@ -21,7 +21,7 @@ from fkd.errors import FkdError
 from fkd.infra import checkpoint
 from fkd.tools import import_weights as iw
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _fkd_variables(name: str, num_classes: int | None, **kwargs) -> dict:

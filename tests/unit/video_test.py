@@ -3,6 +3,7 @@ files."""
 
 import sys
 
+import helpers
 import numpy as np
 import pytest
 
@@ -50,7 +51,7 @@ def test_write_and_read_back(tmp_path, ext, fourcc):
     assert f.image[30:40, 40:60, 0].mean() > 180  # red stays red
     square = f.image[10:18, :, 1].mean(axis=0)  # the square is where frame i put it
     assert abs(int(np.argmax(np.convolve(square, np.ones(8), 'valid'))) - _x(i)) <= 1
-  assert len(list(video.read_frames(path))) == N
+  assert len(list(helpers.read_frames(path))) == N
 
 
 def test_truncated_video_yields_what_it_can_then_fails(tmp_path):
@@ -62,11 +63,11 @@ def test_truncated_video_yields_what_it_can_then_fails(tmp_path):
   out = tmp_path / 'annotated.mp4'
   with pytest.raises(FkdError, match=r'ended after \d+ of its 40 frames'):
     with video.VideoWriter(out, FPS, (W, H)) as writer:
-      for frame in video.read_frames(cut):
+      for frame in helpers.read_frames(cut):
         seen.append(frame.index)
         writer.write(frame.image)
   assert 0 < len(seen) < 40 and seen == list(range(len(seen)))
-  assert len(list(video.read_frames(out))) == len(seen)  # what was written stays valid
+  assert len(list(helpers.read_frames(out))) == len(seen)  # what was written stays valid
   assert len(list(video.VideoReader(cut, strict=False))) == len(seen)
   # An mp4 cut short loses its index (written last): it cannot be opened at all.
   mp4 = _write(tmp_path / 'clip.mp4')

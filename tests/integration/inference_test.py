@@ -1,34 +1,16 @@
 """fkd.inference: the one checkpoint -> landmarks path; checkpoints written before heads load."""
 
 import conftest
+import helpers
 import numpy as np
 import pytest
 
 from fkd import inference
 from fkd.errors import FkdError
-from fkd.infra import checkpoint
-
-OLD_KEYS = (
-  'stage',
-  'model',
-  'model_kwargs',
-  'num_landmarks',
-  'image_size',
-  'dataset',
-  'total_steps',
-)
-
-
-def old_style_copy(stage_dir: str, dst: str, **old: object) -> dict:
-  """The stage's variables under the meta layout fkd wrote before heads (no 'head', 'method')."""
-  variables, meta = checkpoint.load_model(stage_dir)
-  old_meta = {**{k: meta[k] for k in OLD_KEYS}, **old}
-  checkpoint.save_model(dst, variables, old_meta)
-  return meta
 
 
 def test_old_regression_checkpoint_predicts_the_same(run_dir, tmp_path):
-  meta = old_style_copy(
+  meta = helpers.old_style_copy(
     str(run_dir / 'student_kd'), str(tmp_path / 'old'), target_space='normalized'
   )
   assert meta['head'] == {'kind': 'regression', 'image_size': 32, 'space': 'normalized'}

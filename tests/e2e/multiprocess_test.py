@@ -20,7 +20,7 @@ import pytest
 from fkd.data import pipeline as ip
 from fkd.infra import checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGE = 'student_baseline'
 
 
@@ -181,7 +181,7 @@ def test_two_processes_match_one_through_preemption_and_resume(data_dir, tmp_pat
   # Reference: ONE process with the same global batches (2 data shards) on 2 CPU devices, i.e.
   # the same SPMD program as the two processes with their 1 device each. The only cross-device
   # reductions are sums of 2 operands, which float addition gives exactly in either order, so the
-  # parameters must agree bit for bit (1 device vs several: tests/sharding_test.py).
+  # parameters must agree bit for bit (1 device vs several: tests/integration/sharding_test.py).
   # The reference also builds the dataset before the two processes start.
   single = _Launch(
     tmp_path,

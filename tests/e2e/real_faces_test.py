@@ -12,7 +12,7 @@ from fkd.data import pipeline as input_pipeline
 from fkd.infra import checkpoint
 from fkd.training import trainer as train
 
-DUMMY = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
+DUMMY = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
 
 
 def _synthetic_small(data_dir):

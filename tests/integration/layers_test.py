@@ -16,7 +16,7 @@ import pytest
 
 from fkd.models import layers, native
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # (spatial size, stride, kernel): odd and even sizes, stride 1 and 2, kernels 3 and 5.
 DW_CASES = [(8, 1, 3), (7, 1, 3), (8, 2, 3), (7, 2, 3), (8, 2, 5), (9, 2, 5), (6, 1, 5), (7, 1, 4)]

@@ -17,7 +17,7 @@ from fkd.errors import FkdError
 from fkd.infra import checkpoint
 from fkd.training import trainer as train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(data_dir, **train_overrides):

@@ -71,8 +71,11 @@ def test_save_load_find(tmp_path):
   loaded = bc.load(tmp_path)
   assert loaded.offset == calib.offset and loaded.scale == calib.scale
   assert loaded.detector == {'backend': 'test'}
-  assert bc.find(tmp_path / 'nowhere', None, tmp_path).scale == calib.scale
-  assert bc.find(tmp_path / 'nowhere') is None
+  found, source = bc.find(tmp_path / 'stage')  # a stage of the workdir tmp_path
+  assert found.scale == calib.scale and source == str(tmp_path / bc.FILENAME)
+  assert bc.find(tmp_path / 'other', tmp_path)[1] == str(tmp_path / bc.FILENAME)  # --calibration
+  found, source = bc.find(tmp_path / 'other' / 'stage')
+  assert found is None and source.startswith('none for dataset ?')
   with pytest.raises(FkdError, match='calibrate_detector'):
     bc.load(tmp_path / 'missing.json')
   (tmp_path / 'bad.json').write_text(json.dumps({'offset': [0, 0], 'scale': [1, 1]}))
@@ -117,9 +120,9 @@ def test_packaged_300w_calibration(tmp_path):
   for v in calib.validation.values():  # leave-one-folder-out: AFW <-> HELEN
     assert v['calibrated_iou_mean'] > v['global_iou_mean'] > v['raw_iou_mean']
   assert bc.packaged('no_such_dataset') is None
-  assert bc.find(tmp_path, dataset='ibug_300w').offset == calib.offset
+  assert bc.find(tmp_path, dataset='ibug_300w')[0].offset == calib.offset
   bc.save(bc.IDENTITY, tmp_path)
-  assert bc.find(tmp_path, dataset='ibug_300w').offset == (0.0, 0.0)  # a model's own file wins
+  assert bc.find(tmp_path, dataset='ibug_300w')[0].offset == (0.0, 0.0)  # a model's own file wins
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from fkd import config_lib
 from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
 
-DUMMY = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
+DUMMY = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
 
 
 @pytest.fixture(scope='module')

@@ -139,7 +139,7 @@ def _shared_data() -> pathlib.Path:
   env = os.environ.get('FKD_SHARED_DATA')
   if env:
     return pathlib.Path(env)
-  return pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+  return pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 
 def _load_300w_crops() -> np.ndarray:

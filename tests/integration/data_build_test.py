@@ -10,7 +10,7 @@ from fkd.data import build
 from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
 
-BUILDERS = pathlib.Path(__file__).resolve().parents[1] / 'tfds_builders'
+BUILDERS = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders'
 
 
 def test_cli_builds_and_prints_counts(tmp_path, capsys):

@@ -1,0 +1,84 @@
+"""Helpers the tests share (not fixtures: those are in conftest.py), kept out of fkd because only
+tests use them: readers of reference files fkd itself never reads, and test set-ups.
+
+Importable as `helpers` from every test folder (pytest puts tests/, conftest.py's folder, on
+sys.path).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from fkd.infra import checkpoint
+
+# ---- reference files of ../shared/data ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvRow:
+  """One row of HRNet's 300W CSV."""
+
+  image_name: str
+  scale: float
+  center: np.ndarray  # (2,) center_w, center_h
+  points: np.ndarray  # (68, 2) raw
+
+
+def read_hrnet_csv(path: str | os.PathLike, num_points: int = 68) -> list[CsvRow]:
+  """Reads HRNet's `face_landmarks_300w_*.csv` (header + 4 + 2N columns)."""
+  with open(path, newline='', encoding='utf-8') as f:
+    reader = csv.reader(f)
+    header = next(reader)
+    assert header[0] == 'image_name' and len(header) == 4 + 2 * num_points, header[:4]
+    rows = []
+    for r in reader:
+      if r:
+        vals = np.asarray([float(v) for v in r[1:]], np.float64)
+        rows.append(CsvRow(r[0], float(vals[0]), vals[1:3], vals[3:].reshape(num_points, 2)))
+  return rows
+
+
+def read_meanface(path: str | os.PathLike) -> np.ndarray:
+  """Reads a PIPNet `meanface.txt` (one line of 2N floats) into (N, 2)."""
+  with open(path, encoding='utf-8') as f:
+    vals = np.asarray([float(v) for v in f.read().split()], np.float64)
+  assert vals.size % 2 == 0, f'{path}: {vals.size} values'
+  return vals.reshape(-1, 2)
+
+
+# ---- videos -----------------------------------------------------------------------------------
+
+
+def read_frames(source: str | os.PathLike, strict: bool = True) -> Iterator:
+  """The `fkd.serve.video.Frame`s of a video file (closing the capture when done)."""
+  from fkd.serve import video
+
+  with video.VideoReader(source, strict=strict) as reader:
+    yield from reader
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+# The meta keys fkd wrote before heads (no 'head', 'method').
+OLD_KEYS = (
+  'stage',
+  'model',
+  'model_kwargs',
+  'num_landmarks',
+  'image_size',
+  'dataset',
+  'total_steps',
+)
+
+
+def old_style_copy(stage_dir: str, dst: str, **old: object) -> dict:
+  """The stage's variables under the meta layout fkd wrote before heads (no 'head', 'method')."""
+  variables, meta = checkpoint.load_model(stage_dir)
+  old_meta = {**{k: meta[k] for k in OLD_KEYS}, **old}
+  checkpoint.save_model(dst, variables, old_meta)
+  return meta
