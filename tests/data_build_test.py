@@ -53,7 +53,7 @@ def test_prepare_and_load_pass_allow_partial(tmp_path):
   with pytest.raises(FkdError, match='allow_partial'):
     input_pipeline.prepare(c)
   c.data.allow_partial = True
-  data = input_pipeline.load(c)
+  data = input_pipeline.load(c, soft_targets=c.asm.acc)
   assert set(data.splits) == {'train', 'common', 'challenging', 'full'}
   assert len(data.splits['train']) == 7 and data.splits['full'].images.shape[1:] == (32, 32, 3)
   assert data.pca is not None and data.pca.num_points == 68
@@ -67,7 +67,7 @@ def test_kd_augmentation_in_train_batches(tmp_path):
   c.data.data_dir = str(tmp_path)
   c.data.manual_dir = str(BUILDERS / 'ibug_300w' / 'dummy_data')
   c.data.allow_partial = True
-  data = input_pipeline.load(c)
+  data = input_pipeline.load(c, soft_targets=c.asm.acc)
   assert c.data.augment == 'kd' and data.scheme == '300w'
   train = data.splits['train']
   try:

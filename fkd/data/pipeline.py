@@ -197,22 +197,31 @@ def shard_records(
 
 
 def load(
-  config: Any, splits: tuple[str, ...] | None = None, process_index: int = 0, process_count: int = 1
+  config: Any,
+  splits: tuple[str, ...] | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  soft_targets: float | None = None,
 ) -> Data:
-  """Loads this process's shards of the train split and the whole eval splits into memory."""
+  """Loads this process's shards of the train split and the whole eval splits into memory.
+
+  `soft_targets`: the ASM variance fraction of the soft landmarks (method.md §2.3) that training
+  batches carry, for a method whose stages train on them (`Method.soft_targets`); None: none.
+  """
   builder = prepare(config)
   meta = builder.info.metadata or {}
   if 'nme_normalizer' in meta:
     resolve_from_dataset(config, meta)
   size = config.data.image_size
   native = int(meta.get('image_size', size))
-  # Soft landmarks (ASM, method.md §2.3) only for configs that ask for them (`config.asm`).
-  soft_key = f'p{round(100 * config.asm.acc)}' if config.get('asm') else None
+  # Soft landmarks (ASM, method.md §2.3) only for methods that ask for them.
+  soft_key = f'p{round(100 * soft_targets)}' if soft_targets is not None else None
   pca = None
   if 'pca' in meta and soft_key is not None:
     if soft_key not in meta['pca']:
       raise FkdError(
-        f'config.asm.acc={config.asm.acc}: the dataset stores ASM fractions {sorted(meta["pca"])}'
+        f'soft targets at ASM fraction {soft_targets}: the dataset stores ASM fractions '
+        f'{sorted(meta["pca"])}'
       )
     # The PCA lives in the builder's pixel frame; x -> s(x + 1/2) - 1/2 is isotropic, so the ASM
     # operator carries over exactly (method.md §2.3 equivariance).

@@ -491,7 +491,12 @@ def _run_locked(
     if jax.process_index() == 0:
       ip.prepare(config)
     multihost_utils.sync_global_devices('fkd: dataset prepared')
-  data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
+  data = ip.load(
+    config,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    soft_targets=method.soft_targets(config),
+  )
   config = pretrain.run(config, workdir, run)  # config.pretrain: a pre-stage on another dataset
   ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()
