@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fkd.data import asm, datasets, formats, schemes
+from fkd.data import asm, crops, datasets, formats, schemes
 from fkd.errors import FkdError
 
 
@@ -66,6 +66,10 @@ class Data:
   # requested ones a partial build left out, with the reason (see `eval_splits`).
   eval_splits: tuple[str, ...] = ()
   dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+  # Dataset facts the checkpoints carry for prediction: how the crops were cut around the landmark
+  # box, and the point groups to draw (None / (): unknown dataset, points only).
+  crop_margin: crops.CropMargin | None = None
+  contours: tuple[tuple[int, int, bool], ...] = ()
 
 
 def _builder(config: Any):
@@ -266,6 +270,9 @@ def load(
   facts = datasets.by_tfds_name(config.data.name)
   scheme = facts.scheme if facts else None  # the augmentation constants of fkd.data.augment
   scheme = meta.get('augment') or scheme
+  crop_margin = facts.crop_margin if facts else None
+  if 'crop_margin' in meta:  # a folder dataset's own
+    crop_margin = crops.CropMargin.from_folder(meta['crop_margin'])
   return Data(
     config.data.name,
     out,
@@ -277,6 +284,8 @@ def load(
     can_flip,
     tuple(kept),
     dropped,
+    crop_margin,
+    facts.contours if facts else (),
   )
 
 
