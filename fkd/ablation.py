@@ -52,6 +52,15 @@ def method_of(config: Any) -> methods.Method:
 def rows_for(config: Any) -> dict[str, Row]:
   """The method's rows, with the rows other methods add to it before its reference row."""
   method = method_of(config)
+  if type(method).ablation_rows is methods.Method.ablation_rows:
+    known = [
+      k
+      for k, m in methods.REGISTRY.items()
+      if type(m).ablation_rows is not methods.Method.ablation_rows
+    ]
+    raise FkdError(
+      f'fkd.ablation has no rows for config.method={method.name!r}; known: {", ".join(known)}'
+    )
   own = method.ablation_rows(config)
   guests: dict[str, Row] = {}
   for other in methods.REGISTRY.values():
