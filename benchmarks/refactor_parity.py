@@ -3,9 +3,10 @@ ref.
 
   python benchmarks/refactor_parity.py [--ref=8bfd57e] [--workdir=/tmp/fkd-parity]
 
-Checks out REF into a temporary git worktree, runs the same two tiny jobs there and here
+Checks out REF into a temporary git worktree, runs the same tiny jobs there and here
 (`python -m fkd.main`, same seeds, one process each, same TFDS data_dir) and compares their
-results.json byte for byte, `wall_time_s` aside. Exit 0 when every file is identical.
+results.json byte for byte, `wall_time_s` aside and keys absent from REF's record (keys this tree
+added, e.g. `method`: they are listed, not compared). Exit 0 when every file is identical.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def main() -> None:
   new = run_jobs(REPO, work / 'new', data_dir)
   same = True
   for name in JOBS:
-    a, b = json.dumps(ref[name], sort_keys=True), json.dumps(new[name], sort_keys=True)
+    added = sorted(set(new[name]) - set(ref[name]))
+    if added:
+      print(f'{name}: keys not in the reference, not compared: {", ".join(added)}', flush=True)
+    kept = {k: v for k, v in new[name].items() if k in ref[name]}
+    a, b = json.dumps(ref[name], sort_keys=True), json.dumps(kept, sort_keys=True)
     equal = a == b
     same &= equal
     models = ', '.join(
@@ -89,8 +94,8 @@ def main() -> None:
     )
     print(f'{name}: {"bit-identical" if equal else "DIFFERENT"} ({models})', flush=True)
     if not equal:
-      for key in sorted(set(ref[name]) | set(new[name])):
-        if ref[name].get(key) != new[name].get(key):
+      for key in sorted(set(ref[name]) | set(kept)):
+        if ref[name].get(key) != kept.get(key):
           print(f'  differs: {key}', flush=True)
   print(json.dumps({'identical': same, 'ref': args.ref}), flush=True)
   sys.exit(0 if same else 1)

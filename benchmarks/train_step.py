@@ -3,7 +3,7 @@
   pip install -e ".[bench]"   # TensorFlow + Keras (never part of the main install)
   python benchmarks/train_step.py [--batch 32] [--res 224] [--rounds 5] [--steps student,teacher,kd]
 
-Steps (KD-Loss at paper size, `config_lib.kd_base('300w')`: 68 landmarks, Adam with Keras'
+Steps (KD-Loss at paper size, `kd_recipe.kd_base('300w')`: 68 landmarks, Adam with Keras'
 defaults):
 - `student`: MobileNetV2 1.0 regression step (MSE, BatchNorm in training mode), fkd's
   `train.make_train_step` for the `student_baseline` stage;
@@ -61,9 +61,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fkd import cli, config_lib, heads, inference, methods  # noqa: E402
+from fkd import cli, heads, inference, methods  # noqa: E402
 from fkd.infra import runtime
 from fkd.losses import kd_loss as losses
+from fkd.methods.kd import recipe as kd_recipe
 from fkd.models import layers, native  # noqa: E402
 from fkd.training import trainer as train
 
@@ -312,7 +313,7 @@ def measure(args) -> dict:
 def measure_steps(args) -> dict:
   kinds = args.kinds
   jit_compile = {'auto': 'auto', 'true': True, 'false': False}[args.keras_jit]
-  config = config_lib.kd_base('300w')
+  config = kd_recipe.kd_base('300w')
   config.data.image_size = args.res
   batch = make_batch(args.batch, args.res, config.data.num_landmarks)
   versions = f'jax {jax.__version__}, backend {jax.default_backend()}'

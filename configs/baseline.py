@@ -7,10 +7,11 @@ Args: as configs/kd.py (synthetic | 300w | wflw | cofw, runlocal, tiny).
 """
 
 from fkd import config_lib
+from fkd.methods.kd import recipe
 
 
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False, cpu=False)
-  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny, arg.cpu)
+  config = recipe.kd_base(arg.dataset, arg.runlocal, arg.tiny, arg.cpu)
   config.stages = ('student_baseline',)
   return config

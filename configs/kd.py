@@ -2,7 +2,7 @@
 
 Three stages in one command: the Tolerant teacher on ASM soft landmarks, the Tough teacher on the
 ground truth, then the student with KD-Loss (method.md §2). Every published hyper-parameter lives in
-fkd/config_lib.py with a comment citing method.md.
+fkd/methods/kd/recipe.py with a comment citing method.md.
 
 Embedded synthetic dataset, CPU-sized (the README quick start; ~10 min on 2 cores):
   python -m fkd.main --config=configs/kd.py --workdir=runs/kd
@@ -26,10 +26,11 @@ Args (comma-separated): synthetic (default) | 300w | wflw | cofw; runlocal; tiny
 """
 
 from fkd import config_lib
+from fkd.methods.kd import recipe
 
 
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False, cpu=False)
-  config = config_lib.kd_base(arg.dataset, arg.runlocal, arg.tiny, arg.cpu)
+  config = recipe.kd_base(arg.dataset, arg.runlocal, arg.tiny, arg.cpu)
   config.stages = ('teacher_tolerant', 'teacher_tough', 'student_kd')
   return config

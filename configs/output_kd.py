@@ -11,11 +11,12 @@ Args: as configs/kd.py (synthetic | 300w | wflw | cofw, runlocal, tiny).
 """
 
 from fkd import config_lib
+from fkd.methods.kd import recipe
 
 
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, dataset='synthetic', runlocal=False, tiny=False)
-  config = config_lib.regression_base(arg.dataset, arg.runlocal, arg.tiny, method='output_kd')
+  config = recipe.regression_base(arg.dataset, arg.runlocal, arg.tiny, method='output_kd')
   config.stages = ('teacher_tough', 'student_output_kd')
   config.output_kd = dict(
     # Weight of the teacher term: an even mix of ground truth and teacher (not tuned; the

@@ -15,8 +15,10 @@ It writes `DIR/ablation.json`:
    "rows": {"kd": {"nme_mean": ..., "nme_std": ..., "fr_mean": ..., "auc_mean": ..., ...}}}
 and `DIR/ablation.md` (mean ± sample std over seeds, teachers beside the students).
 
-Rows are data: `ROWS[method]` maps a row name to the stage it trains and its config overrides, so
-a new method's row is one more line there.
+Rows are data, owned by each method (`Method.ablation_rows`, `fkd/methods/<name>/ablation.py`): a
+row name maps to the stage it trains and its config overrides, so a new method's row is one more
+line there. A method may add rows to another's table (`Method.guest_rows`: output distillation
+beside KD-Loss).
 
   python -m fkd.ablation --config=configs/kd.py --workdir=runs/ablation_kd --seeds=3
   python -m fkd.ablation --config=configs/mobilefan.py --workdir=runs/ablation_mobilefan --seeds=3
@@ -26,13 +28,11 @@ a new method's row is one more line there.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -42,115 +42,41 @@ from fkd.errors import FkdError
 from fkd.training import prestage as pretrain
 from fkd.training import trainer as train
 
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-  """One line of the ablation table.
-
-  Attributes:
-    stage: the stage it trains (a name of the method's `config.stages` vocabulary).
-    what: one line for the table.
-    overrides: dotted config keys -> values, applied on top of the user's config.
-    teacher: a teacher row: trained once per seed into `seed_<s>/teachers/`, read by the others.
-    extra: run only when `--rows` names it (rows beyond the issue's table, kept out of the default
-      run's time budget).
-  """
-
-  stage: str
-  what: str
-  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-  teacher: bool = False
-  extra: bool = False
+Row = methods.Row  # one line of the table (fkd.methods.base.Row)
 
 
-def kd_rows(config: Any) -> dict[str, Row]:
-  """KD-Loss (method.md §2.5.4): the teachers, the MSE baseline and the KD-Loss term ablations."""
-  del config
-  return {
-    'teacher_tough': Row('teacher_tough', 'Tough teacher (ground truth)', teacher=True),
-    'teacher_tolerant': Row(
-      'teacher_tolerant', 'Tolerant teacher (ASM soft landmarks)', teacher=True
-    ),
-    'baseline_mse': Row('student_baseline', 'student alone, MSE', {'loss.baseline': 'mse'}),
-    'main_only': Row(
-      'student_kd',
-      'Loss_Main alone, constant λ, no ALoss: no teacher information',
-      {'kd.teachers': (), 'kd.lambda_source': 'constant'},
-    ),
-    'tough_only': Row(
-      'student_kd',
-      'KD-Loss, Tough ALoss only (λ = |a − g|)',
-      {'kd.teachers': ('teacher_tough',), 'kd.lambda_source': 'tough'},
-    ),
-    'tolerant_only': Row(
-      'student_kd',
-      'KD-Loss, Tolerant ALoss only (λ = |s − g|)',
-      {'kd.teachers': ('teacher_tolerant',), 'kd.lambda_source': 'tolerant'},
-    ),
-    'output_kd': Row(
-      'student_output_kd',
-      'plain output distillation from the Tough teacher, '
-      '(1 − α)·MSE(gt) + α·MSE(teacher), α = 0.5 (fkd/methods/output_kd/method.py)',
-      {'method': 'output_kd', 'output_kd': {'alpha': 0.5}},
-      extra=True,
-    ),
-    'output_kd_l1': Row(
-      'student_output_kd',
-      "output distillation with L1 (Loss_Main's shape): (1 − α)·L1(gt) + α·L1(teacher), α = 0.5",
-      {'method': 'output_kd', 'output_kd': {'alpha': 0.5, 'loss': 'l1'}},
-      extra=True,
-    ),
-    'kd': Row('student_kd', 'KD-Loss, both teachers'),
-  }
-
-
-def fan_rows(config: Any) -> dict[str, Row]:
-  """MobileFAN (FA + FS) or EfficientFAN (FA + PS): the row set follows the config's λs."""
-  fan = config.fan
-  sim = [k for k in ('fs', 'ps') if fan[f'lambda_{k}'] > 0]
-  if fan.lambda_fa <= 0 or not sim:
-    raise FkdError(
-      'the fan ablation needs config.fan.lambda_fa > 0 and lambda_fs or lambda_ps '
-      f'> 0, got fa={fan.lambda_fa} fs={fan.lambda_fs} ps={fan.lambda_ps}'
-    )
-  off = {f'fan.lambda_{k}': 0.0 for k in sim}
-  rows = {
-    'teacher': Row('teacher', 'teacher (heatmaps)', teacher=True),
-    'baseline': Row('student_baseline', 'student alone, heatmap MSE'),
-    'fa_only': Row('student_distill', f'+ feature-aligned only (λ_FA {fan.lambda_fa})', off),
-  }
-  names = {'fs': 'pixel-affinity', 'ps': 'patch-similarity'}
-  for k in sim:
-    only = {'fan.lambda_fa': 0.0, **{f'fan.lambda_{j}': 0.0 for j in sim if j != k}}
-    rows[f'{k}_only'] = Row(
-      'student_distill', f'+ {names[k]} only (λ_{k.upper()} {fan[f"lambda_{k}"]})', only
-    )
-  rows['distill'] = Row('student_distill', '+ ' + ' + '.join(['FA', *(k.upper() for k in sim)]))
-  return rows
-
-
-# method (config.method) -> (its rows, the row every other is compared with).
-ROWS: dict[str, tuple[Callable[[Any], dict[str, Row]], str]] = {
-  'kd': (kd_rows, 'kd'),
-  'fan': (fan_rows, 'distill'),
-}
-
-
-def method_of(config: Any) -> str:
-  return config.method
+def method_of(config: Any) -> methods.Method:
+  return methods.get(config)
 
 
 def rows_for(config: Any) -> dict[str, Row]:
+  """The method's rows, with the rows other methods add to it before its reference row."""
   method = method_of(config)
-  if method not in ROWS:
+  if type(method).ablation_rows is methods.Method.ablation_rows:
+    known = [
+      k
+      for k, m in methods.REGISTRY.items()
+      if type(m).ablation_rows is not methods.Method.ablation_rows
+    ]
     raise FkdError(
-      f'fkd.ablation has no rows for config.method={method!r}; known: {", ".join(ROWS)}'
+      f'fkd.ablation has no rows for config.method={method.name!r}; known: {", ".join(known)}'
     )
-  return ROWS[method][0](config)
+  own = method.ablation_rows(config)
+  guests: dict[str, Row] = {}
+  for other in methods.REGISTRY.values():
+    if other is not method:
+      guests.update(other.guest_rows(method, config))
+  ref = method.reference_row
+  out = {k: v for k, v in own.items() if k != ref}
+  out.update(guests)
+  if ref in own:
+    out[ref] = own[ref]
+  return out
 
 
-# Top-level keys a row may add (another method's block: the output_kd row on a KD config).
-_NEW_BLOCKS = ('output_kd',)
+def _new_blocks() -> tuple[str, ...]:
+  """Top-level keys a row may add: the blocks of a method a row switches the config to."""
+  return tuple(b for m in methods.REGISTRY.values() for b in m.new_blocks)
 
 
 def _set(config: Any, key: str, value: Any) -> None:
@@ -158,7 +84,7 @@ def _set(config: Any, key: str, value: Any) -> None:
   node = config
   for p in path:
     node = node[p]
-  if leaf not in node and not (not path and leaf in _NEW_BLOCKS):
+  if leaf not in node and not (not path and leaf in _new_blocks()):
     raise FkdError(f'ablation row override {key!r}: no such config key')
   node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
@@ -404,8 +330,8 @@ def summarize(
     'dataset': config.data.name,
     'split': split,
     'seeds': seeds,
-    'method': method_of(config),
-    'reference_row': ROWS[method_of(config)][1],
+    'method': method_of(config).name,
+    'reference_row': method_of(config).reference_row,
     'first_seed': config.seed,
     'rows': out_rows,
     'mean_shape': {

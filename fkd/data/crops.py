@@ -2,8 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 from PIL import Image
+
+MARGIN_UNITS = ('box', 'longer_side', 'pixels')
+
+
+@dataclasses.dataclass(frozen=True)
+class CropMargin:
+  """How far a dataset's face crops reach beyond the landmark box, per side.
+
+  `unit` 'box': `value` × the box's width (left, right) and height (top, bottom), the scale-free
+  form of the embedded and 300W crops; 'longer_side': `value` × the longer of width and height on
+  every side (a folder dataset's "10%"); 'pixels': `value` source pixels (a folder dataset's `5`).
+  Prediction widens a face's landmark box the same way, so that the model sees the crops it was
+  trained on (`fkd.serve.predict`).
+  """
+
+  value: float
+  unit: str = 'box'
+
+  def __post_init__(self):
+    if self.unit not in MARGIN_UNITS:
+      raise ValueError(f'crop margin unit must be one of {MARGIN_UNITS}, got {self.unit!r}')
+
+  def pads(self, width: float, height: float) -> tuple[float, float]:
+    """(horizontal, vertical) widening of a width x height landmark box, per side."""
+    if self.unit == 'box':
+      return self.value * width, self.value * height
+    if self.unit == 'longer_side':
+      pad = self.value * max(width, height)
+      return pad, pad
+    return self.value, self.value
+
+  def to_json(self) -> dict[str, Any]:
+    return {'value': self.value, 'unit': self.unit}
+
+  @classmethod
+  def from_json(cls, record: dict[str, Any]) -> CropMargin:
+    return cls(float(record['value']), str(record.get('unit', 'box')))
+
+  @classmethod
+  def from_folder(cls, crop_margin: float | str) -> CropMargin:
+    """A folder dataset's `crop_margin` as its builder stores it: pixels, or '10%' of the box's
+    longer side (`fkd.data.folder`)."""
+    if isinstance(crop_margin, str):
+      return cls(float(crop_margin.strip().rstrip('%')) / 100.0, 'longer_side')
+    return cls(float(crop_margin), 'pixels')
 
 
 def landmark_box(points: np.ndarray, margin: float) -> np.ndarray:

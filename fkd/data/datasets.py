@@ -1,4 +1,4 @@
-"""The one table of dataset facts: TFDS name, mark-up, evaluation splits, KD-Loss protocol.
+"""The one table of dataset facts: TFDS name, mark-up, evaluation splits, KD-Loss protocol, crops.
 
 Per-point facts (flip permutation, normalising index sets) live with the mark-up in
 `fkd.data.schemes`; the builders store them in their TFDS metadata too. Builders are found by
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from fkd.data import schemes
+from fkd.data import crops, schemes
 from fkd.errors import FkdError
 
 
@@ -26,6 +26,8 @@ class Dataset:
   kd_space: KD-Loss's regression space (method.md §2.2 / §9 #5).
   builder_module: the module that registers the builder with TFDS.
   builder_config: the TFDS config `fkd.data.build` uses by default (None: the builder's own).
+  crop_margin: how far the training crops reach beyond the landmark box (`crops.CropMargin`), as
+    prediction reproduces them; a folder dataset's own `crop_margin` (its metadata) wins.
   """
 
   key: str
@@ -36,11 +38,18 @@ class Dataset:
   kd_space: str
   builder_module: str
   builder_config: str | None = None
+  # WFLW and COFW crops (a box union) are wider than a few pixels: the embedded dataset's margin.
+  crop_margin: crops.CropMargin = crops.CropMargin(0.05)
 
   @property
   def num_landmarks(self) -> int:
     """N of the mark-up; 0 when the dataset itself says (`folder`: its dataset.json)."""
     return schemes.SCHEMES[self.scheme].num_landmarks if self.scheme else 0
+
+  @property
+  def contours(self) -> tuple[tuple[int, int, bool], ...]:
+    """The mark-up's point groups for drawing (`schemes.CONTOURS`; () for none)."""
+    return schemes.CONTOURS.get(self.scheme, ())
 
   def builder_class(self):
     module = importlib.import_module(self.builder_module)
@@ -58,6 +67,7 @@ DATASETS = {
       'inter_ocular',
       'normalized',
       'tfds_builders.synthetic_faces',
+      crop_margin=crops.CropMargin(0.05),  # its builder's crop_margin
     ),
     Dataset(
       '300w',
@@ -67,6 +77,9 @@ DATASETS = {
       'inter_ocular',
       'normalized',
       'tfds_builders.ibug_300w',
+      # The landmark extent ± 5 source px (its builder's MARGIN): 0.013 of the landmark box's
+      # width and height, the median over the 300-W faces (scale-free, for photos of any size).
+      crop_margin=crops.CropMargin(0.013),
     ),
     Dataset(
       'wflw',

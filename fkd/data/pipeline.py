@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fkd.data import asm, datasets, formats, schemes
+from fkd.data import asm, crops, datasets, formats, schemes
 from fkd.errors import FkdError
 
 
@@ -66,6 +66,10 @@ class Data:
   # requested ones a partial build left out, with the reason (see `eval_splits`).
   eval_splits: tuple[str, ...] = ()
   dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+  # Dataset facts the checkpoints carry for prediction: how the crops were cut around the landmark
+  # box, and the point groups to draw (None / (): unknown dataset, points only).
+  crop_margin: crops.CropMargin | None = None
+  contours: tuple[tuple[int, int, bool], ...] = ()
 
 
 def _builder(config: Any):
@@ -197,22 +201,31 @@ def shard_records(
 
 
 def load(
-  config: Any, splits: tuple[str, ...] | None = None, process_index: int = 0, process_count: int = 1
+  config: Any,
+  splits: tuple[str, ...] | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  soft_targets: float | None = None,
 ) -> Data:
-  """Loads this process's shards of the train split and the whole eval splits into memory."""
+  """Loads this process's shards of the train split and the whole eval splits into memory.
+
+  `soft_targets`: the ASM variance fraction of the soft landmarks (method.md §2.3) that training
+  batches carry, for a method whose stages train on them (`Method.soft_targets`); None: none.
+  """
   builder = prepare(config)
   meta = builder.info.metadata or {}
   if 'nme_normalizer' in meta:
     resolve_from_dataset(config, meta)
   size = config.data.image_size
   native = int(meta.get('image_size', size))
-  # Soft landmarks (ASM, method.md §2.3) only for configs that ask for them (`config.asm`).
-  soft_key = f'p{round(100 * config.asm.acc)}' if config.get('asm') else None
+  # Soft landmarks (ASM, method.md §2.3) only for methods that ask for them.
+  soft_key = f'p{round(100 * soft_targets)}' if soft_targets is not None else None
   pca = None
   if 'pca' in meta and soft_key is not None:
     if soft_key not in meta['pca']:
       raise FkdError(
-        f'config.asm.acc={config.asm.acc}: the dataset stores ASM fractions {sorted(meta["pca"])}'
+        f'soft targets at ASM fraction {soft_targets}: the dataset stores ASM fractions '
+        f'{sorted(meta["pca"])}'
       )
     # The PCA lives in the builder's pixel frame; x -> s(x + 1/2) - 1/2 is isotropic, so the ASM
     # operator carries over exactly (method.md §2.3 equivariance).
@@ -257,6 +270,9 @@ def load(
   facts = datasets.by_tfds_name(config.data.name)
   scheme = facts.scheme if facts else None  # the augmentation constants of fkd.data.augment
   scheme = meta.get('augment') or scheme
+  crop_margin = facts.crop_margin if facts else None
+  if 'crop_margin' in meta:  # a folder dataset's own
+    crop_margin = crops.CropMargin.from_folder(meta['crop_margin'])
   return Data(
     config.data.name,
     out,
@@ -268,6 +284,8 @@ def load(
     can_flip,
     tuple(kept),
     dropped,
+    crop_margin,
+    facts.contours if facts else (),
   )
 
 

@@ -98,6 +98,23 @@ class Scheme:
 
 
 _EYES_68 = (tuple(range(36, 42)), tuple(range(42, 48)))
+# The 68-point (300W) face parts, for drawing: (first, last, closed) index runs of the jaw, brows,
+# nose bridge, nostrils, eyes and the outer and inner lips.
+PARTS_68 = (
+  (0, 16, False),
+  (17, 21, False),
+  (22, 26, False),
+  (27, 30, False),
+  (31, 35, False),
+  (36, 41, True),
+  (42, 47, True),
+  (48, 59, True),
+  (60, 67, True),
+)
+
+# Mark-up -> its point groups for drawing (mark-ups without an entry: points only).
+CONTOURS = {'300w': PARTS_68, 'cofw68': PARTS_68}
+
 SCHEMES = {
   '300w': Scheme('300w', 68, _FLIP_68, (36, 45), _EYES_68),
   'wflw': Scheme('wflw', 98, _FLIP_98, (60, 72), ((96,), (97,))),

@@ -3,10 +3,12 @@
 `python -m fkd.evaluate --config=configs/kd.py[:ARG] --workdir=DIR` (the same config as training)
 scores the mean shape and every finished stage of DIR on each eval split and writes
 
-- `DIR/results.json`: `{"dataset", "models": {NAME: {SPLIT: {"nme", "fr", "auc", "auc_kd",
-  "count"}}}, "nme_per_image": {NAME: {SPLIT: [...]}}, ...}` (NME and FR in %, AUC in 0..1);
+- `DIR/results.json`: `{"dataset", "method", "published", "models": {NAME: {SPLIT: {"nme", "fr",
+  "auc", "auc_kd", "count"}}}, "nme_per_image": {NAME: {SPLIT: [...]}}, ...}` (NME and FR in %,
+  AUC in 0..1; `method` the config's, `published` its table in published.json or null);
 - `DIR/results.md`: one table per split, ours beside the published / author-noted numbers of
-  `fkd/evaluation/published.json` for the same dataset, split and model;
+  `fkd/evaluation/published.json` for the same dataset, split and model, from the table of the
+  method that trained the run (`Method.published_key`; none when it has no table);
 - `DIR/ced.png`: the cumulative error distribution of every model, one panel per split;
 - `DIR/worst.png`: the best and worst faces of the student on the test split, ground truth and
   prediction overlaid;
@@ -39,7 +41,6 @@ from fkd.evaluation import metrics
 from fkd.infra import config_check, files, metric_writer, sharding
 from fkd.infra import workdir as workdir_lib
 
-PUBLISHED_METHOD = 'kd_loss'
 OVERLAY_COUNT = 5  # faces per row of worst.png
 
 
@@ -105,6 +106,8 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   threshold = config.eval.fr_threshold
   results: dict[str, Any] = {
     'dataset': config.data.name,
+    'method': config.method,
+    'published': published_key(config),
     'norm': config.eval.norm,
     'frame': config.eval.frame,
     'fr_threshold': threshold,
@@ -176,10 +179,20 @@ def published() -> dict[str, Any]:
   return json.loads((importlib.resources.files('fkd.evaluation') / 'published.json').read_text())
 
 
+def published_key(config: Any) -> str | None:
+  """The published.json table of the config's method (None when the method or its variant has
+  none)."""
+  key = methods.get(config).published_key(config)
+  return key if key in published()['methods'] else None
+
+
 def published_rows(
-  dataset: str, split: str, model: str, method: str = PUBLISHED_METHOD
+  dataset: str, split: str, model: str, method: str | None
 ) -> list[dict[str, Any]]:
-  """Published records for a TFDS dataset name ('ibug_300w', 'wflw/...'), split and model."""
+  """Published records of table `method` (a published.json key; None: none) for a TFDS dataset
+  name ('ibug_300w', 'wflw/...'), split and model."""
+  if method not in published()['methods']:
+    return []
   base = dataset.split('/')[0].split(':')[0]
   return [
     r
@@ -207,7 +220,9 @@ def _fmt_published(rows: list[dict[str, Any]], norm: str, frame: str, refs: dict
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-  """One table per split: our NME / FR / AUC / AUC_KD beside the published numbers."""
+  """One table per split: our NME / FR / AUC / AUC_KD beside the published numbers of the
+  run's method (`results['published']`; a record without it shows none)."""
+  key = results.get('published')
   splits = list(next(iter(results['models'].values())))
   refs: dict[str, int] = {}
   other_protocol = False
@@ -223,7 +238,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     for name, per_split in results['models'].items():
       r = per_split[split]
       pub = _fmt_published(
-        published_rows(results['dataset'], split, name), results['norm'], results['frame'], refs
+        published_rows(results['dataset'], split, name, key),
+        results['norm'],
+        results['frame'],
+        refs,
       )
       other_protocol |= '†' in pub
       auc_kd = f'{r["auc_kd"]:.4f}' if 'auc_kd' in r else '—'
@@ -236,11 +254,19 @@ def markdown_table(results: dict[str, Any]) -> str:
     notes += [f'[{i}] {src}' for src, i in refs.items()]
     if other_protocol:
       notes.append('† published under another normalisation or frame than this evaluation.')
-  else:
-    datasets = sorted({r['dataset'] for r in published()['methods'][PUBLISHED_METHOD]['results']})
+  elif key in published()['methods']:
+    table = published()['methods'][key]
+    datasets = sorted({r['dataset'] for r in table['results']})
+    where = f'reports on {", ".join(datasets)}' if datasets else 'reports no numbers fkd can show'
     notes.append(
-      f'No published numbers for {results["dataset"]}: KD-Loss reports on '
-      f'{", ".join(datasets)} (fkd/evaluation/published.json).'
+      f'No published numbers for {results["dataset"]}: {table["name"]} {where} '
+      '(fkd/evaluation/published.json).'
+    )
+  else:
+    method = results.get('method')
+    notes.append(
+      f'No published numbers for {results["dataset"]}: '
+      + (f'method {method} has no published table.' if method else 'the run records no method.')
     )
   return '\n\n'.join(parts) + '\n\n' + '\n'.join(f'- {n}' for n in notes)
 

@@ -1,7 +1,9 @@
 """Distillation methods as plug-ins of the generic trainer: `config.method` picks one.
 
-Adding a method is one file here (a `base.Method` subclass), one line in `REGISTRY` and one
-config in `configs/`; the trainer, evaluation, prediction and export need no change.
+Adding a method is one package here (`<name>/`: a `base.Method` subclass, its config recipe and
+ablation rows), one line in `REGISTRY` and one config in `configs/`; the trainer, pre-stage,
+ablation, evaluation, prediction and export need no change, and name no method
+(tests/method_isolation_test.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fkd.errors import FkdError
-from fkd.methods.base import Frozen, LossFn, Method, Stage, stage_dir
+from fkd.methods.base import Frozen, LossFn, Method, Row, Stage, stage_dir
 from fkd.methods.fan.method import HeatmapDistillation
 from fkd.methods.kd.method import KDLoss
 from fkd.methods.output_kd.method import OutputKD
@@ -25,6 +27,7 @@ __all__ = [
   'Frozen',
   'LossFn',
   'Method',
+  'Row',
   'Stage',
   'get',
   'preferred_stages',

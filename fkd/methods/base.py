@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 
 from fkd import heads
+from fkd.errors import FkdError
 
 # (outputs, features, batch, teacher outputs {stage: (outputs, features)}) -> (loss, terms)
 LossFn = Callable[
@@ -69,12 +70,46 @@ class Frozen:
   meta: dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of a method's ablation table (`fkd.ablation`).
+
+  Attributes:
+    stage: the stage it trains (a name of the method's `config.stages` vocabulary).
+    what: one line for the table.
+    overrides: dotted config keys -> values, applied on top of the user's config.
+    teacher: a teacher row: trained once per seed into `seed_<s>/teachers/`, read by the others.
+    extra: run only when `--rows` names it (rows beyond the default table, kept out of the default
+      run's time budget).
+  """
+
+  stage: str
+  what: str
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  teacher: bool = False
+  extra: bool = False
+
+
 class Method:
-  """Base class of the methods in `fkd.methods.REGISTRY`; subclasses fill in the stages."""
+  """Base class of the methods in `fkd.methods.REGISTRY`; subclasses fill in the stages.
+
+  Everything the rest of fkd asks about a method goes through this class, so that no module
+  outside `fkd/methods/<name>/` names a method, its stages or its published table.
+  """
 
   name: str = ''
   stages: tuple[str, ...] = ()  # training and report order
   preferred: tuple[str, ...] = ()  # which finished stage `fkd.predict` serves first
+  # The ablation row every other row is compared with (`ablation_rows`).
+  reference_row: str = ''
+  # Top-level config blocks this method owns that another method's config lacks: an ablation row
+  # that switches a config to this method may add them (`Row.overrides`).
+  new_blocks: tuple[str, ...] = ()
+  # The synthetic pre-stage (`fkd.training.prestage`): pre-stage stage -> (the model config key it
+  # pretrains, this method's stages that start from it). Empty: the method has no pre-stage.
+  pretrains: Mapping[str, tuple[str, tuple[str, ...]]] = {}
+  # Its key in fkd/evaluation/published.json (None: no published numbers to show beside ours).
+  published: str | None = None
 
   def stage(self, name: str, config: Any) -> Stage:
     raise NotImplementedError
@@ -101,6 +136,25 @@ class Method:
 
   def meta(self, stage: Stage, config: Any) -> dict[str, Any]:
     """Method-specific entries of a stage's checkpoint meta."""
+    return {}
+
+  def soft_targets(self, config: Any) -> float | None:
+    """The ASM variance fraction of the soft landmarks its stages train on (method.md §2.3),
+    which the input pipeline then computes for every training batch; None: no soft targets."""
+    return None
+
+  def published_key(self, config: Any) -> str | None:
+    """The fkd/evaluation/published.json table of a run of this config (`published`)."""
+    return self.published
+
+  def ablation_rows(self, config: Any) -> dict[str, Row]:
+    """The rows of `fkd.ablation` for this config, in table order (its `reference_row` among
+    them)."""
+    raise FkdError(f'fkd.ablation has no rows for config.method={self.name!r}')
+
+  def guest_rows(self, host: Method, config: Any) -> dict[str, Row]:
+    """Rows this method adds to another method's ablation (`host`, on the host's config), e.g. a
+    baseline that trains from the host's teachers; they go before the host's reference row."""
     return {}
 
 

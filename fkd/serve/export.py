@@ -187,6 +187,7 @@ def export(
           'dataset',
           'image_size',
           'num_landmarks',
+          'crop_margin',  # how fkd.predict widens the landmark box into the crop
         )
         if k in meta
       },

@@ -27,7 +27,8 @@ Where the faces come from (`source` of each face):
 - `whole_image`: `--whole_image`, the photo is the face crop (no margin).
 
 The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
-margin of the model's dataset (`TRAINING_MARGINS`, `--margin` overrides) and resized
+crop margin of the model's dataset (the checkpoint's `crop_margin`, from the dataset's record:
+`fkd.data.datasets`, a folder dataset's own `crop_margin`; `--margin` overrides) and resized
 anisotropically to the model's `image_size`; predictions are mapped back with the inverse crop
 affine (`fkd.data.crops`). Faces go through the model in batches of a fixed `--batch_size` (one
 jitted call per batch, padded, so it compiles once), across photos and frames.
@@ -53,34 +54,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fkd import inference
-from fkd.data import crops, formats
+from fkd.data import crops, datasets, formats, schemes
 from fkd.errors import FkdError
 from fkd.inference import find_stage
 from fkd.infra import checkpoint, files, metric_writer
 from fkd.serve import box_calibration
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
-# The training crop margin per dataset (TFDS name): the landmark box widened by this fraction of
-# its width / height per side. synthetic_faces: its builder's crop_margin. 300-W: the landmark
-# extent ± 5 px (tfds_builders/ibug_300w MARGIN) as the median fraction of the landmark box's
-# width and height over real 300-W faces.
-TRAINING_MARGINS = {'synthetic_faces': 0.05, 'ibug_300w': 0.013}
-DEFAULT_MARGIN = 0.05  # datasets without an entry (WFLW and COFW crops are wider than 5 px)
+DEFAULT_MARGIN = 0.05  # checkpoints of datasets fkd has no crop facts for (per side, of the box)
 DEFAULT_BATCH_SIZE = 16
 COORDINATES = 'original image pixels, 0-based, pixel centres at integer coordinates'
-# 68-point (300W) face parts for the overlay: (first, last, closed).
-PARTS_68 = (
-  (0, 16, False),
-  (17, 21, False),
-  (22, 26, False),
-  (27, 30, False),
-  (31, 35, False),
-  (36, 41, True),
-  (42, 47, True),
-  (48, 59, True),
-  (60, 67, True),
-)
-
 __all__ = ['Face', 'Predictor', 'find_stage', 'predict_image', 'run']
 
 
@@ -106,20 +89,22 @@ def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str)
 
 
 def face_box(
-  image_size: tuple[int, int], bbox: Sequence[float] | None, margin: float
+  image_size: tuple[int, int], bbox: Sequence[float] | None, margin: float | crops.CropMargin
 ) -> np.ndarray:
   """[L, T, R, B] pixel-edge box (pixel centres at integers) of `bbox` = (x, y, w, h).
 
-  (x, y) is the top-left pixel of the box, which covers pixels x..x+w−1; the box is widened by
-  `margin`·w and `margin`·h on each side. None is the whole image, without margin.
+  (x, y) is the top-left pixel of the box, which covers pixels x..x+w−1; the box is widened on
+  each side by `margin` (a number: `margin`·w and `margin`·h; a `crops.CropMargin`: its rule).
+  None is the whole image, without margin.
   """
   if bbox is None:
     w, h = image_size
     return np.array([-0.5, -0.5, w - 0.5, h - 0.5])
   x, y, w, h = bbox
-  return np.array(
-    [x - 0.5 - margin * w, y - 0.5 - margin * h, x + w - 0.5 + margin * w, y + h - 0.5 + margin * h]
-  )
+  if not isinstance(margin, crops.CropMargin):
+    margin = crops.CropMargin(float(margin))
+  px, py = margin.pads(w, h)
+  return np.array([x - 0.5 - px, y - 0.5 - py, x + w - 0.5 + px, y + h - 0.5 + py])
 
 
 def crop_face(img: Image.Image, box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,9 +163,27 @@ def dataset_name(meta: dict[str, Any]) -> str:
   return str(meta.get('dataset', '')).split('/')[0]
 
 
+def training_crop_margin(meta: dict[str, Any]) -> crops.CropMargin:
+  """The crop margin a model was trained with: its checkpoint's `crop_margin` (the dataset's
+  record); for checkpoints written before they carried it, the dataset table's margin of its TFDS
+  name (`fkd.data.datasets`), else `DEFAULT_MARGIN`."""
+  if meta.get('crop_margin'):
+    return crops.CropMargin.from_json(meta['crop_margin'])
+  facts = datasets.by_tfds_name(dataset_name(meta)) if dataset_name(meta) else None
+  return facts.crop_margin if facts else crops.CropMargin(DEFAULT_MARGIN)
+
+
 def training_margin(meta: dict[str, Any]) -> float:
-  """The crop margin a model was trained with (`TRAINING_MARGINS`), from its checkpoint meta."""
-  return TRAINING_MARGINS.get(dataset_name(meta), DEFAULT_MARGIN)
+  """The value of `training_crop_margin` (a fraction of the box for fkd's own datasets)."""
+  return training_crop_margin(meta).value
+
+
+def contours(meta: dict[str, Any], num_landmarks: int) -> tuple[tuple[int, int, bool], ...]:
+  """The point groups drawn for a model: its checkpoint's `contours` (the dataset's record); for
+  checkpoints written before they carried them, the 68-point parts for 68 points."""
+  if 'contours' in meta:
+    return tuple((int(a), int(b), bool(c)) for a, b, c in meta['contours'])
+  return schemes.PARTS_68 if num_landmarks == 68 else ()
 
 
 # ---- the Python API ----------------------------------------------------------------------------
@@ -258,7 +261,12 @@ class Predictor(inference.Predictor):
     super().__init__(stage_dir)
     if batch_size < 1:
       raise FkdError(f'batch_size must be at least 1, got {batch_size}')
-    self.margin = training_margin(self.meta) if margin is None else float(margin)
+    # The training crops' margin, or `margin` as a fraction of the box (`--margin`).
+    self.crop_margin = (
+      training_crop_margin(self.meta) if margin is None else crops.CropMargin(float(margin))
+    )
+    self.margin = self.crop_margin.value
+    self.contours = contours(self.meta, self.num_landmarks)
     self.batch_size = int(batch_size)
     self.calibration, self.calibration_source = box_calibration.find(
       stage_dir, calibration, dataset_name(self.meta)
@@ -311,7 +319,7 @@ class Predictor(inference.Predictor):
     size = self.image_size
     out, edges = np.zeros((len(boxes), size, size, 3), np.uint8), []
     for i, b in enumerate(boxes):
-      e = face_box(img.size, b.box, self.margin)
+      e = face_box(img.size, b.box, self.crop_margin)
       out[i], _ = crop_face(img, e, size)
       edges.append(e)
     return out, edges
@@ -445,13 +453,20 @@ def image_record(
     record['detector'] = predictor.detector.config()
     record['calibration'] = predictor.calibration_source
   record['margin'] = 0.0 if source == 'whole_image' else predictor.margin
+  if source != 'whole_image' and predictor.crop_margin.unit != 'box':
+    record['margin_unit'] = predictor.crop_margin.unit  # 'longer_side' | 'pixels' (folder data)
   record['model'] = predictor.info()
   return record
 
 
-def draw_faces(img: Image.Image, faces: Sequence[Face]) -> Image.Image:
-  """`img` (a copy) with each face's landmark box (yellow), contours (cyan, 68 points), landmarks
-  (red) and score."""
+def draw_faces(
+  img: Image.Image,
+  faces: Sequence[Face],
+  parts: Sequence[tuple[int, int, bool]] | None = None,
+) -> Image.Image:
+  """`img` (a copy) with each face's landmark box (yellow), contours (cyan: `parts`, the model's
+  point groups, `Predictor.contours`; None: the 68-point parts for 68 points), landmarks (red)
+  and score."""
   img = img.copy()
   draw = ImageDraw.Draw(img)
   for face in faces:
@@ -470,8 +485,9 @@ def draw_faces(img: Image.Image, faces: Sequence[Face]) -> Image.Image:
         fill=(255, 220, 0),
         font=_font(size),
       )
-    if len(pts) == 68:
-      for first, last, closed in PARTS_68:
+    groups = parts if parts is not None else contours({}, len(pts))
+    if all(last < len(pts) for _, last, _ in groups):
+      for first, last, closed in groups:
         line = [tuple(p) for p in pts[first : last + 1]]
         draw.line(line + line[:1] if closed else line, fill=(0, 220, 255), width=width)
     for px, py in pts:
@@ -681,7 +697,7 @@ def run(
     record = image_record(predictor, path, img, faces, source)
     os.makedirs(output, exist_ok=True)
     files.atomic_write(stem + '.json', json.dumps(record, indent=1))
-    draw_faces(img, faces).save(stem + '.png')
+    draw_faces(img, faces, predictor.contours).save(stem + '.png')
     if whole_image:
       what = f'whole image ({img.width}x{img.height}) as the face crop'
     elif bbox is not None:
@@ -798,7 +814,7 @@ def run_video(
         }
         f.write(json.dumps(line) + '\n')
         f.flush()
-        writer.write(np.asarray(draw_faces(img, faces)))
+        writer.write(np.asarray(draw_faces(img, faces, predictor.contours)))
         stats['frames'] += 1
         stats['faces'] += len(faces)
         bar.update()

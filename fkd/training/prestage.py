@@ -1,14 +1,13 @@
 """A pre-stage on the embedded `synthetic_faces` before the stages of a real dataset.
 
-With `config.pretrain.dataset` set (the `300w,cpu` preset sets it), `fkd.training.trainer.run`
-first trains
-the config's teacher and student networks with MSE on the ground truth of that dataset, into
-`<workdir>/pretrain/` (its own `results.json` on the synthetic test split), and then starts every
-real-data stage from them: both teachers from the pretrained teacher network, the student from
-the pretrained student network (`init_from`, head included when `init_skip` is empty). It is an
-ordinary fkd run on another dataset: the stages are `teacher_tough` (the teacher network on the
-ground truth) and `student_baseline` (the student network, MSE), so reruns skip it once finished
-and an interrupted pre-stage resumes. An `init_from` set by hand wins over the pre-stage's.
+With `config.pretrain.dataset` set (the KD-Loss `300w,cpu` preset sets it),
+`fkd.training.trainer.run` first trains the config's teacher and student networks on the ground
+truth of that dataset, into `<workdir>/pretrain/` (its own `results.json` on the synthetic test
+split), and then starts every real-data stage from them: the teachers from the pretrained teacher
+network, the students from the pretrained student network (`init_from`, head included when
+`init_skip` is empty). It is an ordinary fkd run on another dataset, of the stages the methods
+declare (`Method.pretrains`), so reruns skip it once finished and an interrupted pre-stage
+resumes. An `init_from` set by hand wins over the pre-stage's.
 """
 
 from __future__ import annotations
@@ -18,11 +17,21 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-# Pre-stage stage -> (model config key it pretrains, the real-data stages that start from it).
-PRETRAINS = {
-  'teacher_tough': ('teacher', ('teacher_tolerant', 'teacher_tough')),
-  'student_baseline': ('student', ('student_kd', 'student_baseline', 'student_output_kd')),
-}
+from fkd import methods
+
+
+def pretrains() -> dict[str, tuple[str, tuple[str, ...]]]:
+  """Pre-stage stage -> (model config key it pretrains, the real-data stages that start from it),
+  merged over every method's `Method.pretrains` (an ablation row may switch the config's method,
+  so a pre-stage serves the stages of every method)."""
+  out: dict[str, tuple[str, tuple[str, ...]]] = {}
+  for method in methods.REGISTRY.values():
+    for stage, (key, users) in method.pretrains.items():
+      old_key, old_users = out.get(stage, (key, ()))
+      if old_key != key:
+        raise ValueError(f'pre-stage {stage!r} pretrains both config.{old_key} and config.{key}')
+      out[stage] = (key, tuple(dict.fromkeys((*old_users, *users))))
+  return out
 
 
 def enabled(config: Any) -> bool:
@@ -45,10 +54,12 @@ def pretrain_config(config: Any) -> Any:
     sub.data.max_eval_examples = -1
     sub.train = copy.deepcopy(pc.student_train)
     sub.teacher_train = copy.deepcopy(pc.teacher_train)
-    sub.teacher_tough_ckpt = sub.teacher_tolerant_ckpt = None
-    wanted = {key for key, _ in PRETRAINS.values()}
+    for key in [k for k in sub if k.endswith('_ckpt')]:  # the pre-stage trains its own stages
+      sub[key] = None
+    table = pretrains()
+    wanted = {key for key, _ in table.values()}
     stages = []
-    for stage, (key, users) in PRETRAINS.items():
+    for stage, (key, users) in table.items():
       sub[key].init_from = None
       sub[key].init_skip = ('head/.*',)
       if (
@@ -63,8 +74,8 @@ def pretrain_config(config: Any) -> Any:
 
 def run(config: Any, workdir: str, train_run: Callable[[Any, str], Any]) -> Any:
   """Runs the pre-stage (when enabled and needed) with `train_run` (`fkd.training.trainer.run`,
-  passed in so
-  that this module does not import the trainer) and returns the config that starts from it."""
+  passed in so that this module does not import the trainer) and returns the config that starts
+  from it."""
   if not enabled(config):
     return config
   sub = pretrain_config(config)
@@ -75,6 +86,6 @@ def run(config: Any, workdir: str, train_run: Callable[[Any, str], Any]) -> Any:
   train_run(sub, pre_dir)
   out = copy.deepcopy(config)
   for stage in sub.stages:
-    key, _ = PRETRAINS[stage]
+    key, _ = pretrains()[stage]
     out[key].init_from = os.path.join(pre_dir, stage)
   return out

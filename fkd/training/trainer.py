@@ -297,10 +297,15 @@ def total_steps(stage: Stage, num_train: int) -> int:
 
 
 def _meta(
-  stage: Stage, method: Method, config: Any, extra: dict[str, Any], steps: int
+  stage: Stage, method: Method, config: Any, extra: dict[str, Any], steps: int, data: ip.Data
 ) -> dict[str, Any]:
-  """A stage's checkpoint meta: everything `fkd.inference` needs to serve it, and provenance."""
+  """A stage's checkpoint meta: everything `fkd.inference` and `fkd.predict` need to serve it
+  (the dataset's crop margin and point groups: photos are cropped as its training faces were),
+  and provenance."""
   plain = methods.base.plain
+  facts = {'contours': [list(p) for p in data.contours]}
+  if data.crop_margin is not None:
+    facts['crop_margin'] = data.crop_margin.to_json()
   return {
     'stage': stage.name,
     'method': method.name,
@@ -313,6 +318,7 @@ def _meta(
     'image_size': config.data.image_size,
     'dataset': config.data.name,
     'total_steps': steps,
+    **facts,
     **method.meta(stage, config),
   }
 
@@ -370,7 +376,7 @@ def train_stage(
   )
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
-  meta = _meta(stage, method, config, extra, steps)
+  meta = _meta(stage, method, config, extra, steps, data)
   schedule = make_schedule(tc, steps)
   if lead:  # the rows of abandoned attempts, after the step this run resumes from
     metric_writer.truncate(os.path.join(stage_dir, 'metrics.jsonl'), start)
@@ -491,7 +497,12 @@ def _run_locked(
     if jax.process_index() == 0:
       ip.prepare(config)
     multihost_utils.sync_global_devices('fkd: dataset prepared')
-  data = ip.load(config, process_index=jax.process_index(), process_count=jax.process_count())
+  data = ip.load(
+    config,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    soft_targets=method.soft_targets(config),
+  )
   config = pretrain.run(config, workdir, run)  # config.pretrain: a pre-stage on another dataset
   ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()

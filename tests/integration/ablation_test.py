@@ -165,7 +165,7 @@ def test_pre_stage_once_per_seed(tmp_path, monkeypatch):
 
 def test_row_overrides():
   config = kd_config.get_config('runlocal')
-  rows = ablation.kd_rows(config)
+  rows = ablation.rows_for(config)
   c = ablation.run_config(config, 0, rows['main_only'], rows, 'T')
   assert (tuple(c.kd.teachers), c.kd.lambda_source) == ((), 'constant')
   assert methods.get(c).stage('student_kd', c).teachers == ()  # no teacher information at all

@@ -5,10 +5,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from fkd import config_lib
 from fkd.data import build
 from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
+from fkd.methods.kd import recipe as kd_recipe
 
 BUILDERS = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders'
 
@@ -47,13 +47,13 @@ def test_cli_builds_and_prints_counts(tmp_path, capsys):
 
 
 def test_prepare_and_load_pass_allow_partial(tmp_path):
-  c = config_lib.kd_base('300w', runlocal=True)
+  c = kd_recipe.kd_base('300w', runlocal=True)
   c.data.data_dir = str(tmp_path)
   c.data.manual_dir = str(BUILDERS / 'ibug_300w' / 'dummy_data')
   with pytest.raises(FkdError, match='allow_partial'):
     input_pipeline.prepare(c)
   c.data.allow_partial = True
-  data = input_pipeline.load(c)
+  data = input_pipeline.load(c, soft_targets=c.asm.acc)
   assert set(data.splits) == {'train', 'common', 'challenging', 'full'}
   assert len(data.splits['train']) == 7 and data.splits['full'].images.shape[1:] == (32, 32, 3)
   assert data.pca is not None and data.pca.num_points == 68
@@ -63,11 +63,11 @@ def test_prepare_and_load_pass_allow_partial(tmp_path):
 
 
 def test_kd_augmentation_in_train_batches(tmp_path):
-  c = config_lib.kd_base('300w', runlocal=True)
+  c = kd_recipe.kd_base('300w', runlocal=True)
   c.data.data_dir = str(tmp_path)
   c.data.manual_dir = str(BUILDERS / 'ibug_300w' / 'dummy_data')
   c.data.allow_partial = True
-  data = input_pipeline.load(c)
+  data = input_pipeline.load(c, soft_targets=c.asm.acc)
   assert c.data.augment == 'kd' and data.scheme == '300w'
   train = data.splits['train']
   try:

@@ -21,6 +21,7 @@ def test_run_writes_every_report(run_dir):
   # fkd.training.trainer.run ends with evaluate_workdir + write_results: all four files are there.
   saved = json.loads((run_dir / 'results.json').read_text())
   assert saved['dataset'] == 'synthetic_faces/small'
+  assert (saved['method'], saved['published']) == ('kd', 'kd_loss')
   assert list(saved['models']) == ['mean_shape', 'teacher_tolerant', 'teacher_tough', 'student_kd']
   for name, per_split in saved['models'].items():
     record = per_split['test']
@@ -65,10 +66,18 @@ def test_overlay_is_best_and_worst_of_the_student(run_dir, data_dir):
   assert err / d == pytest.approx(nme.max(), rel=1e-4)
 
 
-def _fake_results(dataset, norm='inter_ocular', splits=('challenging', 'common', 'full')):
+def _fake_results(
+  dataset,
+  norm='inter_ocular',
+  splits=('challenging', 'common', 'full'),
+  method=('kd', 'kd_loss'),
+  models=('mean_shape', 'teacher_tough', 'student_kd', 'student_baseline'),
+):
   rng = np.random.default_rng(0)
   results = {
     'dataset': dataset,
+    'method': method[0],
+    'published': method[1],
     'norm': norm,
     'frame': 'crop',
     'fr_threshold': 0.1,
@@ -76,7 +85,7 @@ def _fake_results(dataset, norm='inter_ocular', splits=('challenging', 'common',
     'models': {},
     'nme_per_image': {},
   }
-  for name in ('mean_shape', 'teacher_tough', 'student_kd', 'student_baseline'):
+  for name in models:
     for s in splits:
       nme = rng.uniform(0.01, 0.12, 50)
       results['models'].setdefault(name, {})[s] = metrics.summarize(nme)
@@ -107,6 +116,55 @@ def test_table_shows_published_numbers_beside_ours(tmp_path):
   evaluate.write_results(results, str(tmp_path))
   assert (tmp_path / 'ced.png').exists() and not (tmp_path / 'worst.png').exists()
   assert json.loads((tmp_path / 'results.json').read_text())['models'] == results['models']
+
+
+def _published_cells(md):
+  """model -> its published cell, over every split's table."""
+  return {
+    (split, line.split('|')[1].strip()): line.split('|')[-2].strip()
+    for split, table in zip(re.findall(r'### (\w+)', md), md.split('### ')[1:], strict=True)
+    for line in table.splitlines()
+    if line.startswith('| ') and not line.startswith('| model')
+  }
+
+
+@pytest.mark.parametrize(
+  'method, published',
+  [(('fan', 'mobilefan'), False), (('output_kd', None), False), (('kd', 'kd_loss'), True)],
+)
+def test_published_rows_follow_the_method(method, published):
+  """A MobileFAN or output-distillation run on 300W never shows KD-Loss's published rows (same
+  stage names: `student_baseline`, `teacher_tough`); a KD-Loss run does."""
+  models = ('mean_shape', 'teacher', 'student_distill', 'student_baseline', 'teacher_tough')
+  md = evaluate.markdown_table(_fake_results('ibug_300w', method=method, models=models))
+  cells = _published_cells(md)
+  assert len(cells) == 3 * len(models)
+  shown = {k for k, v in cells.items() if v != '—'}
+  # KD-Loss's 300W table (published.json, its authors' notes) has student_baseline and
+  # teacher_tough on all three splits.
+  want = {(s, m) for s in ('challenging', 'common', 'full') for m in models[3:]}
+  assert shown == (want if published else set())
+  assert ('[notes]' in md) == published
+  if method[0] == 'fan':
+    assert 'No published numbers for ibug_300w: MobileFAN reports no numbers' in md
+  if method[0] == 'output_kd':
+    assert 'method output_kd has no published table' in md
+
+
+def test_published_key_of_each_config():
+  from fkd import config_lib
+
+  keys = {
+    path: evaluate.published_key(config_lib.load(f'configs/{path}.py', 'tiny'))
+    for path in ('kd', 'baseline', 'output_kd', 'mobilefan', 'efficientfan')
+  }
+  assert keys == {
+    'kd': 'kd_loss',
+    'baseline': 'kd_loss',
+    'output_kd': None,
+    'mobilefan': 'mobilefan',
+    'efficientfan': 'efficientfan',
+  }
 
 
 def test_published_data_file():

@@ -26,6 +26,8 @@ def test_stablehlo_parity(run_dir, tmp_path):
   path = tmp_path / 'student.stablehlo'
   record = export.export(str(run_dir), 'stablehlo', str(path))
   assert record['model']['stage'] == 'student_kd' and record['input']['shape'] == ['b', 32, 32, 3]
+  # synthetic_faces crops: 5 % of the landmark box's width / height per side (its builder's).
+  assert record['model']['crop_margin'] == {'value': 0.05, 'unit': 'box'}
   assert record['parity_max_abs_diff'] <= 1e-4
   assert json.loads((tmp_path / 'student.json').read_text()) == record
   exported = export.load_stablehlo(str(path))

@@ -441,3 +441,36 @@ def test_config_from_dataset_and_no_flip(tmp_path):
   for step in range(4):
     batch = ip.train_batch(d, 'train', 2, step, 0, 'flip')
     assert {tuple(p.reshape(-1).round(3)) for p in batch['landmarks']} <= stored
+
+
+def test_predict_crops_as_the_folder_dataset_was_cropped(tmp_path):
+  """A folder dataset with its own crop margin (30 % of the box's longer side, where fkd's own
+  datasets use 5 % of each side): the checkpoint carries it, and `fkd.predict`, given a face's
+  landmark box, cuts the crop the builder cut (its stored `crop_box`) — not the 0.05 default."""
+  from fkd.serve import predict
+  from fkd.training import trainer as train
+
+  data = tiny_folder(tmp_path, 'pts', n=5, crop_margin='30%')
+  config = tiny_config('configs/baseline.py', data, tmp_path / 'tfds')
+  config.train.batch_size = 2
+  train.run(config, str(tmp_path / 'run'))
+  predictor = predict.Predictor.from_workdir(str(tmp_path / 'run'))
+  assert predictor.meta['crop_margin'] == {'value': 0.3, 'unit': 'longer_side'}
+  assert predictor.meta['contours'] == [] and predictor.contours == ()  # 5 points: none to draw
+  builder = build.make_builder('folder', str(tmp_path / 'tfds'), manual_dir=str(data))
+  for name, e in examples(builder, 'test').items():
+    pts = e['landmarks_original'].astype(np.float64) - 1  # .pts: 1-based (origin_offset −1)
+    lo, hi = pts.min(0), pts.max(0)
+    # By hand: the points' extent ± 0.3 × its longer side (the random points stay well inside
+    # the 40² images, so the builder did not clamp).
+    pad = 0.3 * (hi - lo).max()
+    np.testing.assert_allclose(e['crop_box'], [*(lo - pad), *(hi + pad)], atol=1e-4)
+    # The landmark box as `--bbox` takes it: (x, y) the pixel whose left / top edge is the box's.
+    bbox = (lo[0] + 0.5, lo[1] + 0.5, hi[0] - lo[0], hi[1] - lo[1])
+    with Image.open(data / 'test' / 'g' / name) as img:
+      img = img.convert('RGB')
+      _, edges = predictor.crop(img, predictor.locate(np.asarray(img), bbox))
+    np.testing.assert_allclose(edges[0], e['crop_box'], atol=1e-4)
+  # A checkpoint from before the meta carried the margin: today's rule for its dataset (0.05).
+  old = {k: v for k, v in predictor.meta.items() if k not in ('crop_margin', 'contours')}
+  assert predict.training_crop_margin(old).to_json() == {'value': 0.05, 'unit': 'box'}

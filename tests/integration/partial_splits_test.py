@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from fkd import config_lib
 from fkd.data import pipeline as input_pipeline
 from fkd.errors import FkdError
+from fkd.methods.kd import recipe as kd_recipe
 
 DUMMY = pathlib.Path(__file__).resolve().parents[2] / 'tfds_builders' / 'ibug_300w' / 'dummy_data'
 
@@ -23,7 +23,7 @@ def no_ibug(tmp_path_factory):
 
 def _config(no_ibug):
   manual, data_dir = no_ibug
-  c = config_lib.kd_base('300w', runlocal=True)
+  c = kd_recipe.kd_base('300w', runlocal=True)
   c.data.manual_dir, c.data.data_dir, c.data.allow_partial = str(manual), str(data_dir), True
   return c
 

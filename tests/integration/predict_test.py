@@ -159,3 +159,26 @@ def test_errors(run_dir, tmp_path):
   copy = tmp_path / 'baseline_only'
   shutil.copytree(run_dir / 'teacher_tough', copy / 'teacher_tough')
   assert predict.find_stage(str(copy)) == str(copy / 'teacher_tough')
+
+
+def test_face_box_follows_the_crop_margin_rule():
+  """The three rules of `crops.CropMargin` on a 100 x 200 box at (10, 20): pixel edges 9.5 .. 109.5
+  and 19.5 .. 219.5 before the margin."""
+  from fkd.data import crops
+
+  box = (10, 20, 100, 200)
+  for margin, want in (
+    (crops.CropMargin(0.1), [-0.5, -0.5, 119.5, 239.5]),  # 10 and 20 px: of each side
+    (crops.CropMargin(0.1, 'longer_side'), [-10.5, -0.5, 129.5, 239.5]),  # 20 px: of the longer
+    (crops.CropMargin(7, 'pixels'), [2.5, 12.5, 116.5, 226.5]),
+  ):
+    np.testing.assert_allclose(predict.face_box((640, 480), box, margin), want)
+  assert crops.CropMargin.from_folder('12.5%') == crops.CropMargin(0.125, 'longer_side')
+  assert crops.CropMargin.from_folder(5.0) == crops.CropMargin(5.0, 'pixels')
+  # Checkpoints without the field: the dataset table (synthetic 0.05, 300-W 0.013), else 0.05.
+  assert predict.training_crop_margin({'dataset': 'ibug_300w'}) == crops.CropMargin(0.013)
+  assert predict.training_crop_margin({'dataset': 'wflw'}) == crops.CropMargin(0.05)
+  assert predict.training_crop_margin({}) == crops.CropMargin(0.05)
+  meta = {'dataset': 'ibug_300w', 'crop_margin': {'value': 4.0, 'unit': 'pixels'}}
+  assert predict.training_crop_margin(meta) == crops.CropMargin(4.0, 'pixels')
+  assert predict.contours({}, 68) == predict.schemes.PARTS_68 and predict.contours({}, 5) == ()

@@ -8,10 +8,11 @@ import textwrap
 _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     assert jax.device_count() == 4, jax.devices()
-    from fkd import config_lib, methods
+    from fkd import methods
+    from fkd.methods.kd import recipe as kd_recipe
     from fkd.infra import sharding
     from fkd.training import trainer as train
-    config = config_lib.kd_base('synthetic', runlocal=True)
+    config = kd_recipe.kd_base('synthetic', runlocal=True)
     config.student.kwargs = dict(width=0.35, depth=0.2)
     config.teacher.name = 'efficientnet_b3'  # the paper's teacher family in the KD step
     config.teacher.kwargs = dict(width_scale=0.25, depth_scale=0.15, dropout=0.2)

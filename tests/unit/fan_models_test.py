@@ -71,7 +71,7 @@ def test_input_normalisation_inside_the_model():
     'mobilefan', num_landmarks=2, backbone_kwargs=dict(width=0.35, depth=0.34)
   )
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  mean = jnp.broadcast_to(jnp.asarray(models.fan.IMAGENET_MEAN), (1, 32, 32, 3))
+  mean = jnp.broadcast_to(jnp.asarray(models.heatmap_net.IMAGENET_MEAN), (1, 32, 32, 3))
   enc = model.apply(variables, mean, train=False)[1]['encoder']
   raw = model.clone(normalize_input=False).apply(variables, jnp.zeros((1, 32, 32, 3)), train=False)[
     1

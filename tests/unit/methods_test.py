@@ -149,3 +149,15 @@ def test_output_kd_loss_hand_values(distance):
   config.output_kd.loss = 'huber'
   with pytest.raises(FkdError, match='config.output_kd.loss must be one of mse, l1'):
     method.validate(config)
+
+
+def test_soft_targets_are_the_methods_choice():
+  """Only KD-Loss (its Tolerant teacher, method.md §2.3) asks the pipeline for ASM soft targets,
+  at its config's fraction; a KD-Loss config switched to output distillation (an ablation row)
+  asks for none."""
+  kd = config_lib.load('configs/kd.py', 'tiny')
+  assert methods.get(kd).soft_targets(kd) == 0.9
+  for path in ('configs/mobilefan.py', 'configs/output_kd.py'):
+    config = config_lib.load(path, 'tiny')
+    assert methods.get(config).soft_targets(config) is None
+  assert methods.REGISTRY['output_kd'].soft_targets(kd) is None

@@ -1,1 +1,2 @@
-"""MobileFAN / EfficientFAN heatmap distillation: the method and its config recipe."""
+"""MobileFAN / EfficientFAN heatmap distillation: the method, its config recipe and its ablation
+rows."""

@@ -21,7 +21,8 @@ from fkd import heads, models
 from fkd.errors import FkdError
 from fkd.heads import heatmaps
 from fkd.losses import affinity
-from fkd.methods.base import Frozen, LossFn, Method, Stage
+from fkd.methods.base import Frozen, LossFn, Method, Row, Stage
+from fkd.methods.fan import ablation
 
 
 def heatmap_head(config: Any) -> heads.HeatmapHead:
@@ -56,6 +57,7 @@ class HeatmapDistillation(Method):
   name = 'fan'
   stages = ('teacher', 'student_distill', 'student_baseline')
   preferred = ('student_distill', 'student_baseline', 'teacher')
+  reference_row = ablation.REFERENCE
 
   def stage(self, name: str, config: Any) -> Stage:
     head = heatmap_head(config)
@@ -126,3 +128,11 @@ class HeatmapDistillation(Method):
       return loss, terms
 
     return loss_fn
+
+  def published_key(self, config: Any) -> str | None:
+    """published.json keys the heatmap papers by their student network (MobileFAN,
+    EfficientFAN), the `config.student.name` of their recipes."""
+    return config.student.name
+
+  def ablation_rows(self, config: Any) -> dict[str, Row]:
+    return ablation.rows(config)

@@ -122,9 +122,5 @@ def fan_base(
     c.data.name = 'synthetic_faces/tiny' if dataset == 'synthetic' else c.data.name
     c.data.max_train_examples = 32
     c.data.max_eval_examples = 16
-    for t in (c.train, c.teacher_train):
-      t.batch_size = 8
-      t.num_epochs = 2
-      t.log_every_steps = 2
-      t.checkpoint_every_steps = 4
+    config_lib.shrink_to_tiny(c, epochs=2, batch_size=8, log_every=2, checkpoint_every=4)
   return c

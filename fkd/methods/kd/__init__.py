@@ -1,1 +1,1 @@
-"""KD-Loss (Fard & Mahoor): the method."""
+"""KD-Loss (Fard & Mahoor): the method, its config recipe and its ablation rows."""

@@ -18,9 +18,11 @@ from typing import Any
 from fkd import heads
 from fkd.errors import FkdError
 from fkd.losses import kd_loss as losses
-from fkd.methods.base import LossFn, Method, Stage
+from fkd.methods.base import LossFn, Method, Row, Stage
+from fkd.methods.kd import ablation
 
 TEACHERS = ('teacher_tough', 'teacher_tolerant')
+STUDENT = 'student_kd'  # the KD-Loss student (output distillation shares its seed offset)
 SIMPLE_LOSSES = {'mse': losses.mse, 'l1': losses.l1}
 
 
@@ -63,6 +65,14 @@ class KDLoss(Method):
   name = 'kd'
   stages = ('teacher_tolerant', 'teacher_tough', 'student_kd', 'student_baseline')
   preferred = ('student_kd', 'student_baseline', 'teacher_tough', 'teacher_tolerant')
+  reference_row = ablation.REFERENCE
+  # The `300w,cpu` preset: both teachers start from one teacher network pretrained on the ground
+  # truth of synthetic faces, the students from the student network pretrained with MSE.
+  pretrains = {
+    'teacher_tough': ('teacher', ('teacher_tolerant', 'teacher_tough')),
+    'student_baseline': ('student', ('student_kd', 'student_baseline')),
+  }
+  published = 'kd_loss'
 
   def stage(self, name: str, config: Any) -> Stage:
     if name == 'student_kd':
@@ -112,3 +122,10 @@ class KDLoss(Method):
       return losses.kd_loss(outputs, gt, tough, tolerant, params)
 
     return loss_fn
+
+  def soft_targets(self, config: Any) -> float | None:
+    """The Tolerant teacher's ASM targets (`config.asm.acc`), when the config has them."""
+    return config.asm.acc if config.get('asm') else None
+
+  def ablation_rows(self, config: Any) -> dict[str, Row]:
+    return ablation.rows(config)

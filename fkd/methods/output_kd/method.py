@@ -19,17 +19,23 @@ from __future__ import annotations
 from typing import Any
 
 from fkd.errors import FkdError
-from fkd.methods.base import LossFn, Method, Stage
+from fkd.methods.base import LossFn, Method, Row, Stage
 from fkd.methods.kd import method as kd
+from fkd.methods.output_kd import ablation
 
 
 class OutputKD(Method):
-  name = 'output_kd'
-  stages = ('teacher_tough', 'student_output_kd', 'student_baseline')
-  preferred = ('student_output_kd', 'student_baseline', 'teacher_tough')
+  name = ablation.NAME
+  stages = ('teacher_tough', ablation.STAGE, 'student_baseline')
+  preferred = (ablation.STAGE, 'student_baseline', 'teacher_tough')
+  new_blocks = (ablation.NAME,)  # its rows switch a KD-Loss config to this method
+  pretrains = {
+    'teacher_tough': ('teacher', ('teacher_tough',)),
+    'student_baseline': ('student', (ablation.STAGE, 'student_baseline')),
+  }
 
   def stage(self, name: str, config: Any) -> Stage:
-    if name == 'student_output_kd':
+    if name == ablation.STAGE:
       return Stage(
         name,
         'student',
@@ -46,7 +52,7 @@ class OutputKD(Method):
     )
 
   def seed_offset(self, name: str) -> int:
-    return kd.KDLoss.stages.index('student_kd' if name == 'student_output_kd' else name)
+    return kd.KDLoss.stages.index(kd.STUDENT if name == ablation.STAGE else name)
 
   def validate(self, config: Any) -> None:
     if not 0.0 <= config.output_kd.alpha <= 1.0:
@@ -72,3 +78,8 @@ class OutputKD(Method):
       return terms['gt'] + terms['teacher'], terms
 
     return loss_fn
+
+  def guest_rows(self, host: Method, config: Any) -> dict[str, Row]:
+    """Beside KD-Loss, from its Tough teacher: how much of KD-Loss's gain plain distillation
+    gets."""
+    return ablation.rows() if isinstance(host, kd.KDLoss) else {}
