@@ -1,0 +1,185 @@
+"""The train loop's own cost per step, around a stub step of ~1 ms: the loop before and after.
+
+  python benchmarks/loop_overhead.py [--steps 400] [--rounds 5] [--step-ms 1] [--log-every 50]
+
+Overhead per step = wall time per step of a loop - device time per step, where the device time is
+the same jitted stub step run back to back on a resident batch (one wait at the end). Two loops
+alternate, each `--rounds` times (the fastest round of each: other processes on the machine
+only ever add time, and the prefetch thread needs a free core to overlap the step):
+
+- `before`: the loop as it was (kept here as the reference): the next host batch made on a thread,
+  placed on the device on the main thread after the previous dispatch, and the previous step's
+  metrics pulled to the host at every step (the finite check);
+- `after`: the loop of `fkd.training.trainer.train_stage`, with its own pieces: batches made and
+  placed on the device on a thread two steps ahead (`trainer.DevicePrefetch`), metrics kept on
+  the device and checked every `--log-every` steps (`trainer.StepQueue`).
+
+Both make the same batches and the same metrics and log every `--log-every` steps. The last line
+is JSON with both overheads (µs per step) and `ratio` = after / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fkd import cli
+from fkd.infra import runtime, sharding
+from fkd.training import trainer as train
+
+BATCH, RES, LANDMARKS = 16, 64, 68
+
+
+def make_stub(step_ms: float):
+  """(jitted step(state, batch) -> (state, metrics), initial state), the step ~`step_ms` long."""
+  width = 192
+
+  def step_fn(state, batch, repeats):
+    x = state['w']
+    for _ in range(repeats):
+      x = jnp.tanh(x @ state['w'])
+    pixels = jnp.mean(batch['image'].astype(jnp.float32)) / 255.0
+    loss = jnp.mean(x) + 1e-3 * pixels + 1e-3 * jnp.mean(batch['landmarks'])
+    new = {'w': state['w'] * 0.999 + 1e-4 * x, 'step': state['step'] + 1}
+    metrics = {
+      'loss': loss,
+      'loss/main': loss * 0.5,
+      'loss/aux': loss * 0.25,
+      'grad_norm': jnp.linalg.norm(x),
+      'mae': jnp.mean(jnp.abs(x)),
+    }
+    return new, metrics
+
+  state = {'w': jnp.eye(width, dtype=jnp.float32) * 0.5, 'step': jnp.zeros((), jnp.int32)}
+  batch = sharding.shard_batch(host_batch(0), sharding.make_mesh())
+  repeats = 1
+  while True:  # calibrate: repeats of a small matmul until the step takes ~step_ms
+    jit_step = jax.jit(lambda s, b, r=repeats: step_fn(s, b, r), donate_argnums=(0,))
+    ms = 1e3 * min(device_time(jit_step, state, batch, 30) for _ in range(5))
+    if ms >= step_ms or repeats >= 4096:
+      return jit_step, state
+    repeats = max(repeats + 1, int(repeats * step_ms / max(ms, 1e-3)))
+
+
+def host_batch(i: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(i)
+  return {
+    'image': rng.integers(0, 256, (BATCH, RES, RES, 3), dtype=np.uint8),
+    'landmarks': rng.uniform(0, RES, (BATCH, LANDMARKS, 2)).astype(np.float32),
+  }
+
+
+def fresh(state):
+  return jax.tree.map(jnp.copy, state)
+
+
+def device_time(jit_step, state, batch, steps: int) -> float:
+  """Seconds per step of the stub step back to back (the device's time; one wait at the end)."""
+  state = fresh(state)
+  state, m = jit_step(state, batch)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = jit_step(state, batch)
+  jax.block_until_ready((state, m))
+  return (time.perf_counter() - t0) / steps
+
+
+def loop_before(jit_step, state, batches, mesh, steps: int, log_every: int) -> float:
+  """The loop as it was: host batches on a thread, `shard_batch` on the main thread, the
+  previous step's metrics on the host at every step."""
+  state = fresh(state)
+  t0 = time.perf_counter()
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  next_batch = pool.submit(batches.__getitem__, 0)
+  pending = None
+  with pool:
+    for step in range(steps):
+      batch = next_batch.result()
+      if step + 1 < steps:
+        next_batch = pool.submit(batches.__getitem__, step + 1)
+      state, metrics = jit_step(state, sharding.shard_batch(batch, mesh))
+      if pending is not None:
+        train._check_finite('stub', *pending, '-')
+      done = step + 1
+      pending = (done, metrics)
+      if done % log_every == 0 or done == steps:
+        train._check_finite('stub', done, metrics, '-')
+  jax.block_until_ready(state)
+  return (time.perf_counter() - t0) / steps
+
+
+def loop_after(jit_step, state, batches, mesh, steps: int, log_every: int) -> float:
+  """The loop of `train_stage`: device batches two ahead on a thread, metrics checked every
+  `log_every` steps."""
+  state = fresh(state)
+  t0 = time.perf_counter()
+  queue = train.StepQueue('stub', '-')
+  make = lambda i: sharding.shard_batch(batches[i], mesh)
+  with train.DevicePrefetch(make, 0, steps) as device_batches:
+    for step in range(steps):
+      state, metrics = jit_step(state, next(device_batches))
+      done = step + 1
+      queue.push(done, metrics)
+      if done % log_every == 0 or done == steps:
+        queue.check()
+  jax.block_until_ready(state)
+  return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--steps', type=int, default=300)
+  parser.add_argument('--rounds', type=int, default=15)
+  parser.add_argument('--step-ms', type=float, default=1.0)
+  parser.add_argument('--log-every', type=int, default=50)
+  args = parser.parse_args()
+  cli.start()
+  mesh = sharding.make_mesh()
+  jit_step, state = make_stub(args.step_ms)
+  batches = [host_batch(i) for i in range(args.steps)]
+  resident = sharding.shard_batch(batches[0], mesh)  # placed as the loops place batches
+  print(
+    f'jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s); '
+    f'{runtime.describe()}; {args.steps} steps x {args.rounds} rounds, log every '
+    f'{args.log_every}',
+    flush=True,
+  )
+  loops = {'before': loop_before, 'after': loop_after}
+  for loop in loops.values():  # warm-up: compile, threads
+    loop(jit_step, state, batches, mesh, min(args.steps, 60), args.log_every)
+  times = {'device': [], **{k: [] for k in loops}}
+  for _ in range(args.rounds):
+    times['device'].append(device_time(jit_step, state, resident, args.steps))
+    for name, loop in loops.items():
+      times[name].append(loop(jit_step, state, batches, mesh, args.steps, args.log_every))
+  # The fastest round of each: the loop's own cost, least disturbed by other processes (the
+  # prefetch thread needs a free core to overlap the step).
+  med = {k: min(v) for k, v in times.items()}
+  overhead = {k: med[k] - med['device'] for k in loops}
+  for k in loops:
+    print(
+      f'{k:>6}: {1e3 * med[k]:.3f} ms/step wall, {1e3 * med["device"]:.3f} ms/step device, '
+      f'overhead {1e6 * overhead[k]:.1f} µs/step',
+      flush=True,
+    )
+  ratio = overhead['after'] / overhead['before'] if overhead['before'] > 0 else None
+  print(f'overhead after / before: {ratio:.3f}' if ratio is not None else 'no overhead before')
+  out = {
+    'backend': jax.default_backend(),
+    'device_ms': 1e3 * med['device'],
+    'before_overhead_us': 1e6 * overhead['before'],
+    'after_overhead_us': 1e6 * overhead['after'],
+    'ratio': ratio,
+  }
+  print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+
+
+if __name__ == '__main__':
+  main()
