@@ -1,11 +1,15 @@
 """The train loop's own cost per step, around a stub step of ~1 ms: the loop before and after.
 
-  python benchmarks/loop_overhead.py [--steps 400] [--rounds 5] [--step-ms 1] [--log-every 50]
+  python benchmarks/loop_overhead.py [--stub sleep|compute] [--steps 300] [--rounds 15]
+      [--step-ms 1] [--log-every 50]
 
-Overhead per step = wall time per step of a loop - device time per step, where the device time is
-the same jitted stub step run back to back on a resident batch (one wait at the end). Two loops
-alternate, each `--rounds` times (the fastest round of each: other processes on the machine
-only ever add time, and the prefetch thread needs a free core to overlap the step):
+Overhead per step = wall time per step of a loop - device time per step, the device time being
+the time inside the step's calls in that same loop (CPU steps dispatch synchronously: a call
+returns when its step has run), so both come from the same steps whatever else the machine runs.
+The default stub step waits ~1 ms in a host callback, as the host waits for an accelerator: the
+CPU stays free for the loop's thread (`--stub compute` computes instead, and then competes with
+it). Two loops alternate, `--rounds` times each (per loop the round with the least overhead:
+other processes only ever add to it):
 
 - `before`: the loop as it was (kept here as the reference): the next host batch made on a thread,
   placed on the device on the main thread after the previous dispatch, and the previous step's
@@ -36,12 +40,23 @@ from fkd.training import trainer as train
 BATCH, RES, LANDMARKS = 16, 64, 68
 
 
-def make_stub(step_ms: float):
-  """(jitted step(state, batch) -> (state, metrics), initial state), the step ~`step_ms` long."""
+def make_stub(step_ms: float, kind: str):
+  """(jitted step(state, batch) -> (state, metrics), initial state), ~`step_ms` long.
+
+  'sleep': the step waits `step_ms` in a host callback, as the host waits for an accelerator
+  (the CPU stays free for the loop, and the time does not depend on other processes); 'compute':
+  small matmuls, repeated until the step takes ~`step_ms` of CPU.
+  """
   width = 192
+
+  def pause(x):
+    time.sleep(step_ms / 1e3)
+    return x
 
   def step_fn(state, batch, repeats):
     x = state['w']
+    if kind == 'sleep':
+      x = jax.pure_callback(pause, jax.ShapeDtypeStruct(x.shape, x.dtype), jnp.tanh(x))
     for _ in range(repeats):
       x = jnp.tanh(x @ state['w'])
     pixels = jnp.mean(batch['image'].astype(jnp.float32)) / 255.0
@@ -58,9 +73,11 @@ def make_stub(step_ms: float):
 
   state = {'w': jnp.eye(width, dtype=jnp.float32) * 0.5, 'step': jnp.zeros((), jnp.int32)}
   batch = sharding.shard_batch(host_batch(0), sharding.make_mesh())
-  repeats = 1
-  while True:  # calibrate: repeats of a small matmul until the step takes ~step_ms
+  repeats = 0 if kind == 'sleep' else 1
+  while True:  # calibrate 'compute': repeats of a small matmul until the step takes ~step_ms
     jit_step = jax.jit(lambda s, b, r=repeats: step_fn(s, b, r), donate_argnums=(0,))
+    if kind == 'sleep':
+      return jit_step, state
     ms = 1e3 * min(device_time(jit_step, state, batch, 30) for _ in range(5))
     if ms >= step_ms or repeats >= 4096:
       return jit_step, state
@@ -91,10 +108,24 @@ def device_time(jit_step, state, batch, steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
-def loop_before(jit_step, state, batches, mesh, steps: int, log_every: int) -> float:
+class Timed:
+  """The stub step, timing the calls: with synchronous CPU dispatch a call returns when the step
+  has run, so the time inside the calls is the device time of exactly the steps of this loop."""
+
+  def __init__(self, jit_step):
+    self.jit_step, self.inside = jit_step, 0.0
+
+  def __call__(self, state, batch):
+    t0 = time.perf_counter()
+    out = self.jit_step(state, batch)
+    self.inside += time.perf_counter() - t0
+    return out
+
+
+def loop_before(jit_step, state, batches, mesh, steps: int, log_every: int) -> tuple[float, float]:
   """The loop as it was: host batches on a thread, `shard_batch` on the main thread, the
-  previous step's metrics on the host at every step."""
-  state = fresh(state)
+  previous step's metrics on the host at every step. (wall, device) seconds per step."""
+  state, step_fn = fresh(state), Timed(jit_step)
   t0 = time.perf_counter()
   pool = concurrent.futures.ThreadPoolExecutor(1)
   next_batch = pool.submit(batches.__getitem__, 0)
@@ -104,7 +135,7 @@ def loop_before(jit_step, state, batches, mesh, steps: int, log_every: int) -> f
       batch = next_batch.result()
       if step + 1 < steps:
         next_batch = pool.submit(batches.__getitem__, step + 1)
-      state, metrics = jit_step(state, sharding.shard_batch(batch, mesh))
+      state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
       if pending is not None:
         train._check_finite('stub', *pending, '-')
       done = step + 1
@@ -112,25 +143,25 @@ def loop_before(jit_step, state, batches, mesh, steps: int, log_every: int) -> f
       if done % log_every == 0 or done == steps:
         train._check_finite('stub', done, metrics, '-')
   jax.block_until_ready(state)
-  return (time.perf_counter() - t0) / steps
+  return (time.perf_counter() - t0) / steps, step_fn.inside / steps
 
 
-def loop_after(jit_step, state, batches, mesh, steps: int, log_every: int) -> float:
+def loop_after(jit_step, state, batches, mesh, steps: int, log_every: int) -> tuple[float, float]:
   """The loop of `train_stage`: device batches two ahead on a thread, metrics checked every
-  `log_every` steps."""
-  state = fresh(state)
+  `log_every` steps. (wall, device) seconds per step."""
+  state, step_fn = fresh(state), Timed(jit_step)
   t0 = time.perf_counter()
   queue = train.StepQueue('stub', '-')
   make = lambda i: sharding.shard_batch(batches[i], mesh)
   with train.DevicePrefetch(make, 0, steps) as device_batches:
     for step in range(steps):
-      state, metrics = jit_step(state, next(device_batches))
+      state, metrics = step_fn(state, next(device_batches))
       done = step + 1
       queue.push(done, metrics)
       if done % log_every == 0 or done == steps:
         queue.check()
   jax.block_until_ready(state)
-  return (time.perf_counter() - t0) / steps
+  return (time.perf_counter() - t0) / steps, step_fn.inside / steps
 
 
 def main() -> None:
@@ -139,33 +170,31 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=15)
   parser.add_argument('--step-ms', type=float, default=1.0)
   parser.add_argument('--log-every', type=int, default=50)
+  parser.add_argument('--stub', choices=('sleep', 'compute'), default='sleep', help='see make_stub')
   args = parser.parse_args()
   cli.start()
   mesh = sharding.make_mesh()
-  jit_step, state = make_stub(args.step_ms)
+  jit_step, state = make_stub(args.step_ms, args.stub)
   batches = [host_batch(i) for i in range(args.steps)]
-  resident = sharding.shard_batch(batches[0], mesh)  # placed as the loops place batches
   print(
     f'jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s); '
-    f'{runtime.describe()}; {args.steps} steps x {args.rounds} rounds, log every '
-    f'{args.log_every}',
+    f'{runtime.describe()}; {args.stub} stub step, {args.steps} steps x {args.rounds} rounds, '
+    f'log every {args.log_every}',
     flush=True,
   )
   loops = {'before': loop_before, 'after': loop_after}
   for loop in loops.values():  # warm-up: compile, threads
     loop(jit_step, state, batches, mesh, min(args.steps, 60), args.log_every)
-  times = {'device': [], **{k: [] for k in loops}}
+  rounds = {k: [] for k in loops}
   for _ in range(args.rounds):
-    times['device'].append(device_time(jit_step, state, resident, args.steps))
     for name, loop in loops.items():
-      times[name].append(loop(jit_step, state, batches, mesh, args.steps, args.log_every))
-  # The fastest round of each: the loop's own cost, least disturbed by other processes (the
-  # prefetch thread needs a free core to overlap the step).
-  med = {k: min(v) for k, v in times.items()}
-  overhead = {k: med[k] - med['device'] for k in loops}
-  for k in loops:
+      rounds[name].append(loop(jit_step, state, batches, mesh, args.steps, args.log_every))
+  # Per loop, the round with the least overhead: other processes on the machine only add to it.
+  best = {k: min(v, key=lambda wd: wd[0] - wd[1]) for k, v in rounds.items()}
+  overhead = {k: w - d for k, (w, d) in best.items()}
+  for k, (w, d) in best.items():
     print(
-      f'{k:>6}: {1e3 * med[k]:.3f} ms/step wall, {1e3 * med["device"]:.3f} ms/step device, '
+      f'{k:>6}: {1e3 * w:.3f} ms/step wall, {1e3 * d:.3f} ms/step in the step, '
       f'overhead {1e6 * overhead[k]:.1f} µs/step',
       flush=True,
     )
@@ -173,7 +202,8 @@ def main() -> None:
   print(f'overhead after / before: {ratio:.3f}' if ratio is not None else 'no overhead before')
   out = {
     'backend': jax.default_backend(),
-    'device_ms': 1e3 * med['device'],
+    'stub': args.stub,
+    'device_ms': 1e3 * best['after'][1],
     'before_overhead_us': 1e6 * overhead['before'],
     'after_overhead_us': 1e6 * overhead['after'],
     'ratio': ratio,
