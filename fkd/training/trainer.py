@@ -795,6 +795,7 @@ def _run_locked(
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0 and (note := kernel_note(config)):
     print(note, flush=True)
+  everything = data  # evaluation's mean shape: of every train face, as `fkd.evaluate` computes it
   data, validation = validation_data(config, data)
   if validation is not None and jax.process_index() == 0:
     evaluate.write_validation(validation.record, workdir)
@@ -814,7 +815,7 @@ def _run_locked(
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
     train_stage(method.stage(name, config), method, config, workdir, data, mesh, validation)
-  results = evaluate.evaluate_workdir(config, workdir, data)
+  results = evaluate.evaluate_workdir(config, workdir, everything)
   if validation is not None:
     results['validation'] = {k: v for k, v in validation.record.items() if k != 'names'}
   results['wall_time_s'] = round(time.time() - t0, 1)
