@@ -384,11 +384,17 @@ def total_steps(stage: Stage, num_train: int) -> int:
 # What ran: the program a stage is trained with.
 
 
+DEPTHWISE_BACKBONES = ('mobilenet', 'efficientnet')  # backbones built of depthwise convolutions
+
+
 def program(config: Any, model: Any, has_teachers: bool) -> dict[str, Any]:
   """The float32 program that trains a model, as resolved here: backend, devices, compute dtype,
   the depthwise / BatchNorm / deconvolution formulations, the frozen teachers' chunking and
   whether the native CPU kernels run (`config.cpu_kernels` is what was asked for)."""
   depthwise = getattr(model, 'depthwise_impl', None)
+  backbone = getattr(model, 'backbone', None)  # heatmap networks: MobileNetV2 / EfficientNet
+  if depthwise is None and isinstance(backbone, str) and backbone.startswith(DEPTHWISE_BACKBONES):
+    depthwise = dict(getattr(model, 'backbone_kwargs', None) or {}).get('depthwise_impl', 'auto')
   deconv = getattr(model, 'deconv_impl', None)
   if deconv is not None:
     from fkd.models import heatmap_net
