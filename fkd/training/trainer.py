@@ -3,7 +3,14 @@
 `run(config, workdir)` is the whole job: validate, load data, train every stage of
 `config.stages` (skipping finished ones, resuming interrupted ones, and using `config.<stage>_ckpt`
 in place of training a stage) and evaluate every model the workdir holds. Each stage lives in
-`<workdir>/<stage>/` as Orbax checkpoints whose meta holds the model, its head and the method.
+`<workdir>/<stage>/` as Orbax checkpoints whose meta holds the model, its head, the method and
+the program that trained it (`program`: backend, devices, formulations, native kernels).
+
+The loop keeps an accelerator busy: batches are placed on the devices two steps ahead on a
+thread (`DevicePrefetch`), metrics stay on the device until a log or checkpoint step
+(`StepQueue`: a NaN/Inf step is still named and never saved) and checkpoints are written by
+Orbax in the background. `config.eval_every_steps` scores a validation split as the stage trains
+(`validation_data`), `config.keep_best` keeps the best of those models in `<stage>/best/`.
 """
 
 from __future__ import annotations
