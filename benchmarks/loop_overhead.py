@@ -4,12 +4,12 @@
       [--step-ms 1] [--log-every 50]
 
 Overhead per step = wall time per step of a loop - device time per step, the device time being
-the time inside the step's calls in that same loop (CPU steps dispatch synchronously: a call
-returns when its step has run), so both come from the same steps whatever else the machine runs.
+the time from each step's call until its outputs are ready, in that same loop (CPU steps dispatch
+synchronously, so that wait adds nothing to the loop), so both come from the same steps whatever
+else the machine runs.
 The default stub step waits ~1 ms in a host callback, as the host waits for an accelerator: the
 CPU stays free for the loop's thread (`--stub compute` computes instead, and then competes with
-it). Two loops alternate, `--rounds` times each (per loop the round with the least overhead:
-other processes only ever add to it):
+it). Two loops alternate, `--rounds` times each (medians over the rounds):
 
 - `before`: the loop as it was (kept here as the reference): the next host batch made on a thread,
   placed on the device on the main thread after the previous dispatch, and the previous step's
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import statistics
 import time
 
 import jax
@@ -109,15 +110,16 @@ def device_time(jit_step, state, batch, steps: int) -> float:
 
 
 class Timed:
-  """The stub step, timing the calls: with synchronous CPU dispatch a call returns when the step
-  has run, so the time inside the calls is the device time of exactly the steps of this loop."""
+  """The stub step, timing each call until its outputs are ready: the device time of exactly
+  the steps of this loop (CPU steps dispatch synchronously, so the wait only matters for the
+  sleep stub's host callback, which may return before it has slept)."""
 
   def __init__(self, jit_step):
     self.jit_step, self.inside = jit_step, 0.0
 
   def __call__(self, state, batch):
     t0 = time.perf_counter()
-    out = self.jit_step(state, batch)
+    out = jax.block_until_ready(self.jit_step(state, batch))
     self.inside += time.perf_counter() - t0
     return out
 
@@ -189,13 +191,12 @@ def main() -> None:
   for _ in range(args.rounds):
     for name, loop in loops.items():
       rounds[name].append(loop(jit_step, state, batches, mesh, args.steps, args.log_every))
-  # Per loop, the round with the least overhead: other processes on the machine only add to it.
-  best = {k: min(v, key=lambda wd: wd[0] - wd[1]) for k, v in rounds.items()}
-  overhead = {k: w - d for k, (w, d) in best.items()}
-  for k, (w, d) in best.items():
+  med = {k: tuple(statistics.median(x[i] for x in v) for i in (0, 1)) for k, v in rounds.items()}
+  overhead = {k: statistics.median(w - d for w, d in v) for k, v in rounds.items()}
+  for k, (w, d) in med.items():
     print(
       f'{k:>6}: {1e3 * w:.3f} ms/step wall, {1e3 * d:.3f} ms/step in the step, '
-      f'overhead {1e6 * overhead[k]:.1f} µs/step',
+      f'overhead {1e6 * overhead[k]:.1f} µs/step (medians of {len(rounds[k])} rounds)',
       flush=True,
     )
   ratio = overhead['after'] / overhead['before'] if overhead['before'] > 0 else None
@@ -203,7 +204,7 @@ def main() -> None:
   out = {
     'backend': jax.default_backend(),
     'stub': args.stub,
-    'device_ms': 1e3 * best['after'][1],
+    'device_ms': 1e3 * med['after'][1],
     'before_overhead_us': 1e6 * overhead['before'],
     'after_overhead_us': 1e6 * overhead['after'],
     'ratio': ratio,
