@@ -101,6 +101,14 @@ def common(
   c.seed = 0
   c.method = method  # a key of fkd.methods.REGISTRY
   c.stages = ()
+  # Validation NME every this many steps while a stage trains (metrics.jsonl, TensorBoard:
+  # val_nme, val_fr); 0 = off. Without a validation split, faces are held out of the train split
+  # (fkd.training.trainer.validation_data).
+  c.eval_every_steps = 0
+  c.keep_best = False  # keep <stage>/best, the best validation NME; evaluation and teachers use it
+  # The CPU program: 'auto' / 'native' run fkd's C++ kernels where they build (fkd.models.native),
+  # 'xla' never (and runs frozen teachers in one call); FKD_NATIVE / FKD_FROZEN_CHUNK override.
+  c.cpu_kernels = 'auto'
 
   c.data = ml_collections.ConfigDict(
     dict(

@@ -436,6 +436,35 @@ def num_examples(split: Split) -> int:
   return len(split) // len(split.shards) * split.num_shards
 
 
+def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+  """(kept, held out): `fraction` of the faces of each shard of `split` (at least one), chosen
+  with `seed` and held out, in their order; every shard keeps the same size."""
+  size = len(split) // len(split.shards)
+  count = max(1, round(fraction * size))
+  if count >= size:
+    raise FkdError(f'a train shard of {size} faces is too small to hold faces out for validation')
+  held = []
+  for k, shard in enumerate(split.shards):
+    chosen = np.random.default_rng([seed, shard]).permutation(size)[:count]
+    held.append(k * size + np.sort(chosen))
+  held_idx = np.concatenate(held)
+  kept_idx = np.setdiff1d(np.arange(len(split)), held_idx)
+
+  def take(idx: np.ndarray, **kw: Any) -> Split:
+    pick = lambda a: None if a is None else a[idx]
+    return dataclasses.replace(
+      split,
+      images=split.images[idx],
+      landmarks=split.landmarks[idx],
+      soft_landmarks=pick(split.soft_landmarks),
+      names=[split.names[i] for i in idx],
+      attributes=pick(split.attributes),
+      **kw,
+    )
+
+  return take(kept_idx), take(held_idx, shards=range(1), num_shards=1)
+
+
 def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int, offset: int) -> np.ndarray:
   """Indices into `split` of this process's slice of a global batch: batch_size / num_shards from
   a per-epoch permutation of each of its shards, in shard order."""
