@@ -402,6 +402,7 @@ def train_stage(
       config.data.augment,
       jax.process_index(),
       jax.process_count(),
+      config.data.get('box_noise', ()),
     )
 
   # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
