@@ -31,7 +31,8 @@ Where the faces come from (`source` of each face):
 Refinement (`--passes`, default `DEFAULT_PASSES` for detected faces, 1 for a given box): after
 the first prediction, each face is re-cropped from the landmark box of its predicted landmarks
 (the rule its training crops were made by) and predicted again, `passes` times in all; a face's
-`box` is the landmark box of its last crop. Every pass runs in the same fixed-size batches.
+`box` is the landmark box of its last crop. A pass whose box overlaps the face's first box less than
+`MIN_REFINE_IOU` is not taken (the face keeps its crop). Every pass runs in the same batches.
 
 The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
 margin of the model's dataset (`TRAINING_MARGINS`, `--margin` overrides) and resized
@@ -79,6 +80,10 @@ DEFAULT_BATCH_SIZE = 16
 # with), so the crop converges on the one the model knows. A given box is one pass by default.
 DEFAULT_PASSES = 2
 MAX_PASSES = 10
+# A pass whose landmark box overlaps the face's first box (the calibrated detection, the given box)
+# less than this is not taken: the model has lost the face (a model that does not know real
+# faces drifts), and the face keeps its previous crop.
+MIN_REFINE_IOU = 0.5
 # Video: a face the detector misses keeps its track for up to this many frames, its crop seeded by
 # the landmarks of the last frame it was seen in; after that the detector alone decides.
 TRACK_FRAMES = 5
@@ -258,6 +263,7 @@ class _Box:
   source: str
   view: str | None = None
   detection_box: tuple[float, float, float, float] | None = None
+  first: tuple[float, float, float, float] | None = None  # the box of pass 1 (refinement's anchor)
 
 
 class Predictor(inference.Predictor):
@@ -364,11 +370,22 @@ class Predictor(inference.Predictor):
     edges: Sequence[np.ndarray],
     crop_landmarks: np.ndarray,
   ) -> tuple[list[_Box], np.ndarray, list[np.ndarray]]:
-    """The next pass: each face's landmark box from its crop-frame landmarks, and its crop."""
-    refined = [
-      dataclasses.replace(b, box=tuple(float(v) for v in box_calibration.landmark_box(f.landmarks)))
-      for b, f in zip(boxes, self.to_faces(boxes, edges, crop_landmarks), strict=True)
-    ]
+    """The next pass: each face's landmark box from its crop-frame landmarks, and its crop.
+
+    A face whose new box strays from its first box (IoU < `MIN_REFINE_IOU`) keeps its box.
+    """
+    from fkd.serve import detect
+
+    refined = []
+    for b, f in zip(boxes, self.to_faces(boxes, edges, crop_landmarks), strict=True):
+      if b.box is None:  # the whole image is the crop
+        refined.append(b)
+        continue
+      first = b.first or b.box
+      box = tuple(float(v) for v in box_calibration.landmark_box(f.landmarks))
+      if float(detect.iou(box, first)) < MIN_REFINE_IOU:
+        box = b.box
+      refined.append(dataclasses.replace(b, box=box, first=first))
     face_crops, new_edges = self.crop(img, refined)
     return refined, face_crops, new_edges
 
@@ -537,7 +554,7 @@ class _Tracks:
       x, y, w, h = b.box
       if x + w <= 0 or y + h <= 0 or x >= self.image_size[0] or y >= self.image_size[1]:
         continue  # left the frame: lost
-      extra.append(dataclasses.replace(b, score=None, source='track'))
+      extra.append(dataclasses.replace(b, score=None, source='track', first=None))
       seen.append((b, age + 1))
     self.frames += bool(extra)
     self.faces = seen
