@@ -122,6 +122,10 @@ def common(
       train_split='train',
       eval_splits=facts.eval_splits,
       augment='flip',  # 'flip' | 'none' | the KD-Loss online one (method.md §2.2; its recipe)
+      # augment='kd' only: std of a Gaussian jitter of the crop's landmark box, (dx, dy) in box
+      # widths / heights and (log sx, log sy), as a detector's calibrated box misses it
+      # (fkd.serve.box_calibration records its residuals); () = the exact box.
+      box_noise=(),
       num_workers=0,  # augmentation threads; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
       # Train split cut into this many contiguous shards, each process reading only its own;

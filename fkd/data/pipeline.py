@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -362,6 +362,7 @@ def _augment_kd(
   images: np.ndarray,
   points: np.ndarray,
   rngs: list[np.random.Generator],
+  box_noise: Sequence[float] = (),
 ):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
 
@@ -386,6 +387,7 @@ def _augment_kd(
       margin=margin,
       plain_prob=1.0 / copies,
       flip_prob=0.5 if data.can_flip else 0.0,
+      box_noise=box_noise,
     )
 
   if _POOL.workers > 1 and len(idx) > 1:
@@ -491,12 +493,21 @@ def train_batch(
   augment: str,
   process_index: int = 0,
   process_count: int = 1,
+  box_noise: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
+
+  `box_noise` (config.data.box_noise, `augment='kd'` only): the box jitter of `augment.augment_kd`.
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
   """
+  box_noise = tuple(float(v) for v in box_noise)
+  if box_noise and (augment != 'kd' or len(box_noise) != 4 or min(box_noise) < 0):
+    raise FkdError(
+      "config.data.box_noise needs config.data.augment='kd' and 4 standard deviations >= 0 "
+      f'(dx, dy, log sx, log sy), got {box_noise} with augment {augment!r}'
+    )
   train = data.splits[split]
   per_epoch = steps_per_epoch(num_examples(train), batch_size)
   epoch, offset = divmod(step, per_epoch)
@@ -521,7 +532,7 @@ def train_batch(
   elif augment == 'kd':
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
-    images, points = _augment_kd(data, train, idx, images, points, rngs)
+    images, points = _augment_kd(data, train, idx, images, points, rngs, box_noise)
   elif augment != 'none':
     raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
   batch = {'image': images, 'landmarks': points}

@@ -688,6 +688,7 @@ def train_stage(
       config.data.augment,
       jax.process_index(),
       jax.process_count(),
+      config.data.get('box_noise', ()),
     )
     return sharding.shard_batch(batch, mesh)
 
