@@ -146,7 +146,7 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   """
   batch = images.shape[0]
   if chunk is None:
-    single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
+    single_cpu = models.layers.current_platform() == 'cpu' and jax.device_count() == 1
     chunk = int(os.environ.get('FKD_FROZEN_CHUNK', CPU_FROZEN_CHUNK)) if single_cpu else batch
   if chunk <= 0 or chunk >= batch or batch % chunk:
     return module.apply(variables, images, train=False)
