@@ -16,6 +16,7 @@ from fkd.errors import FkdError
 SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
 TARGET_SPACES = ('normalized', 'pixel')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def _number(value: Any) -> bool:
@@ -113,6 +114,7 @@ def check(config: Any, device_count: int, model_names: list[str]) -> None:
     raise FkdError(f'config.data.eval_splits must be a list of splits, got {d.eval_splits!r}')
   positive_int('eval.batch_size', config.eval.batch_size)
   positive_number('eval.fr_threshold', config.eval.fr_threshold)
+  one_of('compute_dtype', config.get('compute_dtype', 'float32'), COMPUTE_DTYPES)
   if not _integer(config.get('seed', 0)):
     raise FkdError(f'config.seed must be an integer, got {config.seed!r}')
   for field, block in _blocks(config):

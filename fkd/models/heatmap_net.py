@@ -233,9 +233,10 @@ class HeatmapNet(nn.Module):
   ) -> tuple[Array, dict[str, Array]]:
     if self.normalize_input:
       x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
-    trunk = get_backbone(
-      self.backbone, num_outputs=None, **dict(self.backbone_kwargs or {}), name='backbone'
-    )
+    backbone_kwargs = dict(self.backbone_kwargs or {})
+    if self.dtype is not None:  # the encoder computes in the network's dtype unless it says
+      backbone_kwargs.setdefault('dtype', self.dtype)
+    trunk = get_backbone(self.backbone, num_outputs=None, **backbone_kwargs, name='backbone')
     _, feats = trunk(x, train=train)
     x = feats[self.feature or _last_map(feats)]
     features = {'encoder': x}

@@ -81,13 +81,14 @@ def build(config: Any, train_batch: int | None = None, eval_batch: int | None = 
   `<stage>/predict`. `train_batch` / `eval_batch` override the config's batch sizes."""
   method = methods.get(config)
   size, n = config.data.image_size, config.data.num_landmarks
+  dtype = config.get('compute_dtype', 'float32')
   frozen_cache: dict[str, tuple[Any, Any]] = {}
 
   def frozen(name: str):
     if name not in frozen_cache:
       stage = method.stage(name, config)
       teachers = {t: frozen(t)[0] for t in stage.teachers}
-      model = trainer.build_model(stage, n, **method.model_kwargs(stage, config, teachers))
+      model = trainer.build_model(stage, n, dtype, **method.model_kwargs(stage, config, teachers))
       meta = {'num_landmarks': n, 'image_size': size, 'model': stage.model_config.name}
       frozen_cache[name] = _frozen(model, stage.head, meta, size)
     return frozen_cache[name]
@@ -99,7 +100,7 @@ def build(config: Any, train_batch: int | None = None, eval_batch: int | None = 
     teachers = {t: frozen(t)[0] for t in stage.teachers}
     teacher_variables = {t: frozen(t)[1] for t in stage.teachers}
     extra = method.model_kwargs(stage, config, teachers)
-    model = trainer.build_model(stage, n, **extra)
+    model = trainer.build_model(stage, n, dtype, **extra)
     tc = stage.train_config
     optimizer = trainer.make_optimizer(tc, 1000)
     apply_kwargs = method.train_apply_kwargs(stage, config)

@@ -36,10 +36,13 @@ from fkd.training import init_from as pretrained
 from fkd.training import prestage as pretrain
 
 
-def build_model(stage: Stage, num_landmarks: int, **extra: Any):
-  """The Flax module of a stage: its model config, head outputs and method extras."""
+def build_model(stage: Stage, num_landmarks: int, compute_dtype: str = 'float32', **extra: Any):
+  """The Flax module of a stage: its model config, head outputs and method extras, computing in
+  `compute_dtype` (`config.compute_dtype`)."""
   kwargs = {**methods.base.plain(stage.model_config.kwargs), **extra}
-  return inference.make_model(stage.model_config.name, kwargs, stage.head, num_landmarks)
+  return inference.make_model(
+    stage.model_config.name, kwargs, stage.head, num_landmarks, compute_dtype
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +181,10 @@ def make_train_step(
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
-    teacher_outputs = {
-      name: jax.lax.stop_gradient(frozen_apply(frozen.module, teacher_variables[name], images))
+    teacher_outputs = {  # float32 whatever the compute dtype: losses and Grams are float32
+      name: inference.float32(
+        jax.lax.stop_gradient(frozen_apply(frozen.module, teacher_variables[name], images))
+      )
       for name, frozen in teachers.items()
     }
 
@@ -192,6 +197,7 @@ def make_train_step(
         rngs={'dropout': rng},
         **apply_kwargs,
       )
+      outputs, features = inference.float32((outputs, features))
       loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
       return loss, (terms, mutated.get('batch_stats', {}), outputs)
 
@@ -313,6 +319,7 @@ def _meta(
     'image_size': config.data.image_size,
     'dataset': config.data.name,
     'total_steps': steps,
+    'compute_dtype': config.get('compute_dtype', 'float32'),
     **method.meta(stage, config),
   }
 
@@ -330,7 +337,9 @@ def train_stage(
   teachers, teacher_variables = {}, {}
   for name in stage.teachers:
     path = methods.stage_dir(config, workdir, name)
-    teachers[name], teacher_variables[name] = inference.load_frozen(path)
+    teachers[name], teacher_variables[name] = inference.load_frozen(
+      path, compute_dtype=config.get('compute_dtype', 'float32')
+    )
     if teachers[name].meta['num_landmarks'] != data.num_landmarks:
       raise FkdError(
         f'{name} at {path} predicts {teachers[name].meta["num_landmarks"]} '
@@ -338,7 +347,7 @@ def train_stage(
       )
   teacher_variables = sharding.replicate(teacher_variables, mesh)
   extra = method.model_kwargs(stage, config, teachers)
-  model = build_model(stage, data.num_landmarks, **extra)
+  model = build_model(stage, data.num_landmarks, config.get('compute_dtype', 'float32'), **extra)
   optimizer = make_optimizer(tc, steps)
   seed = config.seed + method.seed_offset(stage.name)
 
