@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fkd import inference, methods
 from fkd.models import layers
@@ -76,9 +77,15 @@ def batch_spec(config: Any, batch: int, method: str) -> dict[str, jax.ShapeDtype
   return spec
 
 
-def build(config: Any, train_batch: int | None = None, eval_batch: int | None = None):
+def build(
+  config: Any,
+  train_batch: int | None = None,
+  eval_batch: int | None = None,
+  optimizer: optax.GradientTransformation | None = None,
+):
   """Every program of `config` (list of `Program`): per stage `<stage>/train`, `<stage>/eval`,
-  `<stage>/predict`. `train_batch` / `eval_batch` override the config's batch sizes."""
+  `<stage>/predict`. `train_batch` / `eval_batch` override the config's batch sizes, `optimizer`
+  the stages' own."""
   method = methods.get(config)
   size, n = config.data.image_size, config.data.num_landmarks
   dtype = config.get('compute_dtype', 'float32')
@@ -102,13 +109,13 @@ def build(config: Any, train_batch: int | None = None, eval_batch: int | None = 
     extra = method.model_kwargs(stage, config, teachers)
     model = trainer.build_model(stage, n, dtype, **extra)
     tc = stage.train_config
-    optimizer = trainer.make_optimizer(tc, 1000)
+    stage_optimizer = optimizer or trainer.make_optimizer(tc, 1000)
     apply_kwargs = method.train_apply_kwargs(stage, config)
     state = jax.eval_shape(
-      lambda: trainer.init_state(model, optimizer, size, 0, apply_kwargs)  # noqa: B023
+      lambda: trainer.init_state(model, stage_optimizer, size, 0, apply_kwargs)  # noqa: B023
     )
     step = trainer.make_train_step(
-      model, optimizer, stage, method.loss_fn(stage, config), teachers, apply_kwargs
+      model, stage_optimizer, stage, method.loss_fn(stage, config), teachers, apply_kwargs
     )
     b = train_batch or tc.batch_size
     batch = batch_spec(config, b, method.name)

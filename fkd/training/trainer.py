@@ -53,7 +53,7 @@ def validate(config: Any, workdir: str, allow_config_change: bool = False) -> Me
   """Checks the config, the stages' inputs and the workdir's stage records (`fkd.infra.workdir`);
   returns the config's method."""
   method = methods.get(config)
-  config_check.check(config, jax.device_count(), models.model_names())
+  config_check.check(config, jax.device_count(), models.model_names(), jax.process_count())
   stages = [method.stage(name, config) for name in config.stages]
   for stage in stages:
     pretrained.check(stage.model_config, stage.role)
@@ -158,6 +158,16 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   return jax.tree.map(lambda a: a.reshape(batch, *a.shape[2:]), out)
 
 
+def weighted_mean(fn, weight: jax.Array, *args: Any) -> Any:
+  """`fn(*args)` (a pytree of batch means, e.g. (loss, terms)) as the `weight`-weighted mean of
+  `fn` on each example alone: what a batch of only the examples of weight 1 gives, with
+  examples of weight 0 (`sharding.pad_batch`'s padding) adding nothing, gradients included.
+  Every fkd loss and train metric is a mean of per-example terms, so the two agree."""
+  values = jax.vmap(lambda *example: fn(*jax.tree.map(lambda a: a[None], example)))(*args)
+  total = jnp.sum(weight)
+  return jax.tree.map(lambda v: jnp.sum(v * weight) / total, values)
+
+
 def make_train_step(
   model,
   optimizer,
@@ -170,7 +180,9 @@ def make_train_step(
 
   The teachers are frozen inputs: inference mode (as `inference.load_frozen` gives them: BatchNorm
   folded into the convolutions) and `stop_gradient` on their outputs and features. `loss_fn` is
-  the method's (`Method.loss_fn`).
+  the method's (`Method.loss_fn`). A batch with `sharding.WEIGHT` (a padded batch) weights the
+  loss, the metrics and the BatchNorm statistics per example (`weighted_mean`,
+  `models.batch_norm.example_weights`).
   """
   apply_kwargs = dict(apply_kwargs or {})
 
@@ -188,17 +200,23 @@ def make_train_step(
       for name, frozen in teachers.items()
     }
 
+    weight = batch.get(sharding.WEIGHT)
+
     def objective(params):
-      (outputs, features), mutated = model.apply(
-        {'params': params, 'batch_stats': state['batch_stats']},
-        images,
-        train=True,
-        mutable=['batch_stats'],
-        rngs={'dropout': rng},
-        **apply_kwargs,
-      )
+      with models.batch_norm.example_weights(weight):
+        (outputs, features), mutated = model.apply(
+          {'params': params, 'batch_stats': state['batch_stats']},
+          images,
+          train=True,
+          mutable=['batch_stats'],
+          rngs={'dropout': rng},
+          **apply_kwargs,
+        )
       outputs, features = inference.float32((outputs, features))
-      loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
+      if weight is None:
+        loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
+      else:
+        loss, terms = weighted_mean(loss_fn, weight, outputs, features, batch, teacher_outputs)
       return loss, (terms, mutated.get('batch_stats', {}), outputs)
 
     (loss, (terms, batch_stats, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -206,7 +224,10 @@ def make_train_step(
     )
     chex.assert_shape(loss, ())
     new_state, metrics = apply_update(optimizer, state, grads, batch_stats, loss, terms)
-    metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
+    if weight is None:
+      metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
+    else:
+      metrics.update(weighted_mean(stage.head.train_metrics, weight, outputs, batch['landmarks']))
     return new_state, metrics
 
   return step
@@ -331,7 +352,6 @@ def train_stage(
   stage = pretrained.resolve_stage(stage)  # init_from's input normalisation and BN epsilon
   stage_dir = os.path.join(workdir, stage.name)
   tc = stage.train_config
-  sharding.check_batch_size(tc.batch_size)
   num_train = ip.num_examples(data.splits[config.data.train_split])
   steps = total_steps(stage, num_train)
   teachers, teacher_variables = {}, {}
@@ -402,15 +422,19 @@ def train_stage(
   )
 
   def batch_at(i: int) -> dict[str, np.ndarray]:
-    return ip.train_batch(
-      data,
-      config.data.train_split,
-      tc.batch_size,
-      i,
-      seed,
-      config.data.augment,
-      jax.process_index(),
-      jax.process_count(),
+    # Padded to a multiple of this process's devices, the padding weighing 0 in the step.
+    return sharding.pad_batch(
+      ip.train_batch(
+        data,
+        config.data.train_split,
+        tc.batch_size,
+        i,
+        seed,
+        config.data.augment,
+        jax.process_index(),
+        jax.process_count(),
+      ),
+      jax.local_device_count(),
     )
 
   # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
