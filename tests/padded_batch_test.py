@@ -30,7 +30,8 @@ RTOL = 1e-5
 #   1 and no padding at all;
 # - sharded over 8 devices: per-device partial sums (XLA's partitioned reductions, the
 #   depthwise kernel gradient's per-shard scan); measured 9e-4 for the same padded batch on 8
-#   devices against one. Loss, metrics and BatchNorm statistics stay within RTOL there.
+#   devices against one (2e-5 on the gradient norm). Loss, the other metrics and BatchNorm
+#   statistics stay within RTOL there.
 GRAD_RTOL_PLAIN = 2e-3
 GRAD_RTOL_SHARDED = 2e-3
 
@@ -171,5 +172,5 @@ def test_padded_step_on_8_devices_is_the_unpadded_step(config, stage):
     errors = result[against]
     assert any(k.startswith('batch_stats') for k in errors) and 'gradient' in errors
     for key, error in errors.items():
-      bound = grad_bound if key == 'gradient' else RTOL
+      bound = grad_bound if key in ('gradient', 'metric/grad_norm') else RTOL
       assert error <= bound, (against, key, error)
