@@ -29,11 +29,12 @@ RTOL = 1e-5
 #   the fused custom VJP on CPU); measured 4e-5 (CPU formulation) to 4e-4 (GPU/TPU) with weights
 #   1 and no padding at all;
 # - sharded over 8 devices: per-device partial sums (XLA's partitioned reductions, the
-#   depthwise kernel gradient's per-shard scan); measured 9e-4 for the same padded batch on 8
-#   devices against one (2e-5 on the gradient norm). Loss, the other metrics and BatchNorm
+#   depthwise kernel gradient's per-shard scan); measured for the same padded batch on 8
+#   devices against one: 9e-4 (KD student), 2e-3 (MobileFAN student; 2e-5 on the gradient
+#   norm). Loss, the other metrics and BatchNorm
 #   statistics stay within RTOL there.
 GRAD_RTOL_PLAIN = 2e-3
-GRAD_RTOL_SHARDED = 2e-3
+GRAD_RTOL_SHARDED = 5e-3
 
 
 def test_pad_batch():
