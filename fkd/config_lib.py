@@ -99,6 +99,9 @@ def common(
   paper = dataset != 'synthetic'
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # The models' compute dtype (students, teachers, frozen models): 'float32' | 'bfloat16'.
+  # Parameters, optimizer state, losses and metrics stay float32 either way.
+  c.compute_dtype = 'float32'
   c.method = method  # a key of fkd.methods.REGISTRY
   c.stages = ()
   # Validation NME every this many steps while a stage trains (metrics.jsonl, TensorBoard:

@@ -19,17 +19,42 @@ from fkd.errors import FkdError
 from fkd.infra import checkpoint
 
 
-def make_model(name: str, kwargs: dict[str, Any], head: heads.Head, num_landmarks: int):
-  """The Flax module `name` with `kwargs` and the outputs its head needs (one-line errors)."""
+def make_model(
+  name: str,
+  kwargs: dict[str, Any],
+  head: heads.Head,
+  num_landmarks: int,
+  compute_dtype: str = 'float32',
+):
+  """The Flax module `name` with `kwargs` and the outputs its head needs (one-line errors).
+
+  `compute_dtype` other than float32 becomes the model's `dtype` (its computations; parameters
+  stay float32); float32 leaves the kwargs as they are, so the float32 program is unchanged.
+  """
+  if compute_dtype != 'float32':
+    kwargs = {**kwargs, 'dtype': compute_dtype}
   try:
     return models.get_model(name, **head.model_kwargs(num_landmarks), **kwargs)
   except (KeyError, TypeError, ValueError) as e:
     raise FkdError(f'model {name!r} with kwargs {kwargs}: {e}') from e
 
 
-def build_module(meta: dict[str, Any], head: heads.Head):
-  """The Flax module a checkpoint's meta describes."""
-  return make_model(meta['model'], meta['model_kwargs'], head, int(meta['num_landmarks']))
+def build_module(meta: dict[str, Any], head: heads.Head, compute_dtype: str | None = None):
+  """The Flax module a checkpoint's meta describes, in `compute_dtype` (None: the meta's, as it
+  was trained; float32 for checkpoints from before the field)."""
+  dtype = compute_dtype or meta.get('compute_dtype', 'float32')
+  return make_model(meta['model'], meta['model_kwargs'], head, int(meta['num_landmarks']), dtype)
+
+
+def float32(tree: Any) -> Any:
+  """Every floating array of `tree` as float32 (what losses, metrics and decoding take from a
+  model of another compute dtype); float32 arrays are returned as they are."""
+
+  def cast(a):
+    floating = jnp.issubdtype(a.dtype, jnp.floating)
+    return a.astype(jnp.float32) if floating and a.dtype != jnp.float32 else a
+
+  return jax.tree.map(cast, tree)
 
 
 def freeze(
@@ -49,12 +74,15 @@ def freeze(
   return methods.Frozen(module, head, meta), variables
 
 
-def load_frozen(stage_dir: str, fold: bool = True) -> tuple[methods.Frozen, dict[str, Any]]:
+def load_frozen(
+  stage_dir: str, fold: bool = True, compute_dtype: str | None = None
+) -> tuple[methods.Frozen, dict[str, Any]]:
   """A finished stage as a teacher or predictor: `freeze` of its checkpoint (folded unless
-  `fold=False`; the checkpoint itself is unchanged)."""
+  `fold=False`; the checkpoint itself is unchanged), computing in `compute_dtype` (None: the
+  dtype it was trained in)."""
   variables, meta = checkpoint.load_model(stage_dir)
   head = heads.from_meta(meta)
-  return freeze(build_module(meta, head), head, meta, variables, fold)
+  return freeze(build_module(meta, head, compute_dtype), head, meta, variables, fold)
 
 
 def is_finished(stage_dir: str) -> bool:
@@ -100,7 +128,7 @@ class Predictor:
   def landmarks(self, variables: Any, images: jax.Array) -> jax.Array:
     """The pure inference function: uint8 crops -> (B, N, 2) float32 crop pixels."""
     outputs, _ = self.module.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
-    return self.head.decode(outputs)
+    return self.head.decode(float32(outputs))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.uint8)))

@@ -169,6 +169,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
     'image_size': data.image_size,
     'models': {},
     'steps': {},
+    'compute_dtype': {},  # per model: the dtype it computed in (`config.compute_dtype`)
     'nme_per_image': {},
   }
   if data.dropped:  # eval splits a partial build left out, with the reason
@@ -203,6 +204,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
         f'{data.num_landmarks} on {data.image_size}² (config.data)'
       )
     results['steps'][name] = int(predictor.meta.get('total_steps', 0))
+    results['compute_dtype'][name] = predictor.meta.get('compute_dtype', 'float32')
     variables = sharding.replicate(predictor.variables, mesh)
     predict = jax.jit(predictor.landmarks)
     for s in eval_splits:

@@ -17,6 +17,7 @@ SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
 TARGET_SPACES = ('normalized', 'pixel')
 CPU_KERNELS = ('auto', 'native', 'xla')  # fkd.models.native.CPU_KERNELS (infra cannot import it)
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def _number(value: Any) -> bool:
@@ -53,12 +54,14 @@ def one_of(field: str, value: Any, known: tuple[str, ...]) -> None:
     raise FkdError(f'config.{field} must be one of {", ".join(known)}, got {value!r}')
 
 
-def check_optimizer(field: str, tc: Any, device_count: int) -> None:
+def check_optimizer(field: str, tc: Any, process_count: int = 1) -> None:
+  """Any batch size trains on any device count (the trainer pads a batch to a multiple of the
+  devices with examples of weight 0); each process reads the same share of it."""
   positive_int(f'{field}.batch_size', tc.batch_size)
-  if tc.batch_size % device_count:
+  if tc.batch_size % process_count:
     raise FkdError(
-      f'config.{field}.batch_size ({tc.batch_size}) must be divisible by the {device_count} '
-      'devices (each gets the same share of a batch)'
+      f'config.{field}.batch_size ({tc.batch_size}) must be divisible by the {process_count} '
+      'processes (each reads the same share of a batch)'
     )
   if not _integer(tc.num_steps):
     raise FkdError(f'config.{field}.num_steps must be an integer, got {tc.num_steps!r}')
@@ -99,8 +102,12 @@ def _blocks(node: Any, prefix: str = '') -> list[tuple[str, Any]]:
   return out
 
 
-def check(config: Any, device_count: int, model_names: list[str]) -> None:
-  """Raises an FkdError naming the first field of `config` with a value fkd cannot train on."""
+def check(config: Any, device_count: int, model_names: list[str], process_count: int = 1) -> None:
+  """Raises an FkdError naming the first field of `config` with a value fkd cannot train on.
+
+  `device_count`: no constraint any more (batches are padded to a multiple of the devices, see
+  `check_optimizer`); kept for the callers."""
+  del device_count
   d = config.data
   positive_int('data.image_size', d.image_size)
   non_negative_int('data.num_landmarks', d.num_landmarks)  # 0: from the dataset (folder)
@@ -114,6 +121,7 @@ def check(config: Any, device_count: int, model_names: list[str]) -> None:
     raise FkdError(f'config.data.eval_splits must be a list of splits, got {d.eval_splits!r}')
   positive_int('eval.batch_size', config.eval.batch_size)
   positive_number('eval.fr_threshold', config.eval.fr_threshold)
+  one_of('compute_dtype', config.get('compute_dtype', 'float32'), COMPUTE_DTYPES)
   if not _integer(config.get('seed', 0)):
     raise FkdError(f'config.seed must be an integer, got {config.seed!r}')
   non_negative_int('eval_every_steps', config.get('eval_every_steps', 0))
@@ -129,6 +137,6 @@ def check(config: Any, device_count: int, model_names: list[str]) -> None:
   for field, block in _blocks(config):
     keys = set(block.keys())
     if {'batch_size', 'lr', 'schedule'} <= keys:
-      check_optimizer(field, block, device_count)
+      check_optimizer(field, block, process_count)
     elif {'name', 'kwargs'} <= keys:
       check_model(field, block, model_names)

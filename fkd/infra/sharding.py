@@ -56,9 +56,23 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[s
   }
 
 
-def check_batch_size(batch_size: int) -> None:
-  """Every device must get the same number of examples."""
-  if batch_size % jax.device_count():
-    from fkd.errors import FkdError
+WEIGHT = 'weight'  # the batch key of `pad_batch`'s per-example weights
 
-    raise FkdError(f'batch size {batch_size} is not divisible by the {jax.device_count()} devices')
+
+def pad_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+  """This process's batch padded with zero examples to a multiple of `multiple` (its devices),
+  plus `batch['weight']` (1 real, 0 padding) when it was padded; unchanged when it divides.
+
+  So every device gets the same share of any batch size: the train step weights its loss,
+  metrics and BatchNorm statistics by `weight`, which makes the padded step the unpadded one.
+  """
+  size = len(next(iter(batch.values())))
+  extra = -size % multiple
+  if not extra:
+    return batch
+  padded = {
+    k: np.concatenate([v, np.zeros((extra, *np.shape(v)[1:]), np.asarray(v).dtype)])
+    for k, v in batch.items()
+  }
+  padded[WEIGHT] = np.concatenate([np.ones(size, np.float32), np.zeros(extra, np.float32)])
+  return padded

@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from fkd.models import fold
+from fkd.models import batch_norm, fold, layers
 from fkd.models.backbones import backbone_names, get_backbone, tuples
 from fkd.models.efficientnet import EFFICIENTNET_PARAMS, EfficientNet
 from fkd.models.heatmap_net import PRESETS as HEATMAP_PRESETS
@@ -36,10 +36,12 @@ __all__ = [
   'MobileNetV2',
   'PointwiseConv',
   'ResNet',
+  'batch_norm',
   'count_params',
   'fold',
   'get_model',
   'is_heatmap_model',
+  'layers',
   'make_divisible',
   'model_names',
 ]

@@ -25,10 +25,18 @@ or three passes for each; docs/cpu-speed.md has the train step's gain).
 `impl`: 'auto' = 'fused' on CPU and 'plain' elsewhere (GPU/TPU fuse the plain form well);
 'plain' is the autodiff formulation, written like flax's. Both are tested equal to
 `nn.BatchNorm` + activation in value and gradient.
+
+Per-example weights (`example_weights`, or `BatchNorm(...)(x, weights=w)`): the batch statistics
+are the weighted mean and variance over the examples (and space), so examples of weight 0 (the
+padding that makes a batch divisible by the device count, `fkd.infra.sharding.pad_batch`) leave
+the statistics, the running averages and every gradient as the unpadded batch's
+(`batch_norm_train_weighted`, autodiff).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -139,6 +147,41 @@ def batch_norm_train_plain(
   return _apply(activation, y + bias.astype(x.dtype)), mean, var
 
 
+def batch_norm_train_weighted(
+  x: Array, scale: Array, bias: Array, epsilon: float, activation: Activation, weights: Array
+) -> tuple[Array, Array, Array]:
+  """`batch_norm_train_plain` with the statistics weighted per example: `weights` (B,) >= 0, the
+  mean and variance over the examples of weight > 0 (weights 0/1) or their weighted average."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = tuple(range(x32.ndim - 1))
+  w = weights.astype(jnp.float32).reshape(-1, *(1,) * (x32.ndim - 1))
+  n = jnp.sum(weights.astype(jnp.float32)) * (x32[0].size // x32.shape[-1])
+  mean = jnp.sum(w * x32, axes) / n
+  var = jnp.maximum(jnp.sum(w * jnp.square(x32), axes) / n - jnp.square(mean), 0.0)
+  y = (x - mean.astype(x.dtype)) * (lax.rsqrt(var + epsilon) * scale).astype(x.dtype)
+  return _apply(activation, y + bias.astype(x.dtype)), mean, var
+
+
+_WEIGHTS = contextvars.ContextVar('fkd_example_weights', default=None)
+
+
+@contextlib.contextmanager
+def example_weights(weights: Array | None):
+  """Inside, every `BatchNorm` in training mode weights its batch statistics by `weights` (B,)
+  (None: unweighted). How a train step with padded examples reaches the BatchNorms of any
+  model without threading a mask through every module."""
+  token = _WEIGHTS.set(weights)
+  try:
+    yield
+  finally:
+    _WEIGHTS.reset(token)
+
+
+def current_weights() -> Array | None:
+  """The per-example weights of `example_weights`, or None."""
+  return _WEIGHTS.get()
+
+
 class BatchNorm(nn.Module):
   """`nn.BatchNorm` over the last axis (+ `activation`), fused on CPU; see the module docstring.
 
@@ -146,6 +189,9 @@ class BatchNorm(nn.Module):
   `param_dtype`), plus `activation` (elementwise, or None) and `impl` ('auto' | 'fused' |
   'plain'). No cross-device `axis_name`: under `jit` with a sharded batch the statistics are
   global already.
+
+  `weights` (B,) (call argument, else `example_weights`'s): per-example weights of the batch
+  statistics in training mode (`batch_norm_train_weighted`).
 
   `folded=True` is the inference form after `fkd.models.fold.fold_batch_norm` has moved the
   normalisation into the preceding convolution's kernel: only `params/bias` remains and the op is
@@ -162,7 +208,9 @@ class BatchNorm(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+  def __call__(
+    self, x: Array, use_running_average: bool | None = None, weights: Array | None = None
+  ) -> Array:
     use_running_average = nn.merge_param(
       'use_running_average', self.use_running_average, use_running_average
     )
@@ -184,8 +232,15 @@ class BatchNorm(nn.Module):
         lax.rsqrt(ra_var.value + self.epsilon) * scale
       ).astype(dtype)
       return _apply(self.activation, y + bias.astype(dtype))
-    train_fn = batch_norm_train if resolve_impl(self.impl) == 'fused' else batch_norm_train_plain
-    y, mean, var = train_fn(x, scale, bias, self.epsilon, self.activation)
+    weights = current_weights() if weights is None else weights
+    if weights is not None:
+      y, mean, var = batch_norm_train_weighted(
+        x, scale, bias, self.epsilon, self.activation, weights
+      )
+    else:
+      fused = resolve_impl(self.impl) == 'fused'
+      train_fn = batch_norm_train if fused else batch_norm_train_plain
+      y, mean, var = train_fn(x, scale, bias, self.epsilon, self.activation)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

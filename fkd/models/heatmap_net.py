@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fkd.models import layers
+from fkd.models import batch_norm, layers
 from fkd.models.backbones import get_backbone
 from fkd.models.batch_norm import BatchNorm
 
@@ -110,7 +110,10 @@ class Adapter(nn.Module):
     x = nn.Conv(self.features, (1, 1), use_bias=self.plain, kernel_init=init, name='conv')(x)
     if self.plain:
       return x
-    x = nn.BatchNorm(
+    # flax's BatchNorm, unless the batch carries per-example weights: then fkd's, whose weighted
+    # statistics `nn.BatchNorm` lacks (the same variables).
+    norm = nn.BatchNorm if batch_norm.current_weights() is None or not train else BatchNorm
+    x = norm(
       use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, name='bn'
     )(x)
     return nn.relu(x)
@@ -233,9 +236,10 @@ class HeatmapNet(nn.Module):
   ) -> tuple[Array, dict[str, Array]]:
     if self.normalize_input:
       x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
-    trunk = get_backbone(
-      self.backbone, num_outputs=None, **dict(self.backbone_kwargs or {}), name='backbone'
-    )
+    backbone_kwargs = dict(self.backbone_kwargs or {})
+    if self.dtype is not None:  # the encoder computes in the network's dtype unless it says
+      backbone_kwargs.setdefault('dtype', self.dtype)
+    trunk = get_backbone(self.backbone, num_outputs=None, **backbone_kwargs, name='backbone')
     _, feats = trunk(x, train=train)
     x = feats[self.feature or _last_map(feats)]
     features = {'encoder': x}

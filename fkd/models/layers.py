@@ -75,13 +75,42 @@ def portable_ops():
     _PORTABLE.reset(token)
 
 
+_TARGET = contextvars.ContextVar('fkd_target_platform', default=None)
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'gpu', 'tpu')
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+  """Inside, every 'auto' choice (layer formulations, BatchNorm sums, native kernels, the frozen
+  teachers' chunking) resolves as it would on `platform` ('cpu' | 'cuda' | 'rocm' | 'gpu' |
+  'tpu'), whatever backend this process runs on: how the accelerator programs are traced, and
+  so lowered and checked, on a CPU-only machine (`benchmarks/accelerator.py`)."""
+  if platform not in PLATFORMS:
+    raise ValueError(f'Unknown platform {platform!r}; expected one of {PLATFORMS}.')
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
+def current_platform() -> str:
+  """The platform 'auto' resolves for: `target_platform`'s, else `jax.default_backend()`."""
+  return _TARGET.get() or jax.default_backend()
+
+
+def cpu_formulation() -> bool:
+  """Whether 'auto' takes the CPU-fast formulations: on CPU, outside `portable_ops`."""
+  return current_platform() == 'cpu' and not _PORTABLE.get()
+
+
 def resolve_impl(impl: str, impls: Sequence[str], what: str, cpu: str, other: str) -> str:
   """Checks `impl` is one of `impls`; maps 'auto' to `cpu` on CPU outside `portable_ops`, else
-  to `other` (the standard formulation)."""
+  to `other` (the standard formulation). "On CPU" follows `target_platform` when set."""
   if impl not in impls:
     raise ValueError(f'Unknown {what} impl {impl!r}; expected one of {tuple(impls)}.')
   if impl == 'auto':
-    return cpu if jax.default_backend() == 'cpu' and not _PORTABLE.get() else other
+    return cpu if cpu_formulation() else other
   return impl
 
 
@@ -433,10 +462,9 @@ SCALE_IN_KERNEL_PIXELS = 56 * 56
 
 def scale_in_kernel(shape: tuple[int, ...]) -> bool:
   """Whether a 1x1 convolution of an input of `shape` (B, ..., Cin) applies its `input_scale`
-  inside a per-image kernel (CPU only, not under `portable_ops`)."""
+  inside a per-image kernel (CPU only, not under `portable_ops`; `target_platform` decides)."""
   pixels = math.prod(shape[1:-1])
-  on_cpu = jax.default_backend() == 'cpu' and not _PORTABLE.get()
-  return on_cpu and pixels >= SCALE_IN_KERNEL_PIXELS
+  return cpu_formulation() and pixels >= SCALE_IN_KERNEL_PIXELS
 
 
 PointwiseConv = Conv1x1

@@ -46,10 +46,13 @@ from fkd.training import init_from as pretrained
 from fkd.training import prestage as pretrain
 
 
-def build_model(stage: Stage, num_landmarks: int, **extra: Any):
-  """The Flax module of a stage: its model config, head outputs and method extras."""
+def build_model(stage: Stage, num_landmarks: int, compute_dtype: str = 'float32', **extra: Any):
+  """The Flax module of a stage: its model config, head outputs and method extras, computing in
+  `compute_dtype` (`config.compute_dtype`)."""
   kwargs = {**methods.base.plain(stage.model_config.kwargs), **extra}
-  return inference.make_model(stage.model_config.name, kwargs, stage.head, num_landmarks)
+  return inference.make_model(
+    stage.model_config.name, kwargs, stage.head, num_landmarks, compute_dtype
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +63,7 @@ def validate(config: Any, workdir: str, allow_config_change: bool = False) -> Me
   """Checks the config, the stages' inputs and the workdir's stage records (`fkd.infra.workdir`);
   returns the config's method."""
   method = methods.get(config)
-  config_check.check(config, jax.device_count(), models.model_names())
+  config_check.check(config, jax.device_count(), models.model_names(), jax.process_count())
   stages = [method.stage(name, config) for name in config.stages]
   for stage in stages:
     pretrained.check(stage.model_config, stage.role)
@@ -148,9 +151,10 @@ def frozen_chunk() -> int:
   """Images per call of a frozen model in a train step; 0 = the whole batch in one call.
 
   On one CPU device `CPU_FROZEN_CHUNK`, or one call with `config.cpu_kernels='xla'` (the plain
-  XLA program); `$FKD_FROZEN_CHUNK` overrides both. Elsewhere one call.
+  XLA program); `$FKD_FROZEN_CHUNK` overrides both. Elsewhere one call (and under
+  `models.layers.target_platform` of another platform: its program).
   """
-  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
+  if models.layers.current_platform() != 'cpu' or jax.device_count() != 1:
     return 0
   default = 0 if native.mode() == 'xla' else CPU_FROZEN_CHUNK
   return int(os.environ.get('FKD_FROZEN_CHUNK', default))
@@ -176,6 +180,16 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   return jax.tree.map(lambda a: a.reshape(batch, *a.shape[2:]), out)
 
 
+def weighted_mean(fn, weight: jax.Array, *args: Any) -> Any:
+  """`fn(*args)` (a pytree of batch means, e.g. (loss, terms)) as the `weight`-weighted mean of
+  `fn` on each example alone: what a batch of only the examples of weight 1 gives, with
+  examples of weight 0 (`sharding.pad_batch`'s padding) adding nothing, gradients included.
+  Every fkd loss and train metric is a mean of per-example terms, so the two agree."""
+  values = jax.vmap(lambda *example: fn(*jax.tree.map(lambda a: a[None], example)))(*args)
+  total = jnp.sum(weight)
+  return jax.tree.map(lambda v: jnp.sum(v * weight) / total, values)
+
+
 def make_train_step(
   model,
   optimizer,
@@ -188,7 +202,9 @@ def make_train_step(
 
   The teachers are frozen inputs: inference mode (as `inference.load_frozen` gives them: BatchNorm
   folded into the convolutions) and `stop_gradient` on their outputs and features. `loss_fn` is
-  the method's (`Method.loss_fn`).
+  the method's (`Method.loss_fn`). A batch with `sharding.WEIGHT` (a padded batch) weights the
+  loss, the metrics and the BatchNorm statistics per example (`weighted_mean`,
+  `models.batch_norm.example_weights`).
   """
   apply_kwargs = dict(apply_kwargs or {})
 
@@ -199,21 +215,30 @@ def make_train_step(
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.wrap_key_data(rng)  # raw uint32 key data (replicable across hosts)
     rng = jax.random.fold_in(rng, state['step'])
-    teacher_outputs = {
-      name: jax.lax.stop_gradient(frozen_apply(frozen.module, teacher_variables[name], images))
+    teacher_outputs = {  # float32 whatever the compute dtype: losses and Grams are float32
+      name: inference.float32(
+        jax.lax.stop_gradient(frozen_apply(frozen.module, teacher_variables[name], images))
+      )
       for name, frozen in teachers.items()
     }
 
+    weight = batch.get(sharding.WEIGHT)
+
     def objective(params):
-      (outputs, features), mutated = model.apply(
-        {'params': params, 'batch_stats': state['batch_stats']},
-        images,
-        train=True,
-        mutable=['batch_stats'],
-        rngs={'dropout': rng},
-        **apply_kwargs,
-      )
-      loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
+      with models.batch_norm.example_weights(weight):
+        (outputs, features), mutated = model.apply(
+          {'params': params, 'batch_stats': state['batch_stats']},
+          images,
+          train=True,
+          mutable=['batch_stats'],
+          rngs={'dropout': rng},
+          **apply_kwargs,
+        )
+      outputs, features = inference.float32((outputs, features))
+      if weight is None:
+        loss, terms = loss_fn(outputs, features, batch, teacher_outputs)
+      else:
+        loss, terms = weighted_mean(loss_fn, weight, outputs, features, batch, teacher_outputs)
       return loss, (terms, mutated.get('batch_stats', {}), outputs)
 
     (loss, (terms, batch_stats, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -221,7 +246,10 @@ def make_train_step(
     )
     chex.assert_shape(loss, ())
     new_state, metrics = apply_update(optimizer, state, grads, batch_stats, loss, terms)
-    metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
+    if weight is None:
+      metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
+    else:
+      metrics.update(weighted_mean(stage.head.train_metrics, weight, outputs, batch['landmarks']))
     return new_state, metrics
 
   return step
@@ -473,6 +501,7 @@ def _meta(
     'dataset': config.data.name,
     'total_steps': steps,
     **facts,
+    'compute_dtype': config.get('compute_dtype', 'float32'),
     **method.meta(stage, config),
   }
 
@@ -541,7 +570,7 @@ def _validator(model, head, split: ip.Split, config: Any, mesh):
   @jax.jit
   def predict(variables, images):
     outputs, _ = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
-    return head.decode(outputs)
+    return head.decode(outputs.astype(jnp.float32))
 
   def run(state: dict[str, Any]) -> dict[str, float]:
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
@@ -570,13 +599,14 @@ def train_stage(
   stage = pretrained.resolve_stage(stage)  # init_from's input normalisation and BN epsilon
   stage_dir = os.path.join(workdir, stage.name)
   tc = stage.train_config
-  sharding.check_batch_size(tc.batch_size)
   num_train = ip.num_examples(data.splits[config.data.train_split])
   steps = total_steps(stage, num_train)
   teachers, teacher_variables = {}, {}
   for name in stage.teachers:
     path, which = evaluate.model_dir(config, workdir, name)
-    teachers[name], teacher_variables[name] = inference.load_frozen(path)
+    teachers[name], teacher_variables[name] = inference.load_frozen(
+      path, compute_dtype=config.get('compute_dtype', 'float32')
+    )
     if which:
       print(f'[{stage.name}] teacher {name}: {which}', flush=True)
     if teachers[name].meta['num_landmarks'] != data.num_landmarks:
@@ -586,7 +616,7 @@ def train_stage(
       )
   teacher_variables = sharding.replicate(teacher_variables, mesh)
   extra = method.model_kwargs(stage, config, teachers)
-  model = build_model(stage, data.num_landmarks, **extra)
+  model = build_model(stage, data.num_landmarks, config.get('compute_dtype', 'float32'), **extra)
   optimizer = make_optimizer(tc, steps)
   seed = config.seed + method.seed_offset(stage.name)
   eval_every = int(config.get('eval_every_steps', 0)) if validation is not None else 0
@@ -679,16 +709,20 @@ def train_stage(
   )
 
   def device_batch(i: int) -> dict[str, jax.Array]:
-    batch = ip.train_batch(
-      data,
-      config.data.train_split,
-      tc.batch_size,
-      i,
-      seed,
-      config.data.augment,
-      jax.process_index(),
-      jax.process_count(),
-      config.data.get('box_noise', ()),
+    # Padded to a multiple of this process's devices, the padding weighing 0 in the step.
+    batch = sharding.pad_batch(
+      ip.train_batch(
+        data,
+        config.data.train_split,
+        tc.batch_size,
+        i,
+        seed,
+        config.data.augment,
+        jax.process_index(),
+        jax.process_count(),
+        config.data.get('box_noise', ()),
+      ),
+      jax.local_device_count(),
     )
     return sharding.shard_batch(batch, mesh)
 

@@ -1,0 +1,204 @@
+"""The accelerator programs of a config, built and lowered on any machine, and their speed here.
+
+  python benchmarks/accelerator.py --config=configs/kd.py:300w [--platforms=tpu,cuda]
+      [--local-batch=2] [--local-steps=3] [--local-size=0] [--pipeline-batches=3]
+
+What it does, with no dataset and no checkpoint (`fkd.tools.programs`: shapes only):
+
+1. builds every program of the config at its own shapes (the paper's, for `:300w`): each stage's
+   train step (frozen teachers inside), the evaluation forward pass (`config.eval.batch_size`)
+   and the predict forward pass (one image);
+2. lowers each for every `--platforms` entry with the accelerator formulation
+   (`fkd.models.layers.target_platform`: every 'auto' resolves as on that platform) and
+   `jit(...).trace(...).lower(lowering_platforms=(p,))`, and counts the custom calls of the
+   StableHLO text that are kernels (`programs.custom_calls`: every `stablehlo.custom_call` target
+   except the partitioner annotations Sharding / SPMDFullToShardShape / SPMDShardToFullShape /
+   annotate_device_placement); fkd's programs must have none, since no accelerator has fkd's
+   native CPU kernels;
+3. FLOPs per image of each program: XLA's cost analysis of the first platform's lowering
+   (`Lowered.cost_analysis()`, before optimisation: multiply-adds count 2; a train step includes
+   its frozen teachers' forward passes);
+4. host pipeline images/s per core: `fkd.data.pipeline.train_batch` with the config's
+   augmentation on one worker thread, on synthetic faces (`fkd.data.testing.render`) at the
+   config's crop size;
+5. on the local backend, the train steps themselves, with the local formulation: step time and
+   images/s at `--local-batch` (compile excluded, median of `--local-steps` after one warm-up
+   step); with `--local-size` > 0 at that crop size instead of the config's (compiling the
+   paper-size programs on a small CPU is slow). On GPU/TPU also MFU: FLOPs per image × images/s
+   over the devices' peak (`PEAK_FLOPS`, bf16 dense, by `device_kind`).
+
+The last line is JSON: `{"lowered": {"<stage>/<program>": {"<platform>": true}}, "custom_calls":
+N, "flops_per_image": {...}, "host_img_per_s_per_core": ..., "backend": ..., "img_per_s":
+{...}}` (plus `step_s`, `local_shape` and, off CPU, `mfu`). Exit status 1 when a lowering fails or
+a custom call remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fkd import cli  # noqa: E402
+
+# Peak dense bf16 FLOP/s per device, by `jax.Device.device_kind` prefix (vendor data sheets).
+PEAK_FLOPS = {
+  'TPU v2': 45e12,
+  'TPU v3': 123e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v5': 459e12,
+  'TPU v6 lite': 918e12,
+  'TPU v6e': 918e12,
+  'NVIDIA H100': 989e12,
+  'NVIDIA H200': 989e12,
+  'NVIDIA A100': 312e12,
+  'NVIDIA L4': 121e12,
+  'NVIDIA A10G': 125e12,
+  'Tesla V100': 125e12,
+  'Tesla T4': 65e12,
+}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  matches = [k for k in PEAK_FLOPS if device_kind.startswith(k)]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def pipeline_rate(config, batches: int) -> float:
+  """Images per second of `train_batch` on one worker thread, synthetic faces."""
+  from fkd.data import pipeline, schemes, testing
+
+  size, n = config.data.image_size, 68
+  count = 32
+  faces = [testing.render(i, size) for i in range(count)]
+  images = np.stack([f[0] for f in faces])
+  points = np.stack([f[1] for f in faces]).astype(np.float32)
+  split = pipeline.Split(images, points, None, [str(i) for i in range(count)])
+  perm = np.asarray(schemes.SCHEMES['300w'].flip_permutation)
+  data = pipeline.Data('bench', {'train': split}, size, n, perm, None, '300w')
+  pipeline.set_workers(1)
+  batch = 16
+  augment = config.data.augment
+  pipeline.train_batch(data, 'train', batch, 0, 0, augment)  # warm-up
+  t0 = time.perf_counter()
+  for i in range(batches):
+    pipeline.train_batch(data, 'train', batch, i + 1, 0, augment)
+  return batches * batch / (time.perf_counter() - t0)
+
+
+def time_step(program, steps: int) -> float:
+  """Median seconds of one call of a compiled train step (arguments zeros / ones)."""
+  import jax
+
+  def concrete(s):
+    return np.ones(s.shape, s.dtype) if s.dtype == np.uint8 else np.zeros(s.shape, s.dtype)
+
+  state, batch, rng, teachers = jax.tree.map(concrete, program.args)
+  compiled = jax.jit(program.fn).trace(state, batch, rng, teachers).lower().compile()
+  state, _ = compiled(state, batch, rng, teachers)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, rng, teachers)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', required=True, help='configs/x.py[:ARG]')
+  parser.add_argument('--platforms', default='tpu,cuda')
+  parser.add_argument('--local-batch', type=int, default=2)
+  parser.add_argument('--local-steps', type=int, default=3)
+  parser.add_argument('--local-size', type=int, default=0, help='0: the config crop size')
+  parser.add_argument('--pipeline-batches', type=int, default=3)
+  args = parser.parse_args(argv)
+  cli.start()
+
+  import jax
+
+  from fkd import config_lib
+  from fkd.tools import programs
+
+  path, _, arg = args.config.partition(':')
+  config = config_lib.load(path, arg or None)
+  platforms = [p for p in args.platforms.split(',') if p]
+  lowered: dict[str, dict[str, bool]] = {}
+  flops: dict[str, float] = {}
+  calls_total = 0
+  failed = False
+  t0 = time.time()
+  for program in programs.build(config):
+    lowered[program.name] = {}
+    for platform in platforms:
+      try:
+        low = programs.lower(program, platform)
+      except Exception as e:  # noqa: BLE001  (reported, and the exit status says so)
+        print(f'{program.name} [{platform}]: lowering failed: {type(e).__name__}: {e}')
+        lowered[program.name][platform] = False
+        failed = True
+        continue
+      calls = programs.custom_calls(low.as_text())
+      calls_total += sum(calls.values())
+      lowered[program.name][platform] = True
+      if program.name not in flops:
+        cost = low.cost_analysis() or {}
+        if isinstance(cost, list):
+          cost = cost[0] if cost else {}
+        if cost.get('flops'):
+          flops[program.name] = float(cost['flops']) / program.images
+      note = f' custom calls {calls}' if calls else ''
+      print(f'{program.name} [{platform}]: lowered, {program.images} image(s){note}', flush=True)
+  print(f'lowering: {time.time() - t0:.1f}s')
+
+  host_rate = pipeline_rate(config, args.pipeline_batches)
+  print(f'host pipeline ({config.data.augment}, {config.data.image_size}²): {host_rate:.1f} img/s')
+
+  if args.local_size:
+    config.data.image_size = args.local_size
+  local = [p for p in programs.build(config, args.local_batch, 1) if p.kind == 'train']
+  backend = jax.default_backend()
+  img_per_s, step_s, mfu = {}, {}, {}
+  peak = peak_flops(jax.devices()[0].device_kind)
+  measured: dict[str, float] = {}  # the same step twice (KD's two teachers): timed once
+  for program in local if args.local_steps > 0 else []:
+    key = repr(jax.tree.map(lambda s: (s.shape, str(s.dtype)), program.args))
+    if key not in measured:
+      measured[key] = time_step(program, args.local_steps)
+    seconds = measured[key]
+    step_s[program.name] = round(seconds, 4)
+    img_per_s[program.name] = round(program.images / seconds, 2)
+    rate = img_per_s[program.name]
+    print(f'{program.name} [{backend}]: {seconds * 1e3:.1f} ms/step, {rate} img/s')
+    if backend != 'cpu' and peak and program.name in flops and not args.local_size:
+      mfu[program.name] = round(flops[program.name] * img_per_s[program.name] / peak, 4)
+  result = {
+    'lowered': lowered,
+    'custom_calls': calls_total,
+    'flops_per_image': {k: round(v) for k, v in flops.items()},
+    'host_img_per_s_per_core': round(host_rate, 2),
+    'backend': backend,
+    'img_per_s': img_per_s,
+    'step_s': step_s,
+    'local_shape': [args.local_batch, config.data.image_size],
+  }
+  if mfu:
+    result['mfu'] = mfu
+  print(json.dumps(result))
+  return 1 if failed or calls_total else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
