@@ -17,7 +17,7 @@ from fkd import config_lib
 from fkd.models import layers, native
 from fkd.tools import programs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')

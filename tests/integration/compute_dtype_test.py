@@ -20,7 +20,7 @@ from fkd.errors import FkdError
 from fkd.infra import config_check
 from fkd.tools import programs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A tiny bfloat16 run ends within these of the float32 one from the same start (`run_dir`, six
 # steps per stage): the last logged train loss of every stage within LOSS_RTOL (bfloat16 keeps 8

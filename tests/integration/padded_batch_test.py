@@ -19,7 +19,7 @@ import pytest
 from fkd.infra import sharding
 from fkd.models import batch_norm
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Relative error (in norm: per metric, per BatchNorm statistic, over the whole gradient) against
 # the unpadded step of batch 70 on one device, through the same (weighted) formulation.
 RTOL = 1e-5
