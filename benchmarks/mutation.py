@@ -284,8 +284,8 @@ MUTANTS = [
   ),
   M(
     'fkd/methods/output_kd/method.py',
-    "losses.mse(outputs, teachers['teacher_tough'][0])",
-    "losses.mse(outputs, stage.head.targets(batch['landmarks']))",
+    "distance(outputs, teachers['teacher_tough'][0])",
+    "distance(outputs, stage.head.targets(batch['landmarks']))",
     'output_kd ignores the teacher',
     WIRING_T,
   ),

@@ -106,3 +106,21 @@ def test_augment_shape_copies_and_margins():
   assert all(
     0.005 * 1000 + 5 <= m(np.random.default_rng(s)) <= 0.005 * 1000 + 10 for s in range(20)
   )
+
+
+def test_cofw_margin_draws_every_value_from_5_to_10():
+  m = augment.margin_fn('cofw', image_height=104)  # 0.005 · (104 + 2 · 448) = 5 px
+  got = {m(np.random.default_rng(s)) for s in range(300)}
+  assert got == {5.0 + k for k in range(5, 11)}
+  assert augment.margin_fn('300w')(np.random.default_rng(0)) == 3.0
+
+
+def test_plain_flip_moves_the_pixels_with_the_landmarks():
+  # Marks at the landmarks (rows differ, so a flip of the wrong axis shows).
+  img = _blobs(POINTS)
+  out, pts = augment.flip_crop(img, POINTS, PERM)
+  # x ↦ S − 1 − x, then re-indexed: output point 0 is input point 1 mirrored.
+  np.testing.assert_allclose(pts[0], [S - 1 - 44.0, 21.0])
+  np.testing.assert_allclose(pts[2], [S - 1 - 31.0, 36.0])
+  for p in pts:
+    assert np.abs(_centroid(out, p) - p).max() < 0.05
