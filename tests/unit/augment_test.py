@@ -124,3 +124,23 @@ def test_plain_flip_moves_the_pixels_with_the_landmarks():
   np.testing.assert_allclose(pts[2], [S - 1 - 31.0, 36.0])
   for p in pts:
     assert np.abs(_centroid(out, p) - p).max() < 0.05
+
+
+@pytest.mark.parametrize('flip_prob', [0.0, 1.0])
+def test_flip_probability_zero_and_one(flip_prob):
+  img = _blobs(POINTS)
+  _, pts = augment.augment_kd(
+    img,
+    POINTS,
+    np.random.default_rng(3),
+    PERM,
+    flip_prob=flip_prob,
+    max_angle=0.0,
+    photometric_noise=False,
+  )
+  _, want = augment.geometry(
+    POINTS, flip=flip_prob == 1.0, angle=0.0, margin=3.0, width=S, size=S, flip_permutation=PERM
+  )
+  np.testing.assert_allclose(pts, want, atol=1e-5)
+  # Mirrored, point 0 is the old point 1, which sat a pixel higher than point 0.
+  assert (pts[0, 1] < pts[1, 1]) == (flip_prob == 1.0)
