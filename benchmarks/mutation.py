@@ -883,8 +883,8 @@ MUTANTS += [
   ),
   M(
     SERVE + 'predict.py',
-    "{s[0] / s[2]:.2f} px raw",
-    "{s[1] / s[2]:.2f} px raw",
+    '{s[0] / s[2]:.2f} px raw',
+    '{s[1] / s[2]:.2f} px raw',
     'jitter report prints the smoothed figure as raw',
     OVERLAY_T,
   ),
