@@ -1084,6 +1084,8 @@ MUTANTS += [
     '[[-1.0, 0.0, width]',
     'mirror x ↦ W − x',
     AUGMENT_T,
+    equivalent='the re-crop box follows the mirrored landmarks, so a shift of the mirror cancels '
+    'in the final affine: same pixels, same landmarks',
   ),
   M(
     'fkd/data/augment.py',
