@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fkd import models
+from fkd.models import heatmap_net
 
 
 def _shapes(name, size=64, **kwargs):
@@ -71,7 +72,7 @@ def test_input_normalisation_inside_the_model():
     'mobilefan', num_landmarks=2, backbone_kwargs=dict(width=0.35, depth=0.34)
   )
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  mean = jnp.broadcast_to(jnp.asarray(models.fan.IMAGENET_MEAN), (1, 32, 32, 3))
+  mean = jnp.broadcast_to(jnp.asarray(heatmap_net.IMAGENET_MEAN), (1, 32, 32, 3))
   enc = model.apply(variables, mean, train=False)[1]['encoder']
   raw = model.clone(normalize_input=False).apply(variables, jnp.zeros((1, 32, 32, 3)), train=False)[
     1
