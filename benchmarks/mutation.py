@@ -1,18 +1,35 @@
-"""Mutation testing of fkd's core: plant one bug at a time and check that the tests guarding that
-code fail.
+"""Mutation testing: plant one bug at a time and check that the tests guarding that code fail.
 
-    python benchmarks/mutation.py [--jobs 2] [--only losses,Tough] [--list] [--no-baseline]
+    python benchmarks/mutation.py [--jobs 2] [--fast] [--only losses,Tough] [--list] [--no-baseline]
 
-Each mutant is one textual change (an operator, a constant, which teacher or target feeds a term)
-in a temporary copy of the repository, never in the working tree; the copy is deleted on exit,
-Ctrl-C included. For each mutant only the few test files that should catch it run (`pytest -x`,
-imports resolved from the copy), so a mutant costs seconds. A mutant is *killed* when its tests fail
-(or error); it *survives* when they pass. Before mutating, the selected tests run once on the
-unmutated copy and must pass.
+Each mutant is one textual change (an operator, a constant, an index, which teacher or split feeds
+a value, a dropped argument) in a temporary copy of the repository, never in the working tree; the
+copy is deleted on exit, Ctrl-C included. For each mutant only the few test files that should
+catch it run (`pytest -x`, imports resolved from the copy), so a mutant costs seconds. A mutant is
+*killed* when its tests fail (or error); it *survives* when they pass. Before mutating, the
+selected tests run once on the unmutated copy and must pass.
+
+Mutants cover the core (KD-Loss, method wiring, heads, normalisers, metrics, ASM, affinity,
+heatmaps, crops) and the serving, data and bookkeeping code around it (smoothing, box
+calibration, video, overlays, detection, export, stage choice, checkpoints, ablation summaries,
+the mean-shape baseline, augmentation, the input pipeline, folder datasets, the workdir lock and
+config record, BatchNorm folding, config checks, multi-host start-up, sharding, TFDS builders).
+
+`--fast`: every third mutant, leaving out the `slow` ones (whose tests train a model or run
+the detector on real video) and the known equivalent ones: about a third of the mutants from every
+part, the subset `.ci/run` runs (a few minutes with --jobs 2 on 2 cores; the full run is about
+half an hour there).
+`--only a,b`: the mutants whose file or description contains one of the words.
 
 Prints a table and, last, one JSON line:
 `{"killed": K, "total": N, "survivors": ["file:line description", ...]}`. A survivor known to be
-equivalent (no output can change) carries its reason in the list.
+equivalent (no output can change) carries its reason (its `equivalent` field) in the list.
+
+Known equivalent mutants (kept to show the limit; no test can kill them):
+- `fkd/data/augment.py` mirror x ↦ W − x instead of W − 1 − x in `geometry`: the rotation centre
+  and the re-crop box are taken from the mirrored landmarks, so the extra pixel of shift cancels in
+  the final affine (same warp, same landmarks). A plain flip (`flip_crop`, the pipeline's `_flip`,
+  `schemes.flip_points`) has no re-crop, and its off-by-one mutants are killed.
 """
 
 from __future__ import annotations
@@ -56,6 +73,7 @@ class Mutant:
   tests: tuple[str, ...]
   nth: int = 0
   equivalent: str = ''  # why no output can change, when that is known
+  slow: bool = False  # its tests train a model or read real videos (left out by --fast)
 
 
 M = Mutant
@@ -284,8 +302,8 @@ MUTANTS = [
   ),
   M(
     'fkd/methods/output_kd/method.py',
-    "losses.mse(outputs, teachers['teacher_tough'][0])",
-    "losses.mse(outputs, stage.head.targets(batch['landmarks']))",
+    "distance(outputs, teachers['teacher_tough'][0])",
+    "distance(outputs, stage.head.targets(batch['landmarks']))",
     'output_kd ignores the teacher',
     WIRING_T,
   ),
@@ -699,6 +717,684 @@ MUTANTS = [
   ),
 ]
 
+# --- serving, data and bookkeeping (outside the core) ------------------------------------------
+SMOOTH_T = ('tests/unit/smoothing_test.py',)
+BOXCAL_T = tuple(
+  f'tests/unit/box_calibration_test.py::{t}'
+  for t in (
+    'test_landmark_box_convention',
+    'test_apply_hand_computed',
+    'test_fit_recovers_a_known_map',
+    'test_views_get_their_own_numbers',
+    'test_size_is_a_geometric_mean_and_offsets_are_in_detector_sizes',
+    'test_a_view_at_the_face_threshold_gets_its_numbers',
+    'test_leave_one_folder_out_fits_on_the_other_folders_only',
+  )
+)
+VIDEO_T = ('tests/unit/video_test.py',)
+OVERLAY_T = ('tests/unit/predict_overlay_test.py',)
+VIDEO_PATH_T = (
+  'tests/integration/predict_faces_test.py::test_video_round_trip_smoothing_and_truncation',
+)
+CKPT_T = ('tests/integration/checkpoint_steps_test.py',)
+ABLATION_T = ('tests/unit/ablation_summary_test.py',)
+EVAL_T = ('tests/integration/evaluate_mean_shape_test.py',)
+AUGMENT_T = ('tests/unit/augment_test.py',)
+PIPELINE_T = ('tests/unit/pipeline_test.py',)
+FOLDER_T = ('tests/unit/folder_spec_test.py',)
+WORKDIR_T = ('tests/unit/workdir_test.py',)
+FOLD_T = ('tests/unit/fold_bias_test.py',)
+CONFIG_T = ('tests/unit/config_check_test.py',)
+DIST_T = ('tests/unit/distributed_test.py',)
+DETECT_T = (
+  'tests/unit/detect_test.py::test_iou_hand_computed',
+  'tests/unit/detect_test.py::test_boxes_scores_and_views_by_hand',
+)
+EXPORT_T = ('tests/unit/export_output_test.py',)
+IBUG_T = ('tfds_builders/ibug_300w/ibug_300w_dataset_builder_test.py',)
+COFW_T = ('tfds_builders/cofw/cofw_dataset_builder_test.py',)
+WFLW_T = ('tfds_builders/wflw/wflw_dataset_builder_test.py',)
+SYNTH_T = ('tfds_builders/synthetic_faces/synthetic_faces_dataset_builder_test.py',)
+
+SERVE = 'fkd/serve/'
+MUTANTS += [
+  # --- One Euro filter and tracker --------------------------------------------------------------
+  M(
+    SERVE + 'smoothing.py',
+    'a_d = alpha(self.d_cutoff, dt)',
+    'a_d = alpha(self.min_cutoff, dt)',
+    'speed estimate at min_cutoff instead of d_cutoff',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    'np.sqrt(box[2] * box[3])',
+    'np.sqrt(box[2] * box[2])',
+    'face size from the box width alone',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    'tr.missed <= self.max_missed',
+    'tr.missed < self.max_missed',
+    'missed track dropped a frame early',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    'if ious[i, j] < threshold:',
+    'if ious[i, j] <= threshold:',
+    'IoU equal to the threshold not matched',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    'np.abs(self.dx_hat) / scale',
+    'np.abs(self.dx_hat) * scale',
+    'speed multiplied by the face size',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    '    self.t = t\n    return self.x_hat.copy()',
+    '    return self.x_hat.copy()',
+    'filter keeps the first timestamp',
+    SMOOTH_T,
+  ),
+  M(
+    SERVE + 'smoothing.py',
+    'order = np.argsort(-ious,',
+    'order = np.argsort(ious,',
+    'greedy matching lowest IoU first',
+    SMOOTH_T,
+  ),
+  # --- detector box -> landmark box calibration --------------------------------------------------
+  M(
+    SERVE + 'box_calibration.py',
+    'rest = [q for k, q in used.items() if k != held]',
+    'rest = list(used.values())',
+    'leave-one-folder-out fits on the held-out folder too',
+    BOXCAL_T,
+  ),
+  M(
+    SERVE + 'box_calibration.py',
+    'np.exp(log_ratio.mean(0))',
+    'np.exp(log_ratio).mean(0)',
+    'size scale: arithmetic instead of geometric mean',
+    BOXCAL_T,
+  ),
+  M(
+    SERVE + 'box_calibration.py',
+    'if mask.sum() >= min_view_faces:',
+    'if mask.sum() > min_view_faces:',
+    'a view needs one face more than MIN_VIEW_FACES',
+    BOXCAL_T,
+  ),
+  M(
+    SERVE + 'box_calibration.py',
+    '- det[:, 2:] / 2) / det[:, 2:]',
+    '- det[:, 2:] / 2) / tgt[:, 2:]',
+    'offsets in landmark-box sizes instead of detector sizes',
+    BOXCAL_T,
+  ),
+  M(
+    SERVE + 'box_calibration.py',
+    'centre - new_size / 2, new_size',
+    'centre - size / 2, new_size',
+    'apply: corner from the detector size',
+    BOXCAL_T,
+  ),
+  M(
+    SERVE + 'box_calibration.py',
+    'return np.concatenate([lo + 0.5, hi - lo])',
+    'return np.concatenate([lo - 0.5, hi - lo])',
+    'landmark box half a pixel left / up',
+    BOXCAL_T,
+  ),
+  # --- video I/O and predict's video path, overlays ----------------------------------------------
+  M(
+    SERVE + 'video.py',
+    'count - self.frames_read > max(1, count // 100)',
+    'count - self.frames_read >= max(1, count // 100)',
+    'truncation tolerance one frame short',
+    VIDEO_T,
+  ),
+  M(
+    SERVE + 'video.py',
+    'max(1, count // 100)',
+    'max(1, count // 10)',
+    'truncation tolerance 10 % instead of 1 %',
+    VIDEO_T,
+  ),
+  M(
+    SERVE + 'video.py',
+    'else self.frames_read / self.info.fps',
+    'else float(self.frames_read)',
+    'file frame time in frames, not seconds',
+    VIDEO_T,
+  ),
+  M(
+    SERVE + 'predict.py',
+    '    for px, py in pts:',
+    '    for py, px in pts:',
+    'landmarks drawn at (y, x)',
+    OVERLAY_T,
+  ),
+  M(
+    SERVE + 'predict.py',
+    'box = [x, y, x + w, y + h]',
+    'box = [x, y, x + h, y + w]',
+    'landmark box drawn with w and h swapped',
+    OVERLAY_T,
+  ),
+  M(
+    SERVE + 'predict.py',
+    '{s[0] / s[2]:.2f} px raw',
+    '{s[1] / s[2]:.2f} px raw',
+    'jitter report prints the smoothed figure as raw',
+    OVERLAY_T,
+  ),
+  M(
+    SERVE + 'predict.py',
+    'if prev is not None and prev[0] == frame - 1:',
+    'if prev is not None:',
+    'jitter counts motion across frames without the face',
+    OVERLAY_T,
+  ),
+  M(
+    SERVE + 'predict.py',
+    '[fc.landmarks for fc in faces], frame.time',
+    '[fc.landmarks for fc in faces], frame.index',
+    'video smoothing with frame indices as times',
+    VIDEO_PATH_T,
+    slow=True,
+  ),
+  # --- face detection ---------------------------------------------------------------------------
+  M(
+    SERVE + 'detect.py',
+    'self.min_face_fraction * min(width, height))',
+    'self.min_face_fraction * max(width, height))',
+    'smallest face from the longer image side',
+    DETECT_T,
+  ),
+  M(
+    SERVE + 'detect.py',
+    '(r.right() + 1 - r.left()) / sx',
+    '(r.right() - r.left()) / sx',
+    'box width without the inclusive right pixel',
+    DETECT_T,
+  ),
+  M(SERVE + 'detect.py', 'r.top() / sy,', 'r.top() / sx,', 'box top scaled by sx', DETECT_T),
+  M(
+    SERVE + 'detect.py',
+    'math.log(self.min_score / (1 - self.min_score))',
+    'math.log(self.min_score)',
+    'score threshold: log p instead of the logit',
+    DETECT_T,
+  ),
+  M(
+    SERVE + 'detect.py',
+    'out.sort(key=lambda d: (-d.score, d.box))',
+    'out.sort(key=lambda d: (d.score, d.box))',
+    'detections worst first',
+    DETECT_T,
+  ),
+  M(
+    SERVE + 'detect.py',
+    'np.clip(hi - lo, 0, None)',
+    'np.abs(hi - lo)',
+    'IoU of disjoint boxes not zero',
+    DETECT_T,
+  ),
+  M(
+    SERVE + 'detect.py',
+    "VIEWS = ('front', 'left', 'right',",
+    "VIEWS = ('front', 'right', 'left',",
+    'left and right views swapped',
+    DETECT_T,
+  ),
+  # --- export outputs ---------------------------------------------------------------------------
+  M(
+    SERVE + 'export.py',
+    '_is_export_record(record) and _same_file(',
+    '_is_export_record(record) or _same_file(',
+    "another export's record lets a user file be replaced",
+    EXPORT_T,
+  ),
+  M(
+    SERVE + 'export.py',
+    "{'artifact', 'format', 'input', 'output'} <= set(record)",
+    "'format' in record",
+    'any JSON with a format key taken for a record',
+    EXPORT_T,
+  ),
+  M(
+    SERVE + 'export.py',
+    "return os.path.splitext(output)[0] + '.json'",
+    "return output + '.json'",
+    'record named artifact.ext.json',
+    EXPORT_T,
+  ),
+  # --- which stage serves, checkpoint steps -----------------------------------------------------
+  M(
+    'fkd/inference.py',
+    ">= meta['total_steps']",
+    "> meta['total_steps']",
+    'a stage at its last step is not finished',
+    CKPT_T,
+  ),
+  M(
+    'fkd/inference.py',
+    '    if is_finished(path):\n      return path',
+    '    if checkpoint.read_meta(path) is not None:\n      return path',
+    'find_stage serves an unfinished student before finished teachers',
+    CKPT_T,
+  ),
+  M(
+    'fkd/infra/checkpoint.py',
+    'for step in reversed(steps):',
+    'for step in steps:',
+    'oldest good step instead of the newest',
+    CKPT_T,
+  ),
+  M(
+    'fkd/infra/checkpoint.py',
+    '  n = 1\n  while os.path.exists',
+    '  n = 0\n  while os.path.exists',
+    'set-aside names start at corrupt-0',
+    CKPT_T,
+  ),
+  M(
+    'fkd/infra/checkpoint.py',
+    "for item in ('model', 'train'):",
+    "for item in ('train',):",
+    "verify skips the model's arrays",
+    CKPT_T,
+  ),
+  M(
+    'fkd/infra/checkpoint.py',
+    '  if steps:\n    raise FkdError',
+    '  if not steps:\n    raise FkdError',
+    'all steps broken: None instead of an error',
+    CKPT_T,
+  ),
+  # --- ablation summary -------------------------------------------------------------------------
+  M(
+    'fkd/ablation.py',
+    '/ (n - 1)) if n > 1',
+    '/ n) if n > 1',
+    'population std instead of the sample std',
+    ABLATION_T,
+  ),
+  M(
+    'fkd/ablation.py',
+    "auc_mean, auc_std = mean_std([r['auc'] for r in runs])",
+    "auc_mean, auc_std = mean_std([r['fr'] for r in runs])",
+    'AUC aggregated from the FR values',
+    ABLATION_T,
+  ),
+  M(
+    'fkd/ablation.py',
+    "'fr_mean': round(mean_std([r['fr'] for r in mean_shape])[0], 4)",
+    "'fr_mean': round(mean_std([r['nme'] for r in mean_shape])[0], 4)",
+    'mean-shape FR from its NME',
+    ABLATION_T,
+  ),
+  M(
+    'fkd/ablation.py',
+    "s = max(r['nme_std'], base['nme_std'])",
+    "s = min(r['nme_std'], base['nme_std'])",
+    'σ units from the smaller std',
+    ABLATION_T,
+  ),
+  M(
+    'fkd/ablation.py',
+    'diffs = [a - b for a, b in zip(',
+    'diffs = [b - a for a, b in zip(',
+    'paired difference reference − row',
+    ABLATION_T,
+  ),
+  # --- evaluation's mean-shape baseline ---------------------------------------------------------
+  M(
+    'fkd/evaluation/evaluate.py',
+    'mean_shape = _mean_shape(data.splits[config.data.train_split])',
+    'mean_shape = _mean_shape(data.splits[eval_splits[0]])',
+    'mean shape fitted on the eval split',
+    EVAL_T,
+  ),
+  M(
+    'fkd/evaluation/evaluate.py',
+    '/ (len(sums) * per_shard.shape[1])',
+    '/ per_shard.shape[1]',
+    'mean shape divided by one shard only',
+    EVAL_T,
+  ),
+  # --- augmentation and the input pipeline ------------------------------------------------------
+  M(
+    'fkd/data/augment.py',
+    'rng.integers(5, 11)',
+    'rng.integers(5, 10)',
+    'COFW re-crop margin never 10',
+    AUGMENT_T,
+  ),
+  M(
+    'fkd/data/augment.py',
+    'return image[:, ::-1], schemes.flip_points',
+    'return image[::-1], schemes.flip_points',
+    'flip_crop flips rows',
+    AUGMENT_T,
+  ),
+  M(
+    'fkd/data/augment.py',
+    '[[-1.0, 0.0, width - 1.0]',
+    '[[-1.0, 0.0, width]',
+    'mirror x ↦ W − x',
+    AUGMENT_T,
+    equivalent='the re-crop box follows the mirrored landmarks, so a shift of the mirror cancels '
+    'in the final affine: same pixels, same landmarks',
+  ),
+  M(
+    'fkd/data/augment.py',
+    '    p = p[list(flip_permutation)]',
+    '    pass',
+    'flip without re-indexing',
+    AUGMENT_T,
+  ),
+  M(
+    'fkd/data/augment.py',
+    'q.min(axis=0) - margin, q.max(axis=0) + margin',
+    'q.min(axis=0) - margin, q.max(axis=0) - margin',
+    're-crop shrinks at the bottom right',
+    AUGMENT_T,
+  ),
+  M(
+    'fkd/data/augment.py',
+    'flip = bool(rng.random() < flip_prob)',
+    'flip = bool(rng.random() > flip_prob)',
+    'flip probability inverted',
+    AUGMENT_T,
+  ),
+  M(
+    'fkd/data/pipeline.py',
+    'return images[:, :, ::-1], schemes.flip_points',
+    'return images[:, ::-1], schemes.flip_points',
+    'batch flip on the row axis',
+    PIPELINE_T,
+  ),
+  M(
+    'fkd/data/pipeline.py',
+    '(s * (points + 0.5) - 0.5)',
+    '(s * points)',
+    'resampled points without the half-pixel shift',
+    PIPELINE_T,
+  ),
+  M(
+    'fkd/data/pipeline.py',
+    'return num_train // batch_size',
+    'return -(-num_train // batch_size)',
+    'epoch counts a partial batch',
+    PIPELINE_T,
+  ),
+  M(
+    'fkd/data/pipeline.py',
+    '    yield images, n',
+    '    yield images, len(images)',
+    'eval batch counts its padding as real',
+    PIPELINE_T,
+  ),
+  M(
+    'fkd/data/pipeline.py',
+    '[offset * per_shard : (offset + 1) * per_shard]',
+    '[offset : offset + per_shard]',
+    'batches of an epoch overlap',
+    PIPELINE_T,
+  ),
+  # --- folder datasets --------------------------------------------------------------------------
+  M(
+    'fkd/data/folder.py',
+    'record.points[record.visibility > 0] if',
+    'record.points[record.visibility >= 0] if',
+    'v = 0 points in the face extent',
+    FOLDER_T,
+  ),
+  M(
+    'fkd/data/folder.py',
+    'return record.box + spec.origin_offset',
+    'return record.box',
+    'annotation box without the origin offset',
+    FOLDER_T,
+  ),
+  M(
+    'fkd/data/folder.py',
+    '-float(margin.strip()[:-1]) / 100.0',
+    '-float(margin.strip()[:-1]) / 10.0',
+    "crop_margin '10%' read as 100 %",
+    FOLDER_T,
+  ),
+  M(
+    'fkd/data/folder.py',
+    'max(box[2] - box[0], box[3] - box[1])',
+    'min(box[2] - box[0], box[3] - box[1])',
+    'percentage margin of the shorter side',
+    FOLDER_T,
+  ),
+  M(
+    'tfds_builders/landmarks_folder/landmarks_folder_dataset_builder.py',
+    'box + np.array([-m, -m, m, m])',
+    'box + np.array([-m, -m, m, m]) / 2',
+    'folder crop margin halved',
+    FOLDER_T,
+  ),
+  M(
+    'fkd/data/folder.py',
+    'kp[:, 2].astype(np.int32)',
+    'np.full(n, 2, np.int32)',
+    'COCO visibility dropped',
+    ('tests/integration/landmarks_folder_test.py::test_no_flip_and_visibility',),
+  ),
+  # --- workdir lock and config record -----------------------------------------------------------
+  M(
+    'fkd/infra/workdir.py',
+    "return True  # someone else's live process",
+    "return False  # someone else's live process",
+    "another user's live run taken for dead",
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    "  'eval.batch_size',",
+    "  'eval.*',",
+    'every eval field operational',
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    "  '*.log_every_steps',",
+    "  '*_steps',",
+    'num_steps / warmup_steps operational',
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    "  'data.max_eval_examples',",
+    "  'data.max_*_examples',",
+    'max_train_examples operational',
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    'return started is None or _start_time(pid) in (None, started)',
+    'return True',
+    'a reused pid keeps a stale lock',
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    "if owner.get('host') not in (None, me['host']):",
+    "if owner.get('host') is None:",
+    "another host's lock checked as a local pid",
+    WORKDIR_T,
+  ),
+  M(
+    'fkd/infra/workdir.py',
+    'if k in record and matters(k) and now[k] != record[k]',
+    'if k in record and now[k] != record[k]',
+    'operational fields compared',
+    WORKDIR_T,
+  ),
+  # --- BatchNorm folding with a conv bias -------------------------------------------------------
+  M(
+    'fkd/models/fold.py',
+    "shift = mean - np.asarray(params[conv]['bias']",
+    "shift = mean + np.asarray(params[conv]['bias']",
+    'conv bias folded with the wrong sign',
+    FOLD_T,
+  ),
+  M(
+    'fkd/models/fold.py',
+    "      del folded_conv['bias']",
+    '      pass',
+    'conv bias kept beside the folded bias',
+    FOLD_T,
+  ),
+  M(
+    'fkd/models/fold.py',
+    'a = scale / np.sqrt(var + epsilon)',
+    'a = scale / np.sqrt(var)',
+    'fold without ε',
+    FOLD_T,
+  ),
+  # --- config checks ----------------------------------------------------------------------------
+  M(
+    'fkd/infra/config_check.py',
+    'not 0 <= tc[beta] < 1',
+    'not 0 <= tc[beta] <= 1',
+    'Adam β = 1 accepted',
+    CONFIG_T,
+  ),
+  M(
+    'fkd/infra/config_check.py',
+    'if tc.num_steps <= 0:  # the epochs count',
+    'if tc.num_steps < 0:  # the epochs count',
+    'num_steps 0 with num_epochs 0 accepted',
+    CONFIG_T,
+  ),
+  M(
+    'fkd/infra/config_check.py',
+    '(value <= 0 and value != -1)',
+    '(value < 0 and value != -1)',
+    'max_*_examples 0 accepted',
+    CONFIG_T,
+  ),
+  M(
+    'fkd/infra/config_check.py',
+    'tc.lr < 0:',
+    'tc.lr <= 0:',
+    'lr 0 rejected',
+    CONFIG_T,
+  ),
+  M(
+    'fkd/infra/config_check.py',
+    "out += _blocks(value, prefix + key + '.')",
+    'out += []',
+    'nested optimizer blocks unchecked',
+    CONFIG_T,
+  ),
+  M(
+    'fkd/infra/config_check.py',
+    'if tc.batch_size % device_count:',
+    'if device_count % tc.batch_size:',
+    'batch divisibility reversed',
+    CONFIG_T,
+  ),
+  # --- multi-host start-up and sharding ---------------------------------------------------------
+  M(
+    'fkd/infra/distributed.py',
+    "in ('', '0') and not address",
+    "in ('',) and not address",
+    'FKD_DISTRIBUTED=0 starts a cluster',
+    DIST_T,
+  ),
+  M(
+    'fkd/infra/distributed.py',
+    "int(os.environ['JAX_PROCESS_ID'])",
+    "int(os.environ['JAX_NUM_PROCESSES'])",
+    'process id read from JAX_NUM_PROCESSES',
+    DIST_T,
+  ),
+  M(
+    'fkd/infra/sharding.py',
+    'return NamedSharding(mesh, P(DATA_AXIS))',
+    'return NamedSharding(mesh, P())',
+    'batches replicated instead of sharded',
+    DIST_T,
+  ),
+  M(
+    'fkd/infra/sharding.py',
+    'if batch_size % jax.device_count():',
+    'if batch_size % jax.process_count():',
+    'batch checked against processes, not devices',
+    DIST_T,
+  ),
+  M(
+    'fkd/infra/sharding.py',
+    'np.asarray(devices), (DATA_AXIS,)',
+    'np.asarray(jax.devices()), (DATA_AXIS,)',
+    'make_mesh ignores the given devices',
+    DIST_T,
+  ),
+  # --- TFDS builders ----------------------------------------------------------------------------
+  M(
+    'tfds_builders/ibug_300w/ibug_300w_dataset_builder.py',
+    "splits['full'] = splits['common'] + splits['challenging']",
+    "splits['full'] = splits['common']",
+    '300-W full split without the challenging subset',
+    IBUG_T,
+  ),
+  M(
+    'tfds_builders/ibug_300w/ibug_300w_dataset_builder.py',
+    'points.min(0) - MARGIN, points.max(0) + MARGIN',
+    'points.min(0) - MARGIN, points.max(0) - MARGIN',
+    '300-W crop shrinks at the bottom right',
+    IBUG_T,
+  ),
+  M(
+    'tfds_builders/cofw/cofw_dataset_builder.py',
+    'points.min(0) - MARGIN_68, points.max(0) + MARGIN_68',
+    'points.min(0) + MARGIN_68, points.max(0) + MARGIN_68',
+    'COFW-68 crop shifted instead of widened',
+    COFW_T,
+  ),
+  M(
+    'tfds_builders/cofw/cofw_dataset_builder.py',
+    'load=_mat_loader(mat, i - 1)',
+    'load=_mat_loader(mat, i)',
+    'COFW-68 images off by one',
+    COFW_T,
+  ),
+  M(
+    'tfds_builders/wflw/wflw_dataset_builder.py',
+    "if f.extras['attributes'][j]]",
+    "if not f.extras['attributes'][j]]",
+    'WFLW subsets hold the faces without the attribute',
+    WFLW_T,
+  ),
+  M(
+    'tfds_builders/wflw/wflw_dataset_builder.py',
+    'lo, hi = points.min(0) - MARGIN, points.max(0) + MARGIN',
+    'lo, hi = points.min(0) + MARGIN, points.max(0) + MARGIN',
+    'WFLW crop extent shifted',
+    WFLW_T,
+  ),
+  M(
+    'tfds_builders/synthetic_faces/synthetic_faces_dataset_builder.py',
+    "n, seed = cfg.splits['train']",
+    "n, seed = cfg.splits['test']",
+    'synthetic PCA fitted on the test split',
+    SYNTH_T,
+  ),
+]
+
 
 def _copy_tree(dest: pathlib.Path) -> None:
   for name in COPIED:
@@ -762,6 +1458,9 @@ def main() -> int:
   parser.add_argument(
     '--only', default='', help='comma-separated: only mutants whose file or text contains one'
   )
+  parser.add_argument(
+    '--fast', action='store_true', help='every third mutant, no slow or equivalent one (CI)'
+  )
   parser.add_argument('--list', action='store_true', help='list the mutants and exit')
   parser.add_argument('--no-baseline', action='store_true', help='skip the unmutated test run')
   parser.add_argument('--timeout', type=float, default=600.0, help='seconds per mutant')
@@ -769,6 +1468,8 @@ def main() -> int:
 
   wanted = [w.strip() for w in args.only.split(',')]
   mutants = [m for m in MUTANTS if any(w in m.path or w in m.what for w in wanted)]
+  if args.fast:
+    mutants = [m for m in mutants if not (m.slow or m.equivalent)][::3]
   lines = {id(m): _locate(m)[1] for m in mutants}
   if args.list:
     for i, m in enumerate(mutants):

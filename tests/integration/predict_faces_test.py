@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -276,7 +277,7 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
     pytest.skip('takeo.ppm is absent')
   # A still face filmed by a shaking camera: smoothing cuts the frame-to-frame landmark motion.
   still = _video(shared_data, tmp_path / 'still.mp4', n=12, shake=4)
-  runs = {}
+  runs, all_lines = {}, {}
   for smooth in (False, True):
     out = tmp_path / f'out_{smooth}'
     mp4, jsonl = predict.run_video(
@@ -292,10 +293,22 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
     assert [ln['frame'] for ln in lines] == list(range(12))
     assert all(len(ln['faces']) == 1 for ln in lines)
     runs[smooth] = smoothing.mean_motion([ln['faces'][0]['landmarks'] for ln in lines])
+    all_lines[smooth] = lines
   assert {ln['faces'][0]['track'] for ln in lines} == {0}
   printed = capsys.readouterr().out
-  assert 'track 0: mean frame-to-frame landmark motion' in printed
+  pattern = r'track 0: mean frame-to-frame landmark motion ([\d.]+) px raw -> ([\d.]+)'
+  got = re.search(pattern, printed)
+  assert got, printed
+  assert float(got[1]) == pytest.approx(runs[False], abs=0.01)
+  assert float(got[2]) == pytest.approx(runs[True], abs=0.01)
   assert runs[True] < 0.6 * runs[False], runs
+  # The smoothed landmarks are a One Euro filter of the raw ones at the frames' times (i / fps).
+  tracker = smoothing.FaceTracker(fps=10.0)
+  for raw, smoothed in zip(all_lines[False], all_lines[True], strict=True):
+    face = raw['faces'][0]
+    assert raw['time'] == pytest.approx(raw['frame'] / 10.0)
+    ((_, want),) = tracker.update([face['box']], [np.array(face['landmarks'])], t=raw['time'])
+    np.testing.assert_allclose(smoothed['faces'][0]['landmarks'], want, atol=0.01)
   # A truncated file: a clear error, and the frames before it are written and valid.
   clip = _video(shared_data, tmp_path / 'slide.avi', n=30, step=2)
   cut = tmp_path / 'cut.avi'

@@ -149,3 +149,41 @@ def test_box_noise_needs_kd_augmentation():
   for mode, noise in (('flip', (0.1, 0.1, 0.1, 0.1)), ('kd', (0.1, 0.1)), ('kd', (-1, 0, 0, 0))):
     with pytest.raises(FkdError, match='box_noise needs'):
       pipeline.train_batch(None, 'train', 4, 0, 0, mode, box_noise=noise)
+
+
+def test_cofw_margin_draws_every_value_from_5_to_10():
+  m = augment.margin_fn('cofw', image_height=104)  # 0.005 · (104 + 2 · 448) = 5 px
+  got = {m(np.random.default_rng(s)) for s in range(300)}
+  assert got == {5.0 + k for k in range(5, 11)}
+  assert augment.margin_fn('300w')(np.random.default_rng(0)) == 3.0
+
+
+def test_plain_flip_moves_the_pixels_with_the_landmarks():
+  # Marks at the landmarks (rows differ, so a flip of the wrong axis shows).
+  img = _blobs(POINTS)
+  out, pts = augment.flip_crop(img, POINTS, PERM)
+  # x ↦ S − 1 − x, then re-indexed: output point 0 is input point 1 mirrored.
+  np.testing.assert_allclose(pts[0], [S - 1 - 44.0, 21.0])
+  np.testing.assert_allclose(pts[2], [S - 1 - 31.0, 36.0])
+  for p in pts:
+    assert np.abs(_centroid(out, p) - p).max() < 0.05
+
+
+@pytest.mark.parametrize('flip_prob', [0.0, 1.0])
+def test_flip_probability_zero_and_one(flip_prob):
+  img = _blobs(POINTS)
+  _, pts = augment.augment_kd(
+    img,
+    POINTS,
+    np.random.default_rng(3),
+    PERM,
+    flip_prob=flip_prob,
+    max_angle=0.0,
+    photometric_noise=False,
+  )
+  _, want = augment.geometry(
+    POINTS, flip=flip_prob == 1.0, angle=0.0, margin=3.0, width=S, size=S, flip_permutation=PERM
+  )
+  np.testing.assert_allclose(pts, want, atol=1e-5)
+  # Mirrored, point 0 is the old point 1, which sat a pixel higher than point 0.
+  assert (pts[0, 1] < pts[1, 1]) == (flip_prob == 1.0)

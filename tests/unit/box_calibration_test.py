@@ -146,3 +146,57 @@ def test_packaged_calibration_on_unseen_photos(shared_data, name, ext):
   before = float(detect.iou(d.box, target))
   after = float(detect.iou(bc.apply(bc.packaged('ibug_300w'), d.box, d.view), target))
   assert after > before + 0.05 and after > 0.65
+
+
+def _iou_xywh(a, b):
+  """IoU of two (x, y, w, h) boxes, written out for the test."""
+  ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+  iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+  inter = ix * iy
+  return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_size_is_a_geometric_mean_and_offsets_are_in_detector_sizes():
+  det = np.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0]])
+  # Centres (5, 5) and (10, 10) moved by (2, 0) and (4, -6); sizes x (1, 2) and x (4, 8).
+  tgt = np.array([[7 - 5, 5 - 10, 10, 20], [14 - 40, 4 - 80, 80, 160]], float)
+  calib = bc.fit(det, tgt)
+  # Offsets in detector sizes: (2/10, 0/10) and (4/20, -6/20); mean (0.2, -0.15).
+  np.testing.assert_allclose(calib.offset, [0.2, -0.15], atol=1e-12)
+  # Geometric means of the size ratios: sqrt(1 · 4) = 2 and sqrt(2 · 8) = 4 (arithmetic: 2.5, 5).
+  np.testing.assert_allclose(calib.scale, [2.0, 4.0], atol=1e-12)
+
+
+def test_a_view_at_the_face_threshold_gets_its_numbers():
+  rng = np.random.default_rng(2)
+  n = bc.MIN_VIEW_FACES
+  det = np.concatenate([rng.uniform(0, 500, (2 * n, 2)), rng.uniform(40, 300, (2 * n, 2))], 1)
+  front, left = bc.Calibration((0.0, 0.1), (1.0, 0.9)), bc.Calibration((0.2, 0.0), (0.8, 1.1))
+  tgt = np.concatenate([bc.apply(front, det[:n]), bc.apply(left, det[n : 2 * n - 1])])
+  views = ['front'] * n + ['left'] * (n - 1)
+  calib = bc.fit(det[: 2 * n - 1], tgt, views)
+  assert sorted(calib.views) == ['front']  # n faces: its own numbers; n - 1: none
+  assert calib.views['front']['faces'] == n
+  np.testing.assert_allclose(calib.views['front']['offset'], front.offset, atol=1e-12)
+
+
+def test_leave_one_folder_out_fits_on_the_other_folders_only():
+  # Two folders whose faces follow different known maps: the check of folder `a` must use the
+  # map of `b` (fitted exactly there), so its calibrated IoU is that of b's map on a's faces.
+  rng = np.random.default_rng(3)
+  maps = {'a': bc.Calibration((0.0, 0.2), (0.8, 1.0)), 'b': bc.Calibration((0.1, -0.1), (1.2, 0.7))}
+  pairs = {}
+  for k, calib in maps.items():
+    det = np.concatenate([rng.uniform(0, 500, (6, 2)), rng.uniform(40, 300, (6, 2))], axis=1)
+    tgt = bc.apply(calib, det)
+    pairs[k] = bc.Pairs(det, tgt, [None] * 6, [f'{k}/{i}.jpg' for i in range(6)], [])
+  calib = bc.fit_pairs(pairs)
+  for held, other in (('a', 'b'), ('b', 'a')):
+    v = calib.validation[held]
+    assert v['fit_on'] == [other] and v['faces'] == 6
+    p = pairs[held]
+    moved = [bc.apply(maps[other], d) for d in p.detector]
+    want = np.mean([_iou_xywh(m, t) for m, t in zip(moved, p.target, strict=True)])
+    assert v['calibrated_iou_mean'] == pytest.approx(want, abs=1e-4)
+    assert v['calibrated_iou_mean'] < 0.95
+  assert calib.data['faces'] == 12 and calib.fit['faces'] == 12

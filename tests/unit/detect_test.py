@@ -121,3 +121,53 @@ def test_breakingbad_two_faces(shared_data, detector):
   ]
   assert len(jesse) == 1 and jesse[0].score > walter.score
   assert len(found) <= 5
+
+
+class _Rect:
+  def __init__(self, left, top, right, bottom):
+    self._v = (left, top, right, bottom)
+
+  def left(self):
+    return self._v[0]
+
+  def top(self):
+    return self._v[1]
+
+  def right(self):
+    return self._v[2]
+
+  def bottom(self):
+    return self._v[3]
+
+
+class _FakeDlib:
+  """dlib's `run(image, upsample, threshold)`: fixed rectangles on the resized image."""
+
+  def __init__(self, rects, margins, filters):
+    self.out, self.calls = (rects, margins, filters), []
+
+  def run(self, image, upsample, threshold):
+    self.calls.append((image.shape, upsample, threshold))
+    return self.out
+
+
+def test_boxes_scores_and_views_by_hand():
+  # min_face 60 on a 100 x 50 image: scale 80 / max(60, 0.05 · 50) = 4/3, resized to
+  # round(133.3) x round(66.7) = 133 x 67, so sx = 1.33 and sy = 1.34.
+  det = detect.FaceDetector(min_score=0.25, min_face=60.0)
+  assert det.scale(100, 50) == pytest.approx(4 / 3)
+  assert det.scale(4000, 2000) == pytest.approx(80 / 100)  # 5 % of the shorter side, 100 px
+  fake = _FakeDlib([_Rect(13, 26, 52, 92), _Rect(0, 0, 79, 79)], [0.0, 1.5], [2, 0])
+  det._detector = fake
+  got = det(np.zeros((50, 100, 3), np.uint8))
+  ((shape, upsample, threshold),) = fake.calls
+  assert shape == (67, 133, 3) and upsample == 0
+  assert threshold == pytest.approx(np.log(0.25 / 0.75))  # the SVM margin of score 0.25
+  # Best first: margin 1.5 -> sigmoid 0.8176; the inclusive right / bottom pixel adds one.
+  assert [d.view for d in got] == ['front', 'right']
+  assert got[0].score == pytest.approx(1 / (1 + np.exp(-1.5)))
+  assert got[1].score == pytest.approx(0.5)
+  np.testing.assert_allclose(got[0].box, [0, 0, 80 / 1.33, 80 / 1.34])
+  np.testing.assert_allclose(got[1].box, [13 / 1.33, 26 / 1.34, 40 / 1.33, 67 / 1.34])
+  det.max_faces = 1
+  assert [d.view for d in det(np.zeros((50, 100, 3), np.uint8))] == ['front']

@@ -144,3 +144,72 @@ def test_tracker_keeps_each_face_its_filter():
   with pytest.raises(ValueError, match='boxes'):
     tracker.update([left], [])
   assert math.isclose(tracker.params['min_cutoff'], 1.0)
+
+
+def _one_euro_step(x, x_prev, dx_prev, dt, min_cutoff, beta, d_cutoff, scale):
+  """One step of Casiez et al.'s filter written out from the paper (not from the module)."""
+
+  def smoothing_factor(fc):
+    return (2 * math.pi * fc * dt) / (2 * math.pi * fc * dt + 1)  # = 1 / (1 + tau / dt)
+
+  a_d = smoothing_factor(d_cutoff)
+  dx = a_d * (x - x_prev) / dt + (1 - a_d) * dx_prev
+  a = smoothing_factor(min_cutoff + beta * abs(dx) / scale)
+  return a * x + (1 - a) * x_prev, dx
+
+
+def test_distinct_cutoffs_hand_computed():
+  # d_cutoff (4 Hz) differs from min_cutoff (0.5 Hz): the speed estimate uses the former, the
+  # position the latter raised by beta · speed / scale. Samples at irregular times.
+  params = dict(min_cutoff=0.5, beta=0.7, d_cutoff=4.0)
+  f = smoothing.OneEuroFilter(**params, fps=10.0)
+  samples = [(0.0, 0.0), (0.1, 2.0), (0.25, 2.5), (0.3, 1.0)]
+  x_hat, dx_hat, t_prev = samples[0][1], 0.0, samples[0][0]
+  assert float(f(np.array(x_hat), t=t_prev, scale=3.0)) == x_hat
+  for t, x in samples[1:]:
+    x_hat, dx_hat = _one_euro_step(x, x_hat, dx_hat, t - t_prev, **params, scale=3.0)
+    t_prev = t
+    assert float(f(np.array(x), t=t, scale=3.0)) == pytest.approx(x_hat, rel=1e-12)
+  # The same with the cutoffs swapped gives other values: the test tells them apart.
+  g = smoothing.OneEuroFilter(min_cutoff=4.0, beta=0.7, d_cutoff=0.5)
+  outs = [float(g(np.array(x), t=t, scale=3.0)) for t, x in samples]
+  assert abs(outs[-1] - x_hat) > 1e-3
+
+
+def test_tracker_scale_is_the_geometric_mean_of_a_tall_box():
+  # A 4 x 16 box: speed is divided by sqrt(4 · 16) = 8 face sizes, not by its width or height.
+  params = dict(min_cutoff=1.0, beta=2.0, d_cutoff=1.0)
+  tracker = smoothing.FaceTracker(**params, fps=30.0)
+  box = [100.0, 100.0, 4.0, 16.0]
+  p0 = np.array([[100.0, 110.0]])
+  p1 = np.array([[103.0, 106.0]])
+  tracker.update([box], [p0])
+  ((_, got),) = tracker.update([box], [p1])
+  want = [_one_euro_step(p1[0, k], p0[0, k], 0.0, 1 / 30, **params, scale=8.0)[0] for k in (0, 1)]
+  np.testing.assert_allclose(got[0], want, rtol=1e-12)
+
+
+def test_missed_track_ends_after_max_missed_frames():
+  tracker = smoothing.FaceTracker(max_missed=2)
+  box = [10.0, 10.0, 50.0, 50.0]
+  pts = np.array([[20.0, 20.0]])
+  ((first, _),) = tracker.update([box], [pts])
+  counts = []
+  for _ in range(3):
+    tracker.update([], [])
+    counts.append(len(tracker.tracks))
+  assert counts == [1, 1, 0]  # missed 1 and 2 frames: kept; 3 > max_missed: dropped
+  ((again, _),) = tracker.update([box], [pts])
+  assert again == first + 1  # a new track
+  tracker = smoothing.FaceTracker(max_missed=2)
+  tracker.update([box], [pts])
+  tracker.update([], [])
+  tracker.update([], [])
+  assert tracker.update([box], [pts])[0][0] == 0  # back after 2 missed frames: the same track
+
+
+def test_match_at_the_iou_threshold():
+  # IoU of (0, 0, 10, 10) and (0, 0, 10, 5) is exactly 50 / 100.
+  a, b = np.array([[0.0, 0, 10, 10]]), np.array([[0.0, 0, 10, 5]])
+  assert smoothing.match(a, b, 0.5) == [(0, 0)]
+  assert smoothing.match(a, b, 0.5000001) == []

@@ -90,3 +90,57 @@ def test_errors(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'cv2', None)
   with pytest.raises(FkdError, match=r'pip install "fkd\[video\]"'):
     video.VideoReader(tmp_path / 'w.mp4')
+
+
+class _FakeCapture:
+  """A cv2.VideoCapture stand-in: the container promises `count` frames, `frames` decode."""
+
+  def __init__(self, count, frames, fps=25.0):
+    self.count, self.frames, self.fps, self.read_so_far = count, frames, fps, 0
+
+  def __call__(self, source):
+    return self
+
+  def isOpened(self):  # noqa: N802 (OpenCV's name)
+    return True
+
+  def get(self, prop):
+    import cv2
+
+    return {
+      cv2.CAP_PROP_FPS: self.fps,
+      cv2.CAP_PROP_FRAME_COUNT: self.count,
+      cv2.CAP_PROP_FRAME_WIDTH: 4,
+      cv2.CAP_PROP_FRAME_HEIGHT: 2,
+    }[prop]
+
+  def read(self):
+    if self.read_so_far == self.frames:
+      return False, None
+    self.read_so_far += 1
+    return True, np.zeros((2, 4, 3), np.uint8)
+
+  def release(self):
+    pass
+
+
+@pytest.mark.parametrize(
+  'count, frames, ok',
+  [(300, 297, True), (300, 296, False), (50, 49, True), (50, 48, False), (250, 248, True)],
+)
+def test_truncation_tolerance(tmp_path, monkeypatch, count, frames, ok):
+  # A shortfall of max(1, count // 100) frames is an estimate's error; one more is a broken file.
+  import cv2
+
+  path = tmp_path / 'clip.mp4'
+  path.write_bytes(b'')
+  monkeypatch.setattr(cv2, 'VideoCapture', _FakeCapture(count, frames))
+  reader = video.VideoReader(path)
+  assert reader.info.frame_count == count and reader.info.fps == 25.0
+  if ok:
+    got = list(reader)
+    assert [f.index for f in got] == list(range(frames))
+    assert [f.time for f in got[:3]] == [0.0, 0.04, 0.08]  # index / fps
+  else:
+    with pytest.raises(FkdError, match=f'ended after {frames} of its {count} frames'):
+      list(reader)

@@ -177,3 +177,16 @@ def test_real_subset_lists_match_the_attribute_filters(tmp_path):
     )
     assert got == want, attr
     assert len(got) == wflw.wflw_dataset_builder.OFFICIAL[attr]
+
+
+def test_crop_box_is_the_union_of_rect_and_extent_plus_margin():
+  import types
+
+  points = np.array([[40.0, 30.0], [90.0, 35.0], [60.0, 120.0]])
+  # The rect covers the top left; the points reach past it right and down, and it past them.
+  face = types.SimpleNamespace(extras={'box_rect': np.array([20.0, 10.0, 80.0, 100.0])})
+  got = wflw.Wflw._crop_box(None, face, points)
+  # min(extent − 3, rect) and max(extent + 3, rect), by hand.
+  np.testing.assert_allclose(got, [20.0, 10.0, 93.0, 123.0])
+  face = types.SimpleNamespace(extras={'box_rect': np.array([50.0, 40.0, 70.0, 60.0])})
+  np.testing.assert_allclose(wflw.Wflw._crop_box(None, face, points), [37.0, 27.0, 93.0, 123.0])
