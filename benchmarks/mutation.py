@@ -846,8 +846,8 @@ MUTANTS += [
   ),
   M(
     SERVE + 'box_calibration.py',
-    'return np.concatenate([lo + 0.5, hi - lo])',
-    'return np.concatenate([lo - 0.5, hi - lo])',
+    'return np.array([left + 0.5, top + 0.5, right - left, bottom - top])',
+    'return np.array([left, top, right - left, bottom - top])',
     'landmark box half a pixel left / up',
     BOXCAL_T,
   ),
@@ -888,18 +888,18 @@ MUTANTS += [
     OVERLAY_T,
   ),
   M(
-    SERVE + 'predict.py',
+    SERVE + 'smoothing.py',
     '{s[0] / s[2]:.2f} px raw',
     '{s[1] / s[2]:.2f} px raw',
     'jitter report prints the smoothed figure as raw',
     OVERLAY_T,
   ),
   M(
-    SERVE + 'predict.py',
+    SERVE + 'smoothing.py',
     'if prev is not None and prev[0] == frame - 1:',
     'if prev is not None:',
     'jitter counts motion across frames without the face',
-    OVERLAY_T,
+    OVERLAY_T + SMOOTH_T,
   ),
   M(
     SERVE + 'predict.py',
@@ -956,8 +956,8 @@ MUTANTS += [
   # --- export outputs ---------------------------------------------------------------------------
   M(
     SERVE + 'export.py',
-    '_is_export_record(record) and _same_file(',
-    '_is_export_record(record) or _same_file(',
+    'if not _is_export_record(record):\n      return False',
+    'if not _is_export_record(record):\n      return True',
     "another export's record lets a user file be replaced",
     EXPORT_T,
   ),
@@ -1079,13 +1079,6 @@ MUTANTS += [
   ),
   M(
     'fkd/data/augment.py',
-    'return image[:, ::-1], schemes.flip_points',
-    'return image[::-1], schemes.flip_points',
-    'flip_crop flips rows',
-    AUGMENT_T,
-  ),
-  M(
-    'fkd/data/augment.py',
     '[[-1.0, 0.0, width - 1.0]',
     '[[-1.0, 0.0, width]',
     'mirror x ↦ W − x',
@@ -1102,8 +1095,8 @@ MUTANTS += [
   ),
   M(
     'fkd/data/augment.py',
-    'q.min(axis=0) - margin, q.max(axis=0) + margin',
-    'q.min(axis=0) - margin, q.max(axis=0) - margin',
+    'box = np.concatenate([lo - margin, hi + margin])',
+    'box = np.concatenate([lo - margin, hi - margin])',
     're-crop shrinks at the bottom right',
     AUGMENT_T,
   ),
@@ -1302,8 +1295,8 @@ MUTANTS += [
   ),
   M(
     'fkd/infra/config_check.py',
-    'if tc.batch_size % device_count:',
-    'if device_count % tc.batch_size:',
+    'if tc.batch_size % process_count:',
+    'if process_count % tc.batch_size:',
     'batch divisibility reversed',
     CONFIG_T,
   ),
@@ -1331,10 +1324,10 @@ MUTANTS += [
   ),
   M(
     'fkd/infra/sharding.py',
-    'if batch_size % jax.device_count():',
-    'if batch_size % jax.process_count():',
-    'batch checked against processes, not devices',
-    DIST_T,
+    'np.concatenate([np.ones(size, np.float32), np.zeros(extra, np.float32)])',
+    'np.ones(size + extra, np.float32)',
+    'padding examples weigh 1 in the step',
+    ('tests/integration/padded_batch_test.py::test_pad_batch',),
   ),
   M(
     'fkd/infra/sharding.py',
