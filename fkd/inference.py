@@ -65,6 +65,17 @@ def is_finished(stage_dir: str) -> bool:
   return checkpoint.latest_step(stage_dir) >= meta['total_steps']
 
 
+def status(info: dict[str, Any]) -> str:
+  """'student_kd step 200/200' or 'student_kd step 130 of 200000: unfinished ...' (one line)."""
+  stage = info.get('stage', os.path.basename(info['checkpoint']))
+  if info['finished']:
+    return f'{stage} step {info["step"]}/{info["total_steps"]} (finished)'
+  return (
+    f'{stage} step {info["step"]} of {info["total_steps"]}: UNFINISHED (training stopped or is '
+    'still running; its predictions are those of a partly trained model)'
+  )
+
+
 def find_stage(workdir: str) -> str:
   """The stage a workdir serves: finished students first (`methods.preferred_stages`)."""
   if not os.path.isdir(workdir):
@@ -107,9 +118,12 @@ class Predictor:
 
   def info(self) -> dict[str, Any]:
     keys = ('stage', 'method', 'model', 'model_kwargs', 'dataset', 'image_size', 'num_landmarks')
+    total = int(self.meta.get('total_steps', 0) or 0)
     return {
       'checkpoint': os.path.abspath(self.stage_dir),
       'step': self.step,
+      'total_steps': total,
+      'finished': self.step is not None and self.step >= total,
       'head': self.head.meta(),
       **{k: self.meta[k] for k in keys if k in self.meta},
     }

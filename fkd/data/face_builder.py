@@ -410,14 +410,10 @@ def file_loader(path: pathlib.Path, name: str) -> Callable[[tuple[int, int] | No
 
 
 def image_size(path: pathlib.Path, name: str) -> tuple[int, int]:
-  """(width, height) from the image header, with a clear error for a non-image."""
+  """(width, height) from the image header (upright), with a clear error for a non-image."""
   from fkd.data import formats
 
-  try:
-    with Image.open(path) as img:
-      return img.size
-  except (OSError, SyntaxError, ValueError) as e:
-    raise formats.DataFormatError(f'{name}: not a readable image ({e})') from None
+  return formats.image_size(path, name)
 
 
 def missing_list(names, limit: int = 8) -> str:
