@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     if not args.manual_dir:
       p.error('--manual_dir is required')
+    if args.crop_size is not None and not 8 <= args.crop_size <= 2048:
+      p.error(f'--crop_size must be an integer in [8, 2048] (pixels), got {args.crop_size}')
     build(
       args.dataset,
       args.manual_dir,

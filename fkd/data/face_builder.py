@@ -386,6 +386,11 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAModel]:
   """`asm.fit_pca` for several variance fractions from one SVD (identical models: each keeps
   the first k components of the largest-acc fit, k chosen by the same strict rule)."""
+  if len(shapes) < 2:
+    raise FkdError(
+      f'the train split has {len(shapes)} face shape(s); the shape model (ASM targets) needs at '
+      'least 2: annotate more train faces'
+    )
   top = asm.fit_pca(shapes, acc=max(accs.values()))
   cum = np.cumsum(top.ratio)
   out = {}

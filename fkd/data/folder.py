@@ -25,7 +25,15 @@ live at DIR's top level). Per format, a split folder (or DIR, with list files) h
   `bbox_x,bbox_y,bbox_w,bbox_h`), one row per face; `file` relative to the folder;
 * `coco`: images plus `annotations.json` (COCO keypoints: `images` with `id` and `file_name`
   relative to the folder, `annotations` with `image_id`, `keypoints` (x, y, v) * N and optional
-  `bbox` [x, y, w, h]); v is kept (`visibility`), points with v = 0 are left out of the extent.
+  `bbox` [x, y, w, h]); v is kept (`visibility`).
+
+Unlabelled points (COCO v = 0; in a CSV, a point whose x and y cells are both empty) have no
+position: they are left out of the crop box, stored at the mean of the face's labelled points (a
+finite stand-in, `visibility` 0) and not scored by the metrics. A v = 1 point (labelled, hidden)
+keeps its position and is scored. A face with no labelled point, and a CSV row repeating an
+earlier one, are left out with a one-line note. Image names must be paths inside the folder, and
+labelled points must lie on or near their image (within half its size around it); images are
+decoded upright (EXIF orientation applied, as people annotate them).
 
 Every problem is one `FkdError` line naming the file and the row.
 """
@@ -418,16 +426,17 @@ def _read_csv(root, folder, files, spec) -> list[Record]:
       note(f'{where}: no labelled point (every x, y is empty); left out')
       continue
     vals = _floats([c if c else 'nan' for c in cells], where)
+    box = None
     if has_box and any(c.strip() for c in row[-4:]):
       box = _xywh(_floats(row[-4:], where), where)
-    img = folder / name
-    idx = seen.get(name, 0)
-    seen[name] = idx + 1
-    key = (name, tuple(vals), None if box is None else tuple(box))
+    key = (name, vals.tobytes(), None if box is None else box.tobytes())
     if key in rows_seen:
       note(f'{where}: the same face as {rows_seen[key]}; left out (a duplicate row)')
       continue
     rows_seen[key] = f'row {k}'
+    img = folder / name
+    idx = seen.get(name, 0)
+    seen[name] = idx + 1
     out.append(Record(_rel(root, img), img, where, vals.reshape(n, 2), vis, box, idx))
   if wanted is not None and (missing := wanted - set(seen)):
     raise _err(f'{path}: no row for {sorted(missing)[0]} (listed in the split list)')
