@@ -91,6 +91,22 @@ def find_stage(workdir: str) -> str:
   raise FkdError(f'no trained model in {workdir} (looked for {", ".join(preferred)})')
 
 
+def passed_over(workdir: str, chosen: str) -> list[str]:
+  """The stages `find_stage` preferred to `chosen` but skipped as unfinished, as notes."""
+  out = []
+  for name in methods.preferred_stages():
+    path = os.path.join(workdir, name)
+    if os.path.normpath(path) == os.path.normpath(chosen):
+      break
+    meta = checkpoint.read_meta(path)
+    if meta is not None:
+      out.append(
+        f'{name} is unfinished (step {checkpoint.latest_step(path)} of {meta["total_steps"]}): '
+        f'serving the finished {os.path.basename(os.path.normpath(chosen))} instead'
+      )
+  return out
+
+
 class Predictor:
   """A stage's model as `predict(crops uint8 (B, S, S, 3)) -> landmarks (B, N, 2) crop pixels`.
 

@@ -7,6 +7,7 @@ a `ValueError`) naming the file and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -433,6 +434,17 @@ def set_max_pixels(pixels: int | None) -> None:
   """Images up to `pixels` pixels are decoded (None: the default guard)."""
   global MAX_PIXELS
   MAX_PIXELS = 2 * 89_478_485 if pixels is None else int(pixels)
+
+
+@contextlib.contextmanager
+def max_pixels(pixels: int | None) -> Iterator[None]:
+  """`set_max_pixels` for the length of a command (the guard is back afterwards)."""
+  before = MAX_PIXELS
+  set_max_pixels(pixels)
+  try:
+    yield
+  finally:
+    set_max_pixels(before)
 
 
 def orientation(img: Image.Image) -> int:

@@ -147,6 +147,10 @@ def export(
     {'stage': meta.get('stage'), 'checkpoint': stage_dir, 'step': step, 'total_steps': total,
      'finished': step >= total}
   )  # fmt: skip
+  if not stage:
+    notes_first = [f'{n} (--stage picks one)' for n in inference.passed_over(workdir, stage_dir)]
+  else:
+    notes_first = []
   if step < total and not allow_unfinished:
     raise FkdError(
       f'{stage_dir} is unfinished (step {step} of {total}); finish its training, or pass '
@@ -162,7 +166,7 @@ def export(
   probe_batch = batch if batch > 0 else 2
   probe = np.random.default_rng(0).integers(0, 256, (probe_batch, size, size, 3), np.uint8)
   expected = np.asarray(jax.jit(fn)(probe))
-  notes = []
+  notes = list(notes_first)
   if fmt == 'stablehlo':
     with layers.portable_ops():  # standard conv ops for other runtimes
       exported = export_stablehlo(fn, size, batch, platforms)

@@ -696,6 +696,9 @@ def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: A
   )
   if not info['finished']:
     print(f'fkd: warning: {inference.status(info)}', flush=True)
+  if workdir:
+    for note in inference.passed_over(workdir, predictor.stage_dir):
+      print(f'fkd: note: {note} (--checkpoint=DIR/<stage> picks one)', flush=True)
   return predictor
 
 
@@ -1002,7 +1005,11 @@ def _main(argv: list[str]) -> None:
       )
     }
   )  # fmt: skip
-  formats.set_max_pixels(round(f.max_megapixels * 1e6) if f.max_megapixels else None)
+  with formats.max_pixels(round(f.max_megapixels * 1e6) if f.max_megapixels else None):
+    _predict(f)
+
+
+def _predict(f: Any) -> None:
   inputs = [name for name in ('image', 'video', 'camera') if getattr(f, name) is not None]
   if len(inputs) != 1:
     raise FkdError('give exactly one of --image, --video and --camera')
