@@ -565,14 +565,15 @@ def image_size(record: Record) -> tuple[int, int]:
   if not record.path.is_file():
     raise _err(f'{record.row}: image {record.filename} not found')
   try:
-    size = formats.image_size(record.path, record.filename)
     with formats.open_header(record.path, record.filename) as img:
       img.verify()
+    return formats.image_size(record.path, record.filename)
   except formats.DataFormatError as e:
-    raise _err(f'{record.row}: {e}') from None
+    if 'decompression-bomb guard' in str(e):
+      raise _err(f'{record.row}: {e}') from None
+    raise _err(f'{record.row}: image {record.filename} is not a readable image ({e})') from None
   except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
     raise _err(f'{record.row}: image {record.filename} is not a readable image ({e})') from None
-  return size
 
 
 def face_box(record: Record, spec: Spec) -> np.ndarray:
