@@ -243,8 +243,10 @@ def run(
   command: str = '',
 ) -> dict[str, Any]:
   """Trains and scores every row for `seeds` seeds; writes DIR/ablation.{json,md}."""
-  if not 1 <= seeds <= MAX_SEEDS:
-    raise FkdError(f'--seeds must be an integer in [1, {MAX_SEEDS}], got {seeds}')
+  if seeds < 1:
+    raise FkdError(f'--seeds must be >= 1, got {seeds}')
+  if seeds > MAX_SEEDS:
+    raise FkdError(f'--seeds must be at most {MAX_SEEDS} (a run per row and seed), got {seeds}')
   table = os.path.join(workdir, 'ablation.json')
   old = files.json_object(table)
   if old is not None and isinstance(old.get('seeds'), int) and old['seeds'] > seeds:

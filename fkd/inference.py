@@ -130,7 +130,16 @@ class Predictor:
     return self.head.decode(outputs)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.uint8)))
+    arr = np.asarray(images)
+    size = self.image_size
+    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3) or arr.dtype != np.uint8:
+      raise FkdError(
+        f'face crops must be a uint8 (B, {size}, {size}, 3) array (this model takes '
+        f'{size}x{size} RGB crops), got {arr.dtype} {arr.shape}'
+      )
+    if not len(arr):
+      return np.zeros((0, self.num_landmarks, 2), np.float32)
+    return np.asarray(self._apply(self.variables, jnp.asarray(arr, jnp.uint8)))
 
   def info(self) -> dict[str, Any]:
     keys = ('stage', 'method', 'model', 'model_kwargs', 'dataset', 'image_size', 'num_landmarks')

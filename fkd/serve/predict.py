@@ -424,6 +424,8 @@ def as_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image
   """An RGB PIL image of a path (upright), a PIL image or a uint8 / uint16 (H, W[, 1|3|4]) array
   (16 bits are scaled to 8, never clipped)."""
   if isinstance(image, str | os.PathLike):
+    if not os.path.isfile(image):
+      raise FkdError(f'image {os.fspath(image)} does not exist (or is not a file)')
     return open_photo(os.fspath(image))
   if isinstance(image, Image.Image):
     if image.width < 1 or image.height < 1:

@@ -953,13 +953,13 @@ CASES = [
     'ablation_seeds_zero',
     A,
     ABL + ' --seeds=0',
-    message='--seeds must be an integer in [1, 100], got 0',
+    message='--seeds must be >= 1, got 0',
   ),
   Case(
     'ablation_seeds_huge',
     A,
     ABL + ' --seeds=5000',
-    message='--seeds must be an integer in [1, 100]',
+    message='--seeds must be at most 100 (a run per row and seed), got 5000',
   ),
   Case(
     'ablation_fewer_seeds_keeps_the_table',
@@ -1158,6 +1158,22 @@ def test_the_api_checks_arrays(api, image, message):
 
   with pytest.raises(FkdError, match=message):
     api.faces(image, whole_image=True)
+
+
+def test_the_api_checks_paths_and_crops(api, tmp_path):
+  from fkd.errors import FkdError
+
+  with pytest.raises(FkdError, match='nope.png does not exist'):
+    api.faces(tmp_path / 'nope.png', whole_image=True)
+  size = api.image_size
+  for bad in (
+    np.zeros((2, size, size), np.uint8),
+    np.zeros((2, size + 1, size, 3), np.uint8),
+    np.zeros((2, size, size, 3), np.float32),
+  ):
+    with pytest.raises(FkdError, match=f'face crops must be a uint8 \\(B, {size}, {size}, 3\\)'):
+      api(bad)
+  assert api(np.zeros((0, size, size, 3), np.uint8)).shape == (0, api.num_landmarks, 2)
 
 
 def test_the_api_scales_16_bit_arrays(api):
