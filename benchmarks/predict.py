@@ -1,6 +1,6 @@
-"""Faces per second of `fkd.predict`'s two halves on this CPU: the detector and the landmark model.
+"""Faces per second of `fkd.predict` on this CPU: the detector, the landmark model, the whole path.
 
-  python benchmarks/predict.py --workdir=runs/kd [--rounds 5]
+  python benchmarks/predict.py --workdir=runs/kd [--rounds 5] [--photos=DIR] [--passes=1,2]
   python benchmarks/predict.py --random=mobilenet_v2 --res=224 --width=1.0   # paper-size student
 
 Detector: `fkd.serve.detect.FaceDetector()` (dlib HOG, default settings) on the photos of
@@ -12,6 +12,12 @@ exported as StableHLO (`jax.export`, as `python -m fkd.export` writes it) and, w
 installed, as TFLite: milliseconds per face. `--workdir` times the run's model
 (`fkd.inference.find_stage`); `--random=NAME` a backbone with random weights at `--res` (speed
 does not depend on the weights), e.g. the paper's MobileNetV2 1.0 student at 224².
+Whole photo path (`--workdir` only): detector + box calibration + `--passes` landmark passes, as
+`fkd.predict` runs a folder (photos read and decoded beforehand, nothing written), faces per
+second over the photos (median of `--rounds` sweeps) at batch 1 (`Predictor.faces`, one photo at
+a time) and batch 32 (the folder pipeline: every pass batched across photos); beside it dlib's own
+detector (one upsampling) and its 68-point shape predictor on the same photos, when dlib and
+`face-recognition-models` are installed.
 """
 
 from __future__ import annotations
@@ -59,6 +65,56 @@ def detector_rows(photos: list[Path], rounds: int) -> list[str]:
     t = _median_time(lambda image=image: detector(image), rounds)
     h, w = image.shape[:2]
     rows.append(f'| {name} | {w}x{h} | {faces} | {t:.3f} | {faces / t:.1f} |')
+  return rows
+
+
+def photo_path_rows(workdir: str, photos: list[Path], passes: list[int], rounds: int) -> list[str]:
+  """Faces per second of detector + refinement + landmarks, fkd's and dlib's, on `photos`."""
+  from fkd.serve import predict
+
+  images = [predict.open_photo(str(p)) for p in photos]
+  rows = []
+  for batch in (1, 32):
+    for p in passes:
+      model = predict.Predictor.from_workdir(workdir, batch_size=batch, passes=p)
+
+      def sweep(model=model, batch=batch, p=p) -> int:
+        if batch == 1:
+          return sum(len(model.faces(img)) for img in images)
+
+        def located():
+          for img in images:
+            boxes = model.locate(np.asarray(img))
+            face_crops, edges = model.crop(img, boxes)
+            yield (img, boxes, edges), face_crops
+
+        out = predict.refined(model, predict.in_batches(model, located()), p)
+        return sum(len(lm) for _, lm in out)
+
+      faces = sweep()
+      t = _median_time(sweep, rounds)
+      rows.append(f'| fkd, {p} pass{"es" if p > 1 else ""} | {batch} | {faces} | {faces / t:.1f} |')
+  try:
+    import dlib
+    import face_recognition_models
+  except ImportError as e:
+    rows.append(f'| dlib | - | not run: {e} (pip install dlib-bin face-recognition-models) | |')
+    return rows
+  detector = dlib.get_frontal_face_detector()
+  shape = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+  arrays = [np.asarray(img) for img in images]
+
+  def dlib_sweep() -> int:
+    n = 0
+    for a in arrays:
+      for rect in detector(a, 1):
+        shape(a, rect)
+        n += 1
+    return n
+
+  faces = dlib_sweep()
+  t = _median_time(dlib_sweep, rounds)
+  rows.append(f'| dlib HOG + 68-point ERT | 1 | {faces} | {faces / t:.1f} |')
   return rows
 
 
@@ -126,6 +182,7 @@ def main() -> None:
   parser.add_argument('--photos', default=str(SHARED), help='a folder of photos for the detector')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--skip_detector', action='store_true')
+  parser.add_argument('--passes', default='1,2', help='landmark passes for the whole photo path')
   args = parser.parse_args()
   cli.start()
   print(f'{os.cpu_count()} CPUs')
@@ -135,6 +192,13 @@ def main() -> None:
     print('\nDetector (dlib HOG, fkd.serve.detect defaults)\n')
     print('| image | size | faces | s / image | faces / s |\n|---|---|---|---|---|')
     print('\n'.join(detector_rows(photos, args.rounds)))
+  exts = ('.jpg', '.jpeg', '.png', '.ppm')
+  if args.workdir and not args.skip_detector:
+    photos = sorted(p for p in Path(args.photos).glob('*') if p.suffix.lower() in exts)
+    passes = [int(p) for p in args.passes.split(',')]
+    print(f'\nWhole photo path on {len(photos)} photos of {args.photos}\n')
+    print('| path | batch | faces | faces / s |\n|---|---|---|---|')
+    print('\n'.join(photo_path_rows(args.workdir, photos, passes, args.rounds)))
   what, rows = model_rows(args)
   print(f'\nLandmark model: {what}\n')
   print('| runtime | batch | ms / face | faces / s |\n|---|---|---|---|')

@@ -121,6 +121,19 @@ LEVERS: dict[str, dict] = {
     pretrain='base',
     teachers='base',
   ),
+  'box_noise': dict(
+    doc='student crops jittered like the calibrated detector box misses the landmark box (the '
+    "300-W calibration's fit residuals: centre 0.06 / 0.05 box, log size 0.1)",
+    args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)'],
+    pretrain='base',
+    teachers='base',
+  ),
+  'box_noise_half': dict(
+    doc='box_noise at half the residuals (centre 0.03 / 0.025 box, log size 0.05)',
+    args=['--config.data.box_noise=(0.03, 0.025, 0.05, 0.05)'],
+    pretrain='base',
+    teachers='base',
+  ),
   'teacher_lr_2e-3': dict(
     doc='teachers lr 2e-3 instead of 1e-3 (the student keeps its own)',
     args=['--config.teacher_train.lr=0.002'],

@@ -3,10 +3,10 @@ ref.
 
   python benchmarks/refactor_parity.py [--ref=8bfd57e] [--workdir=/tmp/fkd-parity]
 
-Checks out REF into a temporary git worktree, runs the same tiny jobs there and here
+Checks out REF into a temporary git worktree, runs the same two tiny jobs there and here
 (`python -m fkd.main`, same seeds, one process each, same TFDS data_dir) and compares their
-results.json byte for byte, `wall_time_s` aside and keys absent from REF's record (keys this tree
-added, e.g. `method`: they are listed, not compared). Exit 0 when every file is identical.
+results.json byte for byte, `wall_time_s` aside, and keys this tree adds that REF's results lack
+(named in the output). Exit 0 when every file is identical.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 JOBS = {
@@ -53,6 +54,20 @@ def run_jobs(tree: pathlib.Path, out: pathlib.Path, data_dir: str) -> dict[str, 
   return results
 
 
+def only_reference_keys(new: Any, ref: Any, ignored: list[str], path: str = '') -> Any:
+  """`new` without the dict keys `ref` lacks at the same place (keys added since REF), whose
+  dotted paths are appended to `ignored`; every other value is compared as it is."""
+  if not isinstance(new, dict) or not isinstance(ref, dict):
+    return new
+  out = {}
+  for key, value in new.items():
+    if key not in ref:
+      ignored.append(path + key)
+      continue
+    out[key] = only_reference_keys(value, ref[key], ignored, f'{path}{key}.')
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--ref', default='8bfd57e', help='git ref of the code to compare with')
@@ -80,10 +95,10 @@ def main() -> None:
   new = run_jobs(REPO, work / 'new', data_dir)
   same = True
   for name in JOBS:
-    added = sorted(set(new[name]) - set(ref[name]))
-    if added:
-      print(f'{name}: keys not in the reference, not compared: {", ".join(added)}', flush=True)
-    kept = {k: v for k, v in new[name].items() if k in ref[name]}
+    ignored: list[str] = []
+    kept = only_reference_keys(new[name], ref[name], ignored)
+    if ignored:
+      print(f'{name}: keys absent from the reference, not compared: {", ".join(ignored)}')
     a, b = json.dumps(ref[name], sort_keys=True), json.dumps(kept, sort_keys=True)
     equal = a == b
     same &= equal

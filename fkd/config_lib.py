@@ -101,6 +101,14 @@ def common(
   c.seed = 0
   c.method = method  # a key of fkd.methods.REGISTRY
   c.stages = ()
+  # Validation NME every this many steps while a stage trains (metrics.jsonl, TensorBoard:
+  # val_nme, val_fr); 0 = off. Without a validation split, faces are held out of the train split
+  # (fkd.training.trainer.validation_data).
+  c.eval_every_steps = 0
+  c.keep_best = False  # keep <stage>/best, the best validation NME; evaluation and teachers use it
+  # The CPU program: 'auto' / 'native' run fkd's C++ kernels where they build (fkd.models.native),
+  # 'xla' never (and runs frozen teachers in one call); FKD_NATIVE / FKD_FROZEN_CHUNK override.
+  c.cpu_kernels = 'auto'
 
   c.data = ml_collections.ConfigDict(
     dict(
@@ -114,6 +122,10 @@ def common(
       train_split='train',
       eval_splits=facts.eval_splits,
       augment='flip',  # 'flip' | 'none' | the KD-Loss online one (method.md §2.2; its recipe)
+      # augment='kd' only: std of a Gaussian jitter of the crop's landmark box, (dx, dy) in box
+      # widths / heights and (log sx, log sy), as a detector's calibrated box misses it
+      # (fkd.serve.box_calibration records its residuals); () = the exact box.
+      box_noise=(),
       num_workers=0,  # augmentation threads; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
       # Train split cut into this many contiguous shards, each process reading only its own;

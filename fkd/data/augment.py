@@ -61,6 +61,7 @@ def geometry(
   width: float,
   size: int,
   flip_permutation: Sequence[int],
+  box_jitter: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """The affine of one augmented copy and the landmarks it produces.
 
@@ -72,6 +73,9 @@ def geometry(
     width: source width (for the mirror).
     size: output crop size.
     flip_permutation: π of method.md §3.
+    box_jitter: (dx, dy, log sx, log sy): the landmark box's centre moved by dx, dy of its width
+      and height and its size scaled by sx, sy before the margin (a detector's box misses the
+      landmark box like this; `augment_kd`'s `box_noise`). None: the exact box.
 
   Returns:
     (A, landmarks): the 2x3 map source -> crop and the (N, 2) float32 crop landmarks.
@@ -88,7 +92,13 @@ def geometry(
   rot[:2, 2] = c - rot[:2, :2] @ c
   a = rot @ a
   q = p @ a[:2, :2].T + a[:2, 2]
-  box = np.concatenate([q.min(axis=0) - margin, q.max(axis=0) + margin])
+  lo, hi = q.min(axis=0), q.max(axis=0)
+  if box_jitter is not None:
+    jitter = np.asarray(box_jitter, np.float64)
+    centre = (lo + hi) / 2 + jitter[:2] * (hi - lo)
+    half = (hi - lo) / 2 * np.exp(jitter[2:])
+    lo, hi = centre - half, centre + half
+  box = np.concatenate([lo - margin, hi + margin])
   a = _to3(crops.box_transform(box, size)) @ a
   return a[:2], crops.apply(a[:2], p)
 
@@ -162,6 +172,7 @@ def augment_kd(
   flip_prob: float = 0.5,
   plain_prob: float = 0.0,
   photometric_noise: bool = True,
+  box_noise: Sequence[float] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
   """One online KD-Loss augmentation of a square face crop.
 
@@ -175,6 +186,9 @@ def augment_kd(
     flip_prob: probability of a horizontal flip (online mode: 0.5).
     plain_prob: probability of returning the input unchanged (online mode: 1/F).
     photometric_noise: apply gamma / salt-and-pepper / median blur (step 7) after the geometry.
+    box_noise: () or the standard deviations (dx, dy, log sx, log sy) of a Gaussian box jitter
+      (`geometry`'s `box_jitter`), so the model learns the crops a calibrated detector box gives;
+      drawn only when set, so runs without it keep their random stream.
 
   Returns:
     (image uint8 (S, S, 3), landmarks float32 (N, 2)).
@@ -184,6 +198,7 @@ def augment_kd(
     return image, np.asarray(landmarks, np.float32)
   flip = bool(rng.random() < flip_prob)
   angle = float(rng.uniform(-max_angle, max_angle))
+  jitter = rng.normal(0.0, 1.0, 4) * np.asarray(box_noise, np.float64) if len(box_noise) else None
   a, points = geometry(
     landmarks,
     flip=flip,
@@ -192,6 +207,7 @@ def augment_kd(
     width=image.shape[1],
     size=size,
     flip_permutation=flip_permutation,
+    box_jitter=jitter,
   )
   out = np.asarray(crops.warp(Image.fromarray(image), a, size))
   return (photometric(out, rng) if photometric_noise else out), points

@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -367,6 +367,7 @@ def _augment_kd(
   images: np.ndarray,
   points: np.ndarray,
   rngs: list[np.random.Generator],
+  box_noise: Sequence[float] = (),
 ):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
 
@@ -391,6 +392,7 @@ def _augment_kd(
       margin=margin,
       plain_prob=1.0 / copies,
       flip_prob=0.5 if data.can_flip else 0.0,
+      box_noise=box_noise,
     )
 
   if _POOL.workers > 1 and len(idx) > 1:
@@ -441,6 +443,35 @@ def num_examples(split: Split) -> int:
   return len(split) // len(split.shards) * split.num_shards
 
 
+def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+  """(kept, held out): `fraction` of the faces of each shard of `split` (at least one), chosen
+  with `seed` and held out, in their order; every shard keeps the same size."""
+  size = len(split) // len(split.shards)
+  count = max(1, round(fraction * size))
+  if count >= size:
+    raise FkdError(f'a train shard of {size} faces is too small to hold faces out for validation')
+  held = []
+  for k, shard in enumerate(split.shards):
+    chosen = np.random.default_rng([seed, shard]).permutation(size)[:count]
+    held.append(k * size + np.sort(chosen))
+  held_idx = np.concatenate(held)
+  kept_idx = np.setdiff1d(np.arange(len(split)), held_idx)
+
+  def take(idx: np.ndarray, **kw: Any) -> Split:
+    pick = lambda a: None if a is None else a[idx]
+    return dataclasses.replace(
+      split,
+      images=split.images[idx],
+      landmarks=split.landmarks[idx],
+      soft_landmarks=pick(split.soft_landmarks),
+      names=[split.names[i] for i in idx],
+      attributes=pick(split.attributes),
+      **kw,
+    )
+
+  return take(kept_idx), take(held_idx, shards=range(1), num_shards=1)
+
+
 def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int, offset: int) -> np.ndarray:
   """Indices into `split` of this process's slice of a global batch: batch_size / num_shards from
   a per-epoch permutation of each of its shards, in shard order."""
@@ -467,12 +498,21 @@ def train_batch(
   augment: str,
   process_index: int = 0,
   process_count: int = 1,
+  box_noise: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
+
+  `box_noise` (config.data.box_noise, `augment='kd'` only): the box jitter of `augment.augment_kd`.
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
   """
+  box_noise = tuple(float(v) for v in box_noise)
+  if box_noise and (augment != 'kd' or len(box_noise) != 4 or min(box_noise) < 0):
+    raise FkdError(
+      "config.data.box_noise needs config.data.augment='kd' and 4 standard deviations >= 0 "
+      f'(dx, dy, log sx, log sy), got {box_noise} with augment {augment!r}'
+    )
   train = data.splits[split]
   per_epoch = steps_per_epoch(num_examples(train), batch_size)
   epoch, offset = divmod(step, per_epoch)
@@ -497,7 +537,7 @@ def train_batch(
   elif augment == 'kd':
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
-    images, points = _augment_kd(data, train, idx, images, points, rngs)
+    images, points = _augment_kd(data, train, idx, images, points, rngs, box_noise)
   elif augment != 'none':
     raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
   batch = {'image': images, 'landmarks': points}

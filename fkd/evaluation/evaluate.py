@@ -38,8 +38,9 @@ from fkd import inference, methods, models
 from fkd.data import pipeline as ip
 from fkd.errors import FkdError
 from fkd.evaluation import metrics
-from fkd.infra import config_check, files, metric_writer, sharding
+from fkd.infra import checkpoint, config_check, files, metric_writer, sharding
 from fkd.infra import workdir as workdir_lib
+from fkd.models import native
 
 OVERLAY_COUNT = 5  # faces per row of worst.png
 
@@ -89,6 +90,60 @@ def model_dirs(config: Any, workdir: str) -> dict[str, str]:
   return dirs
 
 
+def best_dir(stage_dir: str) -> str:
+  """Where a stage keeps its best checkpoint by validation NME (`config.keep_best`)."""
+  return os.path.join(stage_dir, 'best')
+
+
+def model_dir(config: Any, workdir: str, name: str) -> tuple[str, str | None]:
+  """(checkpoint directory, what it is) of stage `name` as evaluation and later stages use it: its
+  best checkpoint with `config.keep_best` when one was kept, else its last one (then the second
+  item is None unless `keep_best` asked for the best)."""
+  path = methods.stage_dir(config, workdir, name)
+  if not config.get('keep_best', False):
+    return path, None
+  best = best_dir(path)
+  meta = checkpoint.read_meta(best) if os.path.isdir(best) else None
+  if meta is None:
+    return path, f'the last checkpoint of {path} (config.keep_best: no best checkpoint kept)'
+  b = meta.get('best', {})
+  return best, (
+    f'the best checkpoint of {path} (step {b.get("step")}, validation NME '
+    f'{b.get("val_nme", float("nan")):.4g} %; config.keep_best)'
+  )
+
+
+# Keys of a checkpoint meta's `program` (`fkd.training.trainer.program`) that make two trainings
+# different float32 programs.
+PROGRAM_KEYS = (
+  'backend',
+  'devices',
+  'compute_dtype',
+  'native_kernels',
+  'depthwise',
+  'batch_norm',
+  'deconv',
+  'teacher_chunk',
+)
+
+
+def program_differences(programs: dict[str, dict[str, Any]]) -> list[str]:
+  """'key: model=value, model=value' for every `PROGRAM_KEYS` key on which the recorded programs
+  of the models differ (a key a model's program lacks or leaves None is not compared)."""
+  out = []
+  for key in PROGRAM_KEYS:
+    values = {m: p.get(key) for m, p in programs.items() if p.get(key) is not None}
+    if len(set(map(str, values.values()))) > 1:
+      out.append(f'{key}: ' + ', '.join(f'{m}={v}' for m, v in values.items()))
+  return out
+
+
+def write_validation(record: dict[str, Any], workdir: str) -> None:
+  """`workdir/validation.json`: the faces scored while stages train (`config.eval_every_steps`)."""
+  os.makedirs(workdir, exist_ok=True)
+  files.atomic_write(os.path.join(workdir, 'validation.json'), json.dumps(record, indent=1) + '\n')
+
+
 def _overlay_split(splits: list[str]) -> str:
   """The split of worst.png: 'test' or 300W's 'full' when evaluated, else the first."""
   return next((s for s in ('test', 'full') if s in splits), splits[0])
@@ -130,8 +185,18 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   mean_shape = _mean_shape(data.splits[config.data.train_split])
   for s in eval_splits:
     add('mean_shape', s, np.broadcast_to(mean_shape, data.splits[s].landmarks.shape))
-  for name, path in model_dirs(config, workdir).items():
+  programs: dict[str, dict[str, Any]] = {}
+  for name, last in model_dirs(config, workdir).items():
+    path, which = model_dir(config, workdir, name)
+    if which:
+      print(f'[eval] {name}: {which}', flush=True)
     predictor = inference.Predictor(path)
+    if predictor.meta.get('program'):
+      programs[name] = predictor.meta['program']
+    results.setdefault('checkpoints', {})[name] = {
+      'which': 'best' if path != last else 'last',
+      'step': predictor.step,
+    }
     if predictor.num_landmarks != data.num_landmarks or predictor.image_size != data.image_size:
       raise FkdError(
         f'{path} predicts {predictor.num_landmarks} landmarks on '
@@ -150,6 +215,15 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
         ),
       )
 
+  if programs:
+    results['programs'] = programs
+    if differ := program_differences(programs):
+      print(
+        'fkd: warning: the models compared were trained by different programs ('
+        + '; '.join(differ)
+        + "): their NMEs differ by that too (results.json 'programs')",
+        flush=True,
+      )
   shown = next((m for m in methods.preferred_stages() if m in preds), None)
   if shown is not None:
     split = _overlay_split(eval_splits)
@@ -452,6 +526,7 @@ def evaluate(config: Any, workdir: str, allow_config_change: bool = False) -> di
   if not os.path.isdir(workdir):
     raise FkdError(f'workdir {workdir} does not exist')
   config_check.check(config, jax.device_count(), models.model_names())
+  native.set_mode(config.get('cpu_kernels', 'auto'))
   stages = methods.get(config).stages
   workdir_lib.check_config(config, workdir, stages, allow_config_change, verb='evaluate')
   with workdir_lib.lock(workdir, active=jax.process_index() == 0):

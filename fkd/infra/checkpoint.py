@@ -4,6 +4,9 @@ A stage directory holds numbered steps, each with three items: `model` ({'params
 `train` ({'opt_state', 'step'}) and `meta` (JSON: model name and kwargs, stage, total steps, ...).
 Teachers and evaluators restore only `model` + `meta`. Orbax writes each step to a temporary
 directory and renames it when complete, so an interrupted save never leaves a half checkpoint.
+A training stage saves asynchronously (`manager(..., asynchronous=True)`, `save(..., wait=False)`):
+the arrays are host copies taken when `save` returns, Orbax writes them on a background thread
+while training goes on, and `wait` / `close` block until every pending save is complete.
 
 Several processes: `manager` + `save` / `restore` are collective (Orbax synchronises every process
 at barriers, so all of them must make the same calls in the same order). `read_meta` and
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,12 +56,14 @@ def _quiet(fn: Callable) -> Callable:
   return wrapped
 
 
-def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  """A synchronous CheckpointManager for one stage directory."""
+def manager(
+  directory: str, max_to_keep: int = 2, asynchronous: bool = False
+) -> ocp.CheckpointManager:
+  """A CheckpointManager for one stage directory; synchronous unless `asynchronous`."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep,
     create=True,
-    enable_async_checkpointing=False,
+    enable_async_checkpointing=asynchronous,
     cleanup_tmp_directories=True,  # half-written steps of a killed or failed save
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
@@ -76,10 +82,22 @@ def _reader(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=_ITEMS)
 
 
+def host_copy(tree: Any) -> Any:
+  """NumPy copies of a pytree's arrays that own their memory: an asynchronous save may still be
+  writing them when the next train step reuses (donates) the device buffers, which on CPU
+  `device_get` can return views of."""
+  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+
+
 def save(
-  mgr: ocp.CheckpointManager, step: int, state: dict[str, Any], meta: dict[str, Any]
+  mgr: ocp.CheckpointManager,
+  step: int,
+  state: dict[str, Any],
+  meta: dict[str, Any],
+  wait: bool = True,
 ) -> None:
-  """Saves a train state {'params', 'batch_stats', 'opt_state', 'step'} plus JSON metadata."""
+  """Saves a train state {'params', 'batch_stats', 'opt_state', 'step'} plus JSON metadata
+  (`wait=False` on an asynchronous manager: returns while Orbax writes; pass host copies)."""
   model = {'params': state['params'], 'batch_stats': state['batch_stats']}
   train = {'opt_state': state['opt_state'], 'step': state['step']}
   mgr.save(
@@ -91,7 +109,36 @@ def save(
     ),
     force=True,
   )
-  mgr.wait_until_finished()
+  if wait:
+    mgr.wait_until_finished()
+
+
+def save_model_step(
+  mgr: ocp.CheckpointManager,
+  step: int,
+  variables: dict[str, Any],
+  meta: dict[str, Any],
+  wait: bool = True,
+) -> None:
+  """Saves {'params', 'batch_stats'} + meta as `step` (no `train` item: a model-only step, as
+  `save_model` writes and `load_model` reads; the best checkpoint of a stage)."""
+  model = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  mgr.save(
+    step,
+    args=ocp.args.Composite(model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
+  if wait:
+    mgr.wait_until_finished()
+
+
+def drop_after(directory: str, step: int) -> list[int]:
+  """Deletes the complete steps of `directory` newer than `step` (steps a resumed run will write
+  again, identically); returns them. Only for directories whose steps are reproducible."""
+  dropped = [s for s in all_steps(directory) if s > step]
+  for s in dropped:
+    shutil.rmtree(os.path.join(directory, str(s)))
+  return dropped
 
 
 def restore(
@@ -217,13 +264,7 @@ def save_model(directory: str, variables: dict[str, Any], meta: dict[str, Any]) 
   read it and configs can name it as `init_from`.
   """
   mgr = manager(directory)
-  model = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-  mgr.save(
-    0,
-    args=ocp.args.Composite(model=ocp.args.StandardSave(model), meta=ocp.args.JsonSave(meta)),
-    force=True,
-  )
-  mgr.wait_until_finished()
+  save_model_step(mgr, 0, variables, meta)
   mgr.close()
 
 

@@ -16,6 +16,7 @@ from fkd.errors import FkdError
 SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
 TARGET_SPACES = ('normalized', 'pixel')
+CPU_KERNELS = ('auto', 'native', 'xla')  # fkd.models.native.CPU_KERNELS (infra cannot import it)
 
 
 def _number(value: Any) -> bool:
@@ -144,6 +145,16 @@ def check(config: Any, device_count: int, model_names: list[str]) -> None:
       raise FkdError(f'config.asm.acc must be a number in (0, 1], got {acc!r}')
   if not _integer(config.get('seed', 0)):
     raise FkdError(f'config.seed must be an integer, got {config.seed!r}')
+  non_negative_int('eval_every_steps', config.get('eval_every_steps', 0))
+  keep_best = config.get('keep_best', False)
+  if not isinstance(keep_best, bool):
+    raise FkdError(f'config.keep_best must be True or False, got {keep_best!r}')
+  if keep_best and config.get('eval_every_steps', 0) <= 0:
+    raise FkdError(
+      'config.keep_best needs config.eval_every_steps > 0 (the best checkpoint is the one with '
+      'the best validation NME)'
+    )
+  one_of('cpu_kernels', config.get('cpu_kernels', 'auto'), CPU_KERNELS)
   for field, block in _blocks(config):
     keys = set(block.keys())
     if {'batch_size', 'lr', 'schedule'} <= keys:

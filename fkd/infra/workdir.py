@@ -42,6 +42,12 @@ OPERATIONAL = (
   'eval.batch_size',
   '*.log_every_steps',
   '*.checkpoint_every_steps',
+  # Validation while training is looked at, not learnt from; the faces it holds out of a train
+  # split are checked against the resumed checkpoint's meta instead (fkd.training.trainer).
+  'eval_every_steps',
+  # How a model is computed, not what it learns (the same maths to float32 rounding); the
+  # checkpoint meta's `program` records what trained each stage.
+  'cpu_kernels',
 )
 
 

@@ -3,7 +3,7 @@
 Adding a method is one package here (`<name>/`: a `base.Method` subclass, its config recipe and
 ablation rows), one line in `REGISTRY` and one config in `configs/`; the trainer, pre-stage,
 ablation, evaluation, prediction and export need no change, and name no method
-(tests/method_isolation_test.py).
+(tests/unit/method_isolation_test.py).
 """
 
 from __future__ import annotations

@@ -65,6 +65,24 @@ status: dict[str, str | None] = {'library': None, 'error': None}
 _lock = threading.Lock()
 _loaded: bool | None = None
 
+# What a run asks for (`config.cpu_kernels`): 'auto' and 'native' use the kernels where they
+# build, 'xla' never does. `FKD_NATIVE=0/1` overrides it (`enabled`).
+CPU_KERNELS = ('auto', 'native', 'xla')
+_mode = 'auto'
+
+
+def set_mode(mode: str) -> None:
+  """Sets the process's `config.cpu_kernels` ('auto' | 'native' | 'xla'); call before tracing."""
+  global _mode
+  if mode not in CPU_KERNELS:
+    raise ValueError(f'cpu_kernels must be one of {CPU_KERNELS}, got {mode!r}')
+  _mode = mode
+
+
+def mode() -> str:
+  """The process's `config.cpu_kernels` (see `set_mode`)."""
+  return _mode
+
 
 def cache_dir() -> str:
   setting = os.environ.get('FKD_NATIVE_CACHE')
@@ -111,9 +129,6 @@ def _build(compiler: str, path: str) -> None:
 
 
 def _load() -> bool:
-  if runtime.env_switch('FKD_NATIVE') is False:
-    status['error'] = 'FKD_NATIVE=0'
-    return False
   compiler = _compiler()
   if compiler is None:
     status['error'] = 'no C++ compiler ($CXX, c++, g++, clang++)'
@@ -134,13 +149,29 @@ def _load() -> bool:
 
 
 def enabled() -> bool:
-  """Whether 'auto' depthwise convolutions may use the native kernels (not `FKD_NATIVE=0`)."""
-  return runtime.env_switch('FKD_NATIVE') is not False
+  """Whether 'auto' depthwise convolutions may use the native kernels: `FKD_NATIVE=0/1` when
+  set, else not with `set_mode('xla')`."""
+  switch = runtime.env_switch('FKD_NATIVE')
+  return switch if switch is not None else _mode != 'xla'
+
+
+def disabled_by() -> str | None:
+  """What turned the kernels off ('FKD_NATIVE=0', 'config.cpu_kernels=xla'), or None."""
+  switch = runtime.env_switch('FKD_NATIVE')
+  if switch is False:
+    return 'FKD_NATIVE=0'
+  if switch is None and _mode == 'xla':
+    return 'config.cpu_kernels=xla'
+  return None
 
 
 def available() -> bool:
-  """Whether the native kernels are built, loaded and registered (builds them on first call)."""
+  """Whether the native kernels are on (`enabled`), built, loaded and registered (builds them on
+  first call)."""
   global _loaded
+  if not enabled():
+    status['error'] = disabled_by()
+    return False
   with _lock:
     if _loaded is None:
       _loaded = _load()

@@ -25,6 +25,14 @@ Where the faces come from (`source` of each face):
   the one fkd ships for the model's dataset or for another dataset of the same mark-up).
 - `bbox`: `--bbox=x,y,w,h`, the face's landmark box (the tight box of its points).
 - `whole_image`: `--whole_image`, the photo is the face crop (no margin).
+- `track` (video, `--passes` ≥ 2): a face the detector missed on this frame, cropped from its
+  landmarks on the last frame it was seen in (at most `TRACK_FRAMES` frames in a row).
+
+Refinement (`--passes`; default `passes_default`): after the first prediction, each face is
+re-cropped from the landmark box of its predicted landmarks (the rule its training crops were made
+by) and predicted again, `passes` times in all; a face's
+`box` is the landmark box of its last crop. A pass whose box overlaps the face's first box less than
+`MIN_REFINE_IOU` is not taken (the face keeps its crop). Every pass runs in the same batches.
 
 The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
 crop margin of the model's dataset (the checkpoint's `crop_margin`, from the dataset's record:
@@ -48,7 +56,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,11 +67,27 @@ from fkd.data import crops, datasets, formats, schemes
 from fkd.errors import FkdError
 from fkd.inference import find_stage
 from fkd.infra import checkpoint, files, metric_writer
+from fkd.infra.workdir import read_record
 from fkd.serve import box_calibration
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 DEFAULT_MARGIN = 0.05  # checkpoints of datasets fkd has no crop facts for (per side, of the box)
 DEFAULT_BATCH_SIZE = 16
+# Landmark passes per detected face: pass 1 crops the calibrated detector box, each further pass
+# re-crops the landmark box of the previous pass's landmarks (the box rule the model was trained
+# with). Only a model trained on jittered boxes (config.data.box_noise) finds the face's extent
+# inside a crop that misses it; one trained on exact landmark-box crops predicts landmarks that
+# fill whatever crop it gets, so a second pass learns nothing and drifts. Hence the default: this
+# many passes for detected faces of a box-noise model, one otherwise and for a given box.
+DEFAULT_PASSES = 2
+MAX_PASSES = 10
+# A pass whose landmark box overlaps the face's first box (the calibrated detection, the given box)
+# less than this is not taken: the model has lost the face (a model that does not know real
+# faces drifts), and the face keeps its previous crop.
+MIN_REFINE_IOU = 0.5
+# Video: a face the detector misses keeps its track for up to this many frames, its crop seeded by
+# the landmarks of the last frame it was seen in; after that the detector alone decides.
+TRACK_FRAMES = 5
 COORDINATES = 'original image pixels, 0-based, pixel centres at integer coordinates'
 __all__ = ['Face', 'Predictor', 'find_stage', 'predict_image', 'run']
 
@@ -153,6 +177,17 @@ def check_settings(prefix: str = '--', **values: Any) -> None:
       kind = 'an integer' if integer else 'a number'
       bounds = f'in ({lo:g}, {hi:g})' if exclusive else f'in [{lo:g}, {hi:g}]'
       raise FkdError(f'{prefix}{name} must be {kind} {bounds} ({what}), got {value!r}')
+
+
+def parse_passes(passes: int | None) -> int | None:
+  """`passes` checked: None (the default per source) or an int in 1..MAX_PASSES."""
+  if passes is None:
+    return None
+  if isinstance(passes, bool) or not isinstance(passes, int | np.integer):
+    raise FkdError(f'--passes must be a whole number from 1 to {MAX_PASSES}, got {passes!r}')
+  if not 1 <= passes <= MAX_PASSES:
+    raise FkdError(f'--passes must be from 1 to {MAX_PASSES}, got {passes}')
+  return int(passes)
 
 
 def face_box(
@@ -283,6 +318,7 @@ class _Box:
   source: str
   view: str | None = None
   detection_box: tuple[float, float, float, float] | None = None
+  first: tuple[float, float, float, float] | None = None  # the box of pass 1 (refinement's anchor)
 
 
 class Predictor(inference.Predictor):
@@ -295,7 +331,8 @@ class Predictor(inference.Predictor):
   Still the `fkd.inference.Predictor` of its stage (`predictor(crops)` -> crop-frame landmarks).
   Args beyond the stage: `calibration` (a calibration.json path; default `box_calibration.find`),
   `margin` (default: the model's training margin), `batch_size` (faces per jitted call, fixed),
-  and the detector's `min_score`, `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
+  `passes` (landmark passes per face; None: `passes_default`) and the detector's `min_score`,
+  `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
   """
 
   def __init__(
@@ -304,10 +341,14 @@ class Predictor(inference.Predictor):
     calibration: str | None = None,
     margin: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    passes: int | None = None,
     **detector_kwargs: Any,
   ):
     check_settings('', margin=margin, batch_size=batch_size, **detector_kwargs)
     super().__init__(stage_dir)
+    self.passes = parse_passes(passes)
+    record = read_record(stage_dir) or {}
+    self.box_noise = tuple(float(v) for v in record.get('data.box_noise') or ())
     # The training crops' margin, or `margin` as a fraction of the box (`--margin`).
     self.crop_margin = (
       training_crop_margin(self.meta) if margin is None else crops.CropMargin(float(margin))
@@ -373,6 +414,45 @@ class Predictor(inference.Predictor):
       edges.append(e)
     return out, edges
 
+  def passes_for(self, source: str, passes: int | None = None) -> int:
+    """The landmark passes of faces from `source`: `passes`, else the predictor's, else
+    `passes_default`; a whole image is the crop itself, so always one."""
+    chosen = parse_passes(passes) if passes is not None else self.passes
+    if source == 'whole_image':
+      return 1
+    return self.passes_default(source) if chosen is None else chosen
+
+  def passes_default(self, source: str) -> int:
+    """`DEFAULT_PASSES` for detected (or tracked) faces when the model was trained on jittered
+    boxes (`config.data.box_noise` in its stage's config.json), else one pass."""
+    return DEFAULT_PASSES if self.box_noise and source in ('detector', 'track') else 1
+
+  def recrop(
+    self,
+    img: Image.Image,
+    boxes: Sequence[_Box],
+    edges: Sequence[np.ndarray],
+    crop_landmarks: np.ndarray,
+  ) -> tuple[list[_Box], np.ndarray, list[np.ndarray]]:
+    """The next pass: each face's landmark box from its crop-frame landmarks, and its crop.
+
+    A face whose new box strays from its first box (IoU < `MIN_REFINE_IOU`) keeps its box.
+    """
+    from fkd.serve import detect
+
+    refined = []
+    for b, f in zip(boxes, self.to_faces(boxes, edges, crop_landmarks), strict=True):
+      if b.box is None:  # the whole image is the crop
+        refined.append(b)
+        continue
+      first = b.first or b.box
+      box = tuple(float(v) for v in box_calibration.landmark_box(f.landmarks))
+      if float(detect.iou(box, first)) < MIN_REFINE_IOU:
+        box = b.box
+      refined.append(dataclasses.replace(b, box=box, first=first))
+    face_crops, new_edges = self.crop(img, refined)
+    return refined, face_crops, new_edges
+
   def predict_crops(self, face_crops: np.ndarray) -> np.ndarray:
     """Crop-frame landmarks (k, N, 2) of k crops, in jitted calls of exactly `batch_size`."""
     k, b = len(face_crops), self.batch_size
@@ -403,17 +483,26 @@ class Predictor(inference.Predictor):
     image: str | os.PathLike | Image.Image | np.ndarray,
     bbox: Sequence[float] | None = None,
     whole_image: bool = False,
+    passes: int | None = None,
   ) -> list[Face]:
-    """Every face of a photo with its landmarks (original pixels), best detector score first."""
+    """Every face of a photo with its landmarks (original pixels), best detector score first.
+
+    `passes` overrides the predictor's landmark passes (module docstring, refinement).
+    """
     img = as_image(image)
     if bbox is not None:
       if whole_image:
         raise FkdError('give at most one of bbox and whole_image')
       bbox = check_bbox(bbox)
       check_bbox_overlaps(bbox, img.size, 'the image')
+    n = self.passes_for(_source(bbox, whole_image), passes)
     boxes = self.locate(np.asarray(img), bbox, whole_image)
     face_crops, edges = self.crop(img, boxes)
-    return self.to_faces(boxes, edges, self.predict_crops(face_crops))
+    landmarks = self.predict_crops(face_crops)
+    for _ in range(n - 1):
+      boxes, face_crops, edges = self.recrop(img, boxes, edges, landmarks)
+      landmarks = self.predict_crops(face_crops)
+    return self.to_faces(boxes, edges, landmarks)
 
 
 def checkpoint_meta(stage_dir: str) -> dict[str, Any] | None:
@@ -492,6 +581,70 @@ def in_batches(
   if queued:
     run(sum(len(q) for q in queued))
   yield from ready()
+
+
+def refined(
+  predictor: Predictor,
+  batches: Iterator[tuple[Any, np.ndarray]],
+  passes: int,
+  batching: Callable[[Predictor, Iterable[tuple[Any, np.ndarray]]], Iterator] | None = None,
+  seed: Callable[[Any, list[_Box]], list[_Box]] | None = None,
+) -> Iterator[tuple[Any, np.ndarray]]:
+  """Passes 2..`passes` over a stream of first-pass results, each batched like the first.
+
+  Keys end in (img, boxes, edges) and are handed on with the last pass's boxes and crop boxes, so
+  callers read the faces with `to_faces` as after one pass. `seed(key, boxes)` (video) may add
+  faces before the second pass (`_Tracks`).
+  """
+  batching = batching or in_batches
+
+  def recropped(items: Iterator[tuple[Any, np.ndarray]], first: bool) -> Iterator:
+    for (*ctx, img, boxes, edges), landmarks in items:
+      new, face_crops, new_edges = predictor.recrop(img, boxes, edges, landmarks)
+      if first and seed is not None:
+        extra = seed((*ctx, img, new, new_edges), new)
+        if extra:
+          more, extra_edges = predictor.crop(img, extra)
+          new, new_edges = [*new, *extra], [*new_edges, *extra_edges]
+          face_crops = np.concatenate([face_crops, more])
+      yield (*ctx, img, new, new_edges), face_crops
+
+  for k in range(passes - 1):
+    batches = batching(predictor, recropped(batches, k == 0))
+  return batches
+
+
+class _Tracks:
+  """Video: faces the detector missed on a frame, seeded from their last landmarks.
+
+  Called once per frame, in order, with the frame's refined boxes (the landmark boxes of its
+  first-pass landmarks); returns the boxes of remembered faces that no box of this frame overlaps,
+  for at most `TRACK_FRAMES` frames after a face was last detected.
+  """
+
+  def __init__(self, image_size: tuple[int, int]):
+    self.image_size = image_size
+    self.faces: list[tuple[_Box, int]] = []  # (last detected box, frames since)
+    self.frames = 0  # frames that got a face this way
+
+  def __call__(self, key: Any, boxes: list[_Box]) -> list[_Box]:
+    from fkd.serve import detect
+
+    seen = [(b, 0) for b in boxes]
+    extra = []
+    for b, age in self.faces:
+      if age >= TRACK_FRAMES or any(
+        detect.iou(b.box, s.box) >= box_calibration.MATCH_IOU for s, _ in seen
+      ):
+        continue
+      x, y, w, h = b.box
+      if x + w <= 0 or y + h <= 0 or x >= self.image_size[0] or y >= self.image_size[1]:
+        continue  # left the frame: lost
+      extra.append(dataclasses.replace(b, score=None, source='track', first=None))
+      seen.append((b, age + 1))
+    self.frames += bool(extra)
+    self.faces = seen
+    return extra
 
 
 # ---- records and overlays ----------------------------------------------------------------------
@@ -714,6 +867,7 @@ def _start(
   margin: float | None,
   batch_size: int,
   detector_kwargs: dict[str, Any],
+  passes: int | None = None,
 ) -> tuple[Predictor, str]:
   """What photos and videos share once their inputs are checked: the predictor, where the boxes
   come from (a missing detector fails here, with the install hint) and the output folder."""
@@ -723,6 +877,7 @@ def _start(
     calibration=calibration,
     margin=margin,
     batch_size=batch_size,
+    passes=passes,
     **detector_kwargs,
   )
   source = _source(bbox, whole_image)
@@ -746,10 +901,12 @@ def run(
   whole_image: bool = False,
   batch_size: int = DEFAULT_BATCH_SIZE,
   calibration: str | None = None,
+  passes: int | None = None,
   **detector_kwargs: Any,
 ) -> list[str]:
   """Predicts every image of `image` (a file or folder); returns the JSON paths written."""
   _check_args(workdir, checkpoint_dir, bbox, whole_image)
+  parse_passes(passes)
   paths = image_paths(image)
   stems = output_stems(paths, output)
   check_no_overwrite(paths, [s + ext for s in stems for ext in ('.json', '.png')])
@@ -766,6 +923,7 @@ def run(
     margin,
     batch_size,
     detector_kwargs,
+    passes,
   )
 
   def located() -> Iterator[tuple[Any, np.ndarray]]:
@@ -793,7 +951,8 @@ def run(
     bar.close()
 
   written = []
-  for (path, stem, img, boxes, edges), landmarks in in_batches(predictor, located()):
+  batches = refined(predictor, in_batches(predictor, located()), predictor.passes_for(source))
+  for (path, stem, img, boxes, edges), landmarks in batches:
     faces = predictor.to_faces(boxes, edges, landmarks)
     record = image_record(predictor, path, img, faces, source)
     os.makedirs(output, exist_ok=True)
@@ -839,17 +998,21 @@ def run_video(
   calibration: str | None = None,
   min_cutoff: float = 1.0,
   beta: float = 1.0,
+  passes: int | None = None,
   **detector_kwargs: Any,
 ) -> tuple[str, str]:
   """Landmarks on every frame of a video file (or camera index): (OUT/<stem>.mp4, .jsonl).
 
   Frames go through the model in batches across frames (one frame at a time for a camera). A
   video that breaks off ends with an FkdError after the frames read so far are written (a valid,
-  shorter video and JSON lines); a camera runs until Ctrl-C.
+  shorter video and JSON lines); a camera runs until Ctrl-C. With two passes or more, a face the
+  detector misses keeps its track from its last landmarks (`_Tracks`; a printed note says on how
+  many frames).
   """
   from fkd.serve import smoothing, video
 
   _check_args(workdir, checkpoint_dir, bbox, whole_image)
+  parse_passes(passes)
   camera = isinstance(source, int)
   if not camera and not os.path.isfile(source):
     raise FkdError(f'--video {source} does not exist')
@@ -869,6 +1032,7 @@ def run_video(
     margin,
     batch_size,
     detector_kwargs,
+    passes,
   )
   reader = video.VideoReader(source)
   info = reader.info
@@ -891,7 +1055,11 @@ def run_video(
     except FkdError as e:  # a broken or truncated file: finish what was read, then say so
       broken.append(e)
 
-  batches = _one_at_a_time(predictor, located()) if camera else in_batches(predictor, located())
+  batching = _one_at_a_time if camera else in_batches
+  tracks = _Tracks(info.size) if src == 'detector' else None
+  batches = refined(
+    predictor, batching(predictor, located()), predictor.passes_for(src), batching, tracks
+  )
   os.makedirs(output, exist_ok=True)
   bar = metric_writer.progress(total=info.frame_count, desc='frames', unit=' frames')
   with reader, video.VideoWriter(paths[0], info.fps, info.size) as writer, open(paths[1], 'w') as f:
@@ -929,6 +1097,12 @@ def run_video(
     f'{" (smoothed)" if smooth else ""} -> {paths[0]}, {paths[1]}',
     flush=True,
   )
+  if tracks is not None and tracks.frames:
+    print(
+      f'fkd: note: on {tracks.frames} frames a face the detector missed was cropped from its '
+      f'landmarks on an earlier frame (tracking, at most {TRACK_FRAMES} frames in a row)',
+      flush=True,
+    )
   for line in motion.lines():
     print(line, flush=True)
   if broken:
@@ -989,6 +1163,13 @@ def _define_flags():
     'Decode photos up to this many megapixels (default 179: larger ones are refused as possible '
     'decompression bombs).',
   )
+  flags.DEFINE_integer(
+    'passes',
+    None,
+    f'Landmark passes per face (1..{MAX_PASSES}): each pass after the first re-crops the face '
+    f"from the previous pass's landmarks; default {DEFAULT_PASSES} for detected faces of a model "
+    'trained with config.data.box_noise, else 1 (--whole_image: always 1).',
+  )
   flags.DEFINE_boolean('smooth', False, 'Video: One Euro smoothing of landmarks across frames.')
   flags.DEFINE_float('min_cutoff', 1.0, '--smooth: cutoff at rest in Hz (lower: smoother).')
   flags.DEFINE_float('beta', 1.0, '--smooth: cutoff rise with speed (higher: less lag).')
@@ -1027,6 +1208,7 @@ def _predict(f: Any) -> None:
     min_face=f.min_face,
     min_face_fraction=f.min_face_fraction,
     max_faces=f.max_faces,
+    passes=f.passes,
   )
   if f.image is not None:
     if f.smooth:

