@@ -936,6 +936,20 @@ CASES = [
     check=record_of('m.json', platforms=['cpu', 'tpu']),
   ),
   Case(
+    'folder_image_allowed_past_the_guard',
+    B,
+    FOLDER + ' --max_megapixels=250',
+    setup=folder_dataset('pts', lambda root: huge_png(root / 'train' / 'train0.png')),
+    message='train/train0.png: cannot decode the image',  # past the guard: fake pixels fail
+  ),
+  Case(
+    'build_max_megapixels_nan',
+    B,
+    FOLDER + ' --max_megapixels=nan',
+    setup=folder_dataset('pts'),
+    message='--max_megapixels must be a number in [1, 10000], got nan',
+  ),
+  Case(
     'folder_one_train_face',
     B,
     FOLDER,
