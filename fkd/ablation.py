@@ -39,6 +39,7 @@ import ml_collections
 
 from fkd import inference, methods
 from fkd.errors import FkdError
+from fkd.infra import files
 from fkd.training import prestage as pretrain
 from fkd.training import trainer as train
 
@@ -156,6 +157,7 @@ def _finished(config: Any, workdir: str) -> bool:
 
 
 # Config fields that may change between reruns without changing what a run trains.
+MAX_SEEDS = 100
 _IGNORED = ('data.data_dir', 'data.manual_dir', 'data.num_workers')
 
 
@@ -198,6 +200,7 @@ def _run(config: Any, workdir: str, label: str, any_stages: bool = False) -> dic
     with open(stamp, 'w') as f:
       json.dump(_fingerprint(config), f, indent=1)
     train.run(config, workdir)
+    train.stop_if_signalled(label)
     print(f'[ablation] {label}: done in {time.time() - t0:.0f}s', flush=True)
   with open(os.path.join(workdir, 'results.json')) as f:
     return json.load(f)
@@ -242,6 +245,16 @@ def run(
   """Trains and scores every row for `seeds` seeds; writes DIR/ablation.{json,md}."""
   if seeds < 1:
     raise FkdError(f'--seeds must be >= 1, got {seeds}')
+  if seeds > MAX_SEEDS:
+    raise FkdError(f'--seeds must be at most {MAX_SEEDS} (a run per row and seed), got {seeds}')
+  table = os.path.join(workdir, 'ablation.json')
+  old = files.json_object(table)
+  if old is not None and isinstance(old.get('seeds'), int) and old['seeds'] > seeds:
+    raise FkdError(
+      f'{table} holds a {old["seeds"]}-seed table; --seeds={seeds} would replace it with a '
+      f'{seeds}-seed one: pass --seeds={old["seeds"]} (finished runs are reused), or move the '
+      'table aside first'
+    )
   rows = rows_for(config)
   split = split or default_split(config)
   if split not in config.data.eval_splits:
@@ -398,7 +411,7 @@ def _main(argv: list[str]) -> None:
     run(_CONFIG.value, _WORKDIR.value, f.seeds, f.split, f.rows, command)
   except train.Preempted as e:
     print(f'fkd: {e}', file=sys.stderr, flush=True)
-    sys.exit(143)
+    sys.exit(128 + int(e.signum))  # 130 Ctrl-C, 143 SIGTERM (as fkd.main)
 
 
 if __name__ == '__main__':

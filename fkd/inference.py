@@ -93,6 +93,17 @@ def is_finished(stage_dir: str) -> bool:
   return checkpoint.latest_step(stage_dir) >= meta['total_steps']
 
 
+def status(info: dict[str, Any]) -> str:
+  """'student_kd step 200/200' or 'student_kd step 130 of 200000: unfinished ...' (one line)."""
+  stage = info.get('stage', os.path.basename(info['checkpoint']))
+  if info['finished']:
+    return f'{stage} step {info["step"]}/{info["total_steps"]} (finished)'
+  return (
+    f'{stage} step {info["step"]} of {info["total_steps"]}: UNFINISHED (training stopped or is '
+    'still running; its predictions are those of a partly trained model)'
+  )
+
+
 def find_stage(workdir: str) -> str:
   """The stage a workdir serves: finished students first (`methods.preferred_stages`)."""
   if not os.path.isdir(workdir):
@@ -106,6 +117,22 @@ def find_stage(workdir: str) -> str:
     if checkpoint.read_meta(path) is not None:
       return path
   raise FkdError(f'no trained model in {workdir} (looked for {", ".join(preferred)})')
+
+
+def passed_over(workdir: str, chosen: str) -> list[str]:
+  """The stages `find_stage` preferred to `chosen` but skipped as unfinished, as notes."""
+  out = []
+  for name in methods.preferred_stages():
+    path = os.path.join(workdir, name)
+    if os.path.normpath(path) == os.path.normpath(chosen):
+      break
+    meta = checkpoint.read_meta(path)
+    if meta is not None:
+      out.append(
+        f'{name} is unfinished (step {checkpoint.latest_step(path)} of {meta["total_steps"]}): '
+        f'serving the finished {os.path.basename(os.path.normpath(chosen))} instead'
+      )
+  return out
 
 
 class Predictor:
@@ -131,13 +158,25 @@ class Predictor:
     return self.head.decode(float32(outputs))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.uint8)))
+    arr = np.asarray(images)
+    size = self.image_size
+    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3) or arr.dtype != np.uint8:
+      raise FkdError(
+        f'face crops must be a uint8 (B, {size}, {size}, 3) array (this model takes '
+        f'{size}x{size} RGB crops), got {arr.dtype} {arr.shape}'
+      )
+    if not len(arr):
+      return np.zeros((0, self.num_landmarks, 2), np.float32)
+    return np.asarray(self._apply(self.variables, jnp.asarray(arr, jnp.uint8)))
 
   def info(self) -> dict[str, Any]:
     keys = ('stage', 'method', 'model', 'model_kwargs', 'dataset', 'image_size', 'num_landmarks')
+    total = int(self.meta.get('total_steps', 0) or 0)
     return {
       'checkpoint': os.path.abspath(self.stage_dir),
       'step': self.step,
+      'total_steps': total,
+      'finished': self.step is not None and self.step >= total,
       'head': self.head.meta(),
       **{k: self.meta[k] for k in keys if k in self.meta},
     }

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import math
 import os
 import shutil
 import sys
@@ -183,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     action='store_true',
     help='build whatever official files are present; leave out empty splits',
   )
+  p.add_argument(
+    '--max_megapixels',
+    type=float,
+    default=None,
+    help='decode images up to this many megapixels (default 179: larger ones are refused as '
+    'possible decompression bombs)',
+  )
   p.add_argument('--help_layout', action='store_true', help='print the expected layout')
   args = p.parse_args(argv)
   try:
@@ -191,16 +199,24 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     if not args.manual_dir:
       p.error('--manual_dir is required')
-    build(
-      args.dataset,
-      args.manual_dir,
-      args.data_dir,
-      config=args.config,
-      crop_size=args.crop_size,
-      allow_partial=args.allow_partial,
-      image_format=args.image_format,
-      asm_fit_set=args.asm_fit_set,
-    )
+    if args.crop_size is not None and not 8 <= args.crop_size <= 2048:
+      p.error(f'--crop_size must be an integer in [8, 2048] (pixels), got {args.crop_size}')
+    mp = args.max_megapixels
+    if mp is not None and not (math.isfinite(mp) and 1 <= mp <= 10_000):
+      p.error(f'--max_megapixels must be a number in [1, 10000], got {mp}')
+    from fkd.data import formats
+
+    with formats.max_pixels(round(mp * 1e6) if mp else None):
+      build(
+        args.dataset,
+        args.manual_dir,
+        args.data_dir,
+        config=args.config,
+        crop_size=args.crop_size,
+        allow_partial=args.allow_partial,
+        image_format=args.image_format,
+        asm_fit_set=args.asm_fit_set,
+      )
   except SystemExit:
     raise
   except BaseException as e:  # noqa: BLE001  (one exit convention for every tool)

@@ -386,6 +386,11 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAModel]:
   """`asm.fit_pca` for several variance fractions from one SVD (identical models: each keeps
   the first k components of the largest-acc fit, k chosen by the same strict rule)."""
+  if len(shapes) < 2:
+    raise FkdError(
+      f'the train split has {len(shapes)} face shape(s); the shape model (ASM targets) needs at '
+      'least 2: annotate more train faces'
+    )
   top = asm.fit_pca(shapes, acc=max(accs.values()))
   cum = np.cumsum(top.ratio)
   out = {}
@@ -410,14 +415,10 @@ def file_loader(path: pathlib.Path, name: str) -> Callable[[tuple[int, int] | No
 
 
 def image_size(path: pathlib.Path, name: str) -> tuple[int, int]:
-  """(width, height) from the image header, with a clear error for a non-image."""
+  """(width, height) from the image header (upright), with a clear error for a non-image."""
   from fkd.data import formats
 
-  try:
-    with Image.open(path) as img:
-      return img.size
-  except (OSError, SyntaxError, ValueError) as e:
-    raise formats.DataFormatError(f'{name}: not a readable image ({e})') from None
+  return formats.image_size(path, name)
 
 
 def missing_list(names, limit: int = 8) -> str:

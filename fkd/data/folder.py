@@ -25,7 +25,15 @@ live at DIR's top level). Per format, a split folder (or DIR, with list files) h
   `bbox_x,bbox_y,bbox_w,bbox_h`), one row per face; `file` relative to the folder;
 * `coco`: images plus `annotations.json` (COCO keypoints: `images` with `id` and `file_name`
   relative to the folder, `annotations` with `image_id`, `keypoints` (x, y, v) * N and optional
-  `bbox` [x, y, w, h]); v is kept (`visibility`), points with v = 0 are left out of the extent.
+  `bbox` [x, y, w, h]); v is kept (`visibility`).
+
+Unlabelled points (COCO v = 0; in a CSV, a point whose x and y cells are both empty) have no
+position: they are left out of the crop box, stored at the mean of the face's labelled points (a
+finite stand-in, `visibility` 0) and not scored by the metrics. A v = 1 point (labelled, hidden)
+keeps its position and is scored. A face with no labelled point, and a CSV row repeating an
+earlier one, are left out with a one-line note. Image names must be paths inside the folder, and
+labelled points must lie on or near their image (within half its size around it); images are
+decoded upright (EXIF orientation applied, as people annotate them).
 
 Every problem is one `FkdError` line naming the file and the row.
 """
@@ -199,12 +207,17 @@ def parse_spec(data: Any, where: str = SPEC_FILE) -> Spec:
   if not isinstance(train, str):
     raise _err(f'{where}: train_split must be a string')
   offset = data.get('origin_offset', -1.0 if fmt == 'pts' else 0.0)
-  if isinstance(offset, bool) or not isinstance(offset, int | float):
+  if isinstance(offset, bool) or not isinstance(offset, int | float) or not np.isfinite(offset):
     raise _err(f'{where}: origin_offset {offset!r}; expected a number (e.g. -1 or 0)')
   margin = data.get('crop_margin', 5.0)
   if isinstance(margin, str) and re.fullmatch(r'\d+(\.\d*)?%', margin.strip()):
     margin = -float(margin.strip()[:-1]) / 100.0
-  elif isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
+  elif (
+    isinstance(margin, bool)
+    or not isinstance(margin, int | float)
+    or not np.isfinite(margin)
+    or margin < 0
+  ):
     raise _err(f"{where}: crop_margin {margin!r}; expected pixels >= 0 or a percentage ('10%')")
   box = data.get('box', 'annotation')
   if box not in ('annotation', 'points'):
@@ -229,10 +242,15 @@ def read_spec(root: str | os.PathLike) -> Spec:
   if not path.is_file():
     raise _err(f'{path}: not found; a folder dataset needs a dataset.json (see README)')
   try:
-    data = json.loads(path.read_text(encoding='utf-8'))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    data = json.loads(path.read_text(encoding='utf-8-sig'), parse_constant=_no_constant)
+  except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
     raise _err(f'{path}: not valid JSON ({e})') from None
   return parse_spec(data, str(path))
+
+
+def _no_constant(name: str) -> Any:
+  """json.loads takes NaN and Infinity, which JSON does not have: refuse them."""
+  raise ValueError(f'{name} is not a JSON number')
 
 
 def config_name(root: str | os.PathLike) -> str:
@@ -311,6 +329,10 @@ def _is_float(v: str) -> bool:
 
 
 def _xywh(b: Any, where: str) -> np.ndarray:
+  if not isinstance(b, list | tuple | np.ndarray) or any(
+    isinstance(v, bool) or not isinstance(v, int | float | np.floating) for v in b
+  ):
+    raise _err(f'{where}: bbox {b!r}; expected [x, y, w, h]')
   box = np.asarray(b, np.float64).reshape(-1)
   if box.size != 4 or not np.all(np.isfinite(box)):
     raise _err(f'{where}: bbox {b!r}; expected [x, y, w, h]')
@@ -362,8 +384,11 @@ def _annotation_file(folder: pathlib.Path, fmt: str) -> pathlib.Path:
 def _read_csv(root, folder, files, spec) -> list[Record]:
   n = spec.num_landmarks
   path = _annotation_file(folder, 'csv')
-  with open(path, encoding='utf-8', newline='') as f:
-    rows = list(csv.reader(f))
+  try:
+    with open(path, encoding='utf-8-sig', newline='') as f:  # -sig: Excel's "CSV UTF-8"
+      rows = list(csv.reader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise _err(f'{path}: not a UTF-8 CSV file ({e})') from None
   if not rows:
     raise _err(f'{path}: empty; expected the header file,x0,y0,...')
   header = [h.strip() for h in rows[0]]
@@ -378,6 +403,7 @@ def _read_csv(root, folder, files, spec) -> list[Record]:
     )
   wanted = set(files) if files is not None else None
   seen: dict[str, int] = {}
+  rows_seen: dict[tuple, str] = {}
   out = []
   for k, row in enumerate(rows[1:], start=2):
     if not any(c.strip() for c in row):
@@ -393,16 +419,25 @@ def _read_csv(root, folder, files, spec) -> list[Record]:
     if wanted is not None and name not in wanted:
       continue
     where = f'{where} ({name})'
-    vals = _floats(row[1 : 1 + 2 * n], where)
+    _check_name(name, folder, where)
+    cells = [c.strip() for c in row[1 : 1 + 2 * n]]
+    vis = np.array([2 if cells[2 * i] or cells[2 * i + 1] else 0 for i in range(n)], np.int32)
+    if not vis.any():
+      note(f'{where}: no labelled point (every x, y is empty); left out')
+      continue
+    vals = _floats([c if c else 'nan' for c in cells], where)
     box = None
     if has_box and any(c.strip() for c in row[-4:]):
       box = _xywh(_floats(row[-4:], where), where)
+    key = (name, vals.tobytes(), None if box is None else box.tobytes())
+    if key in rows_seen:
+      note(f'{where}: the same face as {rows_seen[key]}; left out (a duplicate row)')
+      continue
+    rows_seen[key] = f'row {k}'
     img = folder / name
     idx = seen.get(name, 0)
     seen[name] = idx + 1
-    out.append(
-      Record(_rel(root, img), img, where, vals.reshape(n, 2), np.full(n, 2, np.int32), box, idx)
-    )
+    out.append(Record(_rel(root, img), img, where, vals.reshape(n, 2), vis, box, idx))
   if wanted is not None and (missing := wanted - set(seen)):
     raise _err(f'{path}: no row for {sorted(missing)[0]} (listed in the split list)')
   return out
@@ -417,10 +452,18 @@ def _read_coco(root, folder, files, spec) -> list[Record]:
     raise _err(f'{path}: not valid JSON ({e})') from None
   if not isinstance(data, dict) or 'images' not in data or 'annotations' not in data:
     raise _err(f'{path}: expected a COCO object with "images" and "annotations"')
+  for key in ('images', 'annotations'):
+    if not isinstance(data[key], list):
+      raise _err(f'{path}: "{key}" is {_json_type(data[key])}; expected a list')
   images = {}
   for k, im in enumerate(data['images']):
     if not isinstance(im, dict) or 'id' not in im or 'file_name' not in im:
       raise _err(f'{path} images[{k}]: expected "id" and "file_name"')
+    if isinstance(im['id'], bool) or not isinstance(im['id'], int | str):
+      raise _err(f'{path} images[{k}]: id is {_json_type(im["id"])}; expected an integer')
+    if not isinstance(im['file_name'], str) or not im['file_name'].strip():
+      raise _err(f'{path} images[{k}]: file_name is {_json_type(im["file_name"])}; expected a path')
+    _check_name(im['file_name'], folder, f'{path} images[{k}]')
     images[im['id']] = im['file_name']
   wanted = set(files) if files is not None else None
   seen: dict[str, int] = {}
@@ -431,6 +474,8 @@ def _read_coco(root, folder, files, spec) -> list[Record]:
       raise _err(f'{where}: expected "image_id" and "keypoints"')
     if 'id' in a:
       where += f' (id {a["id"]})'
+    if isinstance(a['image_id'], bool) or not isinstance(a['image_id'], int | str):
+      raise _err(f'{where}: image_id is {_json_type(a["image_id"])}; expected an integer')
     if a['image_id'] not in images:
       raise _err(f'{where}: image_id {a["image_id"]!r} is not in "images"')
     name = images[a['image_id']]
@@ -438,16 +483,25 @@ def _read_coco(root, folder, files, spec) -> list[Record]:
       continue
     where += f' ({name})'
     kp = a['keypoints']
-    if not isinstance(kp, list) or len(kp) != 3 * n:
-      got = len(kp) / 3 if isinstance(kp, list) else kp
+    if not isinstance(kp, list):
+      raise _err(f'{where}: keypoints is {_json_type(kp)}; expected a list of {3 * n} numbers')
+    if len(kp) != 3 * n:
       raise _err(
-        f'{where}: {len(kp)} keypoint values ({got:g} points); expected {3 * n} ({n} x, y, v)'
+        f'{where}: {len(kp)} keypoint values ({len(kp) / 3:g} points); expected {3 * n} '
+        f'({n} x, y, v)'
       )
-    try:
-      kp = np.asarray(kp, np.float64).reshape(n, 3)
-    except (TypeError, ValueError):
-      raise _err(f'{where}: keypoints must be numbers') from None
-    box = _xywh(a['bbox'], where) if a.get('bbox') else None
+    bad = [v for v in kp if isinstance(v, bool) or not isinstance(v, int | float)]
+    if bad:
+      raise _err(f'{where}: keypoints must be numbers; found {_json_type(bad[0])}')
+    kp = np.asarray(kp, np.float64).reshape(n, 3)
+    if not np.all(np.isin(kp[:, 2], (0, 1, 2))):
+      i = int(np.argwhere(~np.isin(kp[:, 2], (0, 1, 2)))[0, 0])
+      raise _err(f'{where}: point {i} has v = {kp[i, 2]:g}; expected 0, 1 or 2')
+    box = _xywh(a['bbox'], where) if a.get('bbox') is not None else None
+    if not (kp[:, 2] > 0).any():
+      note(f'{where}: no labelled point (every v is 0); left out')
+      continue
+    kp[kp[:, 2] == 0, :2] = np.nan  # no position: masked, never (0, 0)
     img = folder / name
     idx = seen.get(name, 0)
     seen[name] = idx + 1
@@ -457,6 +511,29 @@ def _read_coco(root, folder, files, spec) -> list[Record]:
   if wanted is not None and (missing := wanted - set(seen)):
     raise _err(f'{path}: no annotation for {sorted(missing)[0]} (listed in the split list)')
   return out
+
+
+def _json_type(v: Any) -> str:
+  if v is None:
+    return 'null'
+  return {bool: 'a boolean', str: f'the text {v!r}', list: 'a list', dict: 'an object'}.get(
+    type(v), f'the number {v!r}' if isinstance(v, int | float) else type(v).__name__
+  )
+
+
+def _check_name(name: str, folder: pathlib.Path, where: str) -> None:
+  """An image name must be a path inside the split folder (no absolute path, no '..')."""
+  p = pathlib.PurePosixPath(name.replace('\\', '/'))
+  if not name or p.is_absolute() or '..' in p.parts or re.match(r'^[A-Za-z]:', name):
+    raise _err(
+      f'{where}: image path {name!r}; expected a path relative to {folder} (no absolute path, '
+      "no '..')"
+    )
+
+
+def note(text: str) -> None:
+  """A one-line note on stdout about data that was left out or changed."""
+  print(f'fkd: note: {text}', flush=True)
 
 
 READERS = {'pts': _read_pts, 'csv': _read_csv, 'coco': _read_coco}
@@ -469,8 +546,9 @@ def read_records(root: str | os.PathLike, spec: Spec) -> dict[str, list[Record]]
   for split, folder, files in _split_sources(root, spec):
     records = READERS[spec.format](root, folder, files, spec)
     for r in records:
-      if not np.all(np.isfinite(r.points)):
-        i = int(np.argwhere(~np.isfinite(r.points).all(axis=1))[0, 0])
+      bad = ~np.isfinite(r.points).all(axis=1) & (r.visibility > 0)
+      if bad.any():
+        i = int(np.argwhere(bad)[0, 0])
         raise _err(f'{r.row}: point {i} is {r.points[i].tolist()}; expected finite numbers')
     out[split] = records
   if spec.train_split not in out:
@@ -482,16 +560,18 @@ def read_records(root: str | os.PathLike, spec: Spec) -> dict[str, list[Record]]
 
 
 def image_size(record: Record) -> tuple[int, int]:
-  """(width, height) of a record's image; one-line errors for a missing or unreadable file."""
-  from PIL import Image
-
+  """(width, height) of a record's image, upright (EXIF orientation applied, as annotated and as
+  `formats.open_image` decodes it); one-line errors for a missing or unreadable file."""
   if not record.path.is_file():
     raise _err(f'{record.row}: image {record.filename} not found')
   try:
-    with Image.open(record.path) as img:
+    with formats.open_header(record.path, record.filename) as img:
       img.verify()
-    with Image.open(record.path) as img:
-      return img.size
+    return formats.image_size(record.path, record.filename)
+  except formats.DataFormatError as e:
+    if 'decompression-bomb guard' in str(e):
+      raise _err(f'{record.row}: {e}') from None
+    raise _err(f'{record.row}: image {record.filename} is not a readable image ({e})') from None
   except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
     raise _err(f'{record.row}: image {record.filename} is not a readable image ({e})') from None
 
@@ -503,6 +583,31 @@ def face_box(record: Record, spec: Spec) -> np.ndarray:
   pts = record.points[record.visibility > 0] if (record.visibility > 0).any() else record.points
   pts = pts + spec.origin_offset
   return np.concatenate([pts.min(0), pts.max(0)])
+
+
+def filled_points(record: Record) -> np.ndarray:
+  """The points with every unlabelled one (v = 0, no position) at the labelled points' mean: a
+  finite stand-in inside the face that the `visibility` feature marks as unlabelled."""
+  labelled = record.visibility > 0
+  pts = np.array(record.points, np.float64)
+  pts[~labelled] = pts[labelled].mean(axis=0)
+  return pts
+
+
+def check_points(record: Record, size: tuple[int, int], spec: Spec) -> None:
+  """Labelled points must lie on or near their image (within half its size around it): a point
+  far outside is a wrong file, a wrong origin or swapped coordinates."""
+  w, h = size
+  pts = record.points[record.visibility > 0] + spec.origin_offset
+  lo, hi = np.array([-0.5 * w, -0.5 * h]), np.array([1.5 * w, 1.5 * h])
+  far = ~((pts >= lo) & (pts <= hi)).all(axis=1)
+  if far.any():
+    i = int(np.flatnonzero(record.visibility > 0)[np.argmax(far)])
+    x, y = record.points[i]
+    raise _err(
+      f'{record.row}: point {i} ({x:g}, {y:g}) lies far outside the {w}x{h} image '
+      f'{record.filename}; expected points on the image (wrong file, origin or x/y order?)'
+    )
 
 
 def check_box(record: Record, box: np.ndarray, size: tuple[int, int]) -> None:

@@ -7,6 +7,7 @@ a `ValueError`) naming the file and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -414,32 +415,130 @@ def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
 # Images and mean shapes
 
 
+# Pixels an image may have before it is refused as a possible decompression bomb (PIL's own
+# error threshold); `fkd.predict --max_megapixels` and `set_max_pixels` raise it.
+MAX_PIXELS = 2 * 89_478_485
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+  2: Image.Transpose.FLIP_LEFT_RIGHT,
+  3: Image.Transpose.ROTATE_180,
+  4: Image.Transpose.FLIP_TOP_BOTTOM,
+  5: Image.Transpose.TRANSPOSE,
+  6: Image.Transpose.ROTATE_270,
+  7: Image.Transpose.TRANSVERSE,
+  8: Image.Transpose.ROTATE_90,
+}
+
+
+def set_max_pixels(pixels: int | None) -> None:
+  """Images up to `pixels` pixels are decoded (None: the default guard)."""
+  global MAX_PIXELS
+  MAX_PIXELS = 2 * 89_478_485 if pixels is None else int(pixels)
+
+
+@contextlib.contextmanager
+def max_pixels(pixels: int | None) -> Iterator[None]:
+  """`set_max_pixels` for the length of a command (the guard is back afterwards)."""
+  before = MAX_PIXELS
+  set_max_pixels(pixels)
+  try:
+    yield
+  finally:
+    set_max_pixels(before)
+
+
+def orientation(img: Image.Image) -> int:
+  """The EXIF orientation (1..8; 1 when absent or unreadable)."""
+  try:
+    value = img.getexif().get(EXIF_ORIENTATION, 1)
+  except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+    return 1
+  return value if isinstance(value, int) and value in range(1, 9) else 1
+
+
+def open_header(source: PathLike | bytes, name: str) -> Image.Image:
+  """Opens an image (its header only), with the pixel-count guard said in one line."""
+  limit = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None  # the guard below names the way to allow a large photo
+  try:
+    img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
+  w, h = img.size
+  if w * h > MAX_PIXELS:
+    img.close()
+    raise DataFormatError(
+      f'{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the '
+      f'{MAX_PIXELS / 1e6:.0f} decoded safely (a decompression-bomb guard); pass '
+      '--max_megapixels to allow it'
+    )
+  return img
+
+
+def image_size(source: PathLike | bytes, name: str | None = None) -> tuple[int, int]:
+  """(width, height) of an image as `open_image` returns it (upright), from its header."""
+  name = name or (os.fspath(source) if not isinstance(source, bytes) else '<image bytes>')
+  try:
+    with open_header(source, name) as img:
+      w, h = img.size
+      return (h, w) if orientation(img) in (5, 6, 7, 8) else (w, h)
+  except (OSError, SyntaxError, ValueError) as e:
+    if isinstance(e, DataFormatError):
+      raise
+    raise DataFormatError(f'{name}: not a readable image ({e})') from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+  """RGB of any mode; more than 8 bits per sample is scaled to 0..255, never clipped."""
+  if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+    a = np.asarray(img, np.float64)
+    if img.mode.startswith('I;16'):
+      top = 65535.0
+    elif img.mode == 'F':
+      top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 65535.0
+    else:  # 32-bit ints: PNG and TIFF 16-bit grayscale decode to this
+      top = 255.0 if np.nanmax(a, initial=0.0) <= 255 else 65535.0
+    a = np.clip(np.nan_to_num(a) * (255.0 / top), 0, 255)
+    return Image.fromarray(np.round(a).astype(np.uint8)).convert('RGB')
+  return img.convert('RGB')
+
+
 def open_image(
-  source: PathLike | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None
+  source: PathLike | bytes,
+  name: str | None = None,
+  draft_size: tuple[int, int] | None = None,
+  upright: bool = True,
 ) -> Image.Image:
-  """Decodes an image fully into RGB (grayscale, palette and RGBA are converted).
+  """Decodes an image fully into RGB (grayscale, palette, RGBA and 16-bit are converted).
 
   Args:
     source: a path or the encoded bytes.
     name: the name used in errors (defaults to the path).
-    draft_size: for JPEGs, let libjpeg decode at a reduced scale of at least this (W, H).
+    draft_size: for JPEGs, let libjpeg decode at a reduced scale of at least this (W, H), upright.
+    upright: apply the EXIF orientation (as photo viewers show the photo, and as people
+      annotate it).
 
   Returns:
     The RGB image; `img.info['draft_scale']` holds the integer reduction (1 without draft).
   """
   name = name or (os.fspath(source) if not isinstance(source, bytes) else '<image bytes>')
   try:
-    img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    img = open_header(source, name)
+    turn = orientation(img) if upright else 1
     full = img.size
     if draft_size is not None and img.format == 'JPEG':
-      img.draft('RGB', draft_size)
+      img.draft('RGB', draft_size[::-1] if turn in (5, 6, 7, 8) else draft_size)
     img.load()
+  except DataFormatError:
+    raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataFormatError(
       f'{name}: cannot decode the image ({e}); expected a complete JPEG / PNG / PPM file'
     ) from None
   scale = max(1, round(full[0] / img.size[0]))
-  out = img.convert('RGB')
+  out = to_rgb(img)
+  if turn in _TRANSPOSE:
+    out = out.transpose(_TRANSPOSE[turn])
   out.info['draft_scale'] = scale
   return out
 

@@ -42,6 +42,8 @@ class Split:
   soft_landmarks: np.ndarray | None  # (M, N, 2) float32, ASM targets of the plain crops
   names: list[str]
   attributes: np.ndarray | None = None  # (M, 6) bool WFLW attribute flags, where the data has them
+  # (M, N) bool: the points with a position (a folder dataset's COCO v > 0); None: all of them.
+  labelled: np.ndarray | None = None
   # The shards of the split this process holds (train split; see the module docstring).
   shards: range = range(1)
   num_shards: int = 1
@@ -148,7 +150,7 @@ def load_split(
   if records is None:
     records = range(len(source) if limit <= 0 else min(limit, len(source)))
   images = np.empty((len(records), size, size, 3), np.uint8)
-  landmarks, soft, names, attributes = [], [], [], []
+  landmarks, soft, names, attributes, labelled = [], [], [], [], []
   for i, r in enumerate(records):
     ex = source[r]
     img = _decode(ex['image'])
@@ -165,6 +167,8 @@ def load_split(
       soft.append(transform(np.asarray(ex['soft_landmarks'][soft_key], np.float32)))
     if 'attributes' in ex:
       attributes.append(np.asarray(ex['attributes'], bool))
+    if 'visibility' in ex:
+      labelled.append(np.asarray(ex['visibility']) > 0)
     name = ex.get('filename', str(r))
     names.append(name.decode() if isinstance(name, bytes) else str(name))
   return Split(
@@ -173,6 +177,7 @@ def load_split(
     np.stack(soft) if soft else None,
     names,
     np.stack(attributes) if attributes else None,
+    labelled=np.stack(labelled) if labelled and not np.all(labelled) else None,
   )
 
 

@@ -177,7 +177,8 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   preds: dict[str, dict[str, np.ndarray]] = {}
 
   def add(name: str, split: str, pred: np.ndarray) -> None:
-    nme = metrics.nme_per_image(pred, data.splits[split].landmarks, config.eval.norm)
+    gt = data.splits[split]
+    nme = metrics.nme_per_image(pred, gt.landmarks, config.eval.norm, gt.labelled)
     results['models'].setdefault(name, {})[split] = metrics.summarize(nme, threshold)
     results['nme_per_image'].setdefault(name, {})[split] = [round(float(v), 6) for v in nme]
     preds.setdefault(name, {})[split] = pred

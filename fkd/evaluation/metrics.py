@@ -47,15 +47,26 @@ def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') 
 
 
 def nme_per_image(
-  pred: np.ndarray, gt: np.ndarray, norm: str | Sequence = 'inter_ocular'
+  pred: np.ndarray,
+  gt: np.ndarray,
+  norm: str | Sequence = 'inter_ocular',
+  labelled: np.ndarray | None = None,
 ) -> np.ndarray:
-  """NME_j = mean_i ||p_i − g_i|| / d_j for each image (a fraction, not %)."""
+  """NME_j = mean_i ||p_i − g_i|| / d_j for each image (a fraction, not %).
+
+  `labelled` (M, N) bool: the mean is over the labelled points only (an unlabelled point has no
+  position to score against).
+  """
   pred = np.asarray(pred, np.float64)
   gt = np.asarray(gt, np.float64)
   if pred.shape != gt.shape:
     raise ValueError(f'prediction shape {pred.shape} != ground-truth shape {gt.shape}')
   d = normalising_distance(gt, norm)
-  return np.linalg.norm(pred - gt, axis=-1).mean(axis=-1) / d
+  err = np.linalg.norm(pred - gt, axis=-1)
+  if labelled is None:
+    return err.mean(axis=-1) / d
+  mask = np.asarray(labelled, bool)
+  return (err * mask).sum(axis=-1) / np.maximum(mask.sum(axis=-1), 1) / d
 
 
 def failure_rate(nme: np.ndarray, threshold: float = 0.1) -> float:

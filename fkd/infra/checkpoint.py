@@ -16,8 +16,11 @@ another one already created a stage directory.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -27,6 +30,30 @@ import orbax.checkpoint as ocp
 from fkd.errors import FkdError
 
 _ITEMS = ('model', 'train', 'meta')
+
+
+@contextlib.contextmanager
+def _quiet_reads() -> Iterator[None]:
+  """Orbax's INFO / WARNING lines off during a read (e.g. "Item 'train' was found in the
+  checkpoint, but could not be restored" for the items a model read leaves alone): what the
+  command lines hide, the Python API hides too."""
+  from absl import logging
+
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(min(verbosity, logging.ERROR))  # absl: lower is quieter
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _quiet(fn: Callable) -> Callable:
+  @functools.wraps(fn)
+  def wrapped(*args: Any, **kwargs: Any) -> Any:
+    with _quiet_reads():
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def manager(
@@ -132,11 +159,13 @@ def restore(
   return {**got['model'], **got['train']}
 
 
+@_quiet
 def latest_step(directory: str) -> int | None:
   """The latest complete step in a stage directory, or None (a local read, like `read_meta`)."""
   return _reader(directory).latest_step() if os.path.isdir(directory) else None
 
 
+@_quiet
 def read_meta(directory: str, step: int | None = None) -> dict[str, Any] | None:
   """The JSON metadata of a stage's latest (or given) step, or None when there is no checkpoint."""
   if not os.path.isdir(directory):
@@ -164,6 +193,7 @@ def unreadable(directory: str, step: int, error: BaseException) -> FkdError:
 # Checkpoints you can trust: a step that does not restore is set aside, never deleted.
 
 
+@_quiet
 def all_steps(directory: str) -> list[int]:
   """The complete steps of a stage directory, oldest first (a local read)."""
   return sorted(_reader(directory).all_steps()) if os.path.isdir(directory) else []
@@ -238,6 +268,7 @@ def save_model(directory: str, variables: dict[str, Any], meta: dict[str, Any]) 
   mgr.close()
 
 
+@_quiet
 def load_model(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """Host (NumPy) {'params', 'batch_stats'} and metadata of a stage's latest step.
 

@@ -86,9 +86,29 @@ def check_optimizer(field: str, tc: Any, process_count: int = 1) -> None:
   positive_int(f'{field}.checkpoint_every_steps', tc.checkpoint_every_steps)
 
 
+MAX_IMAGE_SIZE = 1024  # crops beyond it are no face-landmark input (and exhaust memory)
+
+
+def in_range(field: str, value: Any, lo: float, hi: float, closed_hi: bool = True) -> None:
+  """A finite number in [lo, hi] (or [lo, hi))."""
+  ok = _number(value) and lo <= value and (value <= hi if closed_hi else value < hi)
+  if not ok:
+    raise FkdError(
+      f'config.{field} must be a number in [{lo:g}, {hi:g}{"]" if closed_hi else ")"}, '
+      f'got {value!r}'
+    )
+
+
 def check_model(field: str, mc: Any, known: list[str]) -> None:
   if mc.name not in known:
     raise FkdError(f'config.{field}.name must be one of {", ".join(known)}, got {mc.name!r}')
+  kwargs = mc.kwargs
+  for key in ('width', 'depth'):  # multipliers of the channels and blocks
+    if key in kwargs and kwargs[key] is not None:
+      positive_number(f'{field}.kwargs.{key}', kwargs[key])
+      in_range(f'{field}.kwargs.{key}', kwargs[key], 0, 16)
+  if 'bn_momentum' in kwargs and kwargs['bn_momentum'] is not None:
+    in_range(f'{field}.kwargs.bn_momentum', kwargs['bn_momentum'], 0, 1, closed_hi=False)
 
 
 def _blocks(node: Any, prefix: str = '') -> list[tuple[str, Any]]:
@@ -110,6 +130,10 @@ def check(config: Any, device_count: int, model_names: list[str], process_count:
   del device_count
   d = config.data
   positive_int('data.image_size', d.image_size)
+  if d.image_size > MAX_IMAGE_SIZE:
+    raise FkdError(
+      f'config.data.image_size must be at most {MAX_IMAGE_SIZE} pixels, got {d.image_size}'
+    )
   non_negative_int('data.num_landmarks', d.num_landmarks)  # 0: from the dataset (folder)
   one_of('data.target_space', d.target_space, TARGET_SPACES)
   one_of('data.augment', d.augment, AUGMENTS)
@@ -122,6 +146,11 @@ def check(config: Any, device_count: int, model_names: list[str], process_count:
   positive_int('eval.batch_size', config.eval.batch_size)
   positive_number('eval.fr_threshold', config.eval.fr_threshold)
   one_of('compute_dtype', config.get('compute_dtype', 'float32'), COMPUTE_DTYPES)
+  in_range('eval.fr_threshold', config.eval.fr_threshold, 0, 1)  # a fraction of the normaliser
+  if 'asm' in config and 'acc' in config.asm:
+    acc = config.asm.acc
+    if not _number(acc) or not 0 < acc <= 1:
+      raise FkdError(f'config.asm.acc must be a number in (0, 1], got {acc!r}')
   if not _integer(config.get('seed', 0)):
     raise FkdError(f'config.seed must be an integer, got {config.seed!r}')
   non_negative_int('eval_every_steps', config.get('eval_every_steps', 0))

@@ -278,6 +278,11 @@ def load(path: str | os.PathLike) -> Calibration:
     ) from None
   except (OSError, ValueError) as e:
     raise FkdError(f'cannot read box calibration {path}: {e}') from None
+  if not isinstance(record, dict):
+    raise FkdError(
+      f'cannot read box calibration {path}: a JSON {type(record).__name__}; expected the object '
+      'fkd.tools.calibrate_detector writes'
+    )
   return Calibration.from_json(record, path)
 
 

@@ -107,6 +107,10 @@ def run_tflite(model: bytes, images: np.ndarray) -> np.ndarray:
   return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
 
 
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+MAX_BATCH = 4096
+
+
 def export(
   workdir: str,
   fmt: str = 'stablehlo',
@@ -114,16 +118,44 @@ def export(
   stage: str | None = None,
   batch: int = 0,
   platforms: Sequence[str] | None = None,
+  allow_unfinished: bool = False,
 ) -> dict[str, Any]:
   """Exports a stage of `workdir` (default: the student) and checks it against JAX.
 
-  Returns the record written next to the artifact (paths, shapes, model, parity).
+  An unfinished stage (a checkpoint before its final step) is refused unless `allow_unfinished`.
+  The check runs the artifact here only when it was lowered for this machine's platform.
+  Returns the record written next to the artifact (paths, shapes, model, step, parity).
   """
   if fmt not in FORMATS:
     raise FkdError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+  if isinstance(batch, bool) or not isinstance(batch, int) or not 0 <= batch <= MAX_BATCH:
+    raise FkdError(f'--batch must be an integer in [0, {MAX_BATCH}] (0: symbolic), got {batch!r}')
+  platforms = [p.strip().lower() for p in platforms] if platforms else None
+  for p in platforms or ():
+    if p not in PLATFORMS:
+      raise FkdError(f'--platforms: {p!r} is not one of {", ".join(PLATFORMS)}')
+  if platforms and fmt != 'stablehlo':
+    raise FkdError('--platforms is for --format=stablehlo')
+  if not os.path.isdir(workdir):
+    raise FkdError(f'workdir {workdir} does not exist')
   stage_dir = os.path.join(workdir, stage) if stage else inference.find_stage(workdir)
-  if checkpoint.read_meta(stage_dir) is None:
+  meta = checkpoint.read_meta(stage_dir)
+  if meta is None:
     raise FkdError(f'no checkpoint in {stage_dir}')
+  step, total = checkpoint.latest_step(stage_dir), int(meta.get('total_steps', 0) or 0)
+  status = inference.status(
+    {'stage': meta.get('stage'), 'checkpoint': stage_dir, 'step': step, 'total_steps': total,
+     'finished': step >= total}
+  )  # fmt: skip
+  if not stage:
+    notes_first = [f'{n} (--stage picks one)' for n in inference.passed_over(workdir, stage_dir)]
+  else:
+    notes_first = []
+  if step < total and not allow_unfinished:
+    raise FkdError(
+      f'{stage_dir} is unfinished (step {step} of {total}); finish its training, or pass '
+      '--allow_unfinished to export it as it is'
+    )
   name = os.path.basename(os.path.normpath(stage_dir))
   output = output or os.path.join(workdir, 'export', f'{name}.{fmt}')
   check_output(output)
@@ -134,6 +166,7 @@ def export(
   probe_batch = batch if batch > 0 else 2
   probe = np.random.default_rng(0).integers(0, 256, (probe_batch, size, size, 3), np.uint8)
   expected = np.asarray(jax.jit(fn)(probe))
+  notes = list(notes_first)
   if fmt == 'stablehlo':
     with layers.portable_ops():  # standard conv ops for other runtimes
       exported = export_stablehlo(fn, size, batch, platforms)
@@ -141,7 +174,15 @@ def export(
       data = exported.serialize()
     except ImportError as e:  # jax.export serialization needs the `flatbuffers` package
       raise FkdError(f'--format=stablehlo: {e}') from None
-    got = np.asarray(jax.export.deserialize(data).call(probe))
+    here = jax.default_backend()
+    if here in exported.platforms:
+      got = np.asarray(jax.export.deserialize(data).call(probe))
+    else:  # it cannot run here: said in the record and on the console, not a traceback
+      got = None
+      notes.append(
+        f'not checked against JAX: lowered for {", ".join(exported.platforms)}, and this '
+        f'machine runs {here}; run it there to check it'
+      )
     in_shape = [d if isinstance(d, int) else str(d) for d in exported.in_avals[0].shape]
     extra = {
       'platforms': list(exported.platforms),
@@ -158,7 +199,9 @@ def export(
     in_shape = [batch, size, size, 3]
     extra = {'load': 'tf.lite.Interpreter(model_path=path)'}
   files.atomic_write(output, data)  # never half an artifact
-  diff = float(np.max(np.abs(got - expected)))
+  diff = None if got is None else float(np.max(np.abs(got - expected)))
+  if step < total:
+    notes.append(status)
   record = {
     'artifact': os.path.abspath(output),
     'format': fmt,
@@ -176,6 +219,9 @@ def export(
     },
     'model': {
       'checkpoint': os.path.abspath(stage_dir),
+      'step': step,
+      'total_steps': total,
+      'finished': step >= total,
       'head': predictor_head(meta),
       **{
         k: meta[k]
@@ -195,6 +241,8 @@ def export(
     'parity_max_abs_diff': diff,
     **extra,
   }
+  if notes:
+    record['notes'] = notes
   files.atomic_write(record_path(output), json.dumps(record, indent=1))
   return record
 
@@ -245,19 +293,27 @@ def _define_flags():
     None,
     "StableHLO lowering platforms (cpu, cuda, rocm, tpu); default: this machine's backend.",
   )
+  flags.DEFINE_boolean(
+    'allow_unfinished', False, 'Export a stage whose training has not reached its final step.'
+  )
   flags.mark_flags_as_required(['workdir'])
   return flags.FLAGS
 
 
 def _main(argv: list[str]) -> None:
   f = _FLAGS
-  record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms)
+  record = export(f.workdir, f.format, f.output, f.stage, f.batch, f.platforms, f.allow_unfinished)
+  diff = record['parity_max_abs_diff']
+  model = record['model']
   print(
-    f'fkd: {record["model"]["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes), '
+    f'fkd: {model["stage"]} -> {record["artifact"]} ({record["bytes"]:,} bytes; step '
+    f'{model["step"]} of {model["total_steps"]}), '
     f'input {record["input"]["shape"]} uint8, output {record["output"]["shape"]} float32; '
-    f'max |exported − JAX| = {record["parity_max_abs_diff"]:.2e}',
+    + (f'max |exported − JAX| = {diff:.2e}' if diff is not None else 'not checked here'),
     flush=True,
   )
+  for note in record.get('notes', ()):
+    print(f'fkd: note: {note}', flush=True)
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -91,6 +92,10 @@ COORDINATES = 'original image pixels, 0-based, pixel centres at integer coordina
 __all__ = ['Face', 'Predictor', 'find_stage', 'predict_image', 'run']
 
 
+class UnfinishedModelWarning(UserWarning):
+  """The model served is a stage's checkpoint before its final step."""
+
+
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
   try:
     x, y, w, h = (float(v) for v in text.split(','))
@@ -103,6 +108,26 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
   return x, y, w, h
 
 
+def check_bbox(bbox: Any, name: str = 'bbox') -> tuple[float, float, float, float]:
+  """A box (x, y, w, h) from the API, checked as `--bbox` is."""
+  try:
+    values = [float(v) for v in bbox]
+  except (TypeError, ValueError):
+    raise FkdError(f'{name} must be 4 numbers x, y, w, h, got {bbox!r}') from None
+  if len(values) != 4:
+    raise FkdError(f'{name} must be x, y, w, h (4 numbers), got {bbox!r}')
+  return _checked(values, name)
+
+
+def _checked(values: list[float], name: str) -> tuple[float, float, float, float]:
+  x, y, w, h = values
+  if not all(math.isfinite(v) for v in values):
+    raise FkdError(f'{name} must be 4 finite numbers x, y, w, h, got {values}')
+  if w <= 0 or h <= 0:
+    raise FkdError(f'{name} width and height must be positive, got {values}')
+  return x, y, w, h
+
+
 def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str) -> None:
   """An FkdError when the box (x, y, w, h) has no pixel in common with the image (w, h)."""
   x, y, w, h = bbox
@@ -110,6 +135,48 @@ def check_bbox_overlaps(bbox: Sequence[float], size: tuple[int, int], path: str)
     raise FkdError(
       f'--bbox {x:g},{y:g},{w:g},{h:g} lies outside {path} ({size[0]}x{size[1]} pixels)'
     )
+
+
+# The range of every numeric setting (flag and API argument): (low, high, what it is). The
+# detector looks for faces from max(min_face, min_face_fraction x the shorter side) pixels by
+# resizing that size to its 80-pixel window: min_face below MIN_FACE would upscale a photo
+# more than 4x per side (memory grows with the square).
+MIN_FACE = 20.0
+RANGES: dict[str, tuple[float, float, str]] = {
+  'margin': (0.0, 2.0, 'a fraction of the box per side'),
+  'batch_size': (1, 4096, 'faces per jitted call'),
+  'min_score': (0.0, 1.0, 'a detector score, exclusive'),
+  'min_face': (MIN_FACE, 100_000.0, 'pixels; smaller would upscale the photo more than 4x'),
+  'min_face_fraction': (0.0, 1.0, 'a fraction of the shorter image side'),
+  'max_faces': (1, 100_000, 'faces per image'),
+  'min_cutoff': (1e-6, 1e6, 'Hz'),
+  'beta': (0.0, 1e6, 'a rate'),
+  'max_megapixels': (1.0, 10_000.0, 'megapixels'),
+}
+INTEGERS = ('batch_size', 'max_faces')
+
+
+def check_settings(prefix: str = '--', **values: Any) -> None:
+  """An FkdError naming the first setting out of its range (None: the default, not checked)."""
+  for name, value in values.items():
+    if value is None:
+      continue
+    if name not in RANGES:
+      raise FkdError(f'unknown setting {name!r}; known: {", ".join(sorted(RANGES))}')
+    lo, hi, what = RANGES[name]
+    exclusive = name == 'min_score'
+    number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+      value, bool
+    )
+    integer = name in INTEGERS
+    ok = number and math.isfinite(float(value)) and (not integer or float(value) == int(value))
+    ok = ok and (lo < value < hi if exclusive else lo <= value <= hi)
+    if not ok and integer and number and float(value) == int(value) and value < lo:
+      raise FkdError(f'{prefix}{name} must be at least {lo}, got {value!r}')
+    if not ok:
+      kind = 'an integer' if integer else 'a number'
+      bounds = f'in ({lo:g}, {hi:g})' if exclusive else f'in [{lo:g}, {hi:g}]'
+      raise FkdError(f'{prefix}{name} must be {kind} {bounds} ({what}), got {value!r}')
 
 
 def parse_passes(passes: int | None) -> int | None:
@@ -168,26 +235,7 @@ def crop_face(img: Image.Image, box: np.ndarray, size: int) -> tuple[np.ndarray,
 
 def open_photo(path: str) -> Image.Image:
   """The photo as RGB, upright (EXIF orientation applied, as photo viewers show it)."""
-  img = formats.open_image(path)
-  try:
-    with Image.open(path) as raw:
-      orientation = raw.getexif().get(0x0112, 1)
-  except (OSError, ValueError):
-    orientation = 1
-  return _transpose(img, orientation) if orientation not in (None, 1) else img
-
-
-def _transpose(img: Image.Image, orientation: int) -> Image.Image:
-  method = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-  }.get(orientation)
-  return img.transpose(method) if method is not None else img
+  return formats.open_image(path)
 
 
 # ---- where the box calibration and the crop margin come from ---------------------------------
@@ -296,9 +344,8 @@ class Predictor(inference.Predictor):
     passes: int | None = None,
     **detector_kwargs: Any,
   ):
+    check_settings('', margin=margin, batch_size=batch_size, **detector_kwargs)
     super().__init__(stage_dir)
-    if batch_size < 1:
-      raise FkdError(f'batch_size must be at least 1, got {batch_size}')
     self.passes = parse_passes(passes)
     record = read_record(stage_dir) or {}
     self.box_noise = tuple(float(v) for v in record.get('data.box_noise') or ())
@@ -314,6 +361,8 @@ class Predictor(inference.Predictor):
     )
     self.detector_kwargs = {k: v for k, v in detector_kwargs.items() if v is not None}
     self._detector = None
+    if not self.info()['finished']:  # the command line says it in its first line instead
+      warnings.warn(f'fkd: {inference.status(self.info())}', UnfinishedModelWarning, stacklevel=2)
 
   @classmethod
   def from_workdir(cls, workdir: str, **kwargs: Any) -> Predictor:
@@ -441,6 +490,11 @@ class Predictor(inference.Predictor):
     `passes` overrides the predictor's landmark passes (module docstring, refinement).
     """
     img = as_image(image)
+    if bbox is not None:
+      if whole_image:
+        raise FkdError('give at most one of bbox and whole_image')
+      bbox = check_bbox(bbox)
+      check_bbox_overlaps(bbox, img.size, 'the image')
     n = self.passes_for(_source(bbox, whole_image), passes)
     boxes = self.locate(np.asarray(img), bbox, whole_image)
     face_crops, edges = self.crop(img, boxes)
@@ -456,17 +510,34 @@ def checkpoint_meta(stage_dir: str) -> dict[str, Any] | None:
 
 
 def as_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
-  """An RGB PIL image of a path (upright), a PIL image or a uint8 (H, W[, 3|4]) array."""
+  """An RGB PIL image of a path (upright), a PIL image or a uint8 / uint16 (H, W[, 1|3|4]) array
+  (16 bits are scaled to 8, never clipped)."""
   if isinstance(image, str | os.PathLike):
+    if not os.path.isfile(image):
+      raise FkdError(f'image {os.fspath(image)} does not exist (or is not a file)')
     return open_photo(os.fspath(image))
   if isinstance(image, Image.Image):
-    return image.convert('RGB')
-  arr = np.asarray(image)
-  if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+    if image.width < 1 or image.height < 1:
+      raise FkdError(f'the image is empty ({image.width}x{image.height} pixels)')
+    return formats.to_rgb(image)
+  if not isinstance(image, np.ndarray | list | tuple):
     raise FkdError(
-      f'an image must be a uint8 (H, W) or (H, W, 3) array, got {arr.dtype} {arr.shape}'
+      f'an image must be a path, a PIL image or a numpy array, got {type(image).__name__}'
     )
-  return Image.fromarray(arr[..., :3] if arr.ndim == 3 else arr).convert('RGB')
+  arr = np.asarray(image)
+  shape_ok = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4))
+  if arr.dtype not in (np.uint8, np.uint16) or not shape_ok:
+    raise FkdError(
+      'an image must be a uint8 or uint16 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, '
+      f'got {arr.dtype} {arr.shape}'
+    )
+  if arr.shape[0] < 1 or arr.shape[1] < 1:
+    raise FkdError(f'the image is empty ({arr.shape[1]}x{arr.shape[0]} pixels)')
+  if arr.ndim == 3:
+    arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3]
+  if arr.dtype == np.uint16:
+    arr = np.round(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+  return Image.fromarray(np.ascontiguousarray(arr)).convert('RGB')
 
 
 def in_batches(
@@ -674,13 +745,30 @@ def _source(bbox: Sequence[float] | None, whole_image: bool) -> str:
 # ---- inputs and outputs ------------------------------------------------------------------------
 
 
+# Image types people keep in photo folders that fkd does not read: said once each, not skipped
+# in silence.
+UNSUPPORTED = ('.gif', '.heic', '.heif', '.avif', '.jp2', '.svg', '.dng', '.cr2', '.nef', '.arw')
+
+
 def image_paths(image: str) -> list[str]:
   if os.path.isdir(image):
-    paths = sorted(
-      os.path.join(image, f)
-      for f in os.listdir(image)
-      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(image, f))
-    )
+    paths = []
+    for f in sorted(os.listdir(image)):
+      path = os.path.join(image, f)
+      ext = os.path.splitext(f)[1].lower()
+      if ext in IMAGE_EXTENSIONS:
+        if os.path.isfile(path):
+          paths.append(path)
+        elif os.path.islink(path):
+          metric_writer.write(
+            f'fkd: warning: skipping {path}: a symbolic link to nothing readable (a broken link '
+            'or a loop)'
+          )
+      elif ext in UNSUPPORTED:
+        metric_writer.write(
+          f'fkd: warning: skipping {path}: {ext} is not read (expected one of '
+          f'{", ".join(IMAGE_EXTENSIONS)})'
+        )
     if not paths:
       raise FkdError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {image}')
     return paths
@@ -749,16 +837,23 @@ def _check_args(
 
 
 def _load_predictor(workdir: str | None, checkpoint_dir: str | None, **kwargs: Any) -> Predictor:
-  predictor = (
-    Predictor.from_workdir(workdir, **kwargs)
-    if workdir
-    else Predictor.from_checkpoint(checkpoint_dir, **kwargs)
-  )
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UnfinishedModelWarning)
+    predictor = (
+      Predictor.from_workdir(workdir, **kwargs)
+      if workdir
+      else Predictor.from_checkpoint(checkpoint_dir, **kwargs)
+    )
   info = predictor.info()
   print(
     f'fkd: {info["stage"]} ({info["model"]}, step {info["step"]}) from {info["checkpoint"]}',
     flush=True,
   )
+  if not info['finished']:
+    print(f'fkd: warning: {inference.status(info)}', flush=True)
+  if workdir:
+    for note in inference.passed_over(workdir, predictor.stage_dir):
+      print(f'fkd: note: {note} (--checkpoint=DIR/<stage> picks one)', flush=True)
   return predictor
 
 
@@ -843,7 +938,13 @@ def run(
         metric_writer.write(f'fkd: warning: skipping {path}: {e}')
         continue
       if bbox is not None:
-        check_bbox_overlaps(bbox, img.size, path)
+        try:
+          check_bbox_overlaps(bbox, img.size, path)
+        except FkdError as e:
+          if not folder:
+            raise
+          metric_writer.write(f'fkd: warning: skipping {path}: {e}')
+          continue
       boxes = predictor.locate(np.asarray(img), bbox, whole_image)
       face_crops, edges = predictor.crop(img, boxes)
       yield (path, stem, img, boxes, edges), face_crops
@@ -1056,6 +1157,12 @@ def _define_flags():
     'min_face_fraction', None, '... or this fraction of the shorter image side (default 0.05).'
   )
   flags.DEFINE_integer('max_faces', None, 'Keep at most this many faces per image (best first).')
+  flags.DEFINE_float(
+    'max_megapixels',
+    None,
+    'Decode photos up to this many megapixels (default 179: larger ones are refused as possible '
+    'decompression bombs).',
+  )
   flags.DEFINE_integer(
     'passes',
     None,
@@ -1072,6 +1179,20 @@ def _define_flags():
 
 def _main(argv: list[str]) -> None:
   f = _FLAGS
+  check_settings(
+    **{
+      name: getattr(f, name)
+      for name in (
+        'margin', 'batch_size', 'min_score', 'min_face', 'min_face_fraction', 'max_faces',
+        'min_cutoff', 'beta', 'max_megapixels',
+      )
+    }
+  )  # fmt: skip
+  with formats.max_pixels(round(f.max_megapixels * 1e6) if f.max_megapixels else None):
+    _predict(f)
+
+
+def _predict(f: Any) -> None:
   inputs = [name for name in ('image', 'video', 'camera') if getattr(f, name) is not None]
   if len(inputs) != 1:
     raise FkdError('give exactly one of --image, --video and --camera')

@@ -30,6 +30,11 @@ def run(
   """Fits and saves the calibration; returns it."""
   from tqdm import tqdm
 
+  from fkd.serve import predict
+
+  predict.check_settings(
+    min_score=min_score, min_face=min_face, min_face_fraction=min_face_fraction
+  )
   if not os.path.isdir(manual_dir):
     raise FkdError(f'--manual_dir {manual_dir} is not a directory')
   box_calibration.output_path(output)  # refused now, not after the detection pass

@@ -235,20 +235,29 @@ def read_keras(src: str) -> tuple[dict[str, list[np.ndarray]], list[dict[str, An
 
   if not os.path.isfile(src):
     raise FkdError(f'{src}: no such file')
-  if src.endswith('.keras'):
-    with zipfile.ZipFile(src) as z:
-      config = json.loads(z.read('config.json'))
-      with h5py.File(io.BytesIO(z.read('model.weights.h5')), 'r') as h5:
-        groups = _read_h5_groups(h5)
-    return groups, config['config']['layers']
-  if src.endswith('.h5'):
-    with h5py.File(src, 'r') as h5:
-      if 'layers' not in h5:
-        raise FkdError(
-          f'{src}: not a Keras 3 weights file (no "layers" group); legacy Keras 2 '
-          '.h5 files are not supported: load them in Keras 3 and save .weights.h5'
-        )
-      return _read_h5_groups(h5), None
+  try:
+    if src.endswith('.keras'):
+      with zipfile.ZipFile(src) as z:
+        config = json.loads(z.read('config.json'))
+        with h5py.File(io.BytesIO(z.read('model.weights.h5')), 'r') as h5:
+          groups = _read_h5_groups(h5)
+      return groups, config['config']['layers']
+    if src.endswith('.h5'):
+      with h5py.File(src, 'r') as h5:
+        if 'layers' not in h5:
+          raise FkdError(
+            f'{src}: not a Keras 3 weights file (no "layers" group); legacy Keras 2 '
+            '.h5 files are not supported: load them in Keras 3 and save .weights.h5'
+          )
+        return _read_h5_groups(h5), None
+  except FkdError:
+    raise
+  except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as e:
+    reason = ' '.join(str(e).split())[:160]
+    raise FkdError(
+      f'{src}: not a readable Keras 3 file ({type(e).__name__}: {reason}); expected a .keras '
+      'archive (config.json + model.weights.h5) or a .weights.h5 file'
+    ) from None
   raise FkdError(f'{src}: expected a Keras 3 .keras or .weights.h5 file')
 
 
@@ -354,7 +363,10 @@ def read_torch(src: str) -> dict[str, np.ndarray]:
       from safetensors.numpy import load_file
     except ImportError as e:
       raise FkdError(f'{src}: reading .safetensors needs `pip install safetensors`') from e
-    state = load_file(src)
+    try:
+      state = load_file(src)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad file
+      raise FkdError(f'{src}: not a readable .safetensors file ({type(e).__name__}: {e})') from None
   else:
     try:
       import torch
@@ -363,7 +375,15 @@ def read_torch(src: str) -> dict[str, np.ndarray]:
         f'{src}: reading a .pth needs torch (`pip install torch`), or save the '
         'state dict as .safetensors, which needs only `safetensors`'
       ) from e
-    state = torch.load(src, map_location='cpu', weights_only=True)
+    try:
+      state = torch.load(src, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+      reason = ' '.join(str(e).split())[:160]
+      raise FkdError(
+        f'{src}: not a readable PyTorch state dict ({type(e).__name__}: {reason})'
+      ) from None
+    if not isinstance(state, dict):
+      raise FkdError(f'{src}: holds a {type(state).__name__}; expected a state dict')
     for wrapper in ('state_dict', 'model', 'model_state_dict'):
       if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
         state = state[wrapper]
@@ -530,6 +550,8 @@ def main(argv: list[str]) -> None:
     raise FkdError(
       'usage: python -m fkd.tools.import_weights --from=keras|torch --arch=NAME SRC DST'
     )
+  if not (math.isfinite(f.width) and 0 < f.width <= 4):
+    raise FkdError(f'--width must be a number in (0, 4] (the Keras alpha), got {f.width!r}')
   meta = import_weights(f['from'].value, f.arch, argv[1], argv[2], f.width)
   shapes = expected_shapes(meta['model'], meta['model_kwargs'], meta['num_classes'])
   variables_count = sum(math.prod(s) for s in shapes.values())

@@ -76,6 +76,12 @@ def main(argv: list[str]) -> None:
       'usage: python -m fkd.tools.summary NAME [--num_classes=1000] [--resolution=224]'
     )
   f = flags.FLAGS
+  if not 32 <= f.resolution <= 4096:
+    raise FkdError(f'--resolution must be an integer in [32, 4096] (pixels), got {f.resolution}')
+  if not 0 <= f.num_classes <= 1_000_000:
+    raise FkdError(
+      f'--num_classes must be an integer in [0, 1000000] (0: no head), got {f.num_classes}'
+    )
   num_classes = f.num_classes if f.num_classes > 0 else None
   s = summarize(argv[1], num_classes, f.resolution)
   head = f'{num_classes}-class head' if num_classes else 'no head'

@@ -319,9 +319,30 @@ def _preemption_guard():
   previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield lambda step: received[0] if received else 0
+  except BaseException:
+    raise
+  else:  # a signal after the loop's last look (e.g. during the final save) is kept, not lost
+    if received:
+      _LATE_SIGNALS.append(received[0])
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
+
+
+_LATE_SIGNALS: list[int] = []
+
+
+def stop_if_signalled(where: str) -> None:
+  """Raises `Preempted` when a stage ended with a signal its loop did not act on (it arrived
+  during the stage's final checkpoint): the job stops before its next stage or run."""
+  if _LATE_SIGNALS:
+    signum = _LATE_SIGNALS[0]
+    _LATE_SIGNALS.clear()
+    raise Preempted(
+      f'[{where}] stopped by {signal.Signals(signum).name} after its final checkpoint; rerun '
+      'the same command to go on',
+      signum,
+    )
 
 
 def _check_finite(
@@ -874,6 +895,7 @@ def _run_locked(
       print(f'[{name}] final checkpoint exists, skipping', flush=True)
       continue
     train_stage(method.stage(name, config), method, config, workdir, data, mesh, validation)
+    stop_if_signalled(name)
   results = evaluate.evaluate_workdir(config, workdir, everything)
   if validation is not None:
     results['validation'] = {k: v for k, v in validation.record.items() if k != 'names'}

@@ -143,13 +143,14 @@ Build with
       faces = []
       for r in recs:
         size = folder.image_size(r)
+        folder.check_points(r, size, spec)
         box = folder.face_box(r, spec)
         folder.check_box(r, box, size)
         faces.append(
           Face(
             filename=r.filename,
             face_index=r.face_index,
-            landmarks=r.points,
+            landmarks=folder.filled_points(r),
             size=size,
             load=face_builder.file_loader(r.path, r.filename),
             extras={
