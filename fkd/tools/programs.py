@@ -65,14 +65,14 @@ def _frozen(model: Any, head: Any, meta: dict[str, Any], image_size: int):
   return frozen, _spec(variables)
 
 
-def batch_spec(config: Any, batch: int, method: str) -> dict[str, jax.ShapeDtypeStruct]:
-  """The arrays of a train batch (`fkd.data.pipeline.train_batch`), as shapes."""
+def batch_spec(config: Any, batch: int, method: Any) -> dict[str, jax.ShapeDtypeStruct]:
+  """The arrays of a train batch (`fkd.data.pipeline.train_batch`) of `method`, as shapes."""
   size, n = config.data.image_size, config.data.num_landmarks
   spec = {
     'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
     'landmarks': jax.ShapeDtypeStruct((batch, n, 2), jnp.float32),
   }
-  if method == 'kd':
+  if method.soft_targets(config) is not None:  # the method trains on ASM soft landmarks
     spec['soft_landmarks'] = jax.ShapeDtypeStruct((batch, n, 2), jnp.float32)
   return spec
 
@@ -118,7 +118,7 @@ def build(
       model, stage_optimizer, stage, method.loss_fn(stage, config), teachers, apply_kwargs
     )
     b = train_batch or tc.batch_size
-    batch = batch_spec(config, b, method.name)
+    batch = batch_spec(config, b, method)
     args = (state, batch, rng, teacher_variables)
     programs.append(Program(f'{name}/train', step, args, b, 'train'))
     served, variables = _frozen(model, stage.head, {}, size)

@@ -102,6 +102,7 @@ MESH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess run of minutes; `pytest -m slow` (CI) runs it
 def test_accelerator_formulation_on_8_devices_matches_one():
   env = {
     **os.environ,

@@ -80,6 +80,7 @@ def _last_loss(stage_dir) -> float:
   return rows[-1]['loss']
 
 
+@pytest.mark.slow  # a subprocess run of minutes; `pytest -m slow` (CI) runs it
 def test_bfloat16_run_matches_float32(run_dir, data_dir, tmp_path):
   """`python -m fkd.main ... --config.compute_dtype=bfloat16` records bfloat16 per model and ends
   within LOSS_RTOL / NME_RTOL of the same run in float32 (`run_dir`, the session's tiny KD

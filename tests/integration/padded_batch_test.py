@@ -143,6 +143,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two 8-device subprocesses; `pytest -m slow` (CI) runs it
 @pytest.mark.parametrize(
   'config,stage', [('kd', 'student_kd/train'), ('mobilefan', 'student_distill/train')]
 )

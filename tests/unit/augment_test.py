@@ -161,7 +161,10 @@ def test_cofw_margin_draws_every_value_from_5_to_10():
 def test_plain_flip_moves_the_pixels_with_the_landmarks():
   # Marks at the landmarks (rows differ, so a flip of the wrong axis shows).
   img = _blobs(POINTS)
-  out, pts = augment.flip_crop(img, POINTS, PERM)
+  from fkd.data import pipeline
+
+  out, pts = pipeline._flip(img[None], POINTS[None], PERM, S)  # the 'flip' augmentation
+  out, pts = out[0], pts[0]
   # x ↦ S − 1 − x, then re-indexed: output point 0 is input point 1 mirrored.
   np.testing.assert_allclose(pts[0], [S - 1 - 44.0, 21.0])
   np.testing.assert_allclose(pts[2], [S - 1 - 31.0, 36.0])

@@ -68,12 +68,13 @@ def test_steps_or_epochs_set_the_length():
     _check(config)
 
 
-def test_batch_size_per_device_and_nested_blocks():
+def test_batch_size_per_process_and_nested_blocks():
   config = kd.get_config()
+  _check(config, devices=33)  # any device count: the trainer pads the batch (sharding.pad_batch)
   with pytest.raises(
-    FkdError, match=r'config.(teacher_)?train.batch_size \(32\) must be divisible by the 33'
+    FkdError, match=r'config.(teacher_)?train.batch_size \(32\) must be divisible by the 33 proc'
   ):
-    _check(config, devices=33)
+    config_check.check(config, 1, NAMES, process_count=33)
   # An optimizer block nested two levels down is checked as well.
   with config.unlocked():
     config.extra = ml_collections.ConfigDict({'inner': dict(config.train.to_dict())})

@@ -1,9 +1,9 @@
 """fkd.infra.distributed and sharding: what reaches jax.distributed.initialize, device checks."""
 
 import jax
+import numpy as np
 import pytest
 
-from fkd.errors import FkdError
 from fkd.infra import distributed, sharding
 
 
@@ -43,11 +43,11 @@ def test_mesh_and_batch_checks():
   assert mesh.axis_names == ('data',) and mesh.size == jax.device_count()
   assert sharding.batch_sharded(mesh).spec == jax.sharding.PartitionSpec('data')
   assert sharding.replicated(mesh).spec == jax.sharding.PartitionSpec()
-  n = jax.device_count()
-  sharding.check_batch_size(3 * n)
-  if n > 1:
-    with pytest.raises(FkdError, match='not divisible'):
-      sharding.check_batch_size(n + 1)
+  # A batch that divides is unchanged; one that doesn't is padded with zero examples of weight 0.
+  assert sharding.pad_batch({'x': np.ones((6, 2))}, 3)['x'].shape == (6, 2)
+  padded = sharding.pad_batch({'x': np.ones((5, 2))}, 4)
+  assert padded['x'].shape == (8, 2) and padded['x'][5:].sum() == 0
+  np.testing.assert_array_equal(padded[sharding.WEIGHT], [1, 1, 1, 1, 1, 0, 0, 0])
 
 
 _FOUR = """
@@ -56,12 +56,8 @@ from fkd.errors import FkdError
 from fkd.infra import sharding
 assert jax.device_count() == 4
 mesh = sharding.make_mesh()
-sharding.check_batch_size(8)
-try:
-  sharding.check_batch_size(6)
-  raise SystemExit('6 examples on 4 devices passed')
-except FkdError as e:
-  assert 'not divisible by the 4 devices' in str(e)
+padded = sharding.pad_batch({'x': np.arange(6 * 3).reshape(6, 3)}, jax.local_device_count())
+assert padded['x'].shape == (8, 3) and list(padded[sharding.WEIGHT]) == [1] * 6 + [0] * 2
 batch = sharding.shard_batch({'x': np.arange(8 * 3).reshape(8, 3)}, mesh)['x']
 rows = sorted(s.data.shape[0] for s in batch.addressable_shards)
 assert rows == [2, 2, 2, 2], rows  # each device holds a quarter of the batch

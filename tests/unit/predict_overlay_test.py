@@ -4,7 +4,7 @@ the printed motion figures against a hand count."""
 import numpy as np
 from PIL import Image
 
-from fkd.serve import predict
+from fkd.serve import predict, smoothing
 
 RED = (255, 40, 40)
 
@@ -27,7 +27,7 @@ def test_landmarks_are_drawn_at_x_y():
 
 
 def test_motion_lines_raw_then_smoothed():
-  motion = predict._Motion()
+  motion = smoothing.Motion()
   raw = [np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[3.0, 4.0], [10.0, 2.0]])]
   smooth = [np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[0.0, 1.0], [10.0, 1.0]])]
   raw.append(raw[1] + [[0.0, 6.0], [0.0, 0.0]])

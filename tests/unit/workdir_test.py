@@ -12,6 +12,8 @@ from fkd.infra import workdir
 
 # Written out by hand: the fields of configs/kd.py that change neither a model nor its scores.
 OPERATIONAL_KD = {
+  'cpu_kernels',
+  'eval_every_steps',
   'data.allow_partial',
   'data.data_dir',
   'data.eval_splits',
