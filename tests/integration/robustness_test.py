@@ -47,6 +47,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
   assert all(np.isfinite(np.asarray(x)).all() for x in __import__('jax').tree.leaves(variables))
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores; `pytest -m slow` (CI) runs it
 def test_same_seed_same_metrics_other_seed_differs(data_dir, tmp_path):
   runs = []
   for seed, name in ((0, 'a'), (0, 'b'), (1, 'c')):

@@ -64,6 +64,7 @@ def _probe(order: str, **env) -> dict:
   not sys.platform.startswith('linux') or jax.default_backend() != 'cpu',
   reason='glibc malloc settings on a CPU backend',
 )
+@pytest.mark.slow  # tens of seconds on 2 cores; `pytest -m slow` (CI) runs it
 def test_cpu_tuning_removes_page_faults():
   pages = 64 * 2**20 // 4096  # 16384 pages per 64 MB intermediate
   tuned = _probe('fkd_first')

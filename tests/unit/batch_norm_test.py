@@ -165,6 +165,7 @@ def test_relu6_derivative():
   np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(relu6(v)))(x), [0, 0, 1, 1, 0, 0])
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores; `pytest -m slow` (CI) runs it
 def test_mobilenet_v2_fused_equals_plain_float64():
   """A whole train-mode MobileNetV2 (tiny): gradients and BatchNorm statistics of the CPU fast
   path (fused BatchNorm, shifted depthwise) equal the plain one (`portable_ops`) in float64."""
