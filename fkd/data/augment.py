@@ -191,11 +191,41 @@ def augment_kd(
       drawn only when set, so runs without it keep their random stream.
 
   Returns:
-    (image uint8 (S, S, 3), landmarks float32 (N, 2)).
+    (image uint8 (S, S, 3), landmarks float32 (N, 2)); `augment_kd_flipped` also says whether it
+    flipped.
   """
+  return augment_kd_flipped(
+    image,
+    landmarks,
+    rng,
+    flip_permutation,
+    margin=margin,
+    max_angle=max_angle,
+    flip_prob=flip_prob,
+    plain_prob=plain_prob,
+    photometric_noise=photometric_noise,
+    box_noise=box_noise,
+  )[:2]
+
+
+def augment_kd_flipped(
+  image: np.ndarray,
+  landmarks: np.ndarray,
+  rng: np.random.Generator,
+  flip_permutation: Sequence[int],
+  *,
+  margin: float = 3.0,
+  max_angle: float = 0.5,
+  flip_prob: float = 0.5,
+  plain_prob: float = 0.0,
+  photometric_noise: bool = True,
+  box_noise: Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray, bool]:
+  """`augment_kd` (same arguments, same random stream) plus whether the copy was flipped: a
+  per-point mask (unlabelled points) follows the flip's re-indexing (`schemes.flip_mask`)."""
   size = image.shape[0]
   if rng.random() < plain_prob:
-    return image, np.asarray(landmarks, np.float32)
+    return image, np.asarray(landmarks, np.float32), False
   flip = bool(rng.random() < flip_prob)
   angle = float(rng.uniform(-max_angle, max_angle))
   jitter = rng.normal(0.0, 1.0, 4) * np.asarray(box_noise, np.float64) if len(box_noise) else None
@@ -210,4 +240,4 @@ def augment_kd(
     box_jitter=jitter,
   )
   out = np.asarray(crops.warp(Image.fromarray(image), a, size))
-  return (photometric(out, rng) if photometric_noise else out), points
+  return (photometric(out, rng) if photometric_noise else out), points, flip

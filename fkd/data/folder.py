@@ -27,10 +27,12 @@ live at DIR's top level). Per format, a split folder (or DIR, with list files) h
   relative to the folder, `annotations` with `image_id`, `keypoints` (x, y, v) * N and optional
   `bbox` [x, y, w, h]); v is kept (`visibility`).
 
-Unlabelled points (COCO v = 0; in a CSV, a point whose x and y cells are both empty) have no
-position: they are left out of the crop box, stored at the mean of the face's labelled points (a
-finite stand-in, `visibility` 0) and not scored by the metrics. A v = 1 point (labelled, hidden)
-keeps its position and is scored. A face with no labelled point, and a CSV row repeating an
+Unlabelled points (COCO v = 0; in a CSV, a point whose x and y cells are both empty; in a `.pts`,
+a point written `-1 -1`) have no position: they are left out of the crop box, stored at the mean
+of the face's labelled points (a finite stand-in, `visibility` 0), and left out of the training
+losses (`fkd.data.pipeline.LABELLED`) and the metrics. An eval face whose NME normaliser has an
+unlabelled point is left out of the metrics with a note. A v = 1 point (labelled, hidden) keeps
+its position, trains and is scored. A face with no labelled point, and a CSV row repeating an
 earlier one, are left out with a one-line note. Image names must be paths inside the folder, and
 labelled points must lie on or near their image (within half its size around it); images are
 decoded upright (EXIF orientation applied, as people annotate them).
@@ -72,6 +74,10 @@ KEYS = {
   'description',
 }
 BOX_COLUMNS = ('bbox_x', 'bbox_y', 'bbox_w', 'bbox_h')
+# A `.pts` line of exactly `-1 -1` (raw, before origin_offset) marks a point missing, as some
+# annotation tools write it: the iBUG syntax has no flag, and no 1-based coordinate is -1.
+MISSING_PTS = (-1.0, -1.0)
+MISSING_PTS_TEXT = '-1 -1'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,7 +375,12 @@ def _read_pts(root, folder, files, spec) -> list[Record]:
         raise _err(f'{path}: image not found (listed in the split list)')
       raise _err(f'{path}: no .pts file beside it ({pts.name})')
     points = formats.read_pts(pts, expected_points=n, allow_bare=True)
-    out.append(Record(_rel(root, path), path, str(pts), points, np.full(n, 2, np.int32), None))
+    vis = np.where((points == MISSING_PTS).all(axis=1), 0, 2).astype(np.int32)
+    if not vis.any():
+      note(f'{pts}: no labelled point (every point is {MISSING_PTS_TEXT}); left out')
+      continue
+    points[vis == 0] = np.nan
+    out.append(Record(_rel(root, path), path, str(pts), points, vis, None))
   return out
 
 
@@ -551,12 +562,27 @@ def read_records(root: str | os.PathLike, spec: Spec) -> dict[str, list[Record]]
         i = int(np.argwhere(bad)[0, 0])
         raise _err(f'{r.row}: point {i} is {r.points[i].tolist()}; expected finite numbers')
     out[split] = records
+    if split != spec.train_split:
+      _note_unscored(records, spec)
   if spec.train_split not in out:
     raise _err(
       f'{root}: no {spec.train_split!r} split (found {sorted(out)}); add a {spec.train_split}/ '
       f'folder or set "train_split" in {SPEC_FILE}'
     )
   return out
+
+
+def _note_unscored(records: list[Record], spec: Spec) -> None:
+  """One note per eval face whose NME normaliser has an unlabelled point: it has no normaliser,
+  so the evaluation leaves it out of the metrics (`fkd.evaluation.evaluate.scored_faces`)."""
+  idx = sorted({i for g in spec.nme_normalizer for i in (g if isinstance(g, tuple) else (g,))})
+  for r in records:
+    missing = [i for i in idx if r.visibility[i] == 0]
+    if missing:
+      note(
+        f'{r.row}: point {missing[0]} of the NME normaliser {list(idx)} is unlabelled; the face '
+        'is built but left out of the metrics'
+      )
 
 
 def image_size(record: Record) -> tuple[int, int]:

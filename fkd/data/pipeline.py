@@ -360,6 +360,9 @@ def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
   return images[:, :, ::-1], schemes.flip_points(points, perm, size)
 
 
+LABELLED = 'labelled'  # the batch key of the per-point mask (float32 (B, N), 1 = labelled)
+
+
 def _augment_kd(
   data: Data,
   split: Split,
@@ -368,8 +371,13 @@ def _augment_kd(
   points: np.ndarray,
   rngs: list[np.random.Generator],
   box_noise: Sequence[float] = (),
+  labelled: np.ndarray | None = None,
 ):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
+
+  `labelled` (B, N): the per-point mask, returned re-indexed where a copy was flipped (else
+  None). The crop box needs no mask: an unlabelled point's stand-in is the mean of the labelled
+  points, inside their extent, under every affine map.
 
   The offline original stores F copies per face: the plain crop and F − 1 augmented ones (F from
   `augment.num_copies`, WFLW adds copies per attribute flag). Online, each draw is the plain crop
@@ -379,12 +387,13 @@ def _augment_kd(
   from fkd.data import augment
 
   out_images, out_points = np.empty_like(images), np.empty_like(points)
+  out_labelled = None if labelled is None else np.array(labelled, copy=True)
   margin = 3.0 * data.image_size / 224.0
 
   def one(i: int) -> None:
     attrs = split.attributes[idx[i]] if split.attributes is not None else None
     copies = augment.num_copies(data.scheme, attrs) if data.scheme else 1
-    out_images[i], out_points[i] = augment.augment_kd(
+    out_images[i], out_points[i], flipped = augment.augment_kd_flipped(
       images[i],
       points[i],
       rngs[i],
@@ -394,13 +403,15 @@ def _augment_kd(
       flip_prob=0.5 if data.can_flip else 0.0,
       box_noise=box_noise,
     )
+    if flipped and out_labelled is not None:
+      out_labelled[i] = schemes.flip_mask(labelled[i], data.flip_permutation)
 
   if _POOL.workers > 1 and len(idx) > 1:
     list(_POOL.get().map(one, range(len(idx))))
   else:
     for i in range(len(idx)):
       one(i)
-  return out_images, out_points
+  return out_images, out_points, out_labelled
 
 
 class _Pool:
@@ -457,19 +468,22 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
   held_idx = np.concatenate(held)
   kept_idx = np.setdiff1d(np.arange(len(split)), held_idx)
 
-  def take(idx: np.ndarray, **kw: Any) -> Split:
-    pick = lambda a: None if a is None else a[idx]
-    return dataclasses.replace(
-      split,
-      images=split.images[idx],
-      landmarks=split.landmarks[idx],
-      soft_landmarks=pick(split.soft_landmarks),
-      names=[split.names[i] for i in idx],
-      attributes=pick(split.attributes),
-      **kw,
-    )
+  return take(split, kept_idx), take(split, held_idx, shards=range(1), num_shards=1)
 
-  return take(kept_idx), take(held_idx, shards=range(1), num_shards=1)
+
+def take(split: Split, idx: np.ndarray, **kw: Any) -> Split:
+  """The faces `idx` of `split`, every per-face array with them (`kw`: other fields)."""
+  pick = lambda a: None if a is None else a[idx]
+  return dataclasses.replace(
+    split,
+    images=split.images[idx],
+    landmarks=split.landmarks[idx],
+    soft_landmarks=pick(split.soft_landmarks),
+    names=[split.names[i] for i in idx],
+    attributes=pick(split.attributes),
+    labelled=pick(split.labelled),
+    **kw,
+  )
 
 
 def _batch_indices(split: Split, batch_size: int, seed: int, epoch: int, offset: int) -> np.ndarray:
@@ -506,6 +520,10 @@ def train_batch(
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
+  When the split has unlabelled points (`Split.labelled`), every batch also holds `LABELLED`:
+  float32 (B, N), 1 for a labelled point and 0 for one without a position, re-indexed with the
+  points by every flip (`schemes.flip_mask`); the losses leave the 0 points out. Splits without
+  it (the paper datasets) give batches without the key, so their programs are unchanged.
   """
   box_noise = tuple(float(v) for v in box_noise)
   if box_noise and (augment != 'kd' or len(box_noise) != 4 or min(box_noise) < 0):
@@ -525,6 +543,7 @@ def train_batch(
     )
   images = train.images[idx]
   points = train.landmarks[idx]
+  labelled = None if train.labelled is None else train.labelled[idx].astype(np.float32)
   if augment == 'flip':
     flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
     flip = flip[process_index * local : (process_index + 1) * local] & data.can_flip
@@ -534,13 +553,19 @@ def train_batch(
       images[flip], points[flip] = _flip(
         images[flip], points[flip], data.flip_permutation, data.image_size
       )
+      if labelled is not None:
+        labelled[flip] = schemes.flip_mask(labelled[flip], data.flip_permutation)
   elif augment == 'kd':
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
-    images, points = _augment_kd(data, train, idx, images, points, rngs, box_noise)
+    images, points, labelled = _augment_kd(
+      data, train, idx, images, points, rngs, box_noise, labelled
+    )
   elif augment != 'none':
     raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
   batch = {'image': images, 'landmarks': points}
+  if labelled is not None:
+    batch[LABELLED] = labelled
   if data.pca is not None:
     batch['soft_landmarks'] = asm.asm_project(data.pca, points).astype(np.float32)
   elif train.soft_landmarks is not None and augment == 'none':

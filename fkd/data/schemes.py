@@ -128,3 +128,9 @@ def flip_points(points: np.ndarray, perm, width: float) -> np.ndarray:
   out = np.array(np.asarray(points)[..., list(perm), :], copy=True)
   out[..., 0] = width - 1 - out[..., 0]
   return out
+
+
+def flip_mask(mask, perm):
+  """The per-point mask (..., N) of a flipped shape: re-indexed by π as `flip_points` re-indexes
+  the points (the mirror moves no mask). NumPy and JAX arrays alike (the host and device flips)."""
+  return mask[..., np.asarray(perm, np.int32)]

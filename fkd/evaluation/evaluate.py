@@ -22,12 +22,14 @@ writes all four files; this module's CLI re-evaluates an existing workdir.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -149,6 +151,35 @@ def _overlay_split(splits: list[str]) -> str:
   return next((s for s in ('test', 'full') if s in splits), splits[0])
 
 
+def scored_faces(data: ip.Data, splits: Sequence[str], norm: Any) -> ip.Data:
+  """`data` with the faces that have no NME normaliser (an unlabelled normalising point,
+  `metrics.unscorable`) left out of the eval `splits`, with a one-line note per split naming them.
+
+  Why not another normaliser for them: the box diagonal is about three inter-ocular distances, so
+  their NME would be on another scale than the split's and bend its mean, FR and AUC silently.
+  """
+  out = dict(data.splits)
+  for s in splits:
+    split = data.splits[s]
+    bad = metrics.unscorable(split.landmarks, norm, split.labelled)
+    if not bad.any():
+      continue
+    names = [split.names[i] for i in np.flatnonzero(bad)]
+    shown = ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
+    print(
+      f'fkd: note: {s}: {len(names)} face(s) left out of the metrics, a point of the NME '
+      f'normaliser {norm} is unlabelled: {shown}',
+      flush=True,
+    )
+    if bad.all():
+      raise FkdError(
+        f'eval split {s!r}: every face has an unlabelled point of the NME normaliser {norm}; '
+        'nothing to score (label those points, or pick another config.eval.norm)'
+      )
+    out[s] = ip.take(split, np.flatnonzero(~bad))
+  return dataclasses.replace(data, splits=out)
+
+
 def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]:
   """Scores the mean shape and every finished model of the run on each eval split.
 
@@ -158,6 +189,7 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   """
   mesh = sharding.make_mesh()
   eval_splits = list(data.eval_splits)  # the requested splits that were built
+  data = scored_faces(data, eval_splits, config.eval.norm)
   threshold = config.eval.fr_threshold
   results: dict[str, Any] = {
     'dataset': config.data.name,

@@ -21,15 +21,28 @@ NORMALISATION = {
 }
 
 
-def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') -> np.ndarray:
+def normalising_distance(
+  gt: np.ndarray, norm: str | Sequence = 'inter_ocular', labelled: np.ndarray | None = None
+) -> np.ndarray:
   """Per-image normalising distance d_j from ground-truth shapes (M, N, 2).
 
   `norm` is 'inter_ocular', 'inter_pupil', 'box_diagonal', or an explicit pair of indices / groups
   (also as JSON text, '[36, 45]' or '[[36, 37], [42, 43]]': a folder dataset's nme_normalizer).
+
+  `labelled` (M, N) bool: the points with a position. 'box_diagonal' spans the labelled points; a
+  face with an unlabelled normalising point (or group member) has no normaliser and gets NaN:
+  the unit it would be scored in is unknown, and another normaliser (the box diagonal, say) would
+  put its NME in other units than the rest of the split's (`unscorable`).
   """
   gt = np.asarray(gt, np.float64)
+  mask = None if labelled is None else np.asarray(labelled, bool)
   if norm == 'box_diagonal':
-    extent = gt.max(axis=1) - gt.min(axis=1)
+    if mask is None:
+      extent = gt.max(axis=1) - gt.min(axis=1)
+    else:
+      lo = np.where(mask[..., None], gt, np.inf).min(axis=1)
+      hi = np.where(mask[..., None], gt, -np.inf).max(axis=1)
+      extent = np.where(mask.any(axis=1)[:, None], hi - lo, np.nan)
     return np.sqrt(np.sum(extent**2, axis=-1))
   if isinstance(norm, str) and norm.lstrip().startswith('['):  # '[36, 45]', '[[36, 37], [42]]'
     norm = json.loads(norm)
@@ -40,10 +53,20 @@ def normalising_distance(gt: np.ndarray, norm: str | Sequence = 'inter_ocular') 
     if table is None or norm not in table:
       raise ValueError(f'no {norm!r} normalisation known for {gt.shape[1]} landmarks')
     norm = table[norm]
-  a, b = (
-    gt[:, list(i)].mean(axis=1) if isinstance(i, range | list | tuple) else gt[:, i] for i in norm
-  )
-  return np.linalg.norm(a - b, axis=-1)
+  groups = [list(i) if isinstance(i, range | list | tuple) else [i] for i in norm]
+  a, b = (gt[:, g].mean(axis=1) for g in groups)
+  d = np.linalg.norm(a - b, axis=-1)
+  if mask is not None:
+    d = np.where(mask[:, groups[0] + groups[1]].all(axis=1), d, np.nan)
+  return d
+
+
+def unscorable(gt: np.ndarray, norm: str | Sequence, labelled: np.ndarray | None) -> np.ndarray:
+  """(M,) bool: the faces without a normaliser (an unlabelled normalising point), which
+  `nme_per_image` scores NaN and the evaluation leaves out with a note naming them."""
+  if labelled is None:
+    return np.zeros(len(gt), bool)
+  return ~np.isfinite(normalising_distance(gt, norm, labelled))
 
 
 def nme_per_image(
@@ -55,13 +78,14 @@ def nme_per_image(
   """NME_j = mean_i ||p_i − g_i|| / d_j for each image (a fraction, not %).
 
   `labelled` (M, N) bool: the mean is over the labelled points only (an unlabelled point has no
-  position to score against).
+  position to score against); a face whose normalising point is unlabelled is NaN (see
+  `normalising_distance`: callers leave it out, `unscorable`).
   """
   pred = np.asarray(pred, np.float64)
   gt = np.asarray(gt, np.float64)
   if pred.shape != gt.shape:
     raise ValueError(f'prediction shape {pred.shape} != ground-truth shape {gt.shape}')
-  d = normalising_distance(gt, norm)
+  d = normalising_distance(gt, norm, labelled)
   err = np.linalg.norm(pred - gt, axis=-1)
   if labelled is None:
     return err.mean(axis=-1) / d

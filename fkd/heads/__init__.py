@@ -70,9 +70,12 @@ class RegressionHead:
     """(B, 2N) -> (B, N, 2) crop pixels."""
     return from_target(outputs, self.image_size, self.space)
 
-  def train_metrics(self, outputs: jax.Array, points: jax.Array) -> dict[str, jax.Array]:
-    """Logged beside the loss: mean |output − target| in the target space."""
-    return {'mae': jnp.mean(jnp.abs(outputs - self.targets(points)))}
+  def train_metrics(
+    self, outputs: jax.Array, points: jax.Array, mask: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
+    """Logged beside the loss: mean |output − target| in the target space (over the labelled
+    points of `mask` (B, N), per face, as the losses)."""
+    return {'mae': _masked_mean(jnp.abs(outputs - self.targets(points)), mask, 2)}
 
   def meta(self) -> dict[str, Any]:
     return {'kind': self.kind, 'image_size': self.image_size, 'space': self.space}
@@ -112,9 +115,13 @@ class HeatmapHead:
     """(B, H, W, N) -> (B, N, 2) crop pixels (method.md §4.6)."""
     return heatmaps.decode_to_crop(outputs, self.stride(outputs), self.decode_method)
 
-  def train_metrics(self, outputs: jax.Array, points: jax.Array) -> dict[str, jax.Array]:
-    """Logged beside the loss: mean |decoded − ground truth| in crop pixels."""
-    return {'mae_px': jnp.mean(jnp.abs(self.decode(jax.lax.stop_gradient(outputs)) - points))}
+  def train_metrics(
+    self, outputs: jax.Array, points: jax.Array, mask: jax.Array | None = None
+  ) -> dict[str, jax.Array]:
+    """Logged beside the loss: mean |decoded − ground truth| in crop pixels (over the labelled
+    points of `mask` (B, N), per face, as the losses)."""
+    err = jnp.abs(self.decode(jax.lax.stop_gradient(outputs)) - points)  # (B, N, 2)
+    return {'mae_px': _masked_mean(err.reshape(*err.shape[:-2], -1), mask, 2)}
 
   def meta(self) -> dict[str, Any]:
     return {
@@ -127,6 +134,15 @@ class HeatmapHead:
 
 
 Head = RegressionHead | HeatmapHead
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None, per_point: int) -> jax.Array:
+  """Mean of (B, per_point·N) values over each face's labelled points, then over the faces."""
+  if mask is None:
+    return jnp.mean(values)
+  w = jnp.repeat(jnp.asarray(mask, values.dtype), per_point, axis=-1)
+  total = jnp.sum(jnp.where(w > 0, values * w, 0.0), axis=-1)
+  return jnp.mean(total / jnp.maximum(jnp.sum(w, axis=-1), 1.0))
 
 
 def from_meta(meta: dict[str, Any]) -> Head:

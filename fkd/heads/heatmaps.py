@@ -65,9 +65,23 @@ def render(points: Array, size: int, sigma: float = 1.0, quantize: bool = False)
   return jnp.moveaxis(maps, -3, -1)
 
 
-def heatmap_mse(pred: Array, target: Array) -> Array:
-  """Mean squared error over B x H x W x L (method.md §4.5)."""
-  return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
+def heatmap_mse(pred: Array, target: Array, mask: Array | None = None) -> Array:
+  """Mean squared error over B x H x W x L (method.md §4.5).
+
+  `mask` (B, L), 1 labelled and 0 not (`fkd.data.pipeline.LABELLED`): an unlabelled point's map
+  adds nothing (it has no position, so no target); the mean is per face over its labelled maps'
+  pixels, then over the faces, as the regression losses (`fkd.losses.kd_loss.masked_mean`).
+  """
+  pred = pred.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(jnp.square(pred - target))
+  w = jnp.asarray(mask, jnp.float32)[..., None, None, :]  # (B, 1, 1, L)
+  # Unlabelled maps zeroed first: no value there (inf, NaN) reaches the loss or its gradient.
+  pred, target = (jnp.where(w > 0, a, 0.0) for a in (pred, target))
+  sq = jnp.square(pred - target)
+  total = jnp.sum(jnp.where(w > 0, sq * w, 0.0), axis=(-3, -2, -1))
+  count = jnp.maximum(jnp.sum(w, axis=(-3, -2, -1)), 1.0) * sq.shape[-3] * sq.shape[-2]
+  return jnp.mean(total / count)
 
 
 def _argmax(heatmaps: Array) -> tuple[Array, Array, Array]:

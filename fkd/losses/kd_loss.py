@@ -3,6 +3,14 @@
 All functions take arrays of any shape (usually (B, 2N) regression outputs) and work
 element-wise per coordinate, as the method does: x and y are independent entries, nothing uses
 Euclidean distances.
+
+Unlabelled points (a folder dataset's COCO v = 0: no position, `fkd.data.pipeline.LABELLED`): the
+losses take an optional per-point `mask` (B, N), 1 labelled and 0 not, for (B, 2N) interleaved
+(x, y) entries. A masked point adds nothing, to any term: its ground truth is unknown, so the
+teachers' ALoss weights (which compare the teacher with the ground truth) are unknown too. The
+mean is per face over its labelled entries, then over the faces (`masked_mean`): the NME's
+per-face mean over the labelled points, and still a mean of per-example terms (the trainer's
+padded batches, `weighted_mean`, rely on that). Without a mask every mean is the plain one.
 """
 
 from __future__ import annotations
@@ -14,14 +22,52 @@ import jax
 import jax.numpy as jnp
 
 
-def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean squared error over every entry (teacher loss, baseline student; method.md §2.5.1)."""
-  return jnp.mean(jnp.square(pred - target))
+def entry_mask(mask: jax.Array, values: jax.Array) -> jax.Array:
+  """A per-point mask (B, N) as the per-entry weights of (B, 2N) interleaved (x, y) values."""
+  mask = jnp.asarray(mask, values.dtype)
+  if values.shape[-1] == 2 * mask.shape[-1]:
+    return jnp.repeat(mask, 2, axis=-1)
+  raise ValueError(f'a mask of {mask.shape[-1]} points for {values.shape[-1]} entries')
 
 
-def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean absolute error over every entry (baseline option, method.md §2.5.4)."""
-  return jnp.mean(jnp.abs(pred - target))
+def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """The mean of (B, 2N) per-entry values over the labelled entries of each face (a face's
+  mean divides by its own labelled count), then over the faces; `jnp.mean` without a mask."""
+  if mask is None:
+    return jnp.mean(values)
+  w = entry_mask(mask, values)
+  # `where`, not a product: an unlabelled entry's value never enters, whatever it is (inf, NaN).
+  total = jnp.sum(jnp.where(w > 0, values * w, 0.0), axis=-1)
+  per_face = total / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+  return jnp.mean(per_face)
+
+
+def labelled_only(mask: jax.Array | None, *arrays: jax.Array | None) -> tuple:
+  """`arrays` (B, 2N) with the unlabelled entries set to 0 before any loss sees them, so that no
+  value there (inf, NaN) reaches a gradient either (0 · NaN is NaN, even behind a `where`)."""
+  if mask is None:
+    return arrays
+  w = None
+  out = []
+  for a in arrays:
+    if a is not None:
+      w = entry_mask(mask, a) if w is None else w
+      a = jnp.where(w > 0, a, 0.0)
+    out.append(a)
+  return tuple(out)
+
+
+def mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean squared error over every (labelled) entry (teacher loss, baseline student; method.md
+  §2.5.1)."""
+  pred, target = labelled_only(mask, pred, target)
+  return masked_mean(jnp.square(pred - target), mask)
+
+
+def l1(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean absolute error over every (labelled) entry (baseline option, method.md §2.5.4)."""
+  pred, target = labelled_only(mask, pred, target)
+  return masked_mean(jnp.abs(pred - target), mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,15 +182,18 @@ def kd_loss(
   tough: jax.Array | None,
   tolerant: jax.Array | None,
   params: KDParams,
+  mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """KD-Loss = w_main·mean(Loss_Main) + w_tou·mean(ALoss_tou) + w_tol·mean(ALoss_tol).
 
   Either teacher may be None (the Tough-only / Tolerant-only ablations of method.md §2.5.4);
-  its term is then dropped.
+  its term is then dropped. `mask` (B, N): every term leaves the unlabelled points out
+  (`masked_mean`, the module docstring).
 
   Returns:
     The scalar loss and a dict of its (weighted) terms for logging.
   """
+  pred, gt, tough, tolerant = labelled_only(mask, pred, gt, tough, tolerant)
   if params.lambda_source == 'constant':
     lam = jnp.full_like(gt, params.lambda_const)
   else:
@@ -154,13 +203,14 @@ def kd_loss(
     if source is None:
       raise ValueError('kd_loss needs at least one teacher prediction')
     lam = jnp.abs(source - gt)
-  terms = {'main': params.w_main * jnp.mean(main_loss(pred, gt, lam, params.main_slope))}
+  mean = lambda v: masked_mean(v, mask)
+  terms = {'main': params.w_main * mean(main_loss(pred, gt, lam, params.main_slope))}
   if tough is not None:
-    terms['aloss_tough'] = params.w_tou * jnp.mean(
+    terms['aloss_tough'] = params.w_tou * mean(
       aloss(pred, tough, gt, params.alpha_tou, params.alpha_neg_tou, params.beta, params.low_region)
     )
   if tolerant is not None:
-    terms['aloss_tolerant'] = params.w_tol * jnp.mean(
+    terms['aloss_tolerant'] = params.w_tol * mean(
       aloss(
         pred, tolerant, gt, params.alpha_tol, params.alpha_neg_tol, params.beta, params.low_region
       )

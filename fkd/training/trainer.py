@@ -246,10 +246,13 @@ def make_train_step(
     )
     chex.assert_shape(loss, ())
     new_state, metrics = apply_update(optimizer, state, grads, batch_stats, loss, terms)
+    mask = batch.get(ip.LABELLED)  # unlabelled points: out of the metrics as of the loss
     if weight is None:
-      metrics.update(stage.head.train_metrics(outputs, batch['landmarks']))
+      metrics.update(stage.head.train_metrics(outputs, batch['landmarks'], mask))
     else:
-      metrics.update(weighted_mean(stage.head.train_metrics, weight, outputs, batch['landmarks']))
+      metrics.update(
+        weighted_mean(stage.head.train_metrics, weight, outputs, batch['landmarks'], mask)
+      )
     return new_state, metrics
 
   return step
@@ -596,7 +599,8 @@ def _validator(model, head, split: ip.Split, config: Any, mesh):
   def run(state: dict[str, Any]) -> dict[str, float]:
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
     pred = evaluate.predict_split(predict, variables, split, config.eval.batch_size, mesh)
-    nme = eval_metrics.nme_per_image(pred, split.landmarks, config.eval.norm)
+    nme = eval_metrics.nme_per_image(pred, split.landmarks, config.eval.norm, split.labelled)
+    nme = nme[np.isfinite(nme)]  # faces without a normaliser (evaluate.scored_faces)
     scores = eval_metrics.summarize(nme, config.eval.fr_threshold)
     return {'val_nme': scores['nme'], 'val_fr': scores['fr']}
 

@@ -8,6 +8,10 @@ Stages:
    λ_FA > 0 the student gets one 1x1 adapter per decoder stage, lifting it to the teacher's
    channels (§5.2); adapters run in training only;
 3. `student_baseline`: the same student with the heatmap MSE alone.
+
+Unlabelled points (the batch's `pipeline.LABELLED` mask) leave the heatmap MSE
+(`heatmaps.heatmap_mse`); the feature terms compare decoder features, which belong to no point,
+and stay as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from fkd import heads, models
+from fkd.data import pipeline
 from fkd.errors import FkdError
 from fkd.heads import heatmaps
 from fkd.losses import affinity
@@ -119,7 +124,8 @@ class HeatmapDistillation(Method):
 
     def loss_fn(outputs, features, batch, teachers):
       points = batch['landmarks'].astype(jnp.float32)
-      terms = {'heatmap': heatmaps.heatmap_mse(outputs, stage.head.targets(points, outputs))}
+      targets = stage.head.targets(points, outputs)
+      terms = {'heatmap': heatmaps.heatmap_mse(outputs, targets, batch.get(pipeline.LABELLED))}
       loss = terms['heatmap']
       if distill:
         for k, v in distill_terms(features, teachers['teacher'][1], fan).items():

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fkd import heads
+from fkd.data import pipeline
 from fkd.errors import FkdError
 from fkd.losses import kd_loss as losses
 from fkd.methods.base import LossFn, Method, Row, Stage
@@ -48,7 +49,8 @@ def regression_stage(name: str, config: Any) -> Stage:
 
 def supervised_loss(stage: Stage) -> LossFn:
   """`stage.loss` (mse | l1) against the ground truth, or the soft landmarks for the Tolerant
-  teacher (method.md §2.3)."""
+  teacher (method.md §2.3); unlabelled points (the batch's `pipeline.LABELLED` mask) are left out
+  (`fkd.losses.kd_loss.masked_mean`)."""
   if stage.loss not in SIMPLE_LOSSES:
     raise FkdError(f'{stage.name}: loss must be one of {sorted(SIMPLE_LOSSES)}, got {stage.loss!r}')
   base = SIMPLE_LOSSES[stage.loss]
@@ -56,7 +58,7 @@ def supervised_loss(stage: Stage) -> LossFn:
 
   def loss_fn(outputs, features, batch, teachers):
     del features, teachers
-    return base(outputs, stage.head.targets(batch[key])), {}
+    return base(outputs, stage.head.targets(batch[key]), batch.get(pipeline.LABELLED)), {}
 
   return loss_fn
 
@@ -119,7 +121,8 @@ class KDLoss(Method):
       gt = stage.head.targets(batch['landmarks'])
       tough = teachers['teacher_tough'][0] if 'teacher_tough' in teachers else None
       tolerant = teachers['teacher_tolerant'][0] if 'teacher_tolerant' in teachers else None
-      return losses.kd_loss(outputs, gt, tough, tolerant, params)
+      # Unlabelled points leave every term, the teachers' ALoss terms too (no ground truth there).
+      return losses.kd_loss(outputs, gt, tough, tolerant, params, batch.get(pipeline.LABELLED))
 
     return loss_fn
 

@@ -6,7 +6,9 @@ weighting (the part KD-Loss adds):
 
   L = (1 − α)·D(student, ground truth) + α·D(student, teacher),  α = config.output_kd.alpha,
 with D = MSE (`config.output_kd.loss='mse'`, the classic form) or L1 (`'l1'`: the same loss shape
-as KD-Loss's Loss_Main, so the ablation can tell teacher targets from loss shape).
+as KD-Loss's Loss_Main, so the ablation can tell teacher targets from loss shape). Unlabelled points
+(the batch's `pipeline.LABELLED` mask) leave both terms, as they leave KD-Loss's: the teacher's
+term is guidance towards a ground truth that is unknown there.
 
 Same teacher stage, student network, data and budget as KD-Loss (`fkd.methods.kd.method`), and the
 same
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fkd.data import pipeline
 from fkd.errors import FkdError
 from fkd.methods.base import LossFn, Method, Row, Stage
 from fkd.methods.kd import method as kd
@@ -71,9 +74,10 @@ class OutputKD(Method):
 
     def loss_fn(outputs, features, batch, teachers):
       del features
+      mask = batch.get(pipeline.LABELLED)
       terms = {
-        'gt': (1.0 - alpha) * distance(outputs, stage.head.targets(batch['landmarks'])),
-        'teacher': alpha * distance(outputs, teachers['teacher_tough'][0]),
+        'gt': (1.0 - alpha) * distance(outputs, stage.head.targets(batch['landmarks']), mask),
+        'teacher': alpha * distance(outputs, teachers['teacher_tough'][0], mask),
       }
       return terms['gt'] + terms['teacher'], terms
 

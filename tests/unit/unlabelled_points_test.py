@@ -1,0 +1,254 @@
+"""Unlabelled points (a folder dataset's COCO v = 0, `.pts` `-1 -1`, empty CSV cells) are masked
+in training: the batch carries `pipeline.LABELLED`, every flip re-indexes it with the points, and
+no method's loss sees a masked point (moved anywhere: same loss, same gradient, same step)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fkd import config_lib, methods
+from fkd.data import pipeline, schemes
+from fkd.heads import heatmaps
+from fkd.losses import kd_loss
+from fkd.training import trainer as train
+
+CONFIGS = {
+  'kd': 'configs/kd.py',
+  'fan': 'configs/mobilefan.py',
+  'output_kd': 'configs/output_kd.py',
+}
+
+
+# ---- the losses by hand, on three points -------------------------------------------------------
+
+
+def test_regression_losses_by_hand():
+  """Face 0: point errors (1, 2), (0, 3) and a masked point 100 px off; face 1: only point 0
+  labelled, errors (2, 2). Per face over its labelled entries, then over the faces."""
+  pred = jnp.array([[1.0, 2, 0, 3, 100, -50], [2, -2, 7, 7, 9, 9]])
+  gt = jnp.zeros((2, 6))
+  mask = jnp.array([[1.0, 1, 0], [1, 0, 0]])
+  # MSE: face 0 (1 + 4 + 0 + 9) / 4 = 3.5, face 1 (4 + 4) / 2 = 4.
+  assert float(kd_loss.mse(pred, gt, mask)) == pytest.approx((3.5 + 4) / 2)
+  # L1: face 0 (1 + 2 + 0 + 3) / 4 = 1.5, face 1 (2 + 2) / 2 = 2.
+  assert float(kd_loss.l1(pred, gt, mask)) == pytest.approx((1.5 + 2) / 2)
+  # Without a mask: every entry.
+  assert float(kd_loss.mse(pred, gt)) == pytest.approx(float(np.mean(np.square(pred))))
+  assert float(kd_loss.mse(pred, gt, jnp.ones((2, 3)))) == pytest.approx(
+    float(kd_loss.mse(pred, gt))
+  )
+
+
+def _kd_example(masked=(0.0, 0.0)):
+  """One face, three points, gt 0; point 2 masked, its values `masked` everywhere."""
+  x, y = masked
+  pred = jnp.array([[0.1, 0.5, 0.0, 0.0, x, y]])
+  gt = jnp.array([[0.0, 0.0, 0.0, 0.0, -y, x]])
+  tolerant = jnp.array([[0.2, 0.2, 0.0, 0.0, 3 * x, y]])
+  tough = jnp.array([[0.05, 0.05, 0.0, 0.0, y, 2 * x]])
+  return pred, gt, tough, tolerant, jnp.array([[1.0, 1.0, 0.0]])
+
+
+def test_kd_loss_by_hand():
+  """Released-code constants (slope 3, α_tou 1.9, α⁻_tol −0.4, β 0.15, w_main 2) on the four
+  labelled entries; point 1 is exact (every term 0 there)."""
+  pred, gt, tough, tolerant, mask = _kd_example((40.0, -7.0))
+  loss, terms = kd_loss.kd_loss(pred, gt, tough, tolerant, kd_loss.KDParams.code(), mask)
+  # x0: e 0.1 <= λ 0.2: 3e = 0.3; y0: e 0.5 > λ 0.2: e² + 3λ − λ² = 0.25 + 0.6 − 0.04 = 0.81.
+  main = 2.0 * (0.3 + 0.81) / 4
+  # Tough (d 0.05): both e > d: 1.9·|d − e| = 1.9·0.05 and 1.9·0.45.
+  tou = (1.9 * 0.05 + 1.9 * 0.45) / 4
+  # Tolerant (d 0.2, β·d 0.03): x0 in [β·d, d]: −0.4·0.1; y0 > d: 1.8·0.3.
+  tol = (-0.4 * 0.1 + 1.8 * 0.3) / 4
+  assert float(terms['main']) == pytest.approx(main, rel=1e-5)
+  assert float(terms['aloss_tough']) == pytest.approx(tou, rel=1e-5)
+  assert float(terms['aloss_tolerant']) == pytest.approx(tol, rel=1e-5)
+  assert float(loss) == pytest.approx(main + tou + tol, rel=1e-5)
+
+
+@pytest.mark.parametrize('masked', [(0.0, 0.0), (40.0, -7.0), (1e30, -1e30), (np.nan, np.inf)])
+def test_a_masked_point_moved_anywhere_changes_nothing(masked):
+  """Prediction, ground truth and both teachers at the masked point: any values, NaN included;
+  the loss, its terms and its gradient (zero at the masked entries) stay the same."""
+  params = kd_loss.KDParams.code()
+
+  def run(values):
+    pred, gt, tough, tolerant, mask = _kd_example(values)
+    f = lambda p: kd_loss.kd_loss(p, gt, tough, tolerant, params, mask)
+    return f(pred), jax.grad(lambda p: f(p)[0])(pred)
+
+  (loss, terms), grad = run(masked)
+  (ref, ref_terms), ref_grad = run((0.0, 0.0))
+  assert float(loss) == float(ref) and np.isfinite(float(loss))
+  assert {k: float(v) for k, v in terms.items()} == {k: float(v) for k, v in ref_terms.items()}
+  np.testing.assert_array_equal(grad[0, 4:], 0.0)
+  np.testing.assert_array_equal(grad, ref_grad)
+  assert np.all(grad[0, :2] != 0)
+
+
+def test_heatmap_mse_by_hand():
+  """2x2 maps of three points: map 0 off by 1 everywhere, map 1 by 0.5, map 2 masked."""
+  pred = jnp.zeros((1, 2, 2, 3))
+  target = jnp.stack([jnp.ones((2, 2)), jnp.full((2, 2), 0.5), jnp.full((2, 2), 1e30)], -1)[None]
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  # (4·1 + 4·0.25) / (2 maps · 4 pixels)
+  assert float(heatmaps.heatmap_mse(pred, target, mask)) == pytest.approx(5 / 8)
+  grad = jax.grad(lambda p: heatmaps.heatmap_mse(p, target, mask))(pred)
+  np.testing.assert_array_equal(grad[..., 2], 0.0)
+  assert np.all(grad[..., :2] != 0)
+
+
+def test_the_padded_batch_mean_is_the_unpadded_one():
+  """Per-face normalisation keeps every loss a mean of per-example terms: the trainer's padded
+  batches (`weighted_mean`, padding of weight 0 and an all-zero mask) give the unpadded loss."""
+  rng = np.random.default_rng(0)
+  pred, gt = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+  mask = np.array([[1.0, 0, 1], [1, 1, 0], [0, 0, 0]])  # the third row is padding
+  padded = train.weighted_mean(kd_loss.mse, jnp.array([1.0, 1, 0]), pred, gt, mask)
+  assert float(padded) == pytest.approx(float(kd_loss.mse(pred[:2], gt[:2], mask[:2])), rel=1e-6)
+
+
+# ---- every method's every stage ----------------------------------------------------------------
+
+
+def _batch(size: int, n: int, moved: bool) -> dict[str, np.ndarray]:
+  """Four faces; point 1 masked in faces 0 and 2, point 0 in face 1; `moved`: the masked points'
+  ground truth (and soft targets) far away."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+  points = rng.uniform(0.2 * size, 0.8 * size, (4, n, 2)).astype(np.float32)
+  mask = np.ones((4, n), np.float32)
+  mask[[0, 2], 1] = 0
+  mask[1, 0] = 0
+  soft = points + 0.5
+  if moved:
+    far = rng.uniform(-5 * size, 5 * size, points.shape).astype(np.float32)
+    points = np.where(mask[..., None] > 0, points, far)
+    soft = np.where(mask[..., None] > 0, soft, -far)
+  return {
+    'image': image,
+    'landmarks': points,
+    'soft_landmarks': soft,
+    pipeline.LABELLED: mask,
+  }
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_every_stage_ignores_masked_points(name):
+  """One jitted train step of every stage on a tiny model: the masked points' ground truth moved
+  far away gives the same new parameters and metrics; the loss's gradient with respect to the
+  masked points' outputs is zero. Without the mask the step differs (the test can fail)."""
+  config = config_lib.load(CONFIGS[name], 'tiny')
+  method = methods.get(config)
+  n, size = config.data.num_landmarks, config.data.image_size
+  key = jax.random.key_data(jax.random.key(0))
+  built = {}
+  for stage_name in method.stages:
+    stage = method.stage(stage_name, config)
+    frozen = {
+      t: methods.Frozen(built[t][0], method.stage(t, config).head, {}) for t in stage.teachers
+    }
+    teacher_vars = {t: built[t][1] for t in stage.teachers}
+    model = train.build_model(stage, n, **method.model_kwargs(stage, config, frozen))
+    optimizer = train.make_optimizer(stage.train_config, 10)
+    apply_kwargs = method.train_apply_kwargs(stage, config)
+    state = train.init_state(model, optimizer, size, method.seed_offset(stage_name), apply_kwargs)
+    loss_fn = method.loss_fn(stage, config)
+    step = jax.jit(train.make_train_step(model, optimizer, stage, loss_fn, frozen, apply_kwargs))
+    results = {}
+    for moved in (False, True):
+      results[moved] = jax.device_get(step(state, _batch(size, n, moved), key, teacher_vars))
+    (ref_state, ref_metrics), (new_state, metrics) = results[False], results[True]
+    jax.tree.map(np.testing.assert_array_equal, new_state['params'], ref_state['params'])
+    assert metrics == ref_metrics, stage_name
+    unmasked = dict(_batch(size, n, True))
+    del unmasked[pipeline.LABELLED]  # the planted bug: the loss sees the far points
+    _, bad = jax.device_get(step(state, unmasked, key, teacher_vars))
+    # (Adam's first step is about lr·sign(gradient): the parameters may not tell; the loss does.)
+    assert bad['loss'] != ref_metrics['loss'] and bad['grad_norm'] != ref_metrics['grad_norm']
+
+    # d loss / d outputs at the masked points: zero.
+    batch = jax.tree.map(jnp.asarray, _batch(size, n, True))
+    images = batch['image'].astype(jnp.float32) / 255.0
+    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    outputs, features = model.apply(variables, images, train=False, **apply_kwargs)
+    teacher_out = {
+      t: frozen[t].module.apply(teacher_vars[t], images, train=False) for t in stage.teachers
+    }
+    grad = jax.grad(lambda o: loss_fn(o, features, batch, teacher_out)[0])(outputs)
+    if stage.head.kind == 'regression':
+      grad = grad.reshape(4, n, 2)
+      masked, labelled = grad[batch[pipeline.LABELLED] == 0], grad[batch[pipeline.LABELLED] > 0]
+    else:  # (B, H, W, N)
+      per_point = jnp.moveaxis(grad, -1, 1)  # (B, N, H, W)
+      masked = per_point[batch[pipeline.LABELLED] == 0]
+      labelled = per_point[batch[pipeline.LABELLED] > 0]
+    np.testing.assert_array_equal(masked, 0.0)
+    assert np.abs(labelled).sum() > 0, stage_name
+    built[stage_name] = (
+      model,
+      {'params': ref_state['params'], 'batch_stats': ref_state['batch_stats']},
+    )
+
+
+# ---- the batch carries the mask through every flip ---------------------------------------------
+
+
+def _data(n: int = 5, size: int = 32) -> pipeline.Data:
+  """Eight faces of five points; point 0 unlabelled in every face, stored (as the folder builder
+  stores it) at the mean of the labelled points; the flip swaps points 0 and 1."""
+  rng = np.random.default_rng(3)
+  points = rng.uniform(8, 24, (8, n, 2)).astype(np.float32)
+  points[:, 0] = points[:, 1:].mean(axis=1)
+  labelled = np.ones((8, n), bool)
+  labelled[:, 0] = False
+  images = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+  split = pipeline.Split(images, points, None, [str(i) for i in range(8)], labelled=labelled)
+  perm = np.array([1, 0, 2, 4, 3])
+  return pipeline.Data('folder', {'train': split}, size, n, perm, None, scheme='300w')
+
+
+@pytest.mark.parametrize('augment', ['flip', 'kd', 'none'])
+def test_the_mask_follows_the_flip(augment):
+  """Where a face was flipped, point 1 is the unlabelled one; the masked index always holds the
+  stand-in (the labelled points' mean, kept by every affine map), which it would not if the mask
+  had stayed put."""
+  data = _data()
+  flipped = []
+  for step in range(4):
+    batch = pipeline.train_batch(data, 'train', 8, step, 0, augment)
+    mask = batch[pipeline.LABELLED]
+    assert mask.dtype == np.float32 and mask.shape == (8, 5)
+    assert np.all(mask.sum(axis=1) == 4)
+    for pts, m in zip(batch['landmarks'], mask, strict=True):
+      np.testing.assert_allclose(pts[m == 0][0], pts[m > 0].mean(axis=0), atol=1e-3)
+      flipped.append(m[1] == 0)
+  if augment == 'none':
+    assert not any(flipped)
+  else:
+    assert any(flipped) and not all(flipped)
+
+
+def test_no_mask_no_key():
+  """A split without unlabelled points (the paper datasets) gives the batches it always gave."""
+  data = _data()
+  data.splits['train'].labelled = None
+  assert pipeline.LABELLED not in pipeline.train_batch(data, 'train', 8, 0, 0, 'kd')
+
+
+def test_flip_mask_is_the_points_reindexing():
+  perm = np.array([1, 0, 2, 4, 3])
+  mask = np.array([[0.0, 1, 1, 1, 0]])
+  np.testing.assert_array_equal(schemes.flip_mask(mask, perm), [[1.0, 0, 1, 0, 1]])
+  np.testing.assert_array_equal(schemes.flip_mask(jnp.asarray(mask), perm), [[1.0, 0, 1, 0, 1]])
+  points = np.arange(10.0).reshape(1, 5, 2)
+  flipped = schemes.flip_points(points, perm, 10)
+  # The point a flip puts at index i is the one the mask now says about index i.
+  np.testing.assert_array_equal(flipped[0, :, 1], points[0, perm, 1])
+
+
+def test_hold_out_keeps_the_mask():
+  split = _data().splits['train']
+  kept, held = pipeline.hold_out(split, 0.25, 0)
+  assert kept.labelled.shape == (6, 5) and held.labelled.shape == (2, 5)
