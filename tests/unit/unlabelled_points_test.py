@@ -134,62 +134,100 @@ def _batch(size: int, n: int, moved: bool) -> dict[str, np.ndarray]:
   }
 
 
+def _outputs(stage, n: int, size: int, seed: int):
+  """Random outputs of a stage's head for four faces, and decoder features for fan's terms."""
+  rng = np.random.default_rng(seed)
+  if stage.head.kind == 'regression':
+    return jnp.asarray(rng.normal(0, 0.3, (4, 2 * n)), jnp.float32), {}
+  out = jnp.asarray(rng.uniform(0, 1, (4, size // 4, size // 4, n)), jnp.float32)
+  features = {
+    f'{kind}_{i}': jnp.asarray(rng.normal(size=(4, 4, 4, 8)), jnp.float32)
+    for kind in ('decoder', 'adapted')
+    for i in (1, 2, 3)
+  }
+  return out, features
+
+
+def _masked_grad(stage, grad, mask):
+  """The gradient at the masked and at the labelled points, (K, ...) each."""
+  if stage.head.kind == 'regression':
+    per_point = grad.reshape(grad.shape[0], -1, 2)
+  else:  # (B, H, W, N) -> (B, N, H, W)
+    per_point = jnp.moveaxis(grad, -1, 1)
+  return per_point[mask == 0], per_point[mask > 0]
+
+
 @pytest.mark.parametrize('name', sorted(CONFIGS))
-def test_every_stage_ignores_masked_points(name):
-  """One jitted train step of every stage on a tiny model: the masked points' ground truth moved
-  far away gives the same new parameters and metrics; the loss's gradient with respect to the
-  masked points' outputs is zero. Without the mask the step differs (the test can fail)."""
+def test_every_loss_ignores_masked_points(name):
+  """Every stage's loss of every method, on random outputs and teacher outputs: the masked
+  points' ground truth and soft targets moved far away give the same loss and terms; the
+  gradient at the masked points' outputs is zero (teacher terms included), not elsewhere.
+  Without the mask the loss changes (the test can fail)."""
   config = config_lib.load(CONFIGS[name], 'tiny')
   method = methods.get(config)
   n, size = config.data.num_landmarks, config.data.image_size
-  key = jax.random.key_data(jax.random.key(0))
-  built = {}
-  for stage_name in method.stages:
+  for k, stage_name in enumerate(method.stages):
     stage = method.stage(stage_name, config)
-    frozen = {
-      t: methods.Frozen(built[t][0], method.stage(t, config).head, {}) for t in stage.teachers
-    }
-    teacher_vars = {t: built[t][1] for t in stage.teachers}
-    model = train.build_model(stage, n, **method.model_kwargs(stage, config, frozen))
-    optimizer = train.make_optimizer(stage.train_config, 10)
-    apply_kwargs = method.train_apply_kwargs(stage, config)
-    state = train.init_state(model, optimizer, size, method.seed_offset(stage_name), apply_kwargs)
     loss_fn = method.loss_fn(stage, config)
-    step = jax.jit(train.make_train_step(model, optimizer, stage, loss_fn, frozen, apply_kwargs))
-    results = {}
+    outputs, features = _outputs(stage, n, size, k)
+    teachers = {t: _outputs(stage, n, size, 10 + j) for j, t in enumerate(stage.teachers)}
+    value = {}
     for moved in (False, True):
-      results[moved] = jax.device_get(step(state, _batch(size, n, moved), key, teacher_vars))
-    (ref_state, ref_metrics), (new_state, metrics) = results[False], results[True]
-    jax.tree.map(np.testing.assert_array_equal, new_state['params'], ref_state['params'])
-    assert metrics == ref_metrics, stage_name
-    unmasked = dict(_batch(size, n, True))
-    del unmasked[pipeline.LABELLED]  # the planted bug: the loss sees the far points
-    _, bad = jax.device_get(step(state, unmasked, key, teacher_vars))
-    # (Adam's first step is about lr·sign(gradient): the parameters may not tell; the loss does.)
-    assert bad['loss'] != ref_metrics['loss'] and bad['grad_norm'] != ref_metrics['grad_norm']
-
-    # d loss / d outputs at the masked points: zero.
-    batch = jax.tree.map(jnp.asarray, _batch(size, n, True))
-    images = batch['image'].astype(jnp.float32) / 255.0
-    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-    outputs, features = model.apply(variables, images, train=False, **apply_kwargs)
-    teacher_out = {
-      t: frozen[t].module.apply(teacher_vars[t], images, train=False) for t in stage.teachers
-    }
-    grad = jax.grad(lambda o: loss_fn(o, features, batch, teacher_out)[0])(outputs)
-    if stage.head.kind == 'regression':
-      grad = grad.reshape(4, n, 2)
-      masked, labelled = grad[batch[pipeline.LABELLED] == 0], grad[batch[pipeline.LABELLED] > 0]
-    else:  # (B, H, W, N)
-      per_point = jnp.moveaxis(grad, -1, 1)  # (B, N, H, W)
-      masked = per_point[batch[pipeline.LABELLED] == 0]
-      labelled = per_point[batch[pipeline.LABELLED] > 0]
+      batch = jax.tree.map(jnp.asarray, _batch(size, n, moved))
+      f = lambda o, b=batch, fn=loss_fn, ft=features, t=teachers: fn(o, ft, b, t)
+      (loss, terms), grad = jax.value_and_grad(f, has_aux=True)(outputs)
+      value[moved] = (float(loss), {t: float(v) for t, v in terms.items()}, np.asarray(grad))
+    assert value[True][:2] == value[False][:2], stage_name
+    np.testing.assert_array_equal(value[True][2], value[False][2])
+    masked, labelled = _masked_grad(stage, value[True][2], np.asarray(batch[pipeline.LABELLED]))
     np.testing.assert_array_equal(masked, 0.0)
-    assert np.abs(labelled).sum() > 0, stage_name
-    built[stage_name] = (
-      model,
-      {'params': ref_state['params'], 'batch_stats': ref_state['batch_stats']},
-    )
+    assert np.all(np.abs(labelled).sum(axis=tuple(range(1, labelled.ndim))) > 0), stage_name
+    unmasked = {k: v for k, v in batch.items() if k != pipeline.LABELLED}  # the planted bug
+    assert float(loss_fn(outputs, features, unmasked, teachers)[0]) != value[True][0], stage_name
+
+
+def _step_results(name: str, stage_name: str):
+  """One jitted train step of a stage without teachers on its tiny model: (reference, moved,
+  unmasked) (state, metrics) on `_batch`."""
+  config = config_lib.load(CONFIGS[name], 'tiny')
+  method = methods.get(config)
+  n, size = config.data.num_landmarks, config.data.image_size
+  stage = method.stage(stage_name, config)
+  assert not stage.teachers
+  model = train.build_model(stage, n, **method.model_kwargs(stage, config, {}))
+  optimizer = train.make_optimizer(stage.train_config, 10)
+  apply_kwargs = method.train_apply_kwargs(stage, config)
+  state = train.init_state(model, optimizer, size, method.seed_offset(stage_name), apply_kwargs)
+  loss_fn = method.loss_fn(stage, config)
+  step = jax.jit(train.make_train_step(model, optimizer, stage, loss_fn, {}, apply_kwargs))
+  key = jax.random.key_data(jax.random.key(0))
+  unmasked = dict(_batch(size, n, True))
+  del unmasked[pipeline.LABELLED]
+  return [
+    jax.device_get(step(state, b, key, {}))
+    for b in (_batch(size, n, False), _batch(size, n, True), unmasked)
+  ]
+
+
+def _same_step(results) -> None:
+  (ref_state, ref), (new_state, metrics), (_, bad) = results
+  jax.tree.map(np.testing.assert_array_equal, new_state['params'], ref_state['params'])
+  assert metrics == ref  # loss, terms, gradient norm, train metrics
+  # Adam's first step is about lr·sign(gradient): the parameters may not tell; the loss does.
+  assert bad['loss'] != ref['loss'] and bad['grad_norm'] != ref['grad_norm']
+
+
+def test_a_train_step_ignores_masked_points():
+  """The jitted step on a tiny regression model: same gradient norm, loss, metrics and new
+  parameters with the masked points far away; different without the mask."""
+  _same_step(_step_results('kd', 'student_baseline'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name, stage', [('fan', 'teacher'), ('kd', 'teacher_tolerant')])
+def test_more_train_steps_ignore_masked_points(name, stage):
+  """As `test_a_train_step_ignores_masked_points`, on a heatmap model and the soft targets."""
+  _same_step(_step_results(name, stage))
 
 
 # ---- the batch carries the mask through every flip ---------------------------------------------
