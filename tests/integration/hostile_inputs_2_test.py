@@ -115,6 +115,21 @@ def unlabel(k: int, points=range(N), split: str = 'train'):
   return coco(fn, split)
 
 
+def pts_line(name: str, point: int, text: str = '-1 -1', split: str = 'train'):
+  """An edit of <split>/<name>.pts: its line of `point` becomes `text` (as some tools mark a
+  missing point)."""
+
+  def edit(root: pathlib.Path) -> None:
+    p = root / split / f'{name}.pts'
+    lines = p.read_text().splitlines()
+    first = lines.index('{') + 1
+    for i in [point] if isinstance(point, int) else point:
+      lines[first + i] = text
+    p.write_text('\n'.join(lines) + '\n')
+
+  return edit
+
+
 def csv_edit(fn):
   def edit(root: pathlib.Path) -> None:
     p = root / 'train' / 'landmarks.csv'
@@ -241,6 +256,26 @@ def ablation_table(seeds: int):
 
 
 # ---- checks of the sandbox afterwards ----------------------------------------------------------
+
+
+def built_points(split: str, name: str, visibility: list[int], same_as_labelled_mean=()):
+  """The folder build in {tmp}/tfds holds face `name` of `split` with this `visibility`; the
+  points of `same_as_labelled_mean` (and no others) sit at the labelled points' mean."""
+
+  def check(tmp: pathlib.Path) -> None:
+    from fkd.data import build
+
+    root, faces = str(tmp / 'tfds'), str(tmp / 'faces')
+    src = build.make_builder('folder', root, manual_dir=faces, crop_size=16).as_data_source()[split]
+    named = lambda e: os.path.basename(np.asarray(e['filename']).item().decode()) == name
+    ex = next(e for e in (src[i] for i in range(len(src))) if named(e))
+    assert np.asarray(ex['visibility']).tolist() == visibility
+    lm = np.asarray(ex['landmarks'], np.float64)
+    mean = lm[np.asarray(visibility) > 0].mean(axis=0)
+    at_mean = [i for i in range(N) if np.allclose(lm[i], mean, atol=1e-3)]
+    assert at_mean == list(same_as_labelled_mean), (at_mean, lm)
+
+  return check
 
 
 def record_of(name: str, **want):
@@ -447,6 +482,66 @@ CASES = [
       ),
     ),
     message="split 'train' has no annotated faces",
+  ),
+  # points without a position, hidden points, the NME normaliser
+  Case(
+    'pts_minus_one_marks_a_point_missing',
+    B,
+    FOLDER,
+    setup=folder_dataset('pts', pts_line('train0', 2)),
+    code=0,
+    message='train',
+    may_change=BUILT,
+    check=built_points('train', 'train0.png', [2, 2, 0, 2, 2], same_as_labelled_mean=[2]),
+  ),
+  Case(
+    'pts_every_point_missing',
+    B,
+    FOLDER,
+    setup=folder_dataset('pts', pts_line('test1', range(N), split='test')),
+    code=0,
+    message='test1.pts: no labelled point (every point is -1 -1); left out',
+    may_change=BUILT,
+  ),
+  Case(
+    'pts_minus_one_in_a_bare_file',
+    B,
+    FOLDER,
+    setup=folder_dataset(
+      'pts',
+      lambda root: (root / 'train' / 'train1.pts').write_text(
+        '\n'.join(['-1 -1', *(f'{x + 1:.3f} {y + 1:.3f}' for x, y in _points(1)[1:])]) + '\n'
+      ),
+    ),
+    code=0,
+    message='train',
+    may_change=BUILT,
+    check=built_points('train', 'train1.png', [0, 2, 2, 2, 2], same_as_labelled_mean=[0]),
+  ),
+  Case(
+    'coco_occluded_point_keeps_its_position',
+    B,
+    FOLDER,
+    setup=folder_dataset(
+      'coco', coco(lambda d: d['annotations'][0]['keypoints'].__setitem__(3 * 2 + 2, 1))
+    ),
+    code=0,
+    message='train',
+    may_change=BUILT,
+    check=built_points('train', 'train0.png', [2, 2, 1, 2, 2]),
+  ),
+  Case(
+    'coco_normaliser_point_unlabelled',
+    B,
+    FOLDER,
+    setup=folder_dataset('coco', unlabel(1, points=(0,), split='test')),
+    code=0,
+    message=(
+      '(test1.png): point 0 of the NME normaliser [0, 1] is unlabelled; the face is built but '
+      'left out of the metrics'
+    ),
+    may_change=BUILT,
+    check=built_points('test', 'test1.png', [0, 2, 2, 2, 2], same_as_labelled_mean=[0]),
   ),
   # landmarks.csv
   Case(
@@ -1100,6 +1195,25 @@ def test_unlabelled_points_have_no_position(tmp_path):
   # By hand: errors 1 and 0 over 2 labelled points, normaliser |p0 - p1| = 10.
   assert metrics.nme_per_image(pred, gt, (0, 1), mask)[0] == pytest.approx(0.05)
   assert metrics.nme_per_image(pred, gt, (0, 1))[0] == pytest.approx((1 + 0 + 50) / 3 / 10)
+
+
+def test_an_occluded_point_keeps_its_position_and_is_scored(tmp_path):
+  """COCO v = 1 (labelled, hidden): built exactly as the same point with v = 2 (same crop, same
+  position), marked labelled, so it trains and is scored, as COFW's protocol scores occluded
+  points; only v = 0 is masked."""
+  from fkd.data import pipeline
+
+  built = {}
+  for v in (2, 1):
+    tmp = tmp_path / f'v{v}'
+    edit = coco(lambda d, v=v: d['annotations'][0]['keypoints'].__setitem__(3 * 2 + 2, v))
+    folder_dataset('coco', edit)(tmp, tmp)
+    built[v] = _built(tmp / 'faces', tmp)['train0.png']
+  assert np.asarray(built[1]['visibility']).tolist() == [2, 2, 1, 2, 2]
+  np.testing.assert_array_equal(built[1]['landmarks'], built[2]['landmarks'])
+  np.testing.assert_array_equal(built[1]['image'], built[2]['image'])
+  split = pipeline.load_split([built[1], built[2]], 16, None)
+  assert split.labelled is None  # every point labelled: no mask, every point in loss and metrics
 
 
 def test_images_of_more_than_eight_bits_are_scaled(tmp_path):

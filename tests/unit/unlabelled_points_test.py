@@ -290,3 +290,61 @@ def test_hold_out_keeps_the_mask():
   split = _data().splits['train']
   kept, held = pipeline.hold_out(split, 0.25, 0)
   assert kept.labelled.shape == (6, 5) and held.labelled.shape == (2, 5)
+
+
+# ---- the NME normaliser of a face with an unlabelled normalising point -------------------------
+
+
+def test_a_face_without_its_normaliser_is_not_scored():
+  """Face 1's normalising point 0 is unlabelled: no normaliser (NaN), not another one; the box
+  diagonal spans the labelled points; a group normaliser needs every member."""
+  from fkd.evaluation import metrics
+
+  gt = np.array([[[0.0, 0], [10, 0], [5, 5]], [[0.0, 0], [6, 8], [30, 40]]])
+  pred = gt + 1.0  # every point off by √2
+  mask = np.array([[True, True, False], [False, True, True]])
+  d = metrics.normalising_distance(gt, (0, 1), mask)
+  assert d[0] == 10 and np.isnan(d[1])
+  nme = metrics.nme_per_image(pred, gt, (0, 1), mask)
+  assert nme[0] == pytest.approx(np.sqrt(2) / 10) and np.isnan(nme[1])
+  assert metrics.unscorable(gt, (0, 1), mask).tolist() == [False, True]
+  assert metrics.unscorable(gt, (0, 1), None).tolist() == [False, False]
+  # Box diagonal over the labelled points: face 0 (0, 0)-(10, 0) = 10; face 1 (6, 8)-(30, 40) = 40.
+  np.testing.assert_allclose(metrics.normalising_distance(gt, 'box_diagonal', mask), [10, 40])
+  # Groups: the mean of [1, 2] needs both.
+  d = metrics.normalising_distance(gt, ([0], [1, 2]), mask)
+  assert np.isnan(d).tolist() == [True, True]
+  d = metrics.normalising_distance(gt, (1, [2]), mask)
+  assert np.isnan(d[0]) and d[1] == pytest.approx(40)
+
+
+def test_the_evaluation_leaves_such_faces_out_with_a_note(capsys):
+  """Faces 2 and 5 of 'test' lack normalising point 0: left out of the split's metrics, with one
+  note naming them; a split where every face lacks it is one error line."""
+  from fkd.errors import FkdError
+  from fkd.evaluation import evaluate
+
+  data = _eval_data()
+  out = evaluate.scored_faces(data, ['test'], '[0, 1]')
+  assert out.splits['test'].names == ['0', '1', '3', '4', '6', '7']
+  assert out.splits['test'].labelled.shape == (6, 5) and out.splits['test'].labelled.all()
+  assert out.splits['train'] is data.splits['train']
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == [
+    'fkd: note: test: 2 face(s) left out of the metrics, a point of the NME normaliser '
+    '[0, 1] is unlabelled: 2, 5'
+  ]
+  assert evaluate.scored_faces(data, ['test'], '[1, 2]').splits['test'] is data.splits['test']
+  data.splits['test'].labelled[:, 0] = False
+  with pytest.raises(FkdError, match="eval split 'test': every face has an unlabelled point"):
+    evaluate.scored_faces(data, ['test'], '[0, 1]')
+
+
+def _eval_data():
+  data = _data()
+  split = data.splits['train']
+  labelled = np.ones_like(split.labelled)
+  labelled[[2, 5], 0] = False
+  data.splits['test'] = pipeline.take(split, np.arange(8))
+  data.splits['test'].labelled = labelled
+  return data
