@@ -308,3 +308,56 @@ def test_a_moved_ablation_is_reused(tmp_path, monkeypatch):
   assert len(calls) == n
   stamp = json.loads((tmp_path / 'b' / 'seed_0' / 'kd' / 'ablation_run.json').read_text())
   assert stamp['teacher_tough_ckpt'].startswith(str(tmp_path / 'a'))  # the stamp keeps the old path
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_an_ablation_with_exit_130_and_keeps_the_table(tmp_path, data_dir):
+  """A real `fkd.ablation` process, Ctrl-C (SIGINT) while its first run trains: exit 130 (as
+  documented in fkd/cli.py), one line saying where it stopped and no traceback; the table of an
+  earlier ablation in the workdir is untouched (the table is written whole at the end only); the
+  interrupted stage holds a readable checkpoint at the step it reached, which a rerun resumes
+  from, and no lock is left."""
+  import signal
+  import time
+
+  from fkd.infra import checkpoint
+
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  earlier = {'dataset': 'synthetic_faces/tiny', 'split': 'test', 'seeds': 1, 'rows': {}}
+  (workdir / 'ablation.json').write_text(json.dumps(earlier))
+  (workdir / 'ablation.md').write_text('# an earlier table\n')
+  command = [
+    sys.executable, '-m', 'fkd.ablation', '--config=configs/kd.py:tiny', f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}', '--seeds=1',
+    '--config.teacher_train.num_steps=1000000', '--config.teacher_train.log_every_steps=1',
+    '--config.teacher_train.checkpoint_every_steps=1000',
+  ]  # fmt: skip
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  proc = subprocess.Popen(
+    command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  try:
+    deadline = time.time() + 600
+    for line in proc.stdout:
+      if 'step 2/1000000' in line:
+        break
+      assert time.time() < deadline, 'no step 2 in time'
+    else:
+      raise AssertionError(f'ended before step 2: {proc.stderr.read()[-3000:]}')
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, err[-3000:]
+  assert 'Traceback' not in err, err[-4000:]
+  assert 'stopped by SIGINT at step' in err.strip().splitlines()[-1], err[-2000:]
+  assert json.loads((workdir / 'ablation.json').read_text()) == earlier
+  assert (workdir / 'ablation.md').read_text() == '# an earlier table\n'
+  stages = [p.parent for p in workdir.rglob('metrics.jsonl')]
+  assert len(stages) == 1, stages  # the first run's first stage, nothing after it
+  step = checkpoint.latest_step(str(stages[0]))
+  assert step is not None and step >= 2
+  assert checkpoint.last_good_step(str(stages[0]), rename=False) == step
+  assert not list(workdir.rglob('.lock'))
