@@ -155,7 +155,7 @@ def scored_faces(data: ip.Data, splits: Sequence[str], norm: Any) -> ip.Data:
   """`data` with the faces that have no NME normaliser (an unlabelled normalising point,
   `metrics.unscorable`) left out of the eval `splits`, with a one-line note per split naming them.
 
-  Why not another normaliser for them: the box diagonal is about three inter-ocular distances, so
+  Why not another normaliser for them: the box diagonal spans several inter-ocular distances, so
   their NME would be on another scale than the split's and bend its mean, FR and AUC silently.
   """
   out = dict(data.splits)

@@ -278,6 +278,16 @@ def built_points(split: str, name: str, visibility: list[int], same_as_labelled_
   return check
 
 
+def trained_on_labelled_points(workdir: pathlib.Path) -> None:
+  """A run on a folder with unlabelled points: finite losses every step, and the test face
+  without a normaliser left out of the scores (one face scored)."""
+  rows = [json.loads(line) for line in open(workdir / 'student_baseline' / 'metrics.jsonl')]
+  assert rows and all(np.isfinite(r['loss']) and np.isfinite(r['mae']) for r in rows), rows
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['models']['student_baseline']['test']['count'] == 1
+  assert len(results['nme_per_image']['student_baseline']['test']) == 1
+
+
 def record_of(name: str, **want):
   def check(tmp: pathlib.Path) -> None:
     record = json.loads((tmp / name).read_text())
@@ -542,6 +552,23 @@ CASES = [
     ),
     may_change=BUILT,
     check=built_points('test', 'test1.png', [0, 2, 2, 2, 2], same_as_labelled_mean=[0]),
+  ),
+  Case(
+    'folder_training_masks_unlabelled_points',
+    M,
+    '--config=configs/baseline.py:folder,tiny --config.data.manual_dir={tmp}/faces '
+    '--config.data.data_dir={tmp}/tfds --workdir={tmp}/w --config.train.batch_size=2',
+    setup=folder_dataset(
+      'coco',
+      lambda root: (unlabel(0, points=(2, 3))(root), unlabel(1, points=(0,), split='test')(root)),
+    ),
+    code=0,
+    message=(
+      'fkd: note: test: 1 face(s) left out of the metrics, a point of the NME normaliser '
+      '[0, 1] is unlabelled: test/test1.png'
+    ),
+    may_change=(*BUILT, 'w', 'w/*'),
+    check=lambda tmp: trained_on_labelled_points(tmp / 'w'),
   ),
   # landmarks.csv
   Case(
@@ -1123,7 +1150,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+# Rows that train (tens of seconds): `pytest -m slow` (CI) runs them.
+SLOW = {'folder_training_masks_unlabelled_points'}
+
+
+@pytest.mark.parametrize(
+  'case',
+  [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW else c for c in CASES],
+  ids=[c.id for c in CASES],
+)
 def test_hostile_input(case: Case, run_dir, data_dir, tmp_path, monkeypatch):
   table.test_hostile_input(case, run_dir, data_dir, tmp_path, monkeypatch)
 
