@@ -348,3 +348,23 @@ def _eval_data():
   data.splits['test'] = pipeline.take(split, np.arange(8))
   data.splits['test'].labelled = labelled
   return data
+
+
+@pytest.mark.parametrize('platform', ['tpu', 'cuda'])
+def test_the_masked_losses_lower_for_accelerators(platform):
+  """The masks add no custom call on TPU or GPU (the losses, the heatmap MSE, the device flip)."""
+  from fkd.tools import programs
+
+  pred = jax.ShapeDtypeStruct((4, 10), jnp.float32)
+  mask = jax.ShapeDtypeStruct((4, 5), jnp.float32)
+  maps = jax.ShapeDtypeStruct((4, 8, 8, 5), jnp.float32)
+  params = kd_loss.KDParams.code()
+  fns = {
+    'kd_loss': (lambda p, g, m: kd_loss.kd_loss(p, g, g, g, params, m)[0], (pred, pred, mask)),
+    'heatmap_mse': (heatmaps.heatmap_mse, (maps, maps, mask)),
+    'flip_mask': (lambda m: schemes.flip_mask(m, [1, 0, 2, 4, 3]), (mask,)),
+  }
+  for name, (fn, args) in fns.items():
+    lowered = jax.jit(jax.value_and_grad(fn) if name != 'flip_mask' else fn).trace(*args)
+    text = lowered.lower(lowering_platforms=(platform,)).as_text()
+    assert programs.custom_calls(text) == {}, name
