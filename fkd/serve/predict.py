@@ -37,8 +37,9 @@ by) and predicted again, `passes` times in all; a face's
 Flip averaging (`--flip`; default on for a model trained on mirrored faces, `flip_default`): every
 crop also goes through the model mirrored, and its landmarks are the mean of the crop's and the
 mirrored crop's (mirrored back and re-indexed by the mark-up's flip permutation), in every pass and
-for every source. It halves the noise a single crop's framing puts on the points, which is most of
-what a detector box costs over the true box; it doubles the faces per jitted call.
+for every source. The mirror frames the face the other way round, so the average cancels part of
+what a crop's framing adds to the points (a detector box frames a face worse than its landmark
+box); it doubles the crops per face through the jitted calls.
 
 The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
 crop margin of the model's dataset (the checkpoint's `crop_margin`, from the dataset's record:
