@@ -11,6 +11,8 @@ stage of `configs/kd.py:300w,cpu` trains on and that dlib's model was not traine
 - fkd, true box: `Predictor.faces(photo, bbox=<landmark box of the annotated points>)` (one pass);
 - fkd, detector: `Predictor.faces(photo, passes=P)` for each P of `--passes`, the face whose
   detector box matches the annotated one (IoU with its landmark box >= 0.3; else it is missed);
+- both with flip averaging off (`flip=False`: one crop per face and pass) and, when the model has
+  a flip permutation, on (`flip=True`, the crop and its mirror averaged; `--flip=off|on|both`);
 - dlib: its own HOG detector (`get_frontal_face_detector`, one upsampling, as
   `face_recognition` runs it) and `shape_predictor_68_face_landmarks.dat` (from the optional
   `face-recognition-models` package; skipped with a note when dlib or the model is missing), the
@@ -18,9 +20,10 @@ stage of `configs/kd.py:300w,cpu` trains on and that dlib's model was not traine
 
 NME: mean point-to-point error in photo pixels over the inter-ocular distance (outer eye corners,
 points 36 and 45), the same normaliser for every row; means and medians over the faces each row
-found, and the per-face ratio of the detector rows to the true-box row (median). dlib's model is
-trained on the 300-W training set, HELEN training photos included, so on photos from that set it
-has seen the faces; the `--shared` photos are held out from both.
+found, and the per-face ratio of each row to the true box with one crop (median; the goal of
+`fkd.predict`: no box as good as the true box) and to the true box with the same flip setting.
+dlib's model is trained on the 300-W training set, HELEN training photos included, so on photos
+from that set it has seen the faces; the `--shared` photos are held out from both.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ def main() -> None:
   parser.add_argument('--photos', default='', help='comma-separated folders of photos + .pts')
   parser.add_argument('--shared', action='store_true', help='add the held-out shared photos')
   parser.add_argument('--passes', default='1,2,3,4')
+  parser.add_argument('--flip', default='both', choices=('off', 'on', 'both'))
   parser.add_argument('--json', default='', help='write the per-face NMEs here')
   args = parser.parse_args()
 
@@ -131,25 +135,40 @@ def main() -> None:
   if not faces:
     sys.exit('no annotated photos (--photos, --shared)')
   passes = [int(p) for p in args.passes.split(',')]
-  model = predict.Predictor.from_workdir(args.workdir)
+  model = predict.Predictor.from_workdir(args.workdir, flip=False)
+  flips = {'off': [False], 'on': [True], 'both': [False, True]}[args.flip]
+  if model.flip_permutation is None:
+    flips = [False]
   dl, note = Dlib.load()
-  rows: dict[str, list[float | None]] = {'fkd true box': []}
-  rows.update({f'fkd detector, {p} pass{"es" if p > 1 else ""}': [] for p in passes})
+  rows: dict[str, list[float | None]] = {}
+  truth_row: dict[str, str] = {}  # row -> the true-box row of its flip setting
+  for flip in flips:
+    tag = ', flip' if flip else ''
+    rows[f'fkd true box{tag}'] = []
+    for p in passes:
+      rows[f'fkd detector, {p} pass{"es" if p > 1 else ""}{tag}'] = []
+    for name in list(rows)[-1 - len(passes) :]:
+      truth_row[name] = f'fkd true box{tag}'
   rows['dlib (own detector)'] = []
   per_face = []
   t0 = time.time()
   for group, path, truth in faces:
     image = np.asarray(predict.open_photo(path))
     truth_box = box_calibration.landmark_box(truth)
-    [given] = model.faces(image, bbox=truth_box, passes=1)
-    entry = {'set': group, 'photo': path, 'fkd true box': nme(given.landmarks, truth)}
-    rows['fkd true box'].append(entry['fkd true box'])
-    for p in passes:
-      found = model.faces(image, passes=p)
-      i = best_match([f.detection_box for f in found], truth_box)
-      value = None if i is None else nme(found[i].landmarks, truth)
-      rows[f'fkd detector, {p} pass{"es" if p > 1 else ""}'].append(value)
-      entry[f'fkd detector {p}'] = value
+    entry = {'set': group, 'photo': path}
+    for flip in flips:
+      model.flip = flip
+      tag = ', flip' if flip else ''
+      [given] = model.faces(image, bbox=truth_box, passes=1)
+      entry[f'fkd true box{tag}'] = nme(given.landmarks, truth)
+      rows[f'fkd true box{tag}'].append(entry[f'fkd true box{tag}'])
+      for p in passes:
+        found = model.faces(image, passes=p)
+        i = best_match([f.detection_box for f in found], truth_box)
+        value = None if i is None else nme(found[i].landmarks, truth)
+        name = f'fkd detector, {p} pass{"es" if p > 1 else ""}{tag}'
+        rows[name].append(value)
+        entry[name] = value
     if dl is not None:
       rects = dl.detect(image)
       i = best_match([dl.xywh(r) for r in rects], truth_box)
@@ -168,17 +187,27 @@ def main() -> None:
   for group in [None, *groups] if len(groups) > 1 else [None]:
     keep = [g == group or group is None for g, _, _ in faces]
     print(f'\n{group or "all faces"}\n')
-    print('| boxes | found | mean NME % | median NME % | median ratio to true box |')
-    print('|---|---:|---:|---:|---:|')
-    truth_nme = np.array([v for v, k in zip(rows['fkd true box'], keep, strict=True) if k])
-    for name, values in rows.items():
-      values = [v for v, k in zip(values, keep, strict=True) if k]
+    print(
+      '| boxes | found | mean NME % | median NME % | median ratio to true box, one crop '
+      '| ... to true box, same flip |'
+    )
+    print('|---|---:|---:|---:|---:|---:|')
+
+    def kept(name: str, keep: list[bool] = keep) -> list:
+      return [v for v, k in zip(rows[name], keep, strict=True) if k]
+
+    first_truth = next(n for n in rows if n.startswith('fkd true box'))
+    truth_nme = np.array(kept(first_truth))
+    for name in rows:
+      values = kept(name)
       hit = np.array([v is not None for v in values])
       got = np.array([v for v in values if v is not None])
       ratio = np.median(got / truth_nme[hit]) if len(got) else float('nan')
+      same = np.array(kept(truth_row.get(name, first_truth)))
+      ratio_same = np.median(got / same[hit]) if len(got) else float('nan')
       print(
         f'| {name} | {hit.sum()}/{len(values)} | {got.mean():.2f} | {np.median(got):.2f} '
-        f'| {ratio:.2f}× |'
+        f'| {ratio:.3f}× | {ratio_same:.3f}× |'
       )
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(per_face, indent=1))

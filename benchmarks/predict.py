@@ -15,7 +15,8 @@ does not depend on the weights), e.g. the paper's MobileNetV2 1.0 student at 224
 Whole photo path (`--workdir` only): detector + box calibration + `--passes` landmark passes, as
 `fkd.predict` runs a folder (photos read and decoded beforehand, nothing written), faces per
 second over the photos (median of `--rounds` sweeps) at batch 1 (`Predictor.faces`, one photo at
-a time) and batch 32 (the folder pipeline: every pass batched across photos); beside it dlib's own
+a time) and batch 32 (the folder pipeline: every pass batched across photos), with flip averaging
+off and on (`--flip=off|on|both`; on: twice the crops through the model); beside it dlib's own
 detector (one upsampling) and its 68-point shape predictor on the same photos, when dlib and
 `face-recognition-models` are installed.
 """
@@ -68,32 +69,34 @@ def detector_rows(photos: list[Path], rounds: int) -> list[str]:
   return rows
 
 
-def photo_path_rows(workdir: str, photos: list[Path], passes: list[int], rounds: int) -> list[str]:
+def photo_path_rows(
+  workdir: str, photos: list[Path], passes: list[int], rounds: int, flips: list[bool]
+) -> list[str]:
   """Faces per second of detector + refinement + landmarks, fkd's and dlib's, on `photos`."""
   from fkd.serve import predict
 
   images = [predict.open_photo(str(p)) for p in photos]
   rows = []
-  for batch in (1, 32):
-    for p in passes:
-      model = predict.Predictor.from_workdir(workdir, batch_size=batch, passes=p)
+  for batch, p, flip in [(b, p, f) for b in (1, 32) for p in passes for f in flips]:
+    model = predict.Predictor.from_workdir(workdir, batch_size=batch, passes=p, flip=flip)
 
-      def sweep(model=model, batch=batch, p=p) -> int:
-        if batch == 1:
-          return sum(len(model.faces(img)) for img in images)
+    def sweep(model=model, batch=batch, p=p) -> int:
+      if batch == 1:
+        return sum(len(model.faces(img)) for img in images)
 
-        def located():
-          for img in images:
-            boxes = model.locate(np.asarray(img))
-            face_crops, edges = model.crop(img, boxes)
-            yield (img, boxes, edges), face_crops
+      def located():
+        for img in images:
+          boxes = model.locate(np.asarray(img))
+          face_crops, edges = model.crop(img, boxes)
+          yield (img, boxes, edges), face_crops
 
-        out = predict.refined(model, predict.in_batches(model, located()), p)
-        return sum(len(lm) for _, lm in out)
+      out = predict.refined(model, predict.in_batches(model, located()), p)
+      return sum(len(lm) for _, lm in out)
 
-      faces = sweep()
-      t = _median_time(sweep, rounds)
-      rows.append(f'| fkd, {p} pass{"es" if p > 1 else ""} | {batch} | {faces} | {faces / t:.1f} |')
+    faces = sweep()
+    t = _median_time(sweep, rounds)
+    name = f'fkd, {p} pass{"es" if p > 1 else ""}{", flip" if flip else ""}'
+    rows.append(f'| {name} | {batch} | {faces} | {faces / t:.1f} |')
   try:
     import dlib
     import face_recognition_models
@@ -183,6 +186,7 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--skip_detector', action='store_true')
   parser.add_argument('--passes', default='1,2', help='landmark passes for the whole photo path')
+  parser.add_argument('--flip', default='both', choices=('off', 'on', 'both'))
   args = parser.parse_args()
   cli.start()
   print(f'{os.cpu_count()} CPUs')
@@ -198,7 +202,8 @@ def main() -> None:
     passes = [int(p) for p in args.passes.split(',')]
     print(f'\nWhole photo path on {len(photos)} photos of {args.photos}\n')
     print('| path | batch | faces | faces / s |\n|---|---|---|---|')
-    print('\n'.join(photo_path_rows(args.workdir, photos, passes, args.rounds)))
+    flips = {'off': [False], 'on': [True], 'both': [False, True]}[args.flip]
+    print('\n'.join(photo_path_rows(args.workdir, photos, passes, args.rounds, flips)))
   what, rows = model_rows(args)
   print(f'\nLandmark model: {what}\n')
   print('| runtime | batch | ms / face | faces / s |\n|---|---|---|---|')

@@ -134,6 +134,12 @@ LEVERS: dict[str, dict] = {
     pretrain='base',
     teachers='base',
   ),
+  'box_noise_1.5': dict(
+    doc='box_noise at 1.5x the residuals (centre 0.09 / 0.075 box, log size 0.15)',
+    args=['--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)'],
+    pretrain='base',
+    teachers='base',
+  ),
   'teacher_lr_2e-3': dict(
     doc='teachers lr 2e-3 instead of 1e-3 (the student keeps its own)',
     args=['--config.teacher_train.lr=0.002'],

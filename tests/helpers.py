@@ -82,3 +82,17 @@ def old_style_copy(stage_dir: str, dst: str, **old: object) -> dict:
   old_meta = {**{k: meta[k] for k in OLD_KEYS}, **old}
   checkpoint.save_model(dst, variables, old_meta)
   return meta
+
+
+def flip_averaged(landmarks_of, crops: np.ndarray, perm, size: int) -> np.ndarray:
+  """What flip averaging should give, derived without fkd.predict: the model's crop-frame
+  landmarks (`landmarks_of`(crops)) of the crops and of their mirrors, the mirrors' taken back
+  by hand (point i of the face is point perm[i] of its mirror, at x = size − 1 − x)."""
+  crops = np.asarray(crops)
+  plain = np.asarray(landmarks_of(crops), np.float64)
+  mirror = np.asarray(landmarks_of(np.ascontiguousarray(crops[:, :, ::-1])), np.float64)
+  back = np.empty_like(mirror)
+  for i, j in enumerate(perm):
+    back[:, i, 0] = size - 1 - mirror[:, j, 0]
+    back[:, i, 1] = mirror[:, j, 1]
+  return (plain + back) / 2

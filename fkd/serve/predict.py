@@ -34,6 +34,13 @@ by) and predicted again, `passes` times in all; a face's
 `box` is the landmark box of its last crop. A pass whose box overlaps the face's first box less than
 `MIN_REFINE_IOU` is not taken (the face keeps its crop). Every pass runs in the same batches.
 
+Flip averaging (`--flip`; default on for a model trained on mirrored faces, `flip_default`): every
+crop also goes through the model mirrored, and its landmarks are the mean of the crop's and the
+mirrored crop's (mirrored back and re-indexed by the mark-up's flip permutation), in every pass and
+for every source. The mirror frames the face the other way round, so the average cancels part of
+what a crop's framing adds to the points (a detector box frames a face worse than its landmark
+box); it doubles the crops per face through the jitted calls.
+
 The face crop follows the training crops (method.md §2.2): the landmark box is widened by the
 crop margin of the model's dataset (the checkpoint's `crop_margin`, from the dataset's record:
 `fkd.data.datasets`, a folder dataset's own `crop_margin`; `--margin` overrides) and resized
@@ -261,6 +268,32 @@ def training_margin(meta: dict[str, Any]) -> float:
   return training_crop_margin(meta).value
 
 
+def flip_permutation(meta: dict[str, Any]) -> tuple[int, ...] | None:
+  """The flip permutation of a model's mark-up: its checkpoint's `flip_permutation`, else the
+  mark-up of its dataset (`fkd.data.schemes`); None when unknown (a folder dataset)."""
+  if meta.get('flip_permutation'):
+    return tuple(int(i) for i in meta['flip_permutation'])
+  facts = datasets.by_tfds_name(dataset_name(meta)) if dataset_name(meta) else None
+  scheme = schemes.SCHEMES.get(facts.scheme) if facts and facts.scheme else None
+  return scheme.flip_permutation if scheme else None
+
+
+def default_flip(perm: Sequence[int] | None, record: dict[str, Any]) -> bool:
+  """Flip averaging by default: when the mark-up has a flip permutation and the stage's config
+  (`record`) trained it on mirrored faces (augment 'flip' and 'kd' both mirror half the crops; a
+  model that never saw a mirrored face may not be mirror-symmetric)."""
+  return perm is not None and record.get('data.augment') in ('flip', 'kd')
+
+
+def flip_average(
+  landmarks: np.ndarray, mirrored: np.ndarray, perm: Sequence[int], size: int
+) -> np.ndarray:
+  """The mean of crop-frame landmarks (k, N, 2) and those of the mirrored crops, mirrored back
+  (x ↦ size − 1 − x, pixel centres at integers) and re-indexed by the flip permutation."""
+  back = schemes.flip_points(mirrored, perm, size)
+  return ((np.asarray(landmarks, np.float64) + back) / 2).astype(np.float32)
+
+
 def contours(meta: dict[str, Any], num_landmarks: int) -> tuple[tuple[int, int, bool], ...]:
   """The point groups drawn for a model: its checkpoint's `contours` (the dataset's record); for
   checkpoints written before they carried them, the 68-point parts for 68 points."""
@@ -331,8 +364,9 @@ class Predictor(inference.Predictor):
   Still the `fkd.inference.Predictor` of its stage (`predictor(crops)` -> crop-frame landmarks).
   Args beyond the stage: `calibration` (a calibration.json path; default `box_calibration.find`),
   `margin` (default: the model's training margin), `batch_size` (faces per jitted call, fixed),
-  `passes` (landmark passes per face; None: `passes_default`) and the detector's `min_score`,
-  `min_face`, `min_face_fraction`, `max_faces` (`fkd.serve.detect`).
+  `passes` (landmark passes per face; None: `passes_default`), `flip` (flip averaging; None:
+  `flip_default`) and the detector's `min_score`, `min_face`, `min_face_fraction`, `max_faces`
+  (`fkd.serve.detect`).
   """
 
   def __init__(
@@ -342,13 +376,24 @@ class Predictor(inference.Predictor):
     margin: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     passes: int | None = None,
+    flip: bool | None = None,
     **detector_kwargs: Any,
   ):
     check_settings('', margin=margin, batch_size=batch_size, **detector_kwargs)
+    if flip is not None and not isinstance(flip, bool | np.bool_):
+      raise FkdError(f'--flip must be true or false, got {flip!r}')
     super().__init__(stage_dir)
     self.passes = parse_passes(passes)
     record = read_record(stage_dir) or {}
     self.box_noise = tuple(float(v) for v in record.get('data.box_noise') or ())
+    self.flip_permutation = flip_permutation(self.meta)
+    self.flip_default = default_flip(self.flip_permutation, record)
+    if flip and self.flip_permutation is None:
+      raise FkdError(
+        f"--flip needs the model's flip permutation, which {stage_dir} does not name (a folder "
+        'dataset without one): pass --noflip'
+      )
+    self.flip = self.flip_default if flip is None else bool(flip)
     # The training crops' margin, or `margin` as a fraction of the box (`--margin`).
     self.crop_margin = (
       training_crop_margin(self.meta) if margin is None else crops.CropMargin(float(margin))
@@ -454,7 +499,15 @@ class Predictor(inference.Predictor):
     return refined, face_crops, new_edges
 
   def predict_crops(self, face_crops: np.ndarray) -> np.ndarray:
-    """Crop-frame landmarks (k, N, 2) of k crops, in jitted calls of exactly `batch_size`."""
+    """Crop-frame landmarks (k, N, 2) of k crops, in jitted calls of exactly `batch_size`; with
+    `flip`, each the average of the crop's and its mirror's (`flip_average`), in the same calls."""
+    if self.flip and len(face_crops):
+      both = self._predict(np.concatenate([face_crops, face_crops[:, :, ::-1]]))
+      k = len(face_crops)
+      return flip_average(both[:k], both[k:], self.flip_permutation, self.image_size)
+    return self._predict(face_crops)
+
+  def _predict(self, face_crops: np.ndarray) -> np.ndarray:
     k, b = len(face_crops), self.batch_size
     out = np.zeros((k, self.num_landmarks, 2), np.float32)
     for start in range(0, k, b):
@@ -868,6 +921,7 @@ def _start(
   batch_size: int,
   detector_kwargs: dict[str, Any],
   passes: int | None = None,
+  flip: bool | None = None,
 ) -> tuple[Predictor, str]:
   """What photos and videos share once their inputs are checked: the predictor, where the boxes
   come from (a missing detector fails here, with the install hint) and the output folder."""
@@ -878,6 +932,7 @@ def _start(
     margin=margin,
     batch_size=batch_size,
     passes=passes,
+    flip=flip,
     **detector_kwargs,
   )
   source = _source(bbox, whole_image)
@@ -902,6 +957,7 @@ def run(
   batch_size: int = DEFAULT_BATCH_SIZE,
   calibration: str | None = None,
   passes: int | None = None,
+  flip: bool | None = None,
   **detector_kwargs: Any,
 ) -> list[str]:
   """Predicts every image of `image` (a file or folder); returns the JSON paths written."""
@@ -924,6 +980,7 @@ def run(
     batch_size,
     detector_kwargs,
     passes,
+    flip,
   )
 
   def located() -> Iterator[tuple[Any, np.ndarray]]:
@@ -999,6 +1056,7 @@ def run_video(
   min_cutoff: float = 1.0,
   beta: float = 1.0,
   passes: int | None = None,
+  flip: bool | None = None,
   **detector_kwargs: Any,
 ) -> tuple[str, str]:
   """Landmarks on every frame of a video file (or camera index): (OUT/<stem>.mp4, .jsonl).
@@ -1033,6 +1091,7 @@ def run_video(
     batch_size,
     detector_kwargs,
     passes,
+    flip,
   )
   reader = video.VideoReader(source)
   info = reader.info
@@ -1170,6 +1229,13 @@ def _define_flags():
     f"from the previous pass's landmarks; default {DEFAULT_PASSES} for detected faces of a model "
     'trained with config.data.box_noise, else 1 (--whole_image: always 1).',
   )
+  flags.DEFINE_boolean(
+    'flip',
+    None,
+    'Flip averaging: each crop also runs mirrored and the two landmark sets are averaged (twice '
+    'the model calls); default on for a model trained on mirrored faces (config.data.augment '
+    "'flip' or 'kd') whose mark-up has a flip permutation; --noflip turns it off.",
+  )
   flags.DEFINE_boolean('smooth', False, 'Video: One Euro smoothing of landmarks across frames.')
   flags.DEFINE_float('min_cutoff', 1.0, '--smooth: cutoff at rest in Hz (lower: smoother).')
   flags.DEFINE_float('beta', 1.0, '--smooth: cutoff rise with speed (higher: less lag).')
@@ -1209,6 +1275,7 @@ def _predict(f: Any) -> None:
     min_face_fraction=f.min_face_fraction,
     max_faces=f.max_faces,
     passes=f.passes,
+    flip=f.flip,
   )
   if f.image is not None:
     if f.smooth:

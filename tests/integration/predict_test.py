@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import conftest
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -68,7 +69,11 @@ def test_whole_image_predictions_match_the_evaluator(run_dir, data_dir, tmp_path
   assert out.count('whole image (128x128) as the face crop') == 2
   assert [os.path.basename(p) for p in written] == ['face0.json', 'face1.json']
   predictor = predict.Predictor(str(run_dir / 'student_kd'))
-  expected = 4 * (predictor(data.splits['test'].images[:2]) + 0.5) - 0.5
+  # The model trained on mirrored faces: flip averaging is on by default (fkd.predict docstring).
+  assert predictor.flip
+  images = data.splits['test'].images[:2]
+  in_crop = helpers.flip_averaged(predictor, images, predictor.flip_permutation, 32)
+  expected = 4 * (in_crop + 0.5) - 0.5
   assert np.abs(expected[0] - expected[1]).max() > 0.1  # the model sees which face it gets
   for i, path in enumerate(written):
     record = json.loads(open(path).read())
@@ -122,7 +127,8 @@ def test_cli_on_a_real_face_photo(run_dir, shared_data, tmp_path):
   edges = np.array([x - 0.5 - m * w, y - 0.5 - m * h, x + w - 0.5 + m * w, y + h - 0.5 + m * h])
   predictor = predict.Predictor(str(run_dir / 'student_kd'))
   crop, _ = predict.crop_face(formats.open_image(str(photo)), edges, predictor.image_size)
-  in_crop = predictor(crop[None])[0]
+  size = predictor.image_size
+  [in_crop] = helpers.flip_averaged(predictor, crop[None], predictor.flip_permutation, size)
   scale = (edges[2:] - edges[:2]) / predictor.image_size
   np.testing.assert_allclose(points, edges[:2] + (in_crop + 0.5) * scale, atol=2e-2)
   with Image.open(out / 'breakingbad.png') as overlay:
