@@ -499,6 +499,7 @@ def train_batch(
   process_index: int = 0,
   process_count: int = 1,
   box_noise: Sequence[float] = (),
+  augment_on: str = 'host',
 ) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
 
@@ -506,6 +507,11 @@ def train_batch(
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
+
+  `augment_on='device'` (config.data.augment_on): the stored crops and landmarks as they are,
+  with what `fkd.data.device_augment.augment_batch` needs to augment them on the device (and
+  compute the soft landmarks there): 'plain_prob' (1/F per face, `augment.num_copies`) and
+  'index' (the face's place in the global batch, which keys its randomness).
   """
   box_noise = tuple(float(v) for v in box_noise)
   if box_noise and (augment != 'kd' or len(box_noise) != 4 or min(box_noise) < 0):
@@ -525,6 +531,12 @@ def train_batch(
     )
   images = train.images[idx]
   points = train.landmarks[idx]
+  if augment_on == 'device':
+    if augment not in ('kd', 'flip', 'none'):
+      raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
+    return _device_inputs(data, train, idx, images, points, augment, process_index * local)
+  if augment_on != 'host':
+    raise FkdError(f"config.data.augment_on must be 'device' or 'host', got {augment_on!r}")
   if augment == 'flip':
     flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
     flip = flip[process_index * local : (process_index + 1) * local] & data.can_flip
@@ -546,6 +558,54 @@ def train_batch(
   elif train.soft_landmarks is not None and augment == 'none':
     batch['soft_landmarks'] = train.soft_landmarks[idx]
   return batch
+
+
+def _device_inputs(
+  data: Data,
+  train: Split,
+  idx: np.ndarray,
+  images: np.ndarray,
+  points: np.ndarray,
+  augment: str,
+  first: int,
+) -> dict[str, np.ndarray]:
+  """The host's part of a device-augmented batch: gathered crops, landmarks, per-face 1/F and
+  global batch index (see `train_batch`)."""
+  from fkd.data import augment as augment_lib
+
+  if augment == 'kd' and data.scheme:
+    attrs = train.attributes
+    copies = [
+      augment_lib.num_copies(data.scheme, attrs[i] if attrs is not None else None) for i in idx
+    ]
+    plain_prob = 1.0 / np.asarray(copies, np.float32)
+  else:  # no dataset constants: every face plain (as the host path)
+    plain_prob = (
+      np.ones(len(idx), np.float32) if augment == 'kd' else np.zeros(len(idx), np.float32)
+    )
+  batch = {
+    'image': images,
+    'landmarks': points,
+    'plain_prob': plain_prob.astype(np.float32),
+    'index': np.arange(first, first + len(idx), dtype=np.int32),
+  }
+  if data.pca is None and train.soft_landmarks is not None and augment == 'none':
+    batch['soft_landmarks'] = train.soft_landmarks[idx]
+  return batch
+
+
+def device_augmentation(data: Data, augment: str, box_noise: Sequence[float] = ()) -> Any:
+  """The `fkd.data.device_augment.Augmentation` of `train_batch(augment_on='device')`'s batches:
+  the host path's constants (the 3 px re-crop margin at 224², scaled to the resolution)."""
+  from fkd.data import device_augment
+
+  return device_augment.Augmentation(
+    augment,
+    tuple(int(i) for i in data.flip_permutation),
+    can_flip=bool(data.can_flip),
+    margin=3.0 * data.image_size / 224.0,
+    box_noise=tuple(float(v) for v in box_noise),
+  )
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
