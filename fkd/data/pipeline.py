@@ -574,11 +574,8 @@ def _device_inputs(
   from fkd.data import augment as augment_lib
 
   if augment == 'kd' and data.scheme:
-    attrs = train.attributes
-    copies = [
-      augment_lib.num_copies(data.scheme, attrs[i] if attrs is not None else None) for i in idx
-    ]
-    plain_prob = 1.0 / np.asarray(copies, np.float32)
+    attrs = train.attributes[idx] if train.attributes is not None else None
+    plain_prob = 1.0 / augment_lib.num_copies_each(data.scheme, attrs, len(idx))
   else:  # no dataset constants: every face plain (as the host path)
     plain_prob = (
       np.ones(len(idx), np.float32) if augment == 'kd' else np.zeros(len(idx), np.float32)
