@@ -14,8 +14,8 @@ a train step, at a config's crop size and batch (the paper's for `:300w`), in on
 3. On the local backend at `--batch` faces: the device augmentation (`trainer.augment_batch_fn`:
    flip, rotation, re-crop, gamma, salt-and-pepper, median blur and the ASM soft landmarks) and
    the config's last train step (the KD student with its two frozen teachers), each compiled
-   once, then timed alternately `--rounds` times (medians): the augmentation's share of a step is
-   aug / (aug + step).
+   once, then timed alternately `--rounds` times (medians; 0 skips this part): the augmentation's
+   share of a step is aug / (aug + step).
 
 The last line is JSON: `host_img_per_s_per_core`, `host_augment_img_per_s_per_core` (2),
 `augment_s`, `step_s`, `augment_share`, `batch`, `image_size`, `backend`.
@@ -128,7 +128,7 @@ def main() -> None:
   )
   p.add_argument('--config', default='configs/kd.py:300w')
   p.add_argument('--batch', type=int, default=16, help='faces per step for the share (3)')
-  p.add_argument('--rounds', type=int, default=4, help='augmentations / steps timed')
+  p.add_argument('--rounds', type=int, default=4, help='augmentations / steps timed; 0: skip (3)')
   p.add_argument('--faces', type=int, default=512, help='faces held in memory')
   p.add_argument('--host-batches', type=int, default=20)
   p.add_argument('--old-batches', type=int, default=2, help='0: skip the host augmentation')
@@ -154,6 +154,9 @@ def main() -> None:
     old = host_rate(config, data, batch, args.old_batches, 'host')
     print(f'host, augment_on=host (NumPy / PIL augmentation): {old:.1f} img/s per core', flush=True)
     result['host_augment_img_per_s_per_core'] = round(old, 2)
+  if not args.rounds:
+    print(json.dumps(result))
+    return
   aug_s, step_s = augment_share(config, data, args.batch, args.rounds)
   share = aug_s / (aug_s + step_s)
   print(

@@ -8,6 +8,7 @@ check it on CPU; tests/integration/accelerator_test.py lowers it for tpu / cuda.
 
 import dataclasses
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -377,3 +378,18 @@ def test_train_batch_on_device_ships_the_stored_crops():
   assert aug.margin == 3.0 * S / 224 and aug.box_noise == (0.1,) * 4 and aug.mode == 'kd'
   with pytest.raises(pipeline.FkdError, match='augment_on'):
     pipeline.train_batch(data, 'train', 4, 1, 0, 'kd', 1, 2, augment_on='gpu')
+
+
+def test_num_copies_each_and_the_config_check():
+  attrs = np.array([[1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  want = [augment.num_copies('wflw', a) for a in attrs]
+  np.testing.assert_array_equal(augment.num_copies_each('wflw', attrs, 3), want)
+  np.testing.assert_array_equal(augment.num_copies_each('cofw', None, 2), [10, 10])
+  from fkd import config_lib, models
+  from fkd.infra import config_check
+
+  config = config_lib.load(str(pathlib.Path(__file__).parents[2] / 'configs' / 'kd.py'), 'tiny')
+  assert config.data.augment_on == 'device'
+  config.data.augment_on = 'gpu'
+  with pytest.raises(pipeline.FkdError, match='data.augment_on'):
+    config_check.check(config, 1, models.model_names())
