@@ -346,7 +346,7 @@ def test_asm_project_matches_numpy():
   got = np.asarray(jax.jit(lambda x: da.asm_project(pca, x))(probe))
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
   # In the batch: the soft landmarks of the augmented landmarks.
-  out = _augment(AUG, pca)(_batch(4, 224), 0, 2)
+  out = _augment(AUG, pca)(_batch(4), 0, 2)
   np.testing.assert_allclose(
     out['soft_landmarks'], asm.asm_project(pca, np.asarray(out['landmarks'], np.float64)),
     atol=1e-4,
