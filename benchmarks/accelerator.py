@@ -6,8 +6,9 @@
 What it does, with no dataset and no checkpoint (`fkd.tools.programs`: shapes only):
 
 1. builds every program of the config at its own shapes (the paper's, for `:300w`): each stage's
-   train step (frozen teachers inside), the evaluation forward pass (`config.eval.batch_size`)
-   and the predict forward pass (one image);
+   train step (frozen teachers inside), the evaluation forward pass (`config.eval.batch_size`),
+   the predict forward pass (one image) and, with `config.data.augment_on='device'`, the training
+   augmentation (`augment`: `fkd.data.device_augment`, at the first stage's batch);
 2. lowers each for every `--platforms` entry with the accelerator formulation
    (`fkd.models.layers.target_platform`: every 'auto' resolves as on that platform) and
    `jit(...).trace(...).lower(lowering_platforms=(p,))`, and counts the custom calls of the
@@ -18,9 +19,11 @@ What it does, with no dataset and no checkpoint (`fkd.tools.programs`: shapes on
 3. FLOPs per image of each program: XLA's cost analysis of the first platform's lowering
    (`Lowered.cost_analysis()`, before optimisation: multiply-adds count 2; a train step includes
    its frozen teachers' forward passes);
-4. host pipeline images/s per core: `fkd.data.pipeline.train_batch` with the config's
-   augmentation on one worker thread, on synthetic faces (`fkd.data.testing.render`) at the
-   config's crop size;
+4. host pipeline images/s per core: `fkd.data.pipeline.train_batch` on one thread, on synthetic
+   faces (`fkd.data.testing.render`) at the config's crop size: with `config.data.augment_on=
+   'device'` (the default) gathering a batch of stored uint8 crops and shipping it to the device,
+   with 'host' augmenting it in NumPy / PIL (`benchmarks/input_pipeline.py` has both);
+   `--pipeline-batches` batches of 16 faces ('host') or 10x as many of the config's batch;
 5. on the local backend, the train steps themselves, with the local formulation: step time and
    images/s at `--local-batch` (compile excluded, median of `--local-steps` after one warm-up
    step); with `--local-size` > 0 at that crop size instead of the config's (compiling the
@@ -75,25 +78,17 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def pipeline_rate(config, batches: int) -> float:
-  """Images per second of `train_batch` on one worker thread, synthetic faces."""
-  from fkd.data import pipeline, schemes, testing
+  """Images per second per core of the host's part of training batches, at the config's crop
+  size and batch, on synthetic faces (`benchmarks/input_pipeline.py`): with
+  `augment_on='device'` gathering and shipping the uint8 crops, with 'host' augmenting them."""
+  sys.path.insert(0, str(Path(__file__).resolve().parent))
+  import input_pipeline
 
-  size, n = config.data.image_size, 68
-  count = 32
-  faces = [testing.render(i, size) for i in range(count)]
-  images = np.stack([f[0] for f in faces])
-  points = np.stack([f[1] for f in faces]).astype(np.float32)
-  split = pipeline.Split(images, points, None, [str(i) for i in range(count)])
-  perm = np.asarray(schemes.SCHEMES['300w'].flip_permutation)
-  data = pipeline.Data('bench', {'train': split}, size, n, perm, None, '300w')
-  pipeline.set_workers(1)
-  batch = 16
-  augment = config.data.augment
-  pipeline.train_batch(data, 'train', batch, 0, 0, augment)  # warm-up
-  t0 = time.perf_counter()
-  for i in range(batches):
-    pipeline.train_batch(data, 'train', batch, i + 1, 0, augment)
-  return batches * batch / (time.perf_counter() - t0)
+  augment_on = config.data.get('augment_on', 'device')
+  data = input_pipeline.make_data(config, 512 if augment_on == 'device' else 32, soft=False)
+  batch = config.train.batch_size if augment_on == 'device' else 16
+  count = batches if augment_on == 'host' else 10 * batches
+  return input_pipeline.host_rate(config, data, batch, count, augment_on)
 
 
 def time_step(program, steps: int) -> float:
@@ -164,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
   print(f'lowering: {time.time() - t0:.1f}s')
 
   host_rate = pipeline_rate(config, args.pipeline_batches)
-  print(f'host pipeline ({config.data.augment}, {config.data.image_size}²): {host_rate:.1f} img/s')
+  where = config.data.get('augment_on', 'device')
+  print(
+    f'host pipeline ({config.data.augment} on the {where}, {config.data.image_size}²): '
+    f'{host_rate:.1f} img/s per core'
+  )
 
   if args.local_size:
     config.data.image_size = args.local_size

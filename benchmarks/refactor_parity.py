@@ -6,7 +6,9 @@ ref.
 Checks out REF into a temporary git worktree, runs the same two tiny jobs there and here
 (`python -m fkd.main`, same seeds, one process each, same TFDS data_dir) and compares their
 results.json byte for byte, `wall_time_s` aside, and keys this tree adds that REF's results lack
-(named in the output). Exit 0 when every file is identical.
+(named in the output). Exit 0 when every file is identical. When REF's config has no
+`data.augment_on` (before the device augmentation), this tree runs with
+`--config.data.augment_on=host`: REF's random stream.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ JOBS = {
 }
 
 
-def run_jobs(tree: pathlib.Path, out: pathlib.Path, data_dir: str) -> dict[str, dict]:
+def run_jobs(
+  tree: pathlib.Path, out: pathlib.Path, data_dir: str, extra: tuple[str, ...] = ()
+) -> dict[str, dict]:
   results = {}
   env = {**os.environ, 'PYTHONPATH': str(tree)}
   for name, flags in JOBS.items():
@@ -45,6 +49,7 @@ def run_jobs(tree: pathlib.Path, out: pathlib.Path, data_dir: str) -> dict[str, 
       *flags,
       f'--workdir={workdir}',
       f'--config.data.data_dir={data_dir}',
+      *extra,
     ]
     print(f'[{tree.name}] {name}: {" ".join(cmd[1:])}', flush=True)
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -92,7 +97,13 @@ def main() -> None:
     finally:
       subprocess.run(['git', 'worktree', 'remove', '--force', str(ref_tree)], cwd=REPO)
     cache.write_text(json.dumps(ref))
-  new = run_jobs(REPO, work / 'new', data_dir)
+  ref_config = subprocess.run(
+    ['git', 'show', f'{sha}:fkd/config_lib.py'], cwd=REPO, capture_output=True, text=True
+  ).stdout
+  extra = () if 'augment_on=' in ref_config else ('--config.data.augment_on=host',)
+  if extra:
+    print(f'{args.ref} has no config.data.augment_on: this tree runs with {extra[0]}', flush=True)
+  new = run_jobs(REPO, work / 'new', data_dir, extra)
   same = True
   for name in JOBS:
     ignored: list[str] = []

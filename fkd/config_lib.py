@@ -129,7 +129,11 @@ def common(
       # widths / heights and (log sx, log sy), as a detector's calibrated box misses it
       # (fkd.serve.box_calibration records its residuals); () = the exact box.
       box_noise=(),
-      num_workers=0,  # augmentation threads; 0 = one per CPU core
+      # Where augment='kd' / 'flip' run: 'device' (a jitted batched program before each train
+      # step, fkd.data.device_augment; the host only gathers crops) or 'host' (NumPy / PIL on
+      # num_workers threads: the random stream of runs before the device one).
+      augment_on='device',
+      num_workers=0,  # augmentation threads of augment_on='host'; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
       # Train split cut into this many contiguous shards, each process reading only its own;
       # 0 = one per process. Fix it to keep the data order when the number of hosts changes.

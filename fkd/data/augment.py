@@ -38,6 +38,16 @@ def num_copies(dataset: str, attributes: Sequence[bool] | None = None) -> int:
   return f
 
 
+def num_copies_each(
+  dataset: str, attributes: np.ndarray | None = None, count: int = 1
+) -> np.ndarray:
+  """`num_copies` of `count` faces at once (float32; `attributes`: (count, 6) or None)."""
+  f = np.full(count, COPIES[dataset], np.float32)
+  if dataset == 'wflw' and attributes is not None:
+    f += np.asarray(attributes, bool).astype(np.float32) @ np.asarray(WFLW_EXTRA_COPIES, np.float32)
+  return f
+
+
 def margin_fn(
   dataset: str, image_height: int | None = None
 ) -> Callable[[np.random.Generator], float]:

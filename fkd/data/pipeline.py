@@ -13,9 +13,10 @@ exactly what its shards give; one process with the same num_shards sees the same
 
 Why not grain / tf.data: the whole train split fits in memory (300W at 224² is 0.5 GB, WFLW 1.1 GB),
 and a pure function of (seed, step) makes resumption and multi-host sharding exact by construction.
-The per-image KD augmentation runs on `config.data.num_workers` threads (PIL and NumPy release the
-GIL) while the device computes the previous step (JAX dispatch is asynchronous);
-benchmarks/input_pipeline.py measures that it outpaces the train step.
+By default (`config.data.augment_on='device'`) the host only gathers the stored uint8 crops of a
+batch and the augmentation runs on the devices (`fkd.data.device_augment`); with 'host' the
+per-image KD augmentation runs here on `config.data.num_workers` threads (PIL and NumPy release the
+GIL) while the device computes the previous step. benchmarks/input_pipeline.py measures both.
 """
 
 from __future__ import annotations
@@ -513,6 +514,7 @@ def train_batch(
   process_index: int = 0,
   process_count: int = 1,
   box_noise: Sequence[float] = (),
+  augment_on: str = 'host',
 ) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
 
@@ -524,6 +526,12 @@ def train_batch(
   float32 (B, N), 1 for a labelled point and 0 for one without a position, re-indexed with the
   points by every flip (`schemes.flip_mask`); the losses leave the 0 points out. Splits without
   it (the paper datasets) give batches without the key, so their programs are unchanged.
+
+  `augment_on='device'` (config.data.augment_on): the stored crops and landmarks as they are,
+  with what `fkd.data.device_augment.augment_batch` needs to augment them on the device (and
+  compute the soft landmarks there): 'plain_prob' (1/F per face, `augment.num_copies`) and
+  'index' (the face's place in the global batch, which keys its randomness); `LABELLED` as it is
+  stored (the device flip re-indexes it).
   """
   box_noise = tuple(float(v) for v in box_noise)
   if box_noise and (augment != 'kd' or len(box_noise) != 4 or min(box_noise) < 0):
@@ -544,6 +552,15 @@ def train_batch(
   images = train.images[idx]
   points = train.landmarks[idx]
   labelled = None if train.labelled is None else train.labelled[idx].astype(np.float32)
+  if augment_on == 'device':
+    if augment not in ('kd', 'flip', 'none'):
+      raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
+    batch = _device_inputs(data, train, idx, images, points, augment, process_index * local)
+    if labelled is not None:
+      batch[LABELLED] = labelled
+    return batch
+  if augment_on != 'host':
+    raise FkdError(f"config.data.augment_on must be 'device' or 'host', got {augment_on!r}")
   if augment == 'flip':
     flip = np.random.default_rng([seed, epoch, offset, 1]).random(batch_size) < 0.5
     flip = flip[process_index * local : (process_index + 1) * local] & data.can_flip
@@ -571,6 +588,51 @@ def train_batch(
   elif train.soft_landmarks is not None and augment == 'none':
     batch['soft_landmarks'] = train.soft_landmarks[idx]
   return batch
+
+
+def _device_inputs(
+  data: Data,
+  train: Split,
+  idx: np.ndarray,
+  images: np.ndarray,
+  points: np.ndarray,
+  augment: str,
+  first: int,
+) -> dict[str, np.ndarray]:
+  """The host's part of a device-augmented batch: gathered crops, landmarks, per-face 1/F and
+  global batch index (see `train_batch`)."""
+  from fkd.data import augment as augment_lib
+
+  if augment == 'kd' and data.scheme:
+    attrs = train.attributes[idx] if train.attributes is not None else None
+    plain_prob = 1.0 / augment_lib.num_copies_each(data.scheme, attrs, len(idx))
+  else:  # no dataset constants: every face plain (as the host path)
+    plain_prob = (
+      np.ones(len(idx), np.float32) if augment == 'kd' else np.zeros(len(idx), np.float32)
+    )
+  batch = {
+    'image': images,
+    'landmarks': points,
+    'plain_prob': plain_prob.astype(np.float32),
+    'index': np.arange(first, first + len(idx), dtype=np.int32),
+  }
+  if data.pca is None and train.soft_landmarks is not None and augment == 'none':
+    batch['soft_landmarks'] = train.soft_landmarks[idx]
+  return batch
+
+
+def device_augmentation(data: Data, augment: str, box_noise: Sequence[float] = ()) -> Any:
+  """The `fkd.data.device_augment.Augmentation` of `train_batch(augment_on='device')`'s batches:
+  the host path's constants (the 3 px re-crop margin at 224², scaled to the resolution)."""
+  from fkd.data import device_augment
+
+  return device_augment.Augmentation(
+    augment,
+    tuple(int(i) for i in data.flip_permutation),
+    can_flip=bool(data.can_flip),
+    margin=3.0 * data.image_size / 224.0,
+    box_noise=tuple(float(v) for v in box_noise),
+  )
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:

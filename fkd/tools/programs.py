@@ -2,10 +2,12 @@
 
 A config's programs are each stage's train step (the trainer's `make_train_step`, frozen teachers
 included), the evaluation forward pass (`inference.Predictor.landmarks` at `config.eval.batch_size`)
-and the predict forward pass (the same at one image). `build(config)` makes them from the config's
-shapes only: no dataset, no checkpoint (teachers are frozen from zero variables, folded as
-training folds them; `init_from` and the synthetic pre-stage are left out: they change values, not
-programs).
+and the predict forward pass (the same at one image), and, with `config.data.augment_on='device'`,
+the training augmentation (`fkd.data.device_augment`, with the ASM soft landmarks when the method
+trains on them) at the first stage's batch size, named `augment`. `build(config)` makes them from
+the config's shapes only: no dataset, no checkpoint (teachers are frozen from zero variables,
+folded as training folds them; `init_from` and the synthetic pre-stage are left out: they change
+values, not programs).
 
 `lower(program, platform)` traces a program inside `layers.target_platform(platform)`, so every
 'auto' choice resolves as it would on that platform, and lowers it with
@@ -28,6 +30,7 @@ import numpy as np
 import optax
 
 from fkd import inference, methods
+from fkd.data import asm, device_augment
 from fkd.models import layers
 from fkd.training import trainer
 
@@ -46,7 +49,7 @@ class Program:
   fn: Callable[..., Any]
   args: tuple[Any, ...]
   images: int
-  kind: str  # 'train' | 'eval' | 'predict'
+  kind: str  # 'train' | 'eval' | 'predict' | 'augment'
 
 
 def _spec(tree: Any) -> Any:
@@ -75,6 +78,40 @@ def batch_spec(config: Any, batch: int, method: Any) -> dict[str, jax.ShapeDtype
   if method.soft_targets(config) is not None:  # the method trains on ASM soft landmarks
     spec['soft_landmarks'] = jax.ShapeDtypeStruct((batch, n, 2), jnp.float32)
   return spec
+
+
+def augment_program(config: Any, batch: int, method: Any) -> Program:
+  """The device augmentation of `config` at `batch` faces: what the trainer runs before each step
+  (`trainer.augment_batch_fn`), from shapes (an identity flip permutation and a stand-in shape
+  model: values, not the program, differ from a dataset's)."""
+  size, n = config.data.image_size, config.data.num_landmarks
+  aug = device_augment.Augmentation(
+    config.data.augment if config.data.augment in device_augment.MODES else 'none',
+    tuple(range(n)),
+    margin=3.0 * size / 224.0,
+    box_noise=tuple(float(v) for v in config.data.get('box_noise', ())),
+  )
+  pca = None
+  if method.soft_targets(config) is not None:
+    k = min(2 * n, 16)
+    pca = asm.PCAModel(
+      mean=np.full(2 * n, size / 2.0),
+      components=np.eye(2 * n, k),
+      eigenvalues=np.linspace(100.0, 1.0, k),
+      acc=None,
+      k=k,
+      ratio=np.full(k, 1.0 / k),
+      num_shapes=0,
+    )
+  spec = {
+    'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
+    'landmarks': jax.ShapeDtypeStruct((batch, n, 2), jnp.float32),
+    'plain_prob': jax.ShapeDtypeStruct((batch,), jnp.float32),
+    'index': jax.ShapeDtypeStruct((batch,), jnp.int32),
+  }
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  fn = device_augment.make_augment(aug, pca)
+  return Program('augment', fn, (spec, scalar, scalar), batch, 'augment')
 
 
 def build(
@@ -127,6 +164,9 @@ def build(
     for kind, count in (('eval', eval_batch or config.eval.batch_size), ('predict', 1)):
       images = jax.ShapeDtypeStruct((count, size, size, 3), jnp.uint8)
       programs.append(Program(f'{name}/{kind}', forward, (variables, images), count, kind))
+  if config.data.get('augment_on', 'device') == 'device' and config.stages:
+    first = method.stage(config.stages[0], config).train_config.batch_size
+    programs.append(augment_program(config, train_batch or first, method))
   return programs
 
 

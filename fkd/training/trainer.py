@@ -34,6 +34,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from fkd import inference, methods, models
+from fkd.data import device_augment
 from fkd.data import pipeline as ip
 from fkd.errors import FkdError
 from fkd.evaluation import evaluate
@@ -432,6 +433,15 @@ class DevicePrefetch:
     self.close()
 
 
+def augment_batch_fn(config: Any, data: ip.Data, mesh: jax.sharding.Mesh):
+  """The jitted (sharded batch, seed, step) -> augmented batch of `config.data.augment_on=
+  'device'` (`fkd.data.device_augment`), its outputs sharded as the batch."""
+  aug = ip.device_augmentation(data, config.data.augment, config.data.get('box_noise', ()))
+  return jax.jit(
+    device_augment.make_augment(aug, data.pca), out_shardings=sharding.batch_sharded(mesh)
+  )
+
+
 def total_steps(stage: Stage, num_train: int) -> int:
   tc = stage.train_config
   if tc.num_steps > 0:
@@ -471,6 +481,8 @@ def program(config: Any, model: Any, has_teachers: bool) -> dict[str, Any]:
     'batch_norm': batch_norm.resolve_impl('auto'),
     'deconv': deconv,
     'teacher_chunk': (frozen_chunk() or 'whole batch') if has_teachers else None,
+    # Where the training augmentation runs: the device's random stream is not the host's.
+    'augment_on': config.data.get('augment_on', 'device'),
     'jax': jax.__version__,
   }
 
@@ -483,6 +495,8 @@ def describe_program(p: dict[str, Any]) -> str:
       parts.append(f'{key} {p[key]}')
   if p.get('teacher_chunk') is not None:
     parts.append(f'teachers in chunks of {p["teacher_chunk"]}')
+  if p.get('augment_on'):
+    parts.append(f'augmentation on the {p["augment_on"]}')
   if p['backend'] == 'cpu':
     parts.append(f'native kernels {"on" if p["native_kernels"] else "off"}')
   return f'program: {", ".join(parts)} (cpu_kernels={p["cpu_kernels"]})'
@@ -733,6 +747,9 @@ def train_stage(
     total=steps, initial=start, desc=stage.name, unit='step', enabled=lead
   )
 
+  augment_on = meta['program']['augment_on']
+  on_device = augment_batch_fn(config, data, mesh) if augment_on == 'device' else None
+
   def device_batch(i: int) -> dict[str, jax.Array]:
     # Padded to a multiple of this process's devices, the padding weighing 0 in the step.
     batch = sharding.pad_batch(
@@ -746,10 +763,13 @@ def train_stage(
         jax.process_index(),
         jax.process_count(),
         config.data.get('box_noise', ()),
+        augment_on=augment_on,
       ),
       jax.local_device_count(),
     )
-    return sharding.shard_batch(batch, mesh)
+    batch = sharding.shard_batch(batch, mesh)
+    # Augmented on the devices, keyed by (seed, step): dispatched here, on the prefetch thread.
+    return on_device(batch, seed, i) if on_device is not None else batch
 
   queue = StepQueue(stage.name, stage_dir)
   try:

@@ -124,3 +124,19 @@ def test_accelerator_formulation_on_8_devices_matches_one():
   assert one['loss'] > 0 and np.isfinite(one['loss'])
   for key in ('loss', 'grad_norm'):
     np.testing.assert_allclose(many[key], one[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize('platform', ['tpu', 'cuda'])
+def test_device_augmentation_lowers_without_custom_calls(platform):
+  """The KD augmentation with box jitter and ASM soft landmarks, as the trainer runs it."""
+  config = config_lib.load(os.path.join(REPO, 'configs', 'kd.py'), 'tiny')
+  config.data.augment = 'kd'
+  config.data.box_noise = (0.06, 0.05, 0.1, 0.1)
+  built = programs.build(config, train_batch=4)
+  augment = [p for p in built if p.kind == 'augment']
+  assert [p.name for p in augment] == ['augment'] and augment[0].images == 4
+  text = programs.lower(augment[0], platform).as_text()
+  assert programs.custom_calls(text) == {}
+  assert 'stablehlo.gather' in text and 'stablehlo.dot_general' in text  # warp; ASM operator
+  config.data.augment_on = 'host'
+  assert not [p for p in programs.build(config, train_batch=4) if p.kind == 'augment']

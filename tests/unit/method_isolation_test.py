@@ -23,6 +23,7 @@ ROLES = ('teacher', 'student')  # Stage.role values, also words of the generic t
 # (file, literal) -> why the same word is not the method there.
 HOMONYMS = {
   ('fkd/data/pipeline.py', 'kd'): "config.data.augment='kd', KD-Loss' augmentation protocol",
+  ('fkd/data/device_augment.py', 'kd'): 'the same augmentation protocol, run on the device',
   ('fkd/infra/config_check.py', 'kd'): 'the augmentation names of config.data.augment',
 }
 

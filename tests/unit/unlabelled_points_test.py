@@ -247,16 +247,30 @@ def _data(n: int = 5, size: int = 32) -> pipeline.Data:
   return pipeline.Data('folder', {'train': split}, size, n, perm, None, scheme='300w')
 
 
+def _batch(data: pipeline.Data, step: int, augment: str, on: str) -> dict:
+  batch = pipeline.train_batch(data, 'train', 8, step, 0, augment, augment_on=on)
+  if on == 'device':
+    from fkd.data import device_augment
+
+    aug = pipeline.device_augmentation(data, augment)
+    batch = jax.device_get(device_augment.augment_batch(batch, 0, step, aug))
+  return batch
+
+
+@pytest.mark.parametrize('on', ['host', 'device'])
 @pytest.mark.parametrize('augment', ['flip', 'kd', 'none'])
-def test_the_mask_follows_the_flip(augment):
+def test_the_mask_follows_the_flip(augment, on):
   """Where a face was flipped, point 1 is the unlabelled one; the masked index always holds the
   stand-in (the labelled points' mean, kept by every affine map), which it would not if the mask
-  had stayed put."""
+  had stayed put. On the host and on the device."""
+  from fkd.data import device_augment
+
+  assert device_augment.LABELLED == pipeline.LABELLED
   data = _data()
   flipped = []
   for step in range(4):
-    batch = pipeline.train_batch(data, 'train', 8, step, 0, augment)
-    mask = batch[pipeline.LABELLED]
+    batch = _batch(data, step, augment, on)
+    mask = np.asarray(batch[pipeline.LABELLED])
     assert mask.dtype == np.float32 and mask.shape == (8, 5)
     assert np.all(mask.sum(axis=1) == 4)
     for pts, m in zip(batch['landmarks'], mask, strict=True):
