@@ -14,6 +14,7 @@ import types
 import jax
 import pytest
 
+from fkd import cli
 from fkd.infra import accelerator
 from fkd.training import trainer
 
@@ -99,6 +100,7 @@ def run_notebook_02(monkeypatch, tmp_path, hardware: str, devices: list[FakeDevi
   trained = []
   monkeypatch.chdir(REPO)
   monkeypatch.delenv('FKD_TINY', raising=False)  # the real (paper) path
+  monkeypatch.setattr(cli, 'start', lambda *a, **k: None)  # no process settings in pytest
   monkeypatch.setattr(accelerator, 'detect', lambda *a, **k: hardware)
   monkeypatch.setattr(jax, 'devices', lambda *a, **k: devices)
   monkeypatch.setattr(jax, 'device_count', lambda *a, **k: len(devices))
