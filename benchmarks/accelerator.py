@@ -28,11 +28,13 @@ What it does, with no dataset and no checkpoint (`fkd.tools.programs`: shapes on
    images/s at `--local-batch` (compile excluded, median of `--local-steps` after one warm-up
    step); with `--local-size` > 0 at that crop size instead of the config's (compiling the
    paper-size programs on a small CPU is slow). On GPU/TPU also MFU: FLOPs per image × images/s
-   over the devices' peak (`PEAK_FLOPS`, bf16 dense, by `device_kind`).
+   of one device over that device's peak in the config's compute dtype (`PEAK_FLOPS`, dense, by
+   `device_kind`).
 
 The last line is JSON: `{"lowered": {"<stage>/<program>": {"<platform>": true}}, "custom_calls":
 N, "flops_per_image": {...}, "host_img_per_s_per_core": ..., "backend": ..., "img_per_s":
-{...}}` (plus `step_s`, `local_shape` and, off CPU, `mfu`). Exit status 1 when a lowering fails or
+{...}}` (plus `step_s`, `local_shape` and, off CPU with a known device kind, `mfu`,
+`device_kind`, `peak_flops`, `compute_dtype`). Exit status 1 when a lowering fails or
 a custom call remains.
 """
 
@@ -51,30 +53,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fkd import cli  # noqa: E402
 
-# Peak dense bf16 FLOP/s per device, by `jax.Device.device_kind` prefix (vendor data sheets).
-PEAK_FLOPS = {
-  'TPU v2': 45e12,
-  'TPU v3': 123e12,
-  'TPU v4': 275e12,
-  'TPU v5 lite': 197e12,
-  'TPU v5e': 197e12,
-  'TPU v5p': 459e12,
-  'TPU v5': 459e12,
-  'TPU v6 lite': 918e12,
-  'TPU v6e': 918e12,
-  'NVIDIA H100': 989e12,
-  'NVIDIA H200': 989e12,
-  'NVIDIA A100': 312e12,
-  'NVIDIA L4': 121e12,
-  'NVIDIA A10G': 125e12,
-  'Tesla V100': 125e12,
-  'Tesla T4': 65e12,
+# Peak dense FLOP/s of one JAX device, by `jax.Device.device_kind` prefix (the longest match):
+# (bfloat16, float32). float32 is the rate of JAX's default precision for float32 convolutions and
+# dots, which computes them in one bfloat16 pass on a TPU and in TF32 on NVIDIA tensor cores from
+# Ampere on (docs.jax.dev "Matmul precision"); older GPUs run float32 on CUDA cores. MFU divides
+# by the entry of `config.compute_dtype`. Sources: Google Cloud TPU system-architecture pages
+# (cloud.google.com/tpu/docs/v3, v4, v5e, v5p, v6e: peak bf16 per chip) and NVIDIA data sheets
+# (their tensor-core figures "with sparsity" halved to dense).
+PEAK_FLOPS: dict[str, tuple[float, float]] = {
+  # TPU v2 and v3: a JAX device is one TensorCore, two per chip (a v2-8 is 4 chips, 8 devices).
+  # v2: 45 T per chip (180 T per 4-chip Cloud TPU v2 board), so 22.5 T per device.
+  'TPU v2': (22.5e12, 22.5e12),
+  'TPU v3': (61.5e12, 61.5e12),  # 123 T per chip (tpu/docs/v3), 2 TensorCores
+  'TPU v4': (275e12, 275e12),  # 275 T per chip (tpu/docs/v4): one megacore device per chip
+  'TPU v5 lite': (197e12, 197e12),  # v5e: 197 T per chip, one TensorCore (tpu/docs/v5e)
+  'TPU v5e': (197e12, 197e12),
+  'TPU v5p': (459e12, 459e12),  # 459 T per chip, megacore (tpu/docs/v5p)
+  'TPU v5': (459e12, 459e12),  # v5p's device_kind
+  'TPU v6 lite': (918e12, 918e12),  # v6e (Trillium): 918 T per chip (tpu/docs/v6e)
+  'TPU v6e': (918e12, 918e12),
+  # H100 SXM5 data sheet: BF16 1,979 T and TF32 989 T with sparsity (FP32 CUDA cores 67 T).
+  'NVIDIA H100': (989e12, 494.5e12),
+  'NVIDIA H100 PCIe': (756e12, 378e12),  # H100 PCIe: BF16 1,513 T, TF32 756 T with sparsity
+  'NVIDIA H200': (989e12, 494.5e12),  # the H100 SXM's compute with more HBM
+  # A100 data sheet (SXM4 and PCIe): BF16 312 T, TF32 156 T dense (FP32 CUDA cores 19.5 T).
+  'NVIDIA A100': (312e12, 156e12),
+  # L4 data sheet: BF16 242 T and TF32 120 T with sparsity (FP32 30.3 T).
+  'NVIDIA L4': (121e12, 60e12),
+  # T4 data sheet: FP16 tensor cores 65 T, FP32 8.1 T. No bfloat16 tensor cores (fkd's notebooks
+  # train float32 there), so a bfloat16 MFU on a T4 is against the FP16 peak: a bound.
+  'Tesla T4': (65e12, 8.1e12),
+  # V100 SXM2 data sheet: FP16 tensor cores 125 T, FP32 15.7 T (no TF32, no bfloat16).
+  'Tesla V100': (125e12, 15.7e12),
 }
 
 
-def peak_flops(device_kind: str) -> float | None:
+def peak_flops(device_kind: str, dtype: str = 'bfloat16') -> float | None:
+  """Peak dense FLOP/s of one device of `device_kind` computing in `dtype` (None: unknown)."""
   matches = [k for k in PEAK_FLOPS if device_kind.startswith(k)]
-  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+  if not matches:
+    return None
+  bf16, f32 = PEAK_FLOPS[max(matches, key=len)]
+  return f32 if dtype == 'float32' else bf16
+
+
+def mfu(flops_per_image: float, img_per_s: float, device_kind: str, dtype: str) -> float | None:
+  """Model-FLOP utilisation of one device: the program's FLOPs per image (XLA's count, before
+  optimisation) times the images per second it trained, over the device's peak in `dtype`."""
+  peak = peak_flops(device_kind, dtype)
+  return flops_per_image * img_per_s / peak if peak else None
 
 
 def pipeline_rate(config, batches: int) -> float:
@@ -169,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     config.data.image_size = args.local_size
   local = [p for p in programs.build(config, args.local_batch, 1) if p.kind == 'train']
   backend = jax.default_backend()
-  img_per_s, step_s, mfu = {}, {}, {}
-  peak = peak_flops(jax.devices()[0].device_kind)
+  img_per_s, step_s, utilisation = {}, {}, {}
+  device_kind = jax.devices()[0].device_kind
+  dtype = str(config.get('compute_dtype', 'float32'))
   measured: dict[str, float] = {}  # the same step twice (KD's two teachers): timed once
   for program in local if args.local_steps > 0 else []:
     key = repr(jax.tree.map(lambda s: (s.shape, str(s.dtype)), program.args))
@@ -181,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     img_per_s[program.name] = round(program.images / seconds, 2)
     rate = img_per_s[program.name]
     print(f'{program.name} [{backend}]: {seconds * 1e3:.1f} ms/step, {rate} img/s')
-    if backend != 'cpu' and peak and program.name in flops and not args.local_size:
-      mfu[program.name] = round(flops[program.name] * img_per_s[program.name] / peak, 4)
+    if backend != 'cpu' and program.name in flops and not args.local_size:
+      util = mfu(flops[program.name], rate, device_kind, dtype)
+      if util is not None:
+        utilisation[program.name] = round(util, 4)
   result = {
     'lowered': lowered,
     'custom_calls': calls_total,
@@ -193,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     'step_s': step_s,
     'local_shape': [args.local_batch, config.data.image_size],
   }
-  if mfu:
-    result['mfu'] = mfu
+  if utilisation:
+    result['mfu'] = utilisation
+    result['device_kind'] = device_kind
+    result['peak_flops'] = peak_flops(device_kind, dtype)
+    result['compute_dtype'] = dtype
   print(json.dumps(result))
   return 1 if failed or calls_total else 0
 
