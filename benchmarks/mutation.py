@@ -223,8 +223,8 @@ MUTANTS = [
   ),
   M(
     'fkd/losses/kd_loss.py',
-    'return jnp.mean(jnp.square(pred - target))',
-    'return jnp.mean(jnp.abs(pred - target))',
+    'return masked_mean(jnp.square(pred - target), mask)',
+    'return masked_mean(jnp.abs(pred - target), mask)',
     'mse → l1',
     LOSSES_T,
   ),
@@ -252,8 +252,8 @@ MUTANTS = [
   ),
   M(
     'fkd/methods/kd/method.py',
-    'losses.kd_loss(outputs, gt, tough, tolerant, params)',
-    'losses.kd_loss(outputs, gt, tolerant, tough, params)',
+    'losses.kd_loss(outputs, gt, tough, tolerant, params,',
+    'losses.kd_loss(outputs, gt, tolerant, tough, params,',
     'KD-Loss teachers swapped',
     WIRING_T,
   ),
@@ -302,8 +302,8 @@ MUTANTS = [
   ),
   M(
     'fkd/methods/output_kd/method.py',
-    "distance(outputs, teachers['teacher_tough'][0])",
-    "distance(outputs, stage.head.targets(batch['landmarks']))",
+    "distance(outputs, teachers['teacher_tough'][0], mask)",
+    "distance(outputs, stage.head.targets(batch['landmarks']), mask)",
     'output_kd ignores the teacher',
     WIRING_T,
   ),
@@ -671,8 +671,8 @@ MUTANTS = [
   ),
   M(
     'fkd/heads/heatmaps.py',
-    'return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))',
-    'return jnp.sum(jnp.square(pred.astype(jnp.float32) - target))',
+    'return jnp.mean(jnp.square(pred - target))',
+    'return jnp.sum(jnp.square(pred - target))',
     'heatmap MSE mean → sum',
     HEATMAPS_T,
   ),
@@ -740,6 +740,9 @@ CKPT_T = ('tests/integration/checkpoint_steps_test.py',)
 ABLATION_T = ('tests/unit/ablation_summary_test.py',)
 EVAL_T = ('tests/integration/evaluate_mean_shape_test.py',)
 AUGMENT_T = ('tests/unit/augment_test.py',)
+DEVAUG_T = ('tests/unit/device_augment_test.py',)
+UNLABELLED_T = ('tests/unit/unlabelled_points_test.py',)
+PREDICT_FLIP_T = ('tests/unit/predict_flip_test.py',)
 PIPELINE_T = ('tests/unit/pipeline_test.py',)
 FOLDER_T = ('tests/unit/folder_spec_test.py',)
 WORKDIR_T = ('tests/unit/workdir_test.py',)
@@ -1385,6 +1388,64 @@ MUTANTS += [
     "n, seed = cfg.splits['test']",
     'synthetic PCA fitted on the test split',
     SYNTH_T,
+  ),
+  # --- the KD augmentation on the device (fkd/data/device_augment.py) -------------------------
+  M(
+    'fkd/data/device_augment.py',
+    'p = jnp.where(flip, points[perm], points)',
+    'p = jnp.where(flip, points, points)',
+    'device flip without the permutation',
+    DEVAUG_T,
+  ),
+  M(
+    'fkd/data/device_augment.py',
+    'apply_gamma = u(6) < 2 / 3',
+    'apply_gamma = u(6) < 1 / 3',
+    'device gamma applied w.p. 1/3',
+    DEVAUG_T,
+  ),
+  M(
+    'fkd/data/device_augment.py',
+    "params['amount'] = jnp.where(v < 1 / 9, 0.1,",
+    "params['amount'] = jnp.where(v < 1 / 9, 0.04,",
+    'device salt-and-pepper amount 0.1 → 0.04',
+    DEVAUG_T,
+  ),
+  M(
+    'fkd/data/device_augment.py',
+    'base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), STREAM), step)',
+    'base = jax.random.fold_in(jax.random.key(seed), STREAM)',
+    'device augmentation key ignores the step',
+    DEVAUG_T,
+  ),
+  M(
+    'fkd/data/device_augment.py',
+    'centre = (lo + hi) / 2 + jitter[:2] * (hi - lo)',
+    'centre = (lo + hi) / 2 + jitter[:2]',
+    'device box jitter in pixels, not box fractions',
+    DEVAUG_T,
+  ),
+  M(
+    'fkd/data/device_augment.py',
+    'schemes.flip_mask(mask, aug.flip_permutation), mask)',
+    'mask, mask)',
+    'device flip leaves the labelled mask in place',
+    UNLABELLED_T,
+  ),
+  # --- unlabelled points (fkd/losses) and flip averaging (fkd/serve/predict.py) ---------------
+  M(
+    'fkd/losses/kd_loss.py',
+    'per_face = total / jnp.maximum(jnp.sum(w, axis=-1), 1.0)',
+    'per_face = total / w.shape[-1]',
+    'masked mean divides by every point, not the labelled ones',
+    UNLABELLED_T,
+  ),
+  M(
+    'fkd/serve/predict.py',
+    'back = schemes.flip_points(mirrored, perm, size)',
+    'back = schemes.flip_points(mirrored, range(len(perm)), size)',
+    'flip averaging without the permutation',
+    PREDICT_FLIP_T,
   ),
 ]
 

@@ -331,7 +331,13 @@ def test_other_keys_pass_through_and_inputs_are_consumed():
   out = _augment(AUG)({**batch, 'weight': weight, 'labelled': labelled}, 0, 1)
   assert set(out) == {'image', 'landmarks', 'weight', 'labelled'}
   np.testing.assert_array_equal(out['weight'], weight)
-  np.testing.assert_array_equal(out['labelled'], labelled)
+  # The per-point mask is re-indexed where the face was flipped (and not left plain).
+  keys = da.example_keys(0, 1, jnp.asarray(batch['index']))
+  params = jax.vmap(lambda k, p: da.draw(k, p, AUG))(keys, jnp.asarray(batch['plain_prob']))
+  flipped = np.asarray(params['flip'] & ~params['plain'])
+  perm = list(AUG.flip_permutation)
+  want = np.where(flipped[:, None], labelled[:, perm], labelled)
+  np.testing.assert_array_equal(out['labelled'], want)
   assert out['image'].dtype == jnp.uint8 and out['landmarks'].dtype == jnp.float32
 
 

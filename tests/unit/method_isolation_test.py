@@ -25,6 +25,7 @@ HOMONYMS = {
   ('fkd/data/pipeline.py', 'kd'): "config.data.augment='kd', KD-Loss' augmentation protocol",
   ('fkd/data/device_augment.py', 'kd'): 'the same augmentation protocol, run on the device',
   ('fkd/infra/config_check.py', 'kd'): 'the augmentation names of config.data.augment',
+  ('fkd/serve/predict.py', 'kd'): 'config.data.augment values that mirror faces (flip averaging)',
 }
 
 

@@ -247,7 +247,7 @@ def _data(n: int = 5, size: int = 32) -> pipeline.Data:
   return pipeline.Data('folder', {'train': split}, size, n, perm, None, scheme='300w')
 
 
-def _batch(data: pipeline.Data, step: int, augment: str, on: str) -> dict:
+def _augmented_batch(data: pipeline.Data, step: int, augment: str, on: str) -> dict:
   batch = pipeline.train_batch(data, 'train', 8, step, 0, augment, augment_on=on)
   if on == 'device':
     from fkd.data import device_augment
@@ -269,7 +269,7 @@ def test_the_mask_follows_the_flip(augment, on):
   data = _data()
   flipped = []
   for step in range(4):
-    batch = _batch(data, step, augment, on)
+    batch = _augmented_batch(data, step, augment, on)
     mask = np.asarray(batch[pipeline.LABELLED])
     assert mask.dtype == np.float32 and mask.shape == (8, 5)
     assert np.all(mask.sum(axis=1) == 4)
