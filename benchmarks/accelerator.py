@@ -111,7 +111,8 @@ def pipeline_rate(config, batches: int) -> float:
   sys.path.insert(0, str(Path(__file__).resolve().parent))
   import input_pipeline
 
-  augment_on = config.data.get('augment_on', 'device')
+  augment_on = config.data.get('augment_on', 'auto')
+  augment_on = 'device' if augment_on == 'auto' else augment_on  # as on a TPU / GPU
   data = input_pipeline.make_data(config, 512 if augment_on == 'device' else 32, soft=False)
   batch = config.train.batch_size if augment_on == 'device' else 16
   count = batches if augment_on == 'host' else 10 * batches
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f'lowering: {time.time() - t0:.1f}s')
 
   host_rate = pipeline_rate(config, args.pipeline_batches)
-  where = config.data.get('augment_on', 'device')
+  where = config.data.get('augment_on', 'auto')
+  where = 'device' if where == 'auto' else where
   print(
     f'host pipeline ({config.data.augment} on the {where}, {config.data.image_size}²): '
     f'{host_rate:.1f} img/s per core'

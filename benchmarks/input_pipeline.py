@@ -4,8 +4,9 @@ a train step, at a config's crop size and batch (the paper's for `:300w`), in on
   python benchmarks/input_pipeline.py [--config=configs/kd.py:300w] [--batch=16] [--rounds=4]
       [--faces=512] [--host-batches=20] [--old-batches=2]
 
-1. Host, `config.data.augment_on='device'` (the default): `fkd.data.pipeline.train_batch` gathers
-   a batch of the stored uint8 crops and landmarks (the config's `train.batch_size`, 70 for
+1. Host, `config.data.augment_on='device'` (what 'auto' is on a TPU / GPU):
+   `fkd.data.pipeline.train_batch` gathers a batch of the stored uint8 crops and landmarks (the
+   config's `train.batch_size`, 70 for
    `:300w`, from `--faces` synthetic faces in memory at the config's crop size), pads it to the
    local devices and ships it (`fkd.infra.sharding.shard_batch`, until the device holds it), on
    one thread: images/s per core. Goal >= 5,000 (20,000).

@@ -131,8 +131,9 @@ def common(
       box_noise=(),
       # Where augment='kd' / 'flip' run: 'device' (a jitted batched program before each train
       # step, fkd.data.device_augment; the host only gathers crops) or 'host' (NumPy / PIL on
-      # num_workers threads: the random stream of runs before the device one).
-      augment_on='device',
+      # num_workers threads: the random stream of runs before the device one); 'auto': the
+      # device on a TPU / GPU, the host on CPU (training.trainer.resolve_augment_on).
+      augment_on='auto',
       num_workers=0,  # augmentation threads of augment_on='host'; 0 = one per CPU core
       max_train_examples=-1,  # > 0 keeps only the first examples (quick looks, tests)
       # Train split cut into this many contiguous shards, each process reading only its own;

@@ -13,8 +13,9 @@ exactly what its shards give; one process with the same num_shards sees the same
 
 Why not grain / tf.data: the whole train split fits in memory (300W at 224² is 0.5 GB, WFLW 1.1 GB),
 and a pure function of (seed, step) makes resumption and multi-host sharding exact by construction.
-By default (`config.data.augment_on='device'`) the host only gathers the stored uint8 crops of a
-batch and the augmentation runs on the devices (`fkd.data.device_augment`); with 'host' the
+On a TPU / GPU (`config.data.augment_on` 'auto' or 'device') the host only gathers the stored uint8
+crops of a batch and the augmentation runs on the devices (`fkd.data.device_augment`); on CPU
+('auto') and with 'host' the
 per-image KD augmentation runs here on `config.data.num_workers` threads (PIL and NumPy release the
 GIL) while the device computes the previous step. benchmarks/input_pipeline.py measures both.
 """

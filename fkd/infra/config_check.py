@@ -15,7 +15,7 @@ from fkd.errors import FkdError
 
 SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
-AUGMENT_ON = ('device', 'host')
+AUGMENT_ON = ('auto', 'device', 'host')
 TARGET_SPACES = ('normalized', 'pixel')
 CPU_KERNELS = ('auto', 'native', 'xla')  # fkd.models.native.CPU_KERNELS (infra cannot import it)
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -138,7 +138,7 @@ def check(config: Any, device_count: int, model_names: list[str], process_count:
   non_negative_int('data.num_landmarks', d.num_landmarks)  # 0: from the dataset (folder)
   one_of('data.target_space', d.target_space, TARGET_SPACES)
   one_of('data.augment', d.augment, AUGMENTS)
-  one_of('data.augment_on', d.get('augment_on', 'device'), AUGMENT_ON)
+  one_of('data.augment_on', d.get('augment_on', 'auto'), AUGMENT_ON)
   count_or_all('data.max_train_examples', d.max_train_examples)
   count_or_all('data.max_eval_examples', d.max_eval_examples)
   non_negative_int('data.num_workers', d.num_workers)

@@ -2,12 +2,12 @@
 
 A config's programs are each stage's train step (the trainer's `make_train_step`, frozen teachers
 included), the evaluation forward pass (`inference.Predictor.landmarks` at `config.eval.batch_size`)
-and the predict forward pass (the same at one image), and, with `config.data.augment_on='device'`,
-the training augmentation (`fkd.data.device_augment`, with the ASM soft landmarks when the method
-trains on them) at the first stage's batch size, named `augment`. `build(config)` makes them from
-the config's shapes only: no dataset, no checkpoint (teachers are frozen from zero variables,
-folded as training folds them; `init_from` and the synthetic pre-stage are left out: they change
-values, not programs).
+and the predict forward pass (the same at one image), and, with `config.data.augment_on` 'device' or
+'auto' (the device on an accelerator), the training augmentation (`fkd.data.device_augment`, with
+the ASM soft landmarks when the method trains on them) at the first stage's batch size, named
+`augment`. `build(config)` makes them from the config's shapes only: no dataset, no checkpoint
+(teachers are frozen from zero variables, folded as training folds them; `init_from` and the
+synthetic pre-stage are left out: they change values, not programs).
 
 `lower(program, platform)` traces a program inside `layers.target_platform(platform)`, so every
 'auto' choice resolves as it would on that platform, and lowers it with
@@ -164,7 +164,8 @@ def build(
     for kind, count in (('eval', eval_batch or config.eval.batch_size), ('predict', 1)):
       images = jax.ShapeDtypeStruct((count, size, size, 3), jnp.uint8)
       programs.append(Program(f'{name}/{kind}', forward, (variables, images), count, kind))
-  if config.data.get('augment_on', 'device') == 'device' and config.stages:
+  # 'auto' is the device on the accelerators these programs are for.
+  if config.data.get('augment_on', 'auto') != 'host' and config.stages:
     first = method.stage(config.stages[0], config).train_config.batch_size
     programs.append(augment_program(config, train_batch or first, method))
   return programs

@@ -433,6 +433,19 @@ class DevicePrefetch:
     self.close()
 
 
+def resolve_augment_on(value: str) -> str:
+  """`config.data.augment_on` resolved: 'auto' is 'device' on an accelerator (the host cannot feed
+  it) and 'host' on CPU, where the "device" is the same cores and the host threads' NumPy / PIL
+  augmentation overlaps the step for less compute; `layers.target_platform` decides "on CPU"."""
+  if value not in config_check.AUGMENT_ON:
+    raise FkdError(
+      f'config.data.augment_on must be one of {config_check.AUGMENT_ON}, got {value!r}'
+    )
+  if value != 'auto':
+    return value
+  return 'host' if layers.current_platform() == 'cpu' else 'device'
+
+
 def augment_batch_fn(config: Any, data: ip.Data, mesh: jax.sharding.Mesh):
   """The jitted (sharded batch, seed, step) -> augmented batch of `config.data.augment_on=
   'device'` (`fkd.data.device_augment`), its outputs sharded as the batch."""
@@ -482,7 +495,7 @@ def program(config: Any, model: Any, has_teachers: bool) -> dict[str, Any]:
     'deconv': deconv,
     'teacher_chunk': (frozen_chunk() or 'whole batch') if has_teachers else None,
     # Where the training augmentation runs: the device's random stream is not the host's.
-    'augment_on': config.data.get('augment_on', 'device'),
+    'augment_on': resolve_augment_on(config.data.get('augment_on', 'auto')),
     'jax': jax.__version__,
   }
 

@@ -1,6 +1,6 @@
-"""The device augmentation in training (config.data.augment_on='device', the default): a resumed
-KD-augmented run ends where an uninterrupted one does, the host path still runs, and the
-augmented batch on 8 devices (padded) is the one of 1 device."""
+"""The device augmentation in training (config.data.augment_on='device', what the default 'auto'
+is on a TPU / GPU): a resumed KD-augmented run ends where an uninterrupted one does, the host
+path still runs, and the augmented batch on 8 devices (padded) is the one of 1 device."""
 
 from __future__ import annotations
 

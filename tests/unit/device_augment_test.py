@@ -395,7 +395,22 @@ def test_num_copies_each_and_the_config_check():
   from fkd.infra import config_check
 
   config = config_lib.load(str(pathlib.Path(__file__).parents[2] / 'configs' / 'kd.py'), 'tiny')
-  assert config.data.augment_on == 'device'
+  assert config.data.augment_on == 'auto'
   config.data.augment_on = 'gpu'
   with pytest.raises(pipeline.FkdError, match='data.augment_on'):
     config_check.check(config, 1, models.model_names())
+
+
+def test_auto_is_the_device_on_an_accelerator_and_the_host_on_cpu():
+  """'auto' (the default) resolves by the platform: the device on TPU / GPU, the host on CPU
+  (where the "device" is the same cores); explicit choices stay; anything else is refused."""
+  from fkd.models import layers
+  from fkd.training import trainer
+
+  for platform, want in (('cpu', 'host'), ('tpu', 'device'), ('cuda', 'device')):
+    with layers.target_platform(platform):
+      assert trainer.resolve_augment_on('auto') == want, platform
+      assert trainer.resolve_augment_on('device') == 'device'
+      assert trainer.resolve_augment_on('host') == 'host'
+  with pytest.raises(pipeline.FkdError, match='augment_on'):
+    trainer.resolve_augment_on('gpu')
