@@ -42,7 +42,9 @@ def test_config_check_names_the_field():
   config_check.check(config, 1, models.model_names())
 
 
-@pytest.mark.parametrize('config_module', [kd_config, mobilefan_config])
+@pytest.mark.parametrize(
+  'config_module', [kd_config, pytest.param(mobilefan_config, marks=pytest.mark.slow)]
+)
 def test_bfloat16_programs_keep_float32_state_and_loss(config_module):
   config = config_module.get_config('tiny')
   config.compute_dtype = 'bfloat16'

@@ -58,6 +58,7 @@ def test_distill_loss_is_the_weighted_sum(mobilefan_run):
     np.testing.assert_allclose(record['loss'], record['loss/heatmap'], rtol=1e-6)
 
 
+@pytest.mark.slow  # tens of seconds; CI runs it with -m slow (the default suite's time budget)
 def test_efficientfan_reuses_the_teacher(mobilefan_run, data_dir, tmp_path, capsys):
   teacher_workdir, _ = mobilefan_run
   config = _config(efficientfan_config, data_dir)

@@ -358,6 +358,7 @@ def test_train_and_evaluate_68_points(real, tmp_path):
   assert saved['models']['student_baseline']['test']['count'] == 3
 
 
+@pytest.mark.slow  # tens of seconds; CI runs it with -m slow (the default suite's time budget)
 def test_train_and_evaluate_5_points(real, tmp_path):
   """Eye centres, nose tip, mouth corners (CSV), flip [1, 0, 2, 4, 3], inter-eye-centre NME; a
   heatmap method (MobileFAN) on it."""

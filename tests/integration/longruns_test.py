@@ -207,6 +207,7 @@ def test_program_on_record(val_run):
   assert checkpoint.read_meta(os.path.join(workdir, STAGE))['program'] == p
 
 
+@pytest.mark.slow  # tens of seconds; CI runs it with -m slow (the default suite's time budget)
 def test_resumed_stage_with_best_kept_ends_identical(val_run, data_dir, tmp_path):
   """Killed after the last checkpoint but one: the best steps after the resumed one are made
   again, and the stage ends with the same best checkpoint and scores."""
@@ -230,6 +231,7 @@ def test_resume_with_other_held_out_faces_is_refused(val_run, data_dir, tmp_path
     train.run(_config(data_dir), copy, allow_config_change=True)
 
 
+@pytest.mark.slow  # tens of seconds; CI runs it with -m slow (the default suite's time budget)
 def test_keep_best_keeps_the_lowest_logged_validation_nme_not_the_last(
   data_dir, tmp_path, monkeypatch
 ):

@@ -169,6 +169,7 @@ def test_teacher_checkpoint_is_loadable_alone(kd_run):
   assert meta['stage'] == 'teacher_tough' and meta['num_landmarks'] == 68
 
 
+@pytest.mark.slow  # tens of seconds; CI runs it with -m slow (the default suite's time budget)
 def test_corrupt_latest_step_is_set_aside_and_the_stage_resumes(kd_run, data_dir, tmp_path, capsys):
   """A truncated file in the newest step: renamed to <step>.corrupt-1 (never deleted), the stage
   resumes from the step before to the uninterrupted model, and metrics.jsonl keeps one row per
