@@ -380,6 +380,7 @@ def test_photos_are_read_upright(tmp_path):
   assert np.asarray(predict.open_photo(str(tmp_path / 'plain.png'))).shape == (20, 30, 3)
 
 
+@pytest.mark.slow  # CI runs it with -m slow (the default suite's time budget)
 def test_cli_video(run_dir, shared_data, tmp_path):
   pytest.importorskip('dlib')
   pytest.importorskip('cv2')

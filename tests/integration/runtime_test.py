@@ -114,6 +114,7 @@ def _cache_probe(tmp_path, **env) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # CI runs it with -m slow (the default suite's time budget)
 def test_entry_points_enable_the_compilation_cache(tmp_path):
   default = _cache_probe(tmp_path, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   path = tmp_path / 'xdg' / 'fkd' / 'jax'
