@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
+import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -96,3 +100,39 @@ def flip_averaged(landmarks_of, crops: np.ndarray, perm, size: int) -> np.ndarra
     back[:, i, 0] = size - 1 - mirror[:, j, 0]
     back[:, i, 1] = mirror[:, j, 1]
   return (plain + back) / 2
+
+
+# ---- dataset builders and forced-device subprocesses -------------------------------------------
+
+
+def examples_by_file(builder, split: str) -> dict[str, dict]:
+  """A built TFDS split's examples by their image's file name."""
+  src = builder.as_data_source()[split]
+  out = {}
+  for i in range(len(src)):
+    e = src[i]
+    name = e['filename']
+    out[os.path.basename(name.decode() if isinstance(name, bytes) else name)] = e
+  return out
+
+
+def run_on_cpu_devices(script: str, *args: str, devices: int = 8, timeout: float = 600) -> dict:
+  """`python -c script *args` in a process of `devices` forced CPU devices, from the repository;
+  its last stdout line, read as JSON (the process must succeed)."""
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  env = {
+    **os.environ,
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+    'JAX_PLATFORMS': 'cpu',
+    'PYTHONPATH': repo,
+  }
+  done = subprocess.run(
+    [sys.executable, '-c', script, *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=repo,
+    timeout=timeout,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,12 +4,10 @@ accelerator formulation on an 8-device mesh computes the one-device step."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import helpers
 import numpy as np
 import pytest
 
@@ -104,21 +102,7 @@ MESH_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow  # a subprocess run of minutes; `pytest -m slow` (CI) runs it
 def test_accelerator_formulation_on_8_devices_matches_one():
-  env = {
-    **os.environ,
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-    'JAX_PLATFORMS': 'cpu',
-    'PYTHONPATH': REPO,
-  }
-  done = subprocess.run(
-    [sys.executable, '-c', MESH_SCRIPT, os.path.join(REPO, 'configs', 'kd.py')],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  result = helpers.run_on_cpu_devices(MESH_SCRIPT, os.path.join(REPO, 'configs', 'kd.py'))
   assert result['devices'] == 8
   one, many = result['one'], result['many']
   assert one['loss'] > 0 and np.isfinite(one['loss'])

@@ -4,13 +4,11 @@ path still runs, and the augmented batch on 8 devices (padded) is the one of 1 d
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
+import helpers
 import numpy as np
 import pytest
 
@@ -95,13 +93,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_augmented_batch_on_8_devices_is_the_1_device_one():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=REPO)
-  env['JAX_PLATFORMS'] = 'cpu'
-  proc = subprocess.run(
-    [sys.executable, '-c', SCRIPT], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  got = helpers.run_on_cpu_devices(SCRIPT)
   assert got['devices'] == 8
   assert got['keys'] == ['image', 'landmarks', 'soft_landmarks']
   assert got['augmented'] >= 2  # the batch of 6 (padded to 8) was augmented

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import zlib
 
+import helpers
 import hostile_inputs_test as table
 import numpy as np
 import pytest
@@ -1176,13 +1177,7 @@ def _built(root: pathlib.Path, tmp: pathlib.Path, split: str = 'train') -> dict[
 
   build.build('folder', str(root), str(tmp / 'tfds'), crop_size=16)
   b = build.make_builder('folder', str(tmp / 'tfds'), manual_dir=str(root), crop_size=16)
-  src = b.as_data_source()[split]
-  out = {}
-  for i in range(len(src)):
-    e = src[i]
-    name = e['filename']
-    out[os.path.basename(name.decode() if isinstance(name, bytes) else name)] = e
-  return out
+  return helpers.examples_by_file(b, split)
 
 
 def test_folder_build_turns_phone_photos_upright(tmp_path):

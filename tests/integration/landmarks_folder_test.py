@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,16 +105,6 @@ def write_coco(root, splits, offset=-1.0):
 def five_points(pts: np.ndarray) -> np.ndarray:
   """Eye centres, nose tip, mouth corners of a 68-point shape."""
   return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
-
-
-def examples(builder, split):
-  src = builder.as_data_source()[split]
-  out = {}
-  for i in range(len(src)):
-    e = src[i]
-    name = e['filename']
-    out[os.path.basename(name.decode() if isinstance(name, bytes) else name)] = e
-  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +233,7 @@ def test_no_flip_and_visibility(tmp_path):
   meta = b.info.metadata
   assert meta['flip_permutation'] is None and meta['nme_normalizer'] == [0, 1]
   assert meta['splits'] == ['train', 'test'] and meta['num_landmarks'] == 5
-  vis = examples(b, 'train')['train0.png']['visibility']
+  vis = helpers.examples_by_file(b, 'train')['train0.png']['visibility']
   assert vis.tolist() == [1, 2, 2, 2, 2]
   assert 'plain (no flip_permutation' in meta['pca_fit']
 
@@ -279,7 +270,7 @@ def ibug_reference(real):
   tmp, _ = real
   out = str(tmp / 'tfds_ibug')
   build.build('300w', str(tmp / 'ibug'), out, crop_size=CROP, allow_partial=True)
-  return examples(build.make_builder('300w', out, crop_size=CROP), 'train')
+  return helpers.examples_by_file(build.make_builder('300w', out, crop_size=CROP), 'train')
 
 
 @pytest.mark.parametrize('fmt', ['pts', 'csv', 'coco'])
@@ -289,7 +280,7 @@ def test_real_300w_same_as_ibug_300w(real, ibug_reference, fmt):
   counts = build.build('folder', str(tmp / fmt), data_dir, crop_size=CROP)
   assert counts == {'train': 10, 'test': 3}
   b = build.make_builder('folder', data_dir, manual_dir=str(tmp / fmt), crop_size=CROP)
-  got = examples(b, 'train')
+  got = helpers.examples_by_file(b, 'train')
   assert sorted(got) == sorted(ibug_reference)
   for name, ref in ibug_reference.items():
     e = got[name]
@@ -412,13 +403,15 @@ def test_cofw_29_points_coco(shared_data, tmp_path):
   coco = json.loads((src / 'test_cofw.json').read_text())
   for ann in coco['annotations']:
     name = next(i['file_name'] for i in coco['images'] if i['id'] == ann['image_id'])
-    e = examples(b, 'test')[name]
+    e = helpers.examples_by_file(b, 'test')[name]
     kp = np.asarray(ann['keypoints']).reshape(29, 3)
     assert e['visibility'].tolist() == kp[:, 2].astype(int).tolist()
     np.testing.assert_allclose(e['landmarks_original'], kp[:, :2], atol=1e-4)
     x, y, w, h = ann['bbox']
     np.testing.assert_allclose(e['box_annotation'], [x, y, x + w, y + h])
-  assert (examples(b, 'test')['001766.jpg']['visibility'] == 1).any()  # occluded points kept
+  assert (
+    helpers.examples_by_file(b, 'test')['001766.jpg']['visibility'] == 1
+  ).any()  # occluded points kept
   config = tiny_config('configs/baseline.py', root, tmp_path / 'tfds')
   config.train.batch_size = 2
   results = train.run(config, str(tmp_path / 'run'))
@@ -459,7 +452,7 @@ def test_predict_crops_as_the_folder_dataset_was_cropped(tmp_path):
   assert predictor.meta['crop_margin'] == {'value': 0.3, 'unit': 'longer_side'}
   assert predictor.meta['contours'] == [] and predictor.contours == ()  # 5 points: none to draw
   builder = build.make_builder('folder', str(tmp_path / 'tfds'), manual_dir=str(data))
-  for name, e in examples(builder, 'test').items():
+  for name, e in helpers.examples_by_file(builder, 'test').items():
     pts = e['landmarks_original'].astype(np.float64) - 1  # .pts: 1-based (origin_offset −1)
     lo, hi = pts.min(0), pts.max(0)
     # By hand: the points' extent ± 0.3 × its longer side (the random points stay well inside

@@ -15,12 +15,10 @@ Figures and commands: docs/accelerators.md, "The 8-device gradient"."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,22 +161,8 @@ SCRIPT = textwrap.dedent(
 
 def run_step_comparison(config: str, stage: str, dtype: str, *extra: str) -> dict:
   """SCRIPT in an 8-device CPU process: the step's errors against the one-device steps."""
-  env = {
-    **os.environ,
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-    'JAX_PLATFORMS': 'cpu',
-    'PYTHONPATH': REPO,
-  }
-  done = subprocess.run(
-    [sys.executable, '-c', SCRIPT, os.path.join(REPO, 'configs', f'{config}.py'), stage, dtype]
-    + list(extra),
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=900,
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  config_path = os.path.join(REPO, 'configs', f'{config}.py')
+  result = helpers.run_on_cpu_devices(SCRIPT, config_path, stage, dtype, *extra, timeout=900)
   assert result['devices'] == 8 and np.isfinite(result['loss']) and result['loss'] > 0
   for errors in (v for k, v in result.items() if '_vs_' in k):
     assert any(k.startswith('batch_stats') for k in errors) and 'gradient' in errors
