@@ -17,6 +17,7 @@ centres are at integers (method.md §1.2) and one affine maps pixels and landmar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -42,10 +43,8 @@ def num_copies_each(
   dataset: str, attributes: np.ndarray | None = None, count: int = 1
 ) -> np.ndarray:
   """`num_copies` of `count` faces at once (float32; `attributes`: (count, 6) or None)."""
-  f = np.full(count, COPIES[dataset], np.float32)
-  if dataset == 'wflw' and attributes is not None:
-    f += np.asarray(attributes, bool).astype(np.float32) @ np.asarray(WFLW_EXTRA_COPIES, np.float32)
-  return f
+  rows = [None] * count if attributes is None else attributes
+  return np.array([num_copies(dataset, a) for a in rows], np.float32)
 
 
 def margin_fn(
@@ -176,6 +175,22 @@ def augment_kd(
   landmarks: np.ndarray,
   rng: np.random.Generator,
   flip_permutation: Sequence[int],
+  **options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+  """One online KD-Loss augmentation of a square face crop: `augment_kd_flipped` (same arguments
+  and options, same random stream) without its flip flag.
+
+  Returns:
+    (image uint8 (S, S, 3), landmarks float32 (N, 2)).
+  """
+  return augment_kd_flipped(image, landmarks, rng, flip_permutation, **options)[:2]
+
+
+def augment_kd_flipped(
+  image: np.ndarray,
+  landmarks: np.ndarray,
+  rng: np.random.Generator,
+  flip_permutation: Sequence[int],
   *,
   margin: float = 3.0,
   max_angle: float = 0.5,
@@ -183,8 +198,9 @@ def augment_kd(
   plain_prob: float = 0.0,
   photometric_noise: bool = True,
   box_noise: Sequence[float] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-  """One online KD-Loss augmentation of a square face crop.
+) -> tuple[np.ndarray, np.ndarray, bool]:
+  """One online KD-Loss augmentation of a square face crop, and whether the copy was flipped (a
+  per-point mask of unlabelled points follows the flip's re-indexing, `schemes.flip_mask`).
 
   Args:
     image: uint8 (S, S, 3) crop.
@@ -201,38 +217,8 @@ def augment_kd(
       drawn only when set, so runs without it keep their random stream.
 
   Returns:
-    (image uint8 (S, S, 3), landmarks float32 (N, 2)); `augment_kd_flipped` also says whether it
-    flipped.
+    (image uint8 (S, S, 3), landmarks float32 (N, 2), flipped).
   """
-  return augment_kd_flipped(
-    image,
-    landmarks,
-    rng,
-    flip_permutation,
-    margin=margin,
-    max_angle=max_angle,
-    flip_prob=flip_prob,
-    plain_prob=plain_prob,
-    photometric_noise=photometric_noise,
-    box_noise=box_noise,
-  )[:2]
-
-
-def augment_kd_flipped(
-  image: np.ndarray,
-  landmarks: np.ndarray,
-  rng: np.random.Generator,
-  flip_permutation: Sequence[int],
-  *,
-  margin: float = 3.0,
-  max_angle: float = 0.5,
-  flip_prob: float = 0.5,
-  plain_prob: float = 0.0,
-  photometric_noise: bool = True,
-  box_noise: Sequence[float] = (),
-) -> tuple[np.ndarray, np.ndarray, bool]:
-  """`augment_kd` (same arguments, same random stream) plus whether the copy was flipped: a
-  per-point mask (unlabelled points) follows the flip's re-indexing (`schemes.flip_mask`)."""
   size = image.shape[0]
   if rng.random() < plain_prob:
     return image, np.asarray(landmarks, np.float32), False

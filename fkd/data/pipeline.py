@@ -365,6 +365,12 @@ def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
 LABELLED = 'labelled'  # the batch key of the per-point mask (float32 (B, N), 1 = labelled)
 
 
+def _online_margin(data: Data) -> float:
+  """The online re-crop margin, host and device alike: method.md's 3 px at 224², scaled to the
+  model resolution."""
+  return 3.0 * data.image_size / 224.0
+
+
 def _augment_kd(
   data: Data,
   split: Split,
@@ -390,7 +396,7 @@ def _augment_kd(
 
   out_images, out_points = np.empty_like(images), np.empty_like(points)
   out_labelled = None if labelled is None else np.array(labelled, copy=True)
-  margin = 3.0 * data.image_size / 224.0
+  margin = _online_margin(data)
 
   def one(i: int) -> None:
     attrs = split.attributes[idx[i]] if split.attributes is not None else None
@@ -631,7 +637,7 @@ def device_augmentation(data: Data, augment: str, box_noise: Sequence[float] = (
     augment,
     tuple(int(i) for i in data.flip_permutation),
     can_flip=bool(data.can_flip),
-    margin=3.0 * data.image_size / 224.0,
+    margin=_online_margin(data),
     box_noise=tuple(float(v) for v in box_noise),
   )
 

@@ -323,9 +323,8 @@ def _preemption_guard():
   previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield lambda step: received[0] if received else 0
-  except BaseException:
-    raise
-  else:  # a signal after the loop's last look (e.g. during the final save) is kept, not lost
+    # Reached on a clean exit only: a signal after the loop's last look (e.g. during the final
+    # save) is kept, not lost.
     if received:
       _LATE_SIGNALS.append(received[0])
   finally:
