@@ -1,7 +1,8 @@
 """fkd beside dlib's 68-point model on held-out real photos: true boxes, detector boxes, refinement.
 
   python benchmarks/dlib_baseline.py --workdir=W --photos=DIR[,DIR...] [--passes=1,2,3,4]
-                                     [--shared]
+                                     [--shared] [--json=F]
+  python benchmarks/dlib_baseline.py --pool=F1,F2,...   # the tables over several runs' faces
 
 Every photo of `--photos` with its 68 annotated points (`<stem>.pts`, 1-based 300-W values, with
 or without the header) is one face; `--shared` adds the real photos of ../shared/data that no
@@ -119,13 +120,18 @@ class Dlib:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True, help='a trained run (its student)')
+  parser.add_argument('--workdir', default='', help='a trained run (its student)')
   parser.add_argument('--photos', default='', help='comma-separated folders of photos + .pts')
   parser.add_argument('--shared', action='store_true', help='add the held-out shared photos')
   parser.add_argument('--passes', default='1,2,3,4')
   parser.add_argument('--flip', default='both', choices=('off', 'on', 'both'))
   parser.add_argument('--json', default='', help='write the per-face NMEs here')
+  parser.add_argument('--pool', default='', help='comma-separated --json files: their tables')
   args = parser.parse_args()
+  if args.pool:
+    return pool(args.pool.split(','))
+  if not args.workdir:
+    sys.exit('--workdir or --pool is needed')
 
   from fkd import cli
   from fkd.serve import box_calibration, predict
@@ -140,16 +146,6 @@ def main() -> None:
   if model.flip_permutation is None:
     flips = [False]
   dl, note = Dlib.load()
-  rows: dict[str, list[float | None]] = {}
-  truth_row: dict[str, str] = {}  # row -> the true-box row of its flip setting
-  for flip in flips:
-    tag = ', flip' if flip else ''
-    rows[f'fkd true box{tag}'] = []
-    for p in passes:
-      rows[f'fkd detector, {p} pass{"es" if p > 1 else ""}{tag}'] = []
-    for name in list(rows)[-1 - len(passes) :]:
-      truth_row[name] = f'fkd true box{tag}'
-  rows['dlib (own detector)'] = []
   per_face = []
   t0 = time.time()
   for group, path, truth in faces:
@@ -161,56 +157,90 @@ def main() -> None:
       tag = ', flip' if flip else ''
       [given] = model.faces(image, bbox=truth_box, passes=1)
       entry[f'fkd true box{tag}'] = nme(given.landmarks, truth)
-      rows[f'fkd true box{tag}'].append(entry[f'fkd true box{tag}'])
       for p in passes:
         found = model.faces(image, passes=p)
         i = best_match([f.detection_box for f in found], truth_box)
         value = None if i is None else nme(found[i].landmarks, truth)
         name = f'fkd detector, {p} pass{"es" if p > 1 else ""}{tag}'
-        rows[name].append(value)
         entry[name] = value
     if dl is not None:
       rects = dl.detect(image)
       i = best_match([dl.xywh(r) for r in rects], truth_box)
       value = None if i is None else nme(dl.landmarks(image, rects[i]), truth)
-      rows['dlib (own detector)'].append(value)
-      entry['dlib'] = value
+      entry['dlib (own detector)'] = value
     per_face.append(entry)
-  groups = sorted({g for g, _, _ in faces})
+  counts = ', '.join(f'{g}: {sum(e["set"] == g for e in per_face)}' for g in groups(per_face))
   print(
-    f'{len(faces)} faces ({", ".join(f"{g}: {sum(x == g for x, _, _ in faces)}" for g in groups)})'
+    f'{len(faces)} faces ({counts})'
     f', model {model.info()["stage"]} of {args.workdir}, {time.time() - t0:.0f} s'
   )
   if note:
     print(note)
-    rows.pop('dlib (own detector)')
-  for group in [None, *groups] if len(groups) > 1 else [None]:
-    keep = [g == group or group is None for g, _, _ in faces]
+  print_tables(per_face)
+  if args.json:
+    for entry in per_face:
+      entry['workdir'] = args.workdir
+    pathlib.Path(args.json).write_text(json.dumps(per_face, indent=1))
+
+
+def groups(per_face: list[dict]) -> list[str]:
+  return sorted({e['set'] for e in per_face})
+
+
+def truth_of(name: str) -> str:
+  """The true-box row a row is compared with like for like: the same flip setting."""
+  return 'fkd true box, flip' if name.endswith(', flip') else 'fkd true box'
+
+
+def summarize(per_face: list[dict], name: str) -> dict[str, float | int]:
+  """One row over the faces: found, mean and median NME of the found faces, and the median over
+  them of the per-face ratio to the true box with one crop and to the true box of the same flip
+  setting (a face the row missed is left out of its ratios)."""
+  values = [e.get(name) for e in per_face]
+  hit = np.array([v is not None for v in values])
+  got = np.array([v for v in values if v is not None], np.float64)
+  one = np.array([e['fkd true box'] for e in per_face], np.float64)[hit]
+  same = np.array([e[truth_of(name)] for e in per_face], np.float64)[hit]
+  nan = float('nan')
+  return {
+    'found': int(hit.sum()),
+    'faces': len(values),
+    'mean': float(got.mean()) if len(got) else nan,
+    'median': float(np.median(got)) if len(got) else nan,
+    'ratio': float(np.median(got / one)) if len(got) else nan,
+    'ratio_same': float(np.median(got / same)) if len(got) else nan,
+  }
+
+
+def print_tables(per_face: list[dict]) -> None:
+  """The table over all faces, then one per set (when there are several)."""
+  names = [k for k in per_face[0] if k.startswith(('fkd ', 'dlib'))]
+  sets = groups(per_face)
+  for group in [None, *sets] if len(sets) > 1 else [None]:
+    kept = [e for e in per_face if group is None or e['set'] == group]
     print(f'\n{group or "all faces"}\n')
     print(
       '| boxes | found | mean NME % | median NME % | median ratio to true box, one crop '
       '| ... to true box, same flip |'
     )
     print('|---|---:|---:|---:|---:|---:|')
-
-    def kept(name: str, keep: list[bool] = keep) -> list:
-      return [v for v, k in zip(rows[name], keep, strict=True) if k]
-
-    first_truth = next(n for n in rows if n.startswith('fkd true box'))
-    truth_nme = np.array(kept(first_truth))
-    for name in rows:
-      values = kept(name)
-      hit = np.array([v is not None for v in values])
-      got = np.array([v for v in values if v is not None])
-      ratio = np.median(got / truth_nme[hit]) if len(got) else float('nan')
-      same = np.array(kept(truth_row.get(name, first_truth)))
-      ratio_same = np.median(got / same[hit]) if len(got) else float('nan')
+    for name in names:
+      r = summarize(kept, name)
       print(
-        f'| {name} | {hit.sum()}/{len(values)} | {got.mean():.2f} | {np.median(got):.2f} '
-        f'| {ratio:.3f}× | {ratio_same:.3f}× |'
+        f'| {name} | {r["found"]}/{r["faces"]} | {r["mean"]:.2f} | {r["median"]:.2f} '
+        f'| {r["ratio"]:.3f}× | {r["ratio_same"]:.3f}× |'
       )
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(per_face, indent=1))
+
+
+def pool(paths: list[str]) -> None:
+  """The tables over the faces of several runs' `--json` files (each face by its own run's
+  model: the held-out faces of several folds)."""
+  per_face = []
+  for path in paths:
+    per_face += json.loads(pathlib.Path(path).read_text())
+  runs = sorted({e.get('workdir', '?') for e in per_face})
+  print(f'{len(per_face)} faces of {len(runs)} runs: {", ".join(runs)}')
+  print_tables(per_face)
 
 
 if __name__ == '__main__':

@@ -128,6 +128,12 @@ LEVERS: dict[str, dict] = {
     pretrain='base',
     teachers='base',
   ),
+  'box_noise_all': dict(
+    doc='box_noise for every stage: the teachers are trained on the jittered crops too, so the '
+    "KD-Loss guidance on a jittered student crop is not that of teachers that fill the crop",
+    args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)'],
+    pretrain='base',
+  ),
   'box_noise_half': dict(
     doc='box_noise at half the residuals (centre 0.03 / 0.025 box, log size 0.05)',
     args=['--config.data.box_noise=(0.03, 0.025, 0.05, 0.05)'],
