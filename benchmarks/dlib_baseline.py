@@ -176,11 +176,11 @@ def main() -> None:
   )
   if note:
     print(note)
-  print_tables(per_face)
   if args.json:
     for entry in per_face:
       entry['workdir'] = args.workdir
     pathlib.Path(args.json).write_text(json.dumps(per_face, indent=1))
+  print_tables(per_face)
 
 
 def groups(per_face: list[dict]) -> list[str]:
@@ -199,9 +199,9 @@ def summarize(per_face: list[dict], name: str) -> dict[str, float | int]:
   values = [e.get(name) for e in per_face]
   hit = np.array([v is not None for v in values])
   got = np.array([v for v in values if v is not None], np.float64)
-  one = np.array([e['fkd true box'] for e in per_face], np.float64)[hit]
-  same = np.array([e[truth_of(name)] for e in per_face], np.float64)[hit]
-  nan = float('nan')
+  nan = float('nan')  # a true-box row not run (--flip=on: no one-crop row)
+  one = np.array([e.get('fkd true box', nan) for e in per_face], np.float64)[hit]
+  same = np.array([e.get(truth_of(name), nan) for e in per_face], np.float64)[hit]
   return {
     'found': int(hit.sum()),
     'faces': len(values),

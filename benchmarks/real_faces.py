@@ -130,9 +130,27 @@ LEVERS: dict[str, dict] = {
   ),
   'box_noise_all': dict(
     doc='box_noise for every stage: the teachers are trained on the jittered crops too, so the '
-    "KD-Loss guidance on a jittered student crop is not that of teachers that fill the crop",
+    'KD-Loss guidance on a jittered student crop is not that of teachers that fill the crop',
     args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)'],
     pretrain='base',
+  ),
+  'box_noise_steps_x2': dict(
+    doc='box_noise with the student fine-tuned 1200 steps instead of 600',
+    args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)', '--config.train.num_steps=1200'],
+    pretrain='base',
+    teachers='base',
+  ),
+  'box_noise_shift': dict(
+    doc='box_noise with 1.5x the centre jitter (0.09 / 0.075 box), the log size at 0.1',
+    args=['--config.data.box_noise=(0.09, 0.075, 0.1, 0.1)'],
+    pretrain='base',
+    teachers='base',
+  ),
+  'box_noise_1.5_steps_x2': dict(
+    doc='box_noise_1.5 with the student fine-tuned 1200 steps instead of 600',
+    args=['--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)', '--config.train.num_steps=1200'],
+    pretrain='base',
+    teachers='base',
   ),
   'box_noise_half': dict(
     doc='box_noise at half the residuals (centre 0.03 / 0.025 box, log size 0.05)',

@@ -65,3 +65,10 @@ def test_pool_reads_every_run(bench, tmp_path, capsys):
   all_faces = out.split('\nx\n')[0]
   assert f'| {ROW} | 3/4 | 5.93 | 6.00 | 0.880× | 1.200× |' in all_faces
   assert '| fkd detector, 2 passes, flip | 1/2 | 8.80 | 8.80 | 0.880× | 1.100× |' in out  # set x
+
+
+def test_flip_only_runs_have_no_one_crop_ratio(bench):
+  flip_only = [{k: v for k, v in e.items() if k != 'fkd true box'} for e in faces()]
+  r = bench.summarize(flip_only, ROW)
+  assert r['ratio_same'] == pytest.approx(1.2)
+  assert r['ratio'] != r['ratio']  # NaN: no one-crop row to compare with
