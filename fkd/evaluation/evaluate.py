@@ -262,22 +262,30 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   if shown is not None:
     split = _overlay_split(eval_splits)
     nme = np.asarray(results['nme_per_image'][shown][split])
-    best, worst = metrics.ranked(nme, OVERLAY_COUNT)
-    sel = np.concatenate([best, worst])
-    sp = data.splits[split]
-    results['_overlay'] = {
-      'model': shown,
-      'split': split,
-      'rows': {'best': len(best), 'worst': len(worst)},
-      'images': sp.images[sel],
-      'gt': sp.landmarks[sel],
-      'pred': preds[shown][split][sel],
-      'nme': nme[sel],
-      'names': [sp.names[i] for i in sel],
-    }
-    if sp.labelled is not None:  # unlabelled points (stand-in positions) are not drawn
-      results['_overlay']['labelled'] = sp.labelled[sel]
+    results['_overlay'] = overlay_record(shown, split, data.splits[split], preds[shown][split], nme)
   return results
+
+
+def overlay_record(
+  model: str, split: str, sp: ip.Split, pred: np.ndarray, nme: np.ndarray
+) -> dict[str, Any]:
+  """What worst.png draws: the `OVERLAY_COUNT` best and worst faces of `sp`, with their mask
+  ('labelled') when the split has unlabelled points (stand-in positions, not drawn)."""
+  best, worst = metrics.ranked(nme, OVERLAY_COUNT)
+  sel = np.concatenate([best, worst])
+  out = {
+    'model': model,
+    'split': split,
+    'rows': {'best': len(best), 'worst': len(worst)},
+    'images': sp.images[sel],
+    'gt': sp.landmarks[sel],
+    'pred': pred[sel],
+    'nme': nme[sel],
+    'names': [sp.names[i] for i in sel],
+  }
+  if sp.labelled is not None:
+    out['labelled'] = sp.labelled[sel]
+  return out
 
 
 # ---------------------------------------------------------------------------------------------

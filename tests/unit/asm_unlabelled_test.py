@@ -154,12 +154,12 @@ def test_the_imputation_note():
 
 
 def _data(size: int = 96):
-  """Eight faces of the toy model scaled into a size² crop; point 2 unlabelled in faces 0, 3, 6
+  """Eight faces of the toy model scaled into a size² crop; point 0 unlabelled in faces 0, 3, 6
   (stored at the labelled points' mean); the flip swaps points 0 and 1 and 3 and 4."""
   shapes, _, _, _ = _toy(8, seed=4)
   shapes = shapes * size / 100.0
   labelled = np.ones((8, N), bool)
-  labelled[[0, 3, 6], 2] = False
+  labelled[[0, 3, 6], 0] = False
   for i in range(8):
     shapes[i, ~labelled[i]] = shapes[i, labelled[i]].mean(axis=0)
   rng = np.random.default_rng(0)
@@ -249,3 +249,79 @@ def test_without_a_mask_the_device_program_is_unchanged(monkeypatch):
   monkeypatch.setattr(da, 'asm_project_masked', fail)
   out = da.augment_batch(batch, 0, 0, aug, data.pca)
   np.testing.assert_array_equal(out['soft_landmarks'], da.asm_project(data.pca, out['landmarks']))
+
+
+# ---- worst.png ---------------------------------------------------------------------------------
+
+
+def _overlay(labelled):
+  """Two faces (one best, one worst) on a grey 64² image: points at (10, 10), (50, 12), (30, 50),
+  the prediction 2 px right; point 2 of face 0 unlabelled, its stand-in and prediction moved to
+  (30, 30), where nothing else is drawn."""
+  gt = np.array([[[10.0, 10], [50, 12], [30, 50]]] * 2)
+  pred = gt + [2.0, 0.0]
+  gt[0, 2] = pred[0, 2] = (30.0, 30.0)
+  overlay = {
+    'model': 'student',
+    'split': 'test',
+    'rows': {'best': 1, 'worst': 1},
+    'images': np.full((2, 64, 64, 3), 128, np.uint8),
+    'gt': gt,
+    'pred': pred,
+    'nme': np.array([0.01, 0.2]),
+    'names': ['a.png', 'b.png'],
+  }
+  if labelled is not None:
+    overlay['labelled'] = labelled
+  return overlay
+
+
+def _pixels(fig, ax, xy, r: int = 3) -> np.ndarray:
+  """The rendered RGB pixels within r of data point xy of `ax`."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  img = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+  x, y = ax.transData.transform(xy)
+  row, col = int(round(img.shape[0] - y)), int(round(x))
+  return img[row - r : row + r + 1, col - r : col + r + 1].reshape(-1, 3)
+
+
+def test_worst_png_draws_labelled_points_only():
+  from fkd.evaluation import evaluate
+
+  labelled = np.array([[True, True, False], [True, True, True]])
+  overlay = _overlay(labelled)
+  gt, pred = evaluate.overlay_points(overlay, 0)
+  np.testing.assert_array_equal(gt, [[10, 10], [50, 12]])
+  np.testing.assert_array_equal(pred, [[12, 10], [52, 12]])
+  assert len(evaluate.overlay_points(overlay, 1)[0]) == 3
+  fig = evaluate.overlay_figure(overlay)
+  ax = fig.axes[0]
+  # Nothing but the grey image at the stand-in; the green dot at a labelled point.
+  stand_in = _pixels(fig, ax, (30.0, 30.0))
+  assert np.all(np.abs(stand_in - 128) <= 2), stand_in
+  labelled_spot = _pixels(fig, ax, (10.0, 10.0), r=1)
+  assert np.any((labelled_spot[:, 1] > 200) & (labelled_spot[:, 0] < 100))
+  # Without a mask (the paper datasets) every point is drawn, the stand-in spot included.
+  fig = evaluate.overlay_figure(_overlay(None))
+  assert np.any(np.abs(_pixels(fig, fig.axes[0], (30.0, 30.0)) - 128) > 50)
+
+
+def test_the_overlay_carries_the_mask(tmp_path):
+  """The best and worst faces keep their rows of the split's mask; no mask, no key."""
+  from fkd.evaluation import evaluate
+
+  data = _data()
+  sp = data.splits['train']
+  nme = np.arange(8) / 100.0  # best: faces 0, 1, ...; worst: 7, 6, ...
+  pred = sp.landmarks + 1.0
+  record = evaluate.overlay_record('student', 'train', sp, pred, nme)
+  sel = [*range(evaluate.OVERLAY_COUNT), *range(7, 7 - evaluate.OVERLAY_COUNT, -1)]
+  np.testing.assert_array_equal(record['labelled'], sp.labelled[sel])
+  np.testing.assert_array_equal(record['gt'], sp.landmarks[sel])
+  evaluate.plot_overlays(record, str(tmp_path / 'worst.png'))
+  assert (tmp_path / 'worst.png').stat().st_size > 0
+  sp.labelled = None
+  assert 'labelled' not in evaluate.overlay_record('student', 'train', sp, pred, nme)
