@@ -151,10 +151,19 @@ def masked_coefficients(pca: PCAModel, flat: np.ndarray, labelled: np.ndarray) -
   (Vᵀ W_δ V) b = Vᵀ W (x − μ), W the 0/1 mask, W_δ the `coordinate_weights`.
   """
   comps = pca.components
-  w = np.repeat(np.asarray(labelled, bool), 2, axis=-1)
-  a = np.einsum('...i,ij,ik->...jk', coordinate_weights(labelled), comps, comps)
-  r = np.where(w, flat - pca.mean, 0.0) @ comps
-  return np.linalg.solve(a, r[..., None])[..., 0]
+  labelled = np.asarray(labelled, bool)
+  lab = labelled.reshape(-1, labelled.shape[-1])
+  w = np.repeat(lab, 2, axis=-1)
+  r = np.where(w, flat.reshape(len(lab), -1) - pca.mean, 0.0) @ comps
+  # One system per mask pattern (faces tend to share a few): no (M, k, k) array, few solves.
+  patterns, inverse = np.unique(lab, axis=0, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  b = np.empty_like(r)
+  for p, pattern in enumerate(patterns):
+    rows = inverse == p
+    a = (comps.T * coordinate_weights(pattern)) @ comps
+    b[rows] = np.linalg.solve(a, r[rows].T).T
+  return b.reshape(labelled.shape[:-1] + (comps.shape[1],))
 
 
 def asm_project(pca: PCAModel, shapes, clip_sigmas: float | None = 3.0, labelled=None):
@@ -220,7 +229,7 @@ def complete_shapes(
   The rule: every shape is kept (a face with an occluded point is often a turned one, so fitting
   on the complete faces only would leave out the very variation the model needs); its unlabelled
   coordinates start at the mean of that coordinate over the shapes where it is labelled, then
-  each iteration fits `fit_pca(acc, k)` to the filled set and replaces them by the model's
+  each iteration fits the PCA model (acc, k) to the filled set and replaces them by the model's
   reconstruction from the shape's labelled points (`masked_coefficients`, unclipped), until none
   moves more than `tolerance` or after `iterations`. Labelled coordinates are never changed, and
   the stored stand-ins are never used (a coordinate unlabelled in every shape starts at 0 and
@@ -245,10 +254,25 @@ def complete_shapes(
   part = ~w.all(axis=1)
   done, moved = 0, np.inf
   while done < iterations and moved > tolerance:
-    pca = fit_pca(filled, acc=acc, k=k)
+    pca = _covariance_pca(filled, acc, k)
     b = masked_coefficients(pca, flat[part], labelled[part])
     new = filled.copy()
     new[part] = np.where(w[part], flat[part], pca.mean + b @ pca.components.T)
     moved = float(np.abs(new - filled).max())
     filled, done = new, done + 1
   return filled.reshape(x.shape), done
+
+
+def _covariance_pca(x: np.ndarray, acc: float | None, k: int | None) -> PCAModel:
+  """`fit_pca`'s model (up to the modes' signs and rounding) from the eigendecomposition of the
+  2N x 2N covariance: for the imputation rounds, where the thin SVD of M x 2N would cost M / 2N
+  times more."""
+  mean = x.mean(axis=0)
+  d = x - mean
+  lam, vecs = np.linalg.eigh(d.T @ d / (len(x) - 1))
+  lam, vecs = np.clip(lam[::-1], 0.0, None), vecs[:, ::-1]
+  ratio = lam / lam.sum()
+  if k is None:
+    k = int(np.searchsorted(np.cumsum(ratio), acc, side='right')) + 1
+  k = int(min(max(k, 1), len(x) - 1, len(lam)))
+  return PCAModel(mean, vecs[:, :k], lam[:k], acc, k, ratio[:k], len(x))
