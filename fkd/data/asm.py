@@ -232,8 +232,8 @@ def complete_shapes(
   each iteration fits the PCA model (acc, k) to the filled set and replaces them by the model's
   reconstruction from the shape's labelled points (`masked_coefficients`, unclipped), until none
   moves more than `tolerance` or after `iterations`. Labelled coordinates are never changed, and
-  the stored stand-ins are never used (a coordinate unlabelled in every shape starts at 0 and
-  follows the model).
+  the stored stand-ins are not used (but as the start of a coordinate unlabelled in every shape,
+  which then has no data and just follows the model).
 
   Args:
     shapes: (M, N, 2) fit shapes.
@@ -250,7 +250,7 @@ def complete_shapes(
     return x, 0
   count = w.sum(axis=0)
   start = np.where(w, flat, 0.0).sum(axis=0) / np.maximum(count, 1)
-  filled = np.where(w, flat, start)
+  filled = np.where(w, flat, np.where(count > 0, start, flat))
   part = ~w.all(axis=1)
   done, moved = 0, np.inf
   while done < iterations and moved > tolerance:
