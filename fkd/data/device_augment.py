@@ -319,6 +319,44 @@ def asm_project(pca: asm.PCAModel, shapes: jax.Array, clip_sigmas: float = 3.0) 
   return (mean + jnp.matmul(b, comps.T, precision=hp)).reshape(shapes.shape)
 
 
+def _solve_spd(a: jax.Array, r: jax.Array) -> jax.Array:
+  """x with a x = r for (..., k, k) symmetric positive definite a: Gauss-Jordan elimination
+  without pivoting (stable for SPD), in a loop of k steps of element-wise ops (a LAPACK-backed
+  solve would be a custom call on GPU)."""
+  k = a.shape[-1]
+  m = jnp.concatenate([a, r[..., None]], axis=-1)  # (..., k, k + 1)
+  rows = jnp.arange(k)
+
+  def step(i, m):
+    row = jax.lax.dynamic_index_in_dim(m, i, axis=-2, keepdims=True)  # (..., 1, k + 1)
+    row = row / jax.lax.dynamic_index_in_dim(row, i, axis=-1, keepdims=True)
+    col = jax.lax.dynamic_index_in_dim(m, i, axis=-1, keepdims=True)  # (..., k, 1)
+    return jnp.where((rows == i)[:, None], row, m - col * row)
+
+  return jax.lax.fori_loop(0, k, step, m)[..., k]
+
+
+def asm_project_masked(
+  pca: asm.PCAModel, shapes: jax.Array, labelled: jax.Array, clip_sigmas: float = 3.0
+) -> jax.Array:
+  """`fkd.data.asm.asm_project(..., labelled=)` in float32 jnp: a face with an unlabelled point
+  (`labelled` (..., N) 0) takes the coefficients of its labelled points only
+  (`asm.masked_coefficients`); fully labelled faces the unmasked ones, as `asm_project`."""
+  hp = jax.lax.Precision.HIGHEST
+  mean = jnp.asarray(pca.mean, jnp.float32)
+  comps = jnp.asarray(pca.components, jnp.float32)
+  lim = clip_sigmas * jnp.sqrt(jnp.asarray(pca.eigenvalues, jnp.float32))
+  flat = shapes.reshape(*shapes.shape[:-2], -1).astype(jnp.float32)
+  w = jnp.repeat(labelled > 0, 2, axis=-1)
+  wd = jnp.where(w, 1.0, asm.UNLABELLED_WEIGHT).astype(jnp.float32)
+  a = jnp.einsum('...i,ij,ik->...jk', wd, comps, comps, precision=hp)
+  r = jnp.matmul(jnp.where(w, flat - mean, 0.0), comps, precision=hp)
+  plain = jnp.matmul(flat - mean, comps, precision=hp)
+  b = jnp.where(jnp.all(w, axis=-1, keepdims=True), plain, _solve_spd(a, r))
+  b = jnp.clip(b, -lim, lim)
+  return (mean + jnp.matmul(b, comps.T, precision=hp)).reshape(shapes.shape)
+
+
 def augment_batch(
   batch: dict[str, jax.Array],
   seed: Any,
@@ -327,9 +365,10 @@ def augment_batch(
   pca: asm.PCAModel | None = None,
 ) -> dict[str, jax.Array]:
   """The augmented batch: 'image' (uint8) and 'landmarks' augmented, 'soft_landmarks' = the ASM
-  operator of the new landmarks when `pca` is given, 'plain_prob' / 'index' consumed (absent:
-  0 and the row number), `LABELLED` (a per-point mask) re-indexed by the flip, every other key
-  passed through unchanged."""
+  operator of the new landmarks when `pca` is given (of their labelled points only when the
+  batch has `LABELLED`: `asm_project_masked`), 'plain_prob' / 'index' consumed (absent: 0 and
+  the row number), `LABELLED` (a per-point mask) re-indexed by the flip, every other key passed
+  through unchanged."""
   images, points = batch['image'], batch['landmarks']
   n = images.shape[0]
   index = batch.get('index', jnp.arange(n, dtype=jnp.int32))
@@ -343,7 +382,9 @@ def augment_batch(
     flipped = (params['flip'] & ~params['plain'])[:, None]
     mask = batch[LABELLED]
     out[LABELLED] = jnp.where(flipped, schemes.flip_mask(mask, aug.flip_permutation), mask)
-  if pca is not None:
+  if pca is not None and LABELLED in batch:  # from the labelled points only
+    out['soft_landmarks'] = asm_project_masked(pca, out_points, out[LABELLED])
+  elif pca is not None:
     out['soft_landmarks'] = asm_project(pca, out_points)
   return out
 

@@ -19,6 +19,10 @@ margin, `fkd.data.augment.augment_shape`), drawn with `np.random.default_rng([as
 i-th train face in key order; F = 6 (300W), 10 (COFW), 5 + attribute extras (WFLW). Options:
 'plain_plus_flips' and 'plain'. The PCA lives in the crop's pixel frame (`space='pixel'`).
 
+Unlabelled points (`_labelled`, a folder dataset's `visibility` 0): the fit set's are imputed
+from the model (`fit_pcas`, `asm.complete_shapes`), and a face's soft landmarks are the ASM
+projection of its labelled points only (`asm.asm_project(..., labelled=)`).
+
 No TensorFlow is needed: images are stored as encoded bytes in a `Tensor(shape=(), object)`.
 """
 
@@ -275,12 +279,20 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     a = crops.box_transform(box, self.builder_config.crop_size)
     return face, box, a, crops.apply(a, points)
 
+  def _labelled(self, face: Face) -> np.ndarray | None:
+    """(N,) bool: the face's points with a position, or None when all have one (the paper
+    datasets). A folder dataset's unlabelled points hold a stand-in (`fkd.data.folder`)."""
+    return None
+
   def _fit_pcas(self, train) -> tuple[dict[str, asm.PCAModel], str]:
     cfg = self.builder_config
     scheme = self._scheme()
+    n = scheme.num_landmarks
     shapes = [np.stack([lm for _, _, _, lm in train])]
+    masks = [np.stack([self._face_mask(face, n) for face, _, _, _ in train])]
     if cfg.asm_fit_set == 'plain_plus_flips':
       shapes.append(schemes.flip_points(shapes[0], scheme.flip_permutation, cfg.crop_size))
+      masks.append(schemes.flip_mask(masks[0], scheme.flip_permutation))
     elif cfg.asm_fit_set == 'augmented':
       for i, (face, _, _, _) in enumerate(train):
         rng = np.random.default_rng([cfg.asm_seed, i])
@@ -295,17 +307,27 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             margin=augment.margin_fn(self.AUGMENT, face.size[1]),
           )
         )
+        # augment_shape flips copies 0, 2, 4, …: their masks are re-indexed as their points.
+        m = self._face_mask(face, n)
+        flipped = schemes.flip_mask(m, scheme.flip_permutation)
+        masks.append(np.array([flipped if j % 2 == 0 else m for j in range(face.copies - 1)]))
     elif cfg.asm_fit_set != 'plain':
       raise FkdError(
         f"asm_fit_set={cfg.asm_fit_set!r}; expected 'augmented', 'plain_plus_flips' or 'plain'"
       )
     fit = np.concatenate(shapes)
-    pcas = fit_pcas(fit, ASM_ACCS)
+    labelled = np.concatenate([m.reshape(-1, n) for m in masks])
+    pcas = fit_pcas(fit, ASM_ACCS, labelled)
     note = (
       f'{cfg.asm_fit_set}: {len(fit)} shapes from the {len(train)} train faces, crop frame '
       f'({cfg.crop_size} px), pixel space, no Procrustes, seed {cfg.asm_seed}'
+      f'{imputed_note(labelled)}'
     )
     return pcas, note
+
+  def _face_mask(self, face: Face, n: int) -> np.ndarray:
+    m = self._labelled(face)
+    return np.ones(n, bool) if m is None else np.asarray(m, bool)
 
   def _crop_image(self, face: Face, a: np.ndarray) -> Image.Image:
     """Anti-aliased crop: JPEG draft and box reduction to within 2x, then bilinear warp."""
@@ -355,8 +377,12 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     for face, box, a, lm in items:
       iod, ipd = scheme.distances(lm)
       iod0, ipd0 = scheme.distances(face.landmarks)
+      mask = self._labelled(face)
       soft = (
-        {k: asm.asm_project(p, lm, cfg.clip_sigmas).astype(np.float32) for k, p in pcas.items()}
+        {
+          k: asm.asm_project(p, lm, cfg.clip_sigmas, labelled=mask).astype(np.float32)
+          for k, p in pcas.items()
+        }
         if pcas is not None
         else {k: np.full((n, 2), np.nan, np.float32) for k in ASM_ACCS}
       )
@@ -383,14 +409,23 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       )
 
 
-def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAModel]:
+def fit_pcas(
+  shapes: np.ndarray, accs: dict[str, float], labelled: np.ndarray | None = None
+) -> dict[str, asm.PCAModel]:
   """`asm.fit_pca` for several variance fractions from one SVD (identical models: each keeps
-  the first k components of the largest-acc fit, k chosen by the same strict rule)."""
+  the first k components of the largest-acc fit, k chosen by the same strict rule).
+
+  `labelled` (M, N) bool: shapes with unlabelled points are first completed by
+  `asm.complete_shapes` (EM-style, at the largest acc), so the stand-ins are not learnt as shape
+  variation (`imputed_note` says so in the metadata).
+  """
   if len(shapes) < 2:
     raise FkdError(
       f'the train split has {len(shapes)} face shape(s); the shape model (ASM targets) needs at '
       'least 2: annotate more train faces'
     )
+  if labelled is not None and not np.all(labelled):
+    shapes, _ = asm.complete_shapes(shapes, labelled, acc=max(accs.values()))
   top = asm.fit_pca(shapes, acc=max(accs.values()))
   cum = np.cumsum(top.ratio)
   out = {}
@@ -405,6 +440,17 @@ def fit_pcas(shapes: np.ndarray, accs: dict[str, float]) -> dict[str, asm.PCAMod
       ratio=top.ratio[:k],
     )
   return out
+
+
+def imputed_note(labelled: np.ndarray) -> str:
+  """The `pca_fit` metadata's words on the imputed shapes of `fit_pcas` ('' when none)."""
+  count = int((~np.asarray(labelled, bool)).any(axis=1).sum())
+  if not count:
+    return ''
+  return (
+    f'; the unlabelled points of {count} of the {len(labelled)} shapes imputed from the model '
+    '(EM, fkd.data.asm.complete_shapes)'
+  )
 
 
 def file_loader(path: pathlib.Path, name: str) -> Callable[[tuple[int, int] | None], Image.Image]:

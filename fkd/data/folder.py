@@ -30,12 +30,13 @@ live at DIR's top level). Per format, a split folder (or DIR, with list files) h
 Unlabelled points (COCO v = 0; in a CSV, a point whose x and y cells are both empty; in a `.pts`,
 a point written `-1 -1`) have no position: they are left out of the crop box, stored at the mean
 of the face's labelled points (a finite stand-in, `visibility` 0), and left out of the training
-losses (`fkd.data.pipeline.LABELLED`) and the metrics. An eval face whose NME normaliser has an
-unlabelled point is left out of the metrics with a note. A v = 1 point (labelled, hidden) keeps
-its position, trains and is scored. A face with no labelled point, and a CSV row repeating an
-earlier one, are left out with a one-line note. Image names must be paths inside the folder, and
-labelled points must lie on or near their image (within half its size around it); images are
-decoded upright (EXIF orientation applied, as people annotate them).
+losses (`fkd.data.pipeline.LABELLED`), the metrics, the ASM fit and projection (`fkd.data.asm`:
+imputed from the model, projected from the labelled points) and worst.png. An eval face whose
+NME normaliser has an unlabelled point is left out of the metrics with a note. A v = 1 point
+(labelled, hidden) keeps its position, trains and is scored. A face with no labelled point, and
+a CSV row repeating an earlier one, are left out with a one-line note. Image names must be paths
+inside the folder, and labelled points must lie on or near their image (within half its size
+around it); images are decoded upright (EXIF orientation applied, as people annotate them).
 
 Every problem is one `FkdError` line naming the file and the row.
 """

@@ -528,7 +528,8 @@ def train_batch(
   `box_noise` (config.data.box_noise, `augment='kd'` only): the box jitter of `augment.augment_kd`.
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
-  operator applied to the augmented ground truth, method.md §2.3); the trainer makes the targets.
+  operator applied to the augmented ground truth, method.md §2.3, from the labelled points only
+  when some are not: `asm.asm_project(..., labelled=)`); the trainer makes the targets.
   When the split has unlabelled points (`Split.labelled`), every batch also holds `LABELLED`:
   float32 (B, N), 1 for a labelled point and 0 for one without a position, re-indexed with the
   points by every flip (`schemes.flip_mask`); the losses leave the 0 points out. Splits without
@@ -590,8 +591,9 @@ def train_batch(
   batch = {'image': images, 'landmarks': points}
   if labelled is not None:
     batch[LABELLED] = labelled
-  if data.pca is not None:
-    batch['soft_landmarks'] = asm.asm_project(data.pca, points).astype(np.float32)
+  if data.pca is not None:  # unlabelled points: projected from the labelled ones only
+    mask = None if labelled is None else labelled > 0
+    batch['soft_landmarks'] = asm.asm_project(data.pca, points, labelled=mask).astype(np.float32)
   elif train.soft_landmarks is not None and augment == 'none':
     batch['soft_landmarks'] = train.soft_landmarks[idx]
   return batch

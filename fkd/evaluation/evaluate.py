@@ -262,20 +262,30 @@ def evaluate_workdir(config: Any, workdir: str, data: ip.Data) -> dict[str, Any]
   if shown is not None:
     split = _overlay_split(eval_splits)
     nme = np.asarray(results['nme_per_image'][shown][split])
-    best, worst = metrics.ranked(nme, OVERLAY_COUNT)
-    sel = np.concatenate([best, worst])
-    sp = data.splits[split]
-    results['_overlay'] = {
-      'model': shown,
-      'split': split,
-      'rows': {'best': len(best), 'worst': len(worst)},
-      'images': sp.images[sel],
-      'gt': sp.landmarks[sel],
-      'pred': preds[shown][split][sel],
-      'nme': nme[sel],
-      'names': [sp.names[i] for i in sel],
-    }
+    results['_overlay'] = overlay_record(shown, split, data.splits[split], preds[shown][split], nme)
   return results
+
+
+def overlay_record(
+  model: str, split: str, sp: ip.Split, pred: np.ndarray, nme: np.ndarray
+) -> dict[str, Any]:
+  """What worst.png draws: the `OVERLAY_COUNT` best and worst faces of `sp`, with their mask
+  ('labelled') when the split has unlabelled points (stand-in positions, not drawn)."""
+  best, worst = metrics.ranked(nme, OVERLAY_COUNT)
+  sel = np.concatenate([best, worst])
+  out = {
+    'model': model,
+    'split': split,
+    'rows': {'best': len(best), 'worst': len(worst)},
+    'images': sp.images[sel],
+    'gt': sp.landmarks[sel],
+    'pred': pred[sel],
+    'nme': nme[sel],
+    'names': [sp.names[i] for i in sel],
+  }
+  if sp.labelled is not None:
+    out['labelled'] = sp.labelled[sel]
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,8 +461,19 @@ def plot_ced(results: dict[str, Any], path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
-def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
-  """The best and worst faces, one row each: ground truth (green), prediction (red), errors."""
+def overlay_points(overlay: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ground truth, prediction) of face i of worst.png at its labelled points only: an unlabelled
+  point's ground truth is a stand-in position (`fkd.data.folder`), not a landmark, and it has no
+  error to show."""
+  gt, pred = overlay['gt'][i], overlay['pred'][i]
+  if overlay.get('labelled') is None:
+    return gt, pred
+  keep = np.asarray(overlay['labelled'][i], bool)
+  return gt[keep], pred[keep]
+
+
+def overlay_figure(overlay: dict[str, Any], norm: str = '') -> Any:
+  """The matplotlib Figure of `plot_overlays`."""
   from matplotlib.figure import Figure
 
   n_best, n_worst = overlay['rows']['best'], overlay['rows']['worst']
@@ -466,7 +487,7 @@ def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
   for i in range(n_best + n_worst):
     row, col = (0, i) if i < n_best else (1, i - n_best)
     ax = axes[row, col]
-    gt, pred = overlay['gt'][i], overlay['pred'][i]
+    gt, pred = overlay_points(overlay, i)
     ax.imshow(overlay['images'][i], interpolation='bilinear')
     ax.plot(
       np.stack([gt[:, 0], pred[:, 0]]),
@@ -486,10 +507,17 @@ def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
   fig.suptitle(
     f'{overlay["model"]} on {overlay["split"]}: best (top) and worst (bottom) faces'
     f'{" by " + norm + " NME" if norm else ""}\n'
-    'green ● ground truth, red × prediction, yellow: error',
+    'green ● ground truth, red × prediction, yellow: error'
+    + (' (labelled points only)' if overlay.get('labelled') is not None else ''),
     fontsize=10,
   )
-  fig.savefig(path, dpi=100)
+  return fig
+
+
+def plot_overlays(overlay: dict[str, Any], path: str, norm: str = '') -> None:
+  """The best and worst faces, one row each: ground truth (green), prediction (red), errors, at
+  the labelled points (`overlay['labelled']`, when the split has unlabelled ones)."""
+  overlay_figure(overlay, norm).savefig(path, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,49 @@ def test_no_flip_and_visibility(tmp_path):
   assert 'plain (no flip_permutation' in meta['pca_fit']
 
 
+@pytest.mark.parametrize('flip', [[1, 0, 2, 4, 3], None])
+def test_unlabelled_points_in_the_asm(tmp_path, monkeypatch, flip):
+  """COCO v = 0 on point 0 of train0 and point 3 of test1: every ASM fit shape (plain and
+  augmented copies, flipped ones re-indexed by π = (1 0 2 4 3); without π the plain faces only)
+  is passed with its mask (the masked index holds the stand-in, the labelled points' mean, which
+  every affine map keeps), the fit imputes them, and the stored soft landmarks are the masked
+  projection."""
+  from fkd.data import asm, face_builder
+
+  data = tiny_folder(tmp_path, 'coco', n=5, flip_permutation=flip)
+  for split, face, point in (('train', 0, 0), ('test', 1, 3)):
+    p = data / split / 'annotations.json'
+    coco = json.loads(p.read_text())
+    coco['annotations'][face]['keypoints'][3 * point + 2] = 0
+    p.write_text(json.dumps(coco))
+  seen = []
+  fit_pcas = face_builder.fit_pcas
+  monkeypatch.setattr(
+    face_builder, 'fit_pcas', lambda s, a, m=None: seen.append((s, m)) or fit_pcas(s, a, m)
+  )
+  build.build('folder', str(data), str(tmp_path / 'tfds'), crop_size=32)
+  ((shapes, mask),) = seen
+  copies = 6 if flip else 1  # F = 6 shapes per face (300W's augmentation constants)
+  assert shapes.shape == (2 * copies, 5, 2) and mask.shape == (2 * copies, 5)
+  assert (~mask).sum() == copies and np.all((~mask).sum(axis=1) <= 1)
+  flipped = 0
+  for pts, m in zip(shapes, mask, strict=True):
+    if not m.all():
+      np.testing.assert_allclose(pts[~m][0], pts[m].mean(axis=0), atol=1e-3)
+      flipped += int(not m[1])
+  assert flipped == (3 if flip else 0)  # copies 0, 2, 4 of the augmented five are flipped
+  b = build.make_builder('folder', str(tmp_path / 'tfds'), manual_dir=str(data), crop_size=32)
+  meta = b.info.metadata
+  assert f'the unlabelled points of {copies} of the {2 * copies} shapes imputed' in meta['pca_fit']
+  for split in ('train', 'test'):
+    for e in helpers.examples_by_file(b, split).values():
+      labelled = np.asarray(e['visibility']) > 0
+      for key, d in meta['pca'].items():
+        pca = asm.PCAModel.from_dict(d)
+        want = asm.asm_project(pca, np.asarray(e['landmarks'], np.float64), labelled=labelled)
+        np.testing.assert_allclose(e['soft_landmarks'][key], want, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real 300W files: every format gives ibug_300w's crops, landmarks and soft landmarks.
 

@@ -174,9 +174,15 @@ Build with
     # No flip permutation: the flipped copies of 'augmented' / 'plain_plus_flips' are undefined.
     cfg = self.builder_config
     fit = np.stack([lm for _, _, _, lm in train])
+    n = self.builder_config.num_landmarks
+    labelled = np.stack([self._face_mask(face, n) for face, _, _, _ in train])
     note = (
       f'plain (no flip_permutation, so no flipped copies; asm_fit_set={cfg.asm_fit_set} not '
       f'applied): {len(fit)} shapes from the {len(train)} train faces, crop frame '
-      f'({cfg.crop_size} px), pixel space, no Procrustes'
+      f'({cfg.crop_size} px), pixel space, no Procrustes{face_builder.imputed_note(labelled)}'
     )
-    return face_builder.fit_pcas(fit, face_builder.ASM_ACCS), note
+    return face_builder.fit_pcas(fit, face_builder.ASM_ACCS, labelled), note
+
+  def _labelled(self, face):
+    v = face.extras.get('visibility')
+    return None if v is None or np.all(v > 0) else np.asarray(v) > 0
