@@ -183,6 +183,18 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out
 
 
+def warp(image: np.ndarray, a: np.ndarray, size: int, fill: str = 'zeros') -> np.ndarray:
+  """uint8 (H, W, 3) -> the size x size crop of the 2x3 affine `a` (`crops.warp`, bilinear),
+  black outside the image, or with fill='reflect' the image padded by size // 2 mirrored pixels
+  (numpy's 'reflect': the edge pixel not repeated) and `a` moved onto the padded frame."""
+  if fill == 'reflect':
+    pad = size // 2
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+    a_pad = a @ np.array([[1.0, 0.0, -pad], [0.0, 1.0, -pad], [0.0, 0.0, 1.0]])
+    return np.asarray(crops.warp(Image.fromarray(padded), a_pad, size))
+  return np.asarray(crops.warp(Image.fromarray(image), a, size))
+
+
 def augment_kd(
   image: np.ndarray,
   landmarks: np.ndarray,
@@ -252,11 +264,5 @@ def augment_kd_flipped(
     flip_permutation=flip_permutation,
     box_jitter=jitter,
   )
-  if fill == 'reflect':
-    pad = size // 2
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
-    a_pad = a @ np.array([[1.0, 0.0, -pad], [0.0, 1.0, -pad], [0.0, 0.0, 1.0]])
-    out = np.asarray(crops.warp(Image.fromarray(padded), a_pad, size))
-  else:
-    out = np.asarray(crops.warp(Image.fromarray(image), a, size))
+  out = warp(image, a, size, fill)
   return (photometric(out, rng) if photometric_noise else out), points, flip
