@@ -5,6 +5,7 @@ alike; 'zeros' (the default) keeps the batches of the code before the option exi
 import hashlib
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,6 +52,15 @@ def _translated(image: np.ndarray, k: int, fill: str) -> tuple[np.ndarray, np.nd
   )
 
 
+# `device_augment.draw`'s parameters of one face, no rotation, flip, jitter or photometric change.
+_PARAMS = {
+  'plain': jnp.zeros(1, bool),
+  'flip': jnp.zeros(1, bool),
+  'angle': jnp.zeros(1),
+  'jitter': jnp.zeros((1, 4)),
+}
+
+
 @pytest.mark.parametrize('k', sorted(SOURCE_INDEX))
 def test_reflect_mirrors_the_crop_without_repeating_the_edge(k):
   img = _ramp()
@@ -62,6 +72,9 @@ def test_reflect_mirrors_the_crop_without_repeating_the_edge(k):
   a = np.array([[1.0, 0.0, -k], [0.0, 1.0, -k]])
   device = da.warp(jnp.asarray(img, jnp.float32), jnp.asarray(a, jnp.float32), N, 'reflect')
   np.testing.assert_array_equal(np.asarray(device), want)
+  aug = da.Augmentation('kd', (0, 1), margin=0.0, photometric=False, fill='reflect')
+  batch = jax.jit(lambda x, p, q: da.apply(x, p, q, aug))(img[None], _landmarks(k)[None], _PARAMS)
+  np.testing.assert_array_equal(np.asarray(batch[0][0]), want)  # the batched program's warp
   # 'zeros': black where the source index leaves the image, the same pixels elsewhere.
   inside = (np.arange(N) + k >= 0) & (np.arange(N) + k < N)
   zeros = np.where((inside[:, None] & inside[None, :])[..., None], want, 0)
