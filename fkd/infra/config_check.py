@@ -141,6 +141,11 @@ def check(config: Any, device_count: int, model_names: list[str], process_count:
   one_of('data.augment', d.augment, AUGMENTS)
   one_of('data.augment_on', d.get('augment_on', 'auto'), AUGMENT_ON)
   one_of('data.augment_fill', d.get('augment_fill', 'zeros'), AUGMENT_FILLS)
+  if d.get('augment_fill', 'zeros') != 'zeros' and d.augment != 'kd':
+    raise FkdError(
+      f"config.data.augment_fill={d.augment_fill!r} needs config.data.augment='kd' (only its warp "
+      f'reaches past the stored crop), got augment {d.augment!r}'
+    )
   count_or_all('data.max_train_examples', d.max_train_examples)
   count_or_all('data.max_eval_examples', d.max_eval_examples)
   non_negative_int('data.num_workers', d.num_workers)

@@ -145,8 +145,14 @@ def test_a_bad_value_is_a_one_line_error():
     with pytest.raises(FkdError) as e:
       check()
     assert str(e.value) == message
-  with pytest.raises(FkdError, match=r"augment_fill='reflect' needs config.data.augment='kd'"):
+  needs = r"augment_fill='reflect' needs config.data.augment='kd'"
+  with pytest.raises(FkdError, match=needs):
     pipeline.train_batch(None, 'train', 4, 0, 0, 'flip', augment_fill='reflect')
+  config.data.augment, config.data.augment_fill = 'kd', 'reflect'
+  config_check.check(config, 1, models.model_names())
+  config.data.augment = 'flip'
+  with pytest.raises(FkdError, match=needs):  # before anything trains
+    config_check.check(config, 1, models.model_names())
 
 
 @pytest.mark.parametrize(
@@ -176,3 +182,23 @@ def test_device_reflect_matches_the_host(angle, flip, jitter):
   assert diff.max() <= 1.0 and diff.mean() < 0.6, (diff.max(), diff.mean())
   assert host[outside].mean() > 20  # image content, not black
   np.testing.assert_array_equal(augment.warp(img, a, s)[outside], 0)
+
+
+def test_the_flip_pre_stage_leaves_the_kd_options_to_the_real_stages():
+  """configs/kd.py:300w,cpu pre-trains on synthetic faces with flips only: box_noise and
+  augment_fill=reflect (options of 'kd') stay with the real-data stages instead of failing the
+  pre-stage's config check."""
+  from fkd import config_lib, models
+  from fkd.infra import config_check
+  from fkd.training import prestage
+
+  config = config_lib.load(str(pathlib.Path(__file__).parents[2] / 'configs' / 'kd.py'), '300w,cpu')
+  config.data.box_noise, config.data.augment_fill = (0.06, 0.05, 0.1, 0.1), 'reflect'
+  sub = prestage.pretrain_config(config)
+  assert sub.data.augment == 'flip' and sub.stages
+  assert tuple(sub.data.box_noise) == () and sub.data.augment_fill == 'zeros'
+  config_check.check(sub, 1, models.model_names())
+  assert config.data.augment_fill == 'reflect'  # the real stages keep them
+  config.pretrain.augment = 'kd'
+  sub = prestage.pretrain_config(config)
+  assert sub.data.augment_fill == 'reflect' and tuple(sub.data.box_noise) == (0.06, 0.05, 0.1, 0.1)
