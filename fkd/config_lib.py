@@ -129,6 +129,10 @@ def common(
       # widths / heights and (log sx, log sy), as a detector's calibrated box misses it
       # (fkd.serve.box_calibration records its residuals); () = the exact box.
       box_noise=(),
+      # augment='kd' only: what an augmented crop shows past the stored crop (rotation corners,
+      # a box_noise re-crop beyond the stored margin): 'zeros' (black, method.md §2.2 step 1) or
+      # 'reflect' (the crop mirrored at its edges: no black border marking the landmark box).
+      augment_fill='zeros',
       # Where augment='kd' / 'flip' run: 'device' (a jitted batched program before each train
       # step, fkd.data.device_augment; the host only gathers crops) or 'host' (NumPy / PIL on
       # num_workers threads: the random stream of runs before the device one); 'auto': the

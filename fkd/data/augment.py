@@ -10,8 +10,9 @@ Two entry points:
 Geometry of one augmented copy (method.md §2.2 steps 2–6, with the fkd default of rotating about
 the landmark-box centre): optional horizontal flip with the dataset permutation, rotation by
 θ ~ U(−max_angle, max_angle) rad, crop to the rotated landmark extent ± margin, anisotropic resize
-to size × size. Everything outside the source is black (the original zero-pads by 448 px). Pixel
-centres are at integers (method.md §1.2) and one affine maps pixels and landmarks alike.
+to size × size. Everything outside the source is black (the original zero-pads by 448 px), or,
+with `fill='reflect'`, the source mirrored at its edges (`FILLS`). Pixel centres are at integers
+(method.md §1.2) and one affine maps pixels and landmarks alike.
 """
 
 from __future__ import annotations
@@ -23,12 +24,24 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from fkd.data import crops
+from fkd.errors import FkdError
 
 # Copies per training face in the offline original (method.md §2.2): plain crop + F − 1 augmented.
 COPIES = {'300w': 6, 'cofw': 10, 'wflw': 5}
 # WFLW extra copies per attribute flag (pose, expression, illumination, make-up, occlusion, blur).
 WFLW_EXTRA_COPIES = (20, 7, 2, 2, 8, 2)
 PAD = 448  # zero padding of the original, which sets COFW's 0.005·H_padded margin
+# What an augmented crop shows where it reaches past the stored crop (config.data.augment_fill):
+# 'zeros' black, as the original's zero padding; 'reflect' the crop mirrored at its edges (edge
+# pixels not repeated, numpy's 'reflect'), so a box-noise re-crop's border does not mark where the
+# stored crop, and so the landmark box, ends (a detector's crop of a photo has real context there).
+FILLS = ('zeros', 'reflect')
+
+
+def check_fill(fill: str) -> None:
+  """A one-line FkdError unless `fill` is one of `FILLS`."""
+  if fill not in FILLS:
+    raise FkdError(f'config.data.augment_fill must be one of {", ".join(FILLS)}, got {fill!r}')
 
 
 def num_copies(dataset: str, attributes: Sequence[bool] | None = None) -> int:
@@ -170,6 +183,18 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out
 
 
+def warp(image: np.ndarray, a: np.ndarray, size: int, fill: str = 'zeros') -> np.ndarray:
+  """uint8 (H, W, 3) -> the size x size crop of the 2x3 affine `a` (`crops.warp`, bilinear),
+  black outside the image, or with fill='reflect' the image padded by size // 2 mirrored pixels
+  (numpy's 'reflect': the edge pixel not repeated) and `a` moved onto the padded frame."""
+  if fill == 'reflect':
+    pad = size // 2
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+    a_pad = a @ np.array([[1.0, 0.0, -pad], [0.0, 1.0, -pad], [0.0, 0.0, 1.0]])
+    return np.asarray(crops.warp(Image.fromarray(padded), a_pad, size))
+  return np.asarray(crops.warp(Image.fromarray(image), a, size))
+
+
 def augment_kd(
   image: np.ndarray,
   landmarks: np.ndarray,
@@ -198,6 +223,7 @@ def augment_kd_flipped(
   plain_prob: float = 0.0,
   photometric_noise: bool = True,
   box_noise: Sequence[float] = (),
+  fill: str = 'zeros',
 ) -> tuple[np.ndarray, np.ndarray, bool]:
   """One online KD-Loss augmentation of a square face crop, and whether the copy was flipped (a
   per-point mask of unlabelled points follows the flip's re-indexing, `schemes.flip_mask`).
@@ -215,10 +241,13 @@ def augment_kd_flipped(
     box_noise: () or the standard deviations (dx, dy, log sx, log sy) of a Gaussian box jitter
       (`geometry`'s `box_jitter`), so the model learns the crops a calibrated detector box gives;
       drawn only when set, so runs without it keep their random stream.
+    fill: what lies outside the crop (`FILLS`): 'zeros' (method.md §2.2 step 1) or 'reflect'
+      (the crop padded by size // 2 mirrored pixels before the warp; same random stream).
 
   Returns:
     (image uint8 (S, S, 3), landmarks float32 (N, 2), flipped).
   """
+  check_fill(fill)
   size = image.shape[0]
   if rng.random() < plain_prob:
     return image, np.asarray(landmarks, np.float32), False
@@ -235,5 +264,5 @@ def augment_kd_flipped(
     flip_permutation=flip_permutation,
     box_jitter=jitter,
   )
-  out = np.asarray(crops.warp(Image.fromarray(image), a, size))
+  out = warp(image, a, size, fill)
   return (photometric(out, rng) if photometric_noise else out), points, flip

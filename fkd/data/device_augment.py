@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fkd.data import asm, schemes
+from fkd.data import asm, augment, schemes
 
 STREAM = 0x6B64  # keeps the augmentation's keys apart from the train step's dropout keys
 MODES = ('kd', 'flip', 'none')
@@ -47,6 +47,7 @@ class Augmentation:
   margin: re-crop margin around the rotated landmark extent, in crop pixels.
   box_noise: () or the standard deviations (dx, dy, log sx, log sy) of the box jitter
     (`fkd.data.augment.geometry`'s `box_jitter`).
+  fill: what the warp shows past the stored crop, `fkd.data.augment.FILLS` ('zeros': black).
   """
 
   mode: str
@@ -56,10 +57,12 @@ class Augmentation:
   max_angle: float = 0.5
   box_noise: tuple[float, ...] = ()
   photometric: bool = True
+  fill: str = 'zeros'
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f'augmentation mode must be one of {MODES}, got {self.mode!r}')
+    augment.check_fill(self.fill)
 
 
 def example_keys(seed: Any, step: Any, index: jax.Array) -> jax.Array:
@@ -169,22 +172,37 @@ def geometry(
   return a, _affine(a, p)
 
 
-def warp(image: jax.Array, a: jax.Array, size: int) -> jax.Array:
+def _reflect(i: jax.Array, n: int) -> jax.Array:
+  """Indices in [−(n − 1), 2(n − 1)] mapped into [0, n − 1] as numpy's 'reflect' pads (the edge
+  pixel not repeated): i < 0 -> −i, i > n − 1 -> 2(n − 1) − i."""
+  return jnp.where(i < 0, -i, jnp.where(i > n - 1, 2 * (n - 1) - i, i))
+
+
+def warp(image: jax.Array, a: jax.Array, size: int, fill: str = 'zeros') -> jax.Array:
   """Bilinear resampling of a float (H, W, C) image into the size x size crop of affine `a`,
   as `fkd.data.crops.warp` (PIL): each output centre mapped back, pixel centres at integers,
-  black where it falls outside [−½, W − ½), edge pixels repeated within that band."""
+  black where it falls outside [−½, W − ½), edge pixels repeated within that band.
+
+  fill='reflect': as `fkd.data.augment`'s warp of the image padded by size // 2 mirrored pixels
+  (numpy's 'reflect'): the band and the neighbour clipping are the padded image's, and each
+  neighbour index is mirrored back into the image (a gather of the unpadded image)."""
   h, w = image.shape[:2]
+  pad = size // 2 if fill == 'reflect' else 0
+  if pad > min(h, w) - 1:  # one reflection reaches only n − 1 pixels past the edge
+    raise ValueError(f'reflect padding {pad} needs an image of at least {pad + 1} pixels')
   det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
   inv = jnp.stack([jnp.stack([a[1, 1], -a[0, 1]]), jnp.stack([-a[1, 0], a[0, 0]])]) / det
   t = -(inv[:, 0] * a[0, 2] + inv[:, 1] * a[1, 2])
   o = jnp.arange(size, dtype=jnp.float32)
   x = inv[0, 0] * o[None, :] + inv[0, 1] * o[:, None] + t[0]
   y = inv[1, 0] * o[None, :] + inv[1, 1] * o[:, None] + t[1]
-  inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+  inside = (x >= -0.5 - pad) & (x < w - 0.5 + pad) & (y >= -0.5 - pad) & (y < h - 0.5 + pad)
   x0, y0 = jnp.floor(x), jnp.floor(y)
   fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-  xi = [jnp.clip(x0 + d, 0, w - 1).astype(jnp.int32) for d in (0, 1)]
-  yi = [jnp.clip(y0 + d, 0, h - 1).astype(jnp.int32) for d in (0, 1)]
+  xi = [jnp.clip(x0 + d, -pad, w - 1 + pad).astype(jnp.int32) for d in (0, 1)]
+  yi = [jnp.clip(y0 + d, -pad, h - 1 + pad).astype(jnp.int32) for d in (0, 1)]
+  if pad:
+    xi, yi = [_reflect(i, w) for i in xi], [_reflect(i, h) for i in yi]
   flat = image.reshape(h * w, -1)
   at = lambda yy, xx: jnp.take(flat, yy * w + xx, axis=0)
   top = at(yi[0], xi[0]) * (1 - fx) + at(yi[0], xi[1]) * fx
@@ -284,7 +302,7 @@ def apply(
   per_example = lambda v: v[:, None, None, None]
   if aug.mode == 'flip':
     return jnp.where(per_example(params['flip']), images[:, :, ::-1], images), out_points
-  x = jax.vmap(lambda im, m: warp(im.astype(jnp.float32), m, size))(images, a)
+  x = jax.vmap(lambda im, m: warp(im.astype(jnp.float32), m, size, aug.fill))(images, a)
   x = jnp.round(x)
   if aug.photometric:
     keys = jax.vmap(jax.random.wrap_key_data)(params['noise'])

@@ -380,12 +380,14 @@ def _augment_kd(
   rngs: list[np.random.Generator],
   box_noise: Sequence[float] = (),
   labelled: np.ndarray | None = None,
+  fill: str = 'zeros',
 ):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
 
   `labelled` (B, N): the per-point mask, returned re-indexed where a copy was flipped (else
   None). The crop box needs no mask: an unlabelled point's stand-in is the mean of the labelled
-  points, inside their extent, under every affine map.
+  points, inside their extent, under every affine map. `fill`: config.data.augment_fill
+  (`augment.FILLS`).
 
   The offline original stores F copies per face: the plain crop and F − 1 augmented ones (F from
   `augment.num_copies`, WFLW adds copies per attribute flag). Online, each draw is the plain crop
@@ -410,6 +412,7 @@ def _augment_kd(
       plain_prob=1.0 / copies,
       flip_prob=0.5 if data.can_flip else 0.0,
       box_noise=box_noise,
+      fill=fill,
     )
     if flipped and out_labelled is not None:
       out_labelled[i] = schemes.flip_mask(labelled[i], data.flip_permutation)
@@ -522,10 +525,13 @@ def train_batch(
   process_count: int = 1,
   box_noise: Sequence[float] = (),
   augment_on: str = 'host',
+  augment_fill: str = 'zeros',
 ) -> dict[str, np.ndarray]:
   """This process's share of global batch `step`, a pure function of (seed, step).
 
   `box_noise` (config.data.box_noise, `augment='kd'` only): the box jitter of `augment.augment_kd`.
+  `augment_fill` (config.data.augment_fill, `augment.FILLS`; 'reflect' with `augment='kd'` only):
+  what an augmented crop shows past the stored crop.
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3, from the labelled points only
@@ -546,6 +552,14 @@ def train_batch(
     raise FkdError(
       "config.data.box_noise needs config.data.augment='kd' and 4 standard deviations >= 0 "
       f'(dx, dy, log sx, log sy), got {box_noise} with augment {augment!r}'
+    )
+  from fkd.data import augment as augment_lib
+
+  augment_lib.check_fill(augment_fill)
+  if augment_fill != 'zeros' and augment != 'kd':
+    raise FkdError(
+      f"config.data.augment_fill={augment_fill!r} needs config.data.augment='kd' (only its warp "
+      f'reaches past the stored crop), got augment {augment!r}'
     )
   train = data.splits[split]
   per_epoch = steps_per_epoch(num_examples(train), batch_size)
@@ -584,7 +598,7 @@ def train_batch(
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
     images, points, labelled = _augment_kd(
-      data, train, idx, images, points, rngs, box_noise, labelled
+      data, train, idx, images, points, rngs, box_noise, labelled, augment_fill
     )
   elif augment != 'none':
     raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
@@ -630,7 +644,9 @@ def _device_inputs(
   return batch
 
 
-def device_augmentation(data: Data, augment: str, box_noise: Sequence[float] = ()) -> Any:
+def device_augmentation(
+  data: Data, augment: str, box_noise: Sequence[float] = (), augment_fill: str = 'zeros'
+) -> Any:
   """The `fkd.data.device_augment.Augmentation` of `train_batch(augment_on='device')`'s batches:
   the host path's constants (the 3 px re-crop margin at 224², scaled to the resolution)."""
   from fkd.data import device_augment
@@ -641,6 +657,7 @@ def device_augmentation(data: Data, augment: str, box_noise: Sequence[float] = (
     can_flip=bool(data.can_flip),
     margin=_online_margin(data),
     box_noise=tuple(float(v) for v in box_noise),
+    fill=augment_fill,
   )
 
 

@@ -16,6 +16,7 @@ from fkd.errors import FkdError
 SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
 AUGMENT_ON = ('auto', 'device', 'host')
+AUGMENT_FILLS = ('zeros', 'reflect')  # fkd.data.augment.FILLS (infra cannot import it)
 TARGET_SPACES = ('normalized', 'pixel')
 CPU_KERNELS = ('auto', 'native', 'xla')  # fkd.models.native.CPU_KERNELS (infra cannot import it)
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -139,6 +140,12 @@ def check(config: Any, device_count: int, model_names: list[str], process_count:
   one_of('data.target_space', d.target_space, TARGET_SPACES)
   one_of('data.augment', d.augment, AUGMENTS)
   one_of('data.augment_on', d.get('augment_on', 'auto'), AUGMENT_ON)
+  one_of('data.augment_fill', d.get('augment_fill', 'zeros'), AUGMENT_FILLS)
+  if d.get('augment_fill', 'zeros') != 'zeros' and d.augment != 'kd':
+    raise FkdError(
+      f"config.data.augment_fill={d.augment_fill!r} needs config.data.augment='kd' (only its warp "
+      f'reaches past the stored crop), got augment {d.augment!r}'
+    )
   count_or_all('data.max_train_examples', d.max_train_examples)
   count_or_all('data.max_eval_examples', d.max_eval_examples)
   non_negative_int('data.num_workers', d.num_workers)

@@ -90,6 +90,7 @@ def augment_program(config: Any, batch: int, method: Any) -> Program:
     tuple(range(n)),
     margin=3.0 * size / 224.0,
     box_noise=tuple(float(v) for v in config.data.get('box_noise', ())),
+    fill=config.data.get('augment_fill', 'zeros'),
   )
   pca = None
   if method.soft_targets(config) is not None:

@@ -50,6 +50,9 @@ def pretrain_config(config: Any) -> Any:
     sub.data.allow_partial = False
     sub.data.eval_splits = ('test',)
     sub.data.augment = pc.augment
+    if pc.augment != 'kd':  # options of the real data's 'kd' augmentation: none here
+      sub.data.box_noise = ()
+      sub.data.augment_fill = 'zeros'
     sub.data.max_train_examples = -1
     sub.data.max_eval_examples = -1
     sub.train = copy.deepcopy(pc.student_train)

@@ -448,7 +448,12 @@ def resolve_augment_on(value: str) -> str:
 def augment_batch_fn(config: Any, data: ip.Data, mesh: jax.sharding.Mesh):
   """The jitted (sharded batch, seed, step) -> augmented batch of `config.data.augment_on=
   'device'` (`fkd.data.device_augment`), its outputs sharded as the batch."""
-  aug = ip.device_augmentation(data, config.data.augment, config.data.get('box_noise', ()))
+  aug = ip.device_augmentation(
+    data,
+    config.data.augment,
+    config.data.get('box_noise', ()),
+    config.data.get('augment_fill', 'zeros'),
+  )
   return jax.jit(
     device_augment.make_augment(aug, data.pca), out_shardings=sharding.batch_sharded(mesh)
   )
@@ -776,6 +781,7 @@ def train_stage(
         jax.process_count(),
         config.data.get('box_noise', ()),
         augment_on=augment_on,
+        augment_fill=config.data.get('augment_fill', 'zeros'),
       ),
       jax.local_device_count(),
     )

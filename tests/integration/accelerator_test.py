@@ -110,12 +110,15 @@ def test_accelerator_formulation_on_8_devices_matches_one():
     np.testing.assert_allclose(many[key], one[key], rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize('fill', ['zeros', 'reflect'])
 @pytest.mark.parametrize('platform', ['tpu', 'cuda'])
-def test_device_augmentation_lowers_without_custom_calls(platform):
-  """The KD augmentation with box jitter and ASM soft landmarks, as the trainer runs it."""
+def test_device_augmentation_lowers_without_custom_calls(platform, fill):
+  """The KD augmentation with box jitter and ASM soft landmarks, as the trainer runs it, with
+  each config.data.augment_fill."""
   config = config_lib.load(os.path.join(REPO, 'configs', 'kd.py'), 'tiny')
   config.data.augment = 'kd'
   config.data.box_noise = (0.06, 0.05, 0.1, 0.1)
+  config.data.augment_fill = fill
   built = programs.build(config, train_batch=4)
   augment = [p for p in built if p.kind == 'augment']
   assert [p.name for p in augment] == ['augment'] and augment[0].images == 4
