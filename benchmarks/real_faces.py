@@ -152,6 +152,21 @@ LEVERS: dict[str, dict] = {
     pretrain='base',
     teachers='base',
   ),
+  'photo_crops': dict(
+    doc='every stage on crops jittered like detector boxes (box_noise at the residuals) with '
+    'the stored crop padded by reflection (augment_fill=reflect, no black border at the true box)',
+    args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)', '--config.data.augment_fill=reflect'],
+    pretrain='base',
+  ),
+  'photo_crops_steps_x2': dict(
+    doc='photo_crops with the student fine-tuned 1200 steps instead of 600',
+    args=[
+      '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
+      '--config.data.augment_fill=reflect',
+      '--config.train.num_steps=1200',
+    ],
+    pretrain='base',
+  ),
   'box_noise_half': dict(
     doc='box_noise at half the residuals (centre 0.03 / 0.025 box, log size 0.05)',
     args=['--config.data.box_noise=(0.03, 0.025, 0.05, 0.05)'],
