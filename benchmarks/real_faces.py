@@ -95,12 +95,33 @@ def assemble(manual: pathlib.Path, fold: str) -> dict[str, int]:
 # lives in ROOT/pretrain/<name>), `teachers` the lever whose finished teachers of the same fold it
 # reuses (the lever changes only the student stage). Reuse only skips recomputing identical stages.
 
+# Levers measured before photo crops were adopted (box_noise, reflect fill, 1200 student steps)
+# keep the former crops (`EXACT_CROPS`, added to their overrides after the table) and the teachers
+# of `exact_crops`, the former base, so that each reproduces the figure given for it.
+EXACT_CROPS = [
+  '--config.data.box_noise=()',
+  '--config.data.augment_fill=zeros',
+  '--config.train.num_steps=600',
+]
+PHOTO_CROPS = (
+  'base',
+  'photo_crops',
+  'photo_crops_steps_x2',
+  'photo_crops_1.5_steps_x2',
+  'photo_crops_1.5',
+)
+
 # Levers measured when the config was at 64² (before `res96` was adopted) keep that resolution
 # (`AT_64`) and the 64² pre-stage, so that each reproduces the figure the README gives for it.
 AT_64 = ['--config.data.image_size=64']
 
 LEVERS: dict[str, dict] = {
   'base': dict(doc='configs/kd.py:300w,cpu as committed (96²)', args=[], pretrain='base'),
+  'exact_crops': dict(
+    doc='the config before photo crops: exact landmark-box crops, black fill, 600 student steps',
+    args=[],  # EXACT_CROPS, added below
+    pretrain='base',
+  ),
   'seed1': dict(
     doc='base at seed 1 for every stage, its own pre-stage included (seed noise)',
     args=['--config.seed=1'],
@@ -155,13 +176,37 @@ LEVERS: dict[str, dict] = {
   'photo_crops': dict(
     doc='every stage on crops jittered like detector boxes (box_noise at the residuals) with '
     'the stored crop padded by reflection (augment_fill=reflect, no black border at the true box)',
-    args=['--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)', '--config.data.augment_fill=reflect'],
+    args=[
+      '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
+      '--config.data.augment_fill=reflect',
+      '--config.train.num_steps=600',
+    ],
     pretrain='base',
   ),
   'photo_crops_steps_x2': dict(
     doc='photo_crops with the student fine-tuned 1200 steps instead of 600',
     args=[
       '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
+      '--config.data.augment_fill=reflect',
+      '--config.train.num_steps=1200',
+    ],
+    pretrain='base',
+    teachers='photo_crops',
+  ),
+  'photo_crops_1.5_steps_x2': dict(
+    doc='photo_crops_steps_x2 with the student at 1.5x the residuals (teachers of photo_crops)',
+    args=[
+      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
+      '--config.data.augment_fill=reflect',
+      '--config.train.num_steps=1200',
+    ],
+    pretrain='base',
+    teachers='photo_crops',
+  ),
+  'photo_crops_1.5': dict(
+    doc='every stage at 1.5x the residuals with reflect fill, the student 1200 steps',
+    args=[
+      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
       '--config.data.augment_fill=reflect',
       '--config.train.num_steps=1200',
     ],
@@ -239,6 +284,19 @@ LEVERS: dict[str, dict] = {
     pretrain='res64',
   ),
 }
+
+
+def _with_exact_crops(args: list[str]) -> list[str]:
+  """EXACT_CROPS, then the lever's own overrides (a key the lever sets is not repeated)."""
+  own = {a.split('=', 1)[0] for a in args}
+  return [a for a in EXACT_CROPS if a.split('=', 1)[0] not in own] + args
+
+
+for _name, _lever in LEVERS.items():
+  if _name not in PHOTO_CROPS:
+    _lever['args'] = _with_exact_crops(_lever['args'])
+    if _lever.get('teachers') == 'base':
+      _lever['teachers'] = 'exact_crops'
 
 
 def run_lever(

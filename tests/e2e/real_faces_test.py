@@ -91,3 +91,13 @@ def test_benchmark_levers_are_valid_overrides(monkeypatch):
   assert parsed['base'].data.image_size == 96 and parsed['res64'].data.image_size == 64
   assert parsed['seed1'].seed == 1 and not parsed['no_pretrain'].pretrain.dataset
   assert parsed['teacher_w1'].teacher.kwargs.width == 1.0
+  # The config trains on photo crops; the levers measured before keep the former exact crops.
+  assert parsed['base'].data.box_noise == (0.06, 0.05, 0.1, 0.1)
+  assert parsed['base'].data.augment_fill == 'reflect' and parsed['base'].train.num_steps == 1200
+  for name in ('exact_crops', 'res64', 'real_x2', 'student_steps_x2'):
+    assert parsed[name].data.box_noise == () and parsed[name].data.augment_fill == 'zeros', name
+  assert parsed['exact_crops'].train.num_steps == 600 == parsed['photo_crops'].train.num_steps
+  assert parsed['real_x2'].train.num_steps == 1200 == parsed['student_steps_x2'].train.num_steps
+  assert parsed['box_noise'].data.box_noise == (0.06, 0.05, 0.1, 0.1)
+  assert parsed['box_noise'].data.augment_fill == 'zeros'
+  assert rf.LEVERS['box_noise']['teachers'] == 'exact_crops'

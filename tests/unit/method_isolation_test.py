@@ -26,7 +26,7 @@ HOMONYMS = {
   ('fkd/data/device_augment.py', 'kd'): 'the same augmentation protocol, run on the device',
   ('fkd/infra/config_check.py', 'kd'): 'the augmentation names of config.data.augment',
   ('fkd/serve/predict.py', 'kd'): 'config.data.augment values that mirror faces (flip averaging)',
-  ('fkd/training/prestage.py', 'kd'): "options of config.data.augment='kd' left out of the pre-stage",
+  ('fkd/training/prestage.py', 'kd'): "options of augment='kd' that the pre-stage leaves out",
 }
 
 

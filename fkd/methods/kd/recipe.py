@@ -173,6 +173,14 @@ def cpu_real(c: ml_collections.ConfigDict, dataset: str, runlocal: bool) -> None
   # KD-Loss' augmentation (flip, rotation, re-crop, gamma, noise, blur) on ~100 real faces: flips
   # alone (the `flip_aug` lever) scored clearly worse.
   c.data.augment = 'kd'
+  # Photo crops (issue 34): every real stage trains on crops jittered the way the calibrated face
+  # detector misses the landmark box (the 300-W calibration's fit residuals: centre 0.06 / 0.05 of
+  # the box, log size 0.1; fkd/serve/calibrations/ibug_300w.json), with the stored crop's
+  # surroundings mirrored instead of black, so no border marks the landmark box. On the three
+  # held-out HELEN folds it beat exact crops both without a box (fkd.predict) and with the true box
+  # (the `photo_crops` levers; docs/results/real-faces.md, "Photo crops").
+  c.data.box_noise = (0.06, 0.05, 0.1, 0.1)
+  c.data.augment_fill = 'reflect'
   c.student.kwargs = dict(width=0.5, depth=0.5, bn_momentum=0.99)
   c.teacher.name = 'mobilenet_v2'
   c.teacher.kwargs = dict(width=0.75, depth=0.5, bn_momentum=0.99)
@@ -191,9 +199,11 @@ def cpu_real(c: ml_collections.ConfigDict, dataset: str, runlocal: bool) -> None
       teacher_train=optimizer_config(batch_size=32, num_epochs=0, num_steps=800, lr=2e-3),
     )
   )
-  # Real stages: 600 student steps, 400 per teacher; twice as long (the `real_x2` lever) gave no
-  # gain. Student lr 2e-3, chosen on the tuning fold over two seeds.
-  c.train = optimizer_config(batch_size=32, num_epochs=0, num_steps=600, lr=2e-3)
+  # Real stages: 1200 student steps, 400 per teacher. On the jittered photo crops the student
+  # gains from 1200 steps over 600 on every fold (`photo_crops_steps_x2` against `photo_crops`);
+  # on exact crops twice as long (the `real_x2` lever) gave no gain. Student lr 2e-3, chosen on
+  # the tuning fold over two seeds.
+  c.train = optimizer_config(batch_size=32, num_epochs=0, num_steps=1200, lr=2e-3)
   c.teacher_train = optimizer_config(batch_size=32, num_epochs=0, num_steps=400, lr=1e-3)
   for t in (c.train, c.teacher_train, c.pretrain.student_train, c.pretrain.teacher_train):
     t.schedule = 'cosine'  # warm-up + cosine, as the quick start (short runs)
