@@ -131,7 +131,9 @@ def common(
       box_noise=(),
       # augment='kd' only: what an augmented crop shows past the stored crop (rotation corners,
       # a box_noise re-crop beyond the stored margin): 'zeros' (black, method.md §2.2 step 1) or
-      # 'reflect' (the crop mirrored at its edges: no black border marking the landmark box).
+      # 'reflect' (the crop mirrored at its edges: no black border marking the landmark box) or
+      # 'context' (the face's real surroundings: a dataset built with context images, e.g.
+      # ibug_300w/context).
       augment_fill='zeros',
       # Where augment='kd' / 'flip' run: 'device' (a jitted batched program before each train
       # step, fkd.data.device_augment; the host only gathers crops) or 'host' (NumPy / PIL on

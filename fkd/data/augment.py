@@ -34,8 +34,10 @@ PAD = 448  # zero padding of the original, which sets COFW's 0.005·H_padded mar
 # What an augmented crop shows where it reaches past the stored crop (config.data.augment_fill):
 # 'zeros' black, as the original's zero padding; 'reflect' the crop mirrored at its edges (edge
 # pixels not repeated, numpy's 'reflect'), so a box-noise re-crop's border does not mark where the
-# stored crop, and so the landmark box, ends (a detector's crop of a photo has real context there).
-FILLS = ('zeros', 'reflect')
+# stored crop, and so the landmark box, ends (a detector's crop of a photo has real context there);
+# 'context' the face's real surroundings from the dataset's context image (a builder's `context`),
+# mirrored past its edge.
+FILLS = ('zeros', 'reflect', 'context')
 
 
 def check_fill(fill: str) -> None:
@@ -183,10 +185,29 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return out
 
 
-def warp(image: np.ndarray, a: np.ndarray, size: int, fill: str = 'zeros') -> np.ndarray:
+def context_affine(a: np.ndarray, crop_size: int, context_size: int) -> np.ndarray:
+  """The 2x3 affine `a` of a crop frame moved onto its context image's frame, which is the same
+  scale shifted by (context_size − crop_size) / 2 (a builder's `context`)."""
+  off = (context_size - crop_size) / 2
+  return a @ np.array([[1.0, 0.0, -off], [0.0, 1.0, -off], [0.0, 0.0, 1.0]])
+
+
+def warp(
+  image: np.ndarray,
+  a: np.ndarray,
+  size: int,
+  fill: str = 'zeros',
+  context: np.ndarray | None = None,
+) -> np.ndarray:
   """uint8 (H, W, 3) -> the size x size crop of the 2x3 affine `a` (`crops.warp`, bilinear),
   black outside the image, or with fill='reflect' the image padded by size // 2 mirrored pixels
-  (numpy's 'reflect': the edge pixel not repeated) and `a` moved onto the padded frame."""
+  (numpy's 'reflect': the edge pixel not repeated) and `a` moved onto the padded frame; with
+  fill='context' sampled from `context` (the crop's context image, `context_affine`) as 'reflect'
+  samples the image."""
+  if fill == 'context':
+    if context is None:
+      raise FkdError("augment_fill='context' needs the face's context image")
+    return warp(context, context_affine(a, image.shape[0], context.shape[0]), size, 'reflect')
   if fill == 'reflect':
     pad = size // 2
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
@@ -224,6 +245,7 @@ def augment_kd_flipped(
   photometric_noise: bool = True,
   box_noise: Sequence[float] = (),
   fill: str = 'zeros',
+  context: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
   """One online KD-Loss augmentation of a square face crop, and whether the copy was flipped (a
   per-point mask of unlabelled points follows the flip's re-indexing, `schemes.flip_mask`).
@@ -242,7 +264,10 @@ def augment_kd_flipped(
       (`geometry`'s `box_jitter`), so the model learns the crops a calibrated detector box gives;
       drawn only when set, so runs without it keep their random stream.
     fill: what lies outside the crop (`FILLS`): 'zeros' (method.md §2.2 step 1) or 'reflect'
-      (the crop padded by size // 2 mirrored pixels before the warp; same random stream).
+      (the crop padded by size // 2 mirrored pixels before the warp; same random stream) or
+      'context' (sampled from `context`, mirrored past its edge; same random stream).
+    context: uint8 (K, K, 3), the crop's context image (fill='context'): the same pixel scale,
+      shifted by (K − S) / 2.
 
   Returns:
     (image uint8 (S, S, 3), landmarks float32 (N, 2), flipped).
@@ -264,5 +289,5 @@ def augment_kd_flipped(
     flip_permutation=flip_permutation,
     box_jitter=jitter,
   )
-  out = warp(image, a, size, fill)
+  out = warp(image, a, size, fill, context)
   return (photometric(out, rng) if photometric_noise else out), points, flip

@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--dataset', required=True, help='300w, wflw, cofw, cofw68 or folder')
   p.add_argument('--manual_dir', help='the folder with the manual download')
   p.add_argument('--data_dir', default=None, help="TFDS data_dir (default: TFDS's)")
-  p.add_argument('--config', default=None, help='builder config (cofw: default or cofw68)')
+  p.add_argument(
+    '--config',
+    default=None,
+    help='builder config (300w: default or context; cofw: default or cofw68)',
+  )
   p.add_argument('--crop_size', type=int, default=None, help='face crop size (default 224)')
   p.add_argument('--image_format', choices=('jpeg', 'png'), default=None)
   p.add_argument('--asm_fit_set', choices=('augmented', 'plain_plus_flips', 'plain'), default=None)

@@ -34,7 +34,8 @@ from fkd.data import asm, augment, schemes
 STREAM = 0x6B64  # keeps the augmentation's keys apart from the train step's dropout keys
 MODES = ('kd', 'flip', 'none')
 # Inputs of the augmentation only: consumed here, not passed on to the train step.
-INPUT_KEYS = ('plain_prob', 'index')
+INPUT_KEYS = ('plain_prob', 'index', 'context')
+CONTEXT = 'context'  # fkd.data.pipeline.CONTEXT: uint8 (B, K, K, 3) context images
 LABELLED = 'labelled'  # fkd.data.pipeline.LABELLED: the per-point mask, float32 (B, N)
 
 
@@ -287,9 +288,12 @@ def apply(
   points: jax.Array,
   params: dict[str, jax.Array],
   aug: Augmentation,
+  context: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """A batch with given parameters (`draw` vmapped: each with a leading batch axis): uint8
-  (B, S, S, 3) and (B, N, 2) -> the same, augmented.
+  (B, S, S, 3) and (B, N, 2) -> the same, augmented. fill 'context': the warp samples `context`
+  (uint8 (B, K, K, 3), the crops' context images: the same scale shifted by (K − S) / 2) mirrored
+  past its edge, as `fkd.data.augment.warp`.
 
   Gamma comes last: it is monotone and keeps 0 and 255, so it commutes with salt-and-pepper and
   the median, and the result is that of method.md's order (gamma, noise, blur).
@@ -302,7 +306,14 @@ def apply(
   per_example = lambda v: v[:, None, None, None]
   if aug.mode == 'flip':
     return jnp.where(per_example(params['flip']), images[:, :, ::-1], images), out_points
-  x = jax.vmap(lambda im, m: warp(im.astype(jnp.float32), m, size, aug.fill))(images, a)
+  if aug.fill == 'context':
+    if context is None:
+      raise ValueError("fill='context' needs the batch's context images")
+    off = (context.shape[1] - size) / 2  # augment.context_affine
+    a_context = a.at[:, :, 2].add(-(a[:, :, 0] + a[:, :, 1]) * off)
+    x = jax.vmap(lambda im, m: warp(im.astype(jnp.float32), m, size, 'reflect'))(context, a_context)
+  else:
+    x = jax.vmap(lambda im, m: warp(im.astype(jnp.float32), m, size, aug.fill))(images, a)
   x = jnp.round(x)
   if aug.photometric:
     keys = jax.vmap(jax.random.wrap_key_data)(params['noise'])
@@ -384,16 +395,16 @@ def augment_batch(
 ) -> dict[str, jax.Array]:
   """The augmented batch: 'image' (uint8) and 'landmarks' augmented, 'soft_landmarks' = the ASM
   operator of the new landmarks when `pca` is given (of their labelled points only when the
-  batch has `LABELLED`: `asm_project_masked`), 'plain_prob' / 'index' consumed (absent: 0 and
-  the row number), `LABELLED` (a per-point mask) re-indexed by the flip, every other key passed
-  through unchanged."""
+  batch has `LABELLED`: `asm_project_masked`), 'plain_prob' / 'index' / `CONTEXT` consumed
+  (absent: 0, the row number, no context images), `LABELLED` (a per-point mask) re-indexed by
+  the flip, every other key passed through unchanged."""
   images, points = batch['image'], batch['landmarks']
   n = images.shape[0]
   index = batch.get('index', jnp.arange(n, dtype=jnp.int32))
   plain_prob = batch.get('plain_prob', jnp.zeros((n,), jnp.float32))
   keys = example_keys(seed, step, index)
   params = jax.vmap(lambda k, p: draw(k, p, aug))(keys, plain_prob)
-  out_images, out_points = apply(images, points, params, aug)
+  out_images, out_points = apply(images, points, params, aug, batch.get(CONTEXT))
   out = {k: v for k, v in batch.items() if k not in INPUT_KEYS}
   out['image'], out['landmarks'] = out_images, out_points
   if LABELLED in batch:  # the per-point mask follows the points' re-indexing

@@ -103,6 +103,12 @@ class FaceBuilderConfig(tfds.core.BuilderConfig):
   clip_sigmas: float = 3.0  # method.md §2.3
   asm_fit_set: str = 'augmented'  # 'augmented' | 'plain_plus_flips' | 'plain'
   asm_seed: int = 0
+  # > 0: every example also stores `context_image`, the crop box widened by `context` x its width
+  # and height on each side (not clamped: black past the image), at crop_size x (1 + 2 context)
+  # pixels, so a context pixel is the crop pixel shifted by context x crop_size. Training crops
+  # jittered the way a face detector misses the landmark box then show the face's real
+  # surroundings (config.data.augment_fill='context'), as prediction's crops of a photo do.
+  context: float = 0.0
 
 
 class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -177,6 +183,11 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             }
           ),
           **self._extra_features(),
+          **(
+            {'context_image': tfds.features.Tensor(shape=(), dtype=np.object_)}
+            if self.builder_config.context
+            else {}
+          ),
         }
       ),
       metadata=tfds.core.MetadataDict(),
@@ -257,6 +268,7 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       'official_counts': official,
       'partial': bool(problems),
       'licence': LICENCE,
+      'context': float(cfg.context),
       **self._extra_metadata(),
     }
     if pcas is not None:
@@ -329,9 +341,26 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     m = self._labelled(face)
     return np.ones(n, bool) if m is None else np.asarray(m, bool)
 
-  def _crop_image(self, face: Face, a: np.ndarray) -> Image.Image:
+  def _context_size(self) -> int:
+    """Side of `context_image`: crop_size x (1 + 2 context), which must be a whole number."""
+    cfg = self.builder_config
+    side = cfg.crop_size * (1 + 2 * cfg.context)
+    if cfg.context < 0 or abs(side - round(side)) > 1e-6:
+      raise FkdError(
+        f'{self.name}/{cfg.name}: context={cfg.context} needs crop_size x (1 + 2 context) to be '
+        f'a whole number of pixels >= crop_size; crop_size is {cfg.crop_size}'
+      )
+    return round(side)
+
+  def _context_transform(self, box: np.ndarray) -> np.ndarray:
+    """The 2x3 map original pixels -> `context_image` pixels of a face with crop box `box`."""
+    c = self.builder_config.context
+    pad = c * np.array([box[2] - box[0], box[3] - box[1]])
+    return crops.box_transform(np.concatenate([box[:2] - pad, box[2:] + pad]), self._context_size())
+
+  def _crop_image(self, face: Face, a: np.ndarray, size: int | None = None) -> Image.Image:
     """Anti-aliased crop: JPEG draft and box reduction to within 2x, then bilinear warp."""
-    size = self.builder_config.crop_size
+    size = size or self.builder_config.crop_size
     w, h = face.size
     ratio = min(1 / abs(a[0, 0]), 1 / abs(a[1, 1]))  # source pixels per crop pixel
     r = max(1, int(math.floor(ratio)))
@@ -405,6 +434,15 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             'inter_pupil_original': np.float32(ipd0),
           },
           **face.extras,
+          **(
+            {
+              'context_image': self._encode(
+                self._crop_image(face, self._context_transform(box), self._context_size())
+              )
+            }
+            if cfg.context
+            else {}
+          ),
         },
       )
 

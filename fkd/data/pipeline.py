@@ -49,6 +49,9 @@ class Split:
   # The shards of the split this process holds (train split; see the module docstring).
   shards: range = range(1)
   num_shards: int = 1
+  # (M, K, K, 3) uint8 context images (a builder's `context`, config.data.augment_fill='context'):
+  # the crop's surroundings, K = S (1 + 2 context); context pixel = crop pixel + context x S.
+  context: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.images)
@@ -142,16 +145,35 @@ def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
   return (s * (points + 0.5) - 0.5).astype(np.float32)
 
 
+def context_size(size: int, context: float) -> int:
+  """Side of the context images at model resolution `size`: size x (1 + 2 context), whole."""
+  side = size * (1 + 2 * context)
+  if abs(side - round(side)) > 1e-6:
+    raise FkdError(
+      f"config.data.image_size={size}: the dataset's context images reach {context} x the crop "
+      f'past each side, so image_size x {1 + 2 * context:g} must be a whole number of pixels'
+    )
+  return round(side)
+
+
 def load_split(
-  source: Any, size: int, soft_key: str | None, limit: int = -1, records: range | None = None
+  source: Any,
+  size: int,
+  soft_key: str | None,
+  limit: int = -1,
+  records: range | None = None,
+  context: float = 0.0,
 ) -> Split:
   """Decodes a TFDS data source of square face crops into memory at size x size.
 
-  `records`: which records to read (default: all, or the first `limit`).
+  `records`: which records to read (default: all, or the first `limit`). `context` > 0: also the
+  examples' `context_image` (the builder's `context`), at `context_size(size, context)`.
   """
   if records is None:
     records = range(len(source) if limit <= 0 else min(limit, len(source)))
   images = np.empty((len(records), size, size, 3), np.uint8)
+  side = context_size(size, context) if context else 0
+  context_images = np.empty((len(records), side, side, 3), np.uint8) if context else None
   landmarks, soft, names, attributes, labelled = [], [], [], [], []
   for i, r in enumerate(records):
     ex = source[r]
@@ -164,6 +186,11 @@ def load_split(
       img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     transform = lambda p, s=s: _scale_points(p, s)
     images[i] = np.asarray(img)
+    if context_images is not None:
+      ctx = _decode(ex['context_image'])
+      if ctx.size != (side, side):
+        ctx = ctx.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+      context_images[i] = np.asarray(ctx)
     landmarks.append(transform(points))
     if soft_key is not None:
       soft.append(transform(np.asarray(ex['soft_landmarks'][soft_key], np.float32)))
@@ -180,6 +207,7 @@ def load_split(
     names,
     np.stack(attributes) if attributes else None,
     labelled=np.stack(labelled) if labelled and not np.all(labelled) else None,
+    context=context_images,
   )
 
 
@@ -218,9 +246,18 @@ def load(
 
   `soft_targets`: the ASM variance fraction of the soft landmarks (method.md §2.3) that training
   batches carry, for a method whose stages train on them (`Method.soft_targets`); None: none.
+  The train split carries its context images when config.data.augment_fill is 'context'.
   """
   builder = prepare(config)
   meta = builder.info.metadata or {}
+  context = 0.0
+  if config.data.get('augment_fill', 'zeros') == 'context':
+    context = float(meta.get('context') or 0.0)
+    if context <= 0:
+      raise FkdError(
+        f"config.data.augment_fill='context' needs a dataset built with context images (e.g. "
+        f"config.data.name='ibug_300w/context'); {config.data.name!r} has none"
+      )
   if 'nme_normalizer' in meta:
     resolve_from_dataset(config, meta)
   size = config.data.image_size
@@ -267,7 +304,7 @@ def load(
         flush=True,
       )
     out[name] = dataclasses.replace(
-      load_split(sources[name], size, soft_key, records=records),
+      load_split(sources[name], size, soft_key, records=records, context=context),
       shards=range(process_index * per_process, (process_index + 1) * per_process),
       num_shards=num_shards,
     )
@@ -363,6 +400,8 @@ def _flip(images: np.ndarray, points: np.ndarray, perm: np.ndarray, size: int):
 
 
 LABELLED = 'labelled'  # the batch key of the per-point mask (float32 (B, N), 1 = labelled)
+# The batch key of the context images a device-augmented batch carries (augment_fill 'context').
+CONTEXT = 'context'
 
 
 def _online_margin(data: Data) -> float:
@@ -381,13 +420,14 @@ def _augment_kd(
   box_noise: Sequence[float] = (),
   labelled: np.ndarray | None = None,
   fill: str = 'zeros',
+  context: np.ndarray | None = None,
 ):
   """The online KD-Loss augmentation (method.md §2.2) of every image of a batch.
 
   `labelled` (B, N): the per-point mask, returned re-indexed where a copy was flipped (else
   None). The crop box needs no mask: an unlabelled point's stand-in is the mean of the labelled
   points, inside their extent, under every affine map. `fill`: config.data.augment_fill
-  (`augment.FILLS`).
+  (`augment.FILLS`); `context` (B, K, K, 3): the batch's context images (fill 'context').
 
   The offline original stores F copies per face: the plain crop and F − 1 augmented ones (F from
   `augment.num_copies`, WFLW adds copies per attribute flag). Online, each draw is the plain crop
@@ -413,6 +453,7 @@ def _augment_kd(
       flip_prob=0.5 if data.can_flip else 0.0,
       box_noise=box_noise,
       fill=fill,
+      context=None if context is None else context[i],
     )
     if flipped and out_labelled is not None:
       out_labelled[i] = schemes.flip_mask(labelled[i], data.flip_permutation)
@@ -493,6 +534,7 @@ def take(split: Split, idx: np.ndarray, **kw: Any) -> Split:
     names=[split.names[i] for i in idx],
     attributes=pick(split.attributes),
     labelled=pick(split.labelled),
+    context=pick(split.context),
     **kw,
   )
 
@@ -530,8 +572,10 @@ def train_batch(
   """This process's share of global batch `step`, a pure function of (seed, step).
 
   `box_noise` (config.data.box_noise, `augment='kd'` only): the box jitter of `augment.augment_kd`.
-  `augment_fill` (config.data.augment_fill, `augment.FILLS`; 'reflect' with `augment='kd'` only):
-  what an augmented crop shows past the stored crop.
+  `augment_fill` (config.data.augment_fill, `augment.FILLS`; not 'zeros' with `augment='kd'`
+  only): what an augmented crop shows past the stored crop; 'context' samples the whole crop from
+  the split's context images (`Split.context`), which a device-augmented batch carries as
+  `CONTEXT`.
 
   Returns uint8 'image' and crop-pixel 'landmarks' (ground truth) and 'soft_landmarks' (the ASM
   operator applied to the augmented ground truth, method.md §2.3, from the labelled points only
@@ -574,12 +618,21 @@ def train_batch(
   images = train.images[idx]
   points = train.landmarks[idx]
   labelled = None if train.labelled is None else train.labelled[idx].astype(np.float32)
+  context = None
+  if augment_fill == 'context':
+    if train.context is None:
+      raise FkdError(
+        f"config.data.augment_fill='context': split {split!r} was loaded without context images"
+      )
+    context = train.context[idx]
   if augment_on == 'device':
     if augment not in ('kd', 'flip', 'none'):
       raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")
     batch = _device_inputs(data, train, idx, images, points, augment, process_index * local)
     if labelled is not None:
       batch[LABELLED] = labelled
+    if context is not None:
+      batch[CONTEXT] = context
     return batch
   if augment_on != 'host':
     raise FkdError(f"config.data.augment_on must be 'device' or 'host', got {augment_on!r}")
@@ -598,7 +651,7 @@ def train_batch(
     first = process_index * local
     rngs = [np.random.default_rng([seed, epoch, offset, first + i, 2]) for i in range(len(idx))]
     images, points, labelled = _augment_kd(
-      data, train, idx, images, points, rngs, box_noise, labelled, augment_fill
+      data, train, idx, images, points, rngs, box_noise, labelled, augment_fill, context
     )
   elif augment != 'none':
     raise FkdError(f"config.data.augment must be 'kd', 'flip' or 'none', got {augment!r}")

@@ -16,7 +16,7 @@ from fkd.errors import FkdError
 SCHEDULES = ('inverse_time', 'cosine', 'steps')
 AUGMENTS = ('kd', 'flip', 'none')
 AUGMENT_ON = ('auto', 'device', 'host')
-AUGMENT_FILLS = ('zeros', 'reflect')  # fkd.data.augment.FILLS (infra cannot import it)
+AUGMENT_FILLS = ('zeros', 'reflect', 'context')  # fkd.data.augment.FILLS (infra cannot import it)
 TARGET_SPACES = ('normalized', 'pixel')
 CPU_KERNELS = ('auto', 'native', 'xla')  # fkd.models.native.CPU_KERNELS (infra cannot import it)
 COMPUTE_DTYPES = ('float32', 'bfloat16')

@@ -110,6 +110,8 @@ def augment_program(config: Any, batch: int, method: Any) -> Program:
     'plain_prob': jax.ShapeDtypeStruct((batch,), jnp.float32),
     'index': jax.ShapeDtypeStruct((batch,), jnp.int32),
   }
+  if aug.fill == 'context':  # ibug_300w/context's images: the crop box doubled
+    spec['context'] = jax.ShapeDtypeStruct((batch, 2 * size, 2 * size, 3), jnp.uint8)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   fn = device_augment.make_augment(aug, pca)
   return Program('augment', fn, (spec, scalar, scalar), batch, 'augment')

@@ -53,6 +53,8 @@ def pretrain_config(config: Any) -> Any:
     if pc.augment != 'kd':  # options of the real data's 'kd' augmentation: none here
       sub.data.box_noise = ()
       sub.data.augment_fill = 'zeros'
+    elif sub.data.get('augment_fill') == 'context':  # the pre-stage's data has no context images
+      sub.data.augment_fill = 'reflect'
     sub.data.max_train_examples = -1
     sub.data.max_eval_examples = -1
     sub.train = copy.deepcopy(pc.student_train)

@@ -91,11 +91,17 @@ def test_benchmark_levers_are_valid_overrides(monkeypatch):
   assert parsed['base'].data.image_size == 96 and parsed['res64'].data.image_size == 64
   assert parsed['seed1'].seed == 1 and not parsed['no_pretrain'].pretrain.dataset
   assert parsed['teacher_w1'].teacher.kwargs.width == 1.0
-  # The config trains on photo crops; the levers measured before keep the former exact crops.
+  # The config trains on photo crops cut from context images; the levers measured before keep
+  # their crops: the mirror (photo_crops*) or the former exact crops, of the default build.
   assert parsed['base'].data.box_noise == (0.06, 0.05, 0.1, 0.1)
-  assert parsed['base'].data.augment_fill == 'reflect' and parsed['base'].train.num_steps == 1200
+  assert parsed['base'].data.augment_fill == 'context' and parsed['base'].train.num_steps == 1200
+  assert parsed['base'].data.name == 'ibug_300w/context' == parsed['photo_context'].data.name
+  for name in ('photo_crops', 'photo_crops_steps_x2', 'photo_crops_1.5'):
+    assert parsed[name].data.augment_fill == 'reflect', name
+    assert parsed[name].data.name == 'ibug_300w', name
   for name in ('exact_crops', 'res64', 'real_x2', 'student_steps_x2'):
     assert parsed[name].data.box_noise == () and parsed[name].data.augment_fill == 'zeros', name
+    assert parsed[name].data.name == 'ibug_300w', name
   assert parsed['exact_crops'].train.num_steps == 600 == parsed['photo_crops'].train.num_steps
   assert parsed['real_x2'].train.num_steps == 1200 == parsed['student_steps_x2'].train.num_steps
   assert parsed['box_noise'].data.box_noise == (0.06, 0.05, 0.1, 0.1)

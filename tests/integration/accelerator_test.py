@@ -110,7 +110,7 @@ def test_accelerator_formulation_on_8_devices_matches_one():
     np.testing.assert_allclose(many[key], one[key], rtol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize('fill', ['zeros', 'reflect'])
+@pytest.mark.parametrize('fill', ['zeros', 'reflect', 'context'])
 @pytest.mark.parametrize('platform', ['tpu', 'cuda'])
 def test_device_augmentation_lowers_without_custom_calls(platform, fill):
   """The KD augmentation with box jitter and ASM soft landmarks, as the trainer runs it, with

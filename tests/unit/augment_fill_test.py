@@ -1,7 +1,9 @@
 """config.data.augment_fill (fkd.data.augment.FILLS): what the KD augmentation's warp shows past
 the stored crop. 'reflect' mirrors the crop at its edges (edge pixel not repeated), host and device
-alike; 'zeros' (the default) keeps the batches of the code before the option existed."""
+alike; 'context' samples the face's context image (its real surroundings; mirrored past its own
+edge); 'zeros' (the default) keeps the batches of the code before the option existed."""
 
+import dataclasses
 import hashlib
 import pathlib
 
@@ -129,7 +131,7 @@ def test_a_bad_value_is_a_one_line_error():
   from fkd import config_lib, models
   from fkd.infra import config_check
 
-  message = "config.data.augment_fill must be one of zeros, reflect, got 'mirror'"
+  message = "config.data.augment_fill must be one of zeros, reflect, context, got 'mirror'"
   checks = [
     lambda: pipeline.train_batch(None, 'train', 4, 0, 0, 'kd', augment_fill='mirror'),
     lambda: da.Augmentation('kd', (0, 1), fill='mirror'),
@@ -184,6 +186,87 @@ def test_device_reflect_matches_the_host(angle, flip, jitter):
   np.testing.assert_array_equal(augment.warp(img, a, s)[outside], 0)
 
 
+def _context_ramp() -> np.ndarray:
+  """A 2N x 2N context image (the crop box doubled): pixel (y, x) of channel c holds
+  12 y + x + 100 c (c < 2), or 200 − y − x (c = 2)."""
+  yy, xx = np.mgrid[: 2 * N, : 2 * N]
+  return np.stack([12 * yy + xx, 12 * yy + xx + 100, 200 - yy - xx], -1).astype(np.uint8)
+
+
+# Output pixel j of the crop moved by k reads context pixel j + k + N / 2 (the crop sits at
+# N / 2 = 3 in its context image); past the context's edge numpy's 'reflect' mirrors about the edge
+# pixel (−1 -> 1, −2 -> 2, 2N -> 2N − 2), written out by hand for N = 6.
+CONTEXT_INDEX = {
+  -2: [1, 2, 3, 4, 5, 6],  # 2 px left of / above the crop: real surroundings, no mirror
+  -3: [0, 1, 2, 3, 4, 5],  # the context's own edge
+  -5: [2, 1, 0, 1, 2, 3],  # past it: mirrored
+  3: [6, 7, 8, 9, 10, 11],
+  4: [7, 8, 9, 10, 11, 10],
+}
+
+
+@pytest.mark.parametrize('k', sorted(CONTEXT_INDEX))
+def test_context_samples_the_real_surroundings(k):
+  ctx = _context_ramp()
+  crop = ctx[N // 2 : N // 2 + N, N // 2 : N // 2 + N].copy()  # the stored crop inside it
+  idx = CONTEXT_INDEX[k]
+  want = ctx[idx][:, idx]
+  out, pts = augment.augment_kd(
+    crop, _landmarks(k), np.random.default_rng(0), (0, 1), margin=0.0, max_angle=0.0,
+    flip_prob=0.0, photometric_noise=False, fill='context', context=ctx,
+  )  # fmt: skip
+  np.testing.assert_array_equal(out, want)
+  np.testing.assert_allclose(pts, [[-0.5, -0.5], [N - 0.5, N - 0.5]], atol=1e-5)
+  aug = da.Augmentation('kd', (0, 1), margin=0.0, photometric=False, fill='context')
+  batch = jax.jit(lambda x, p, q, c: da.apply(x, p, q, aug, c))(
+    crop[None], _landmarks(k)[None], _PARAMS, ctx[None]
+  )
+  np.testing.assert_array_equal(np.asarray(batch[0][0]), want)
+  with pytest.raises(FkdError, match='context image'):
+    augment.warp(crop, np.array([[1.0, 0, 0], [0, 1.0, 0]]), N, 'context')
+
+
+def _context_data(n: int = 8, size: int = 48) -> pipeline.Data:
+  """`_data` with context images: each face's crop at the centre of a 2x render of its own
+  surroundings (a random border), so context pixel = crop pixel + size / 2."""
+  data = _data(n, size)
+  split = data.splits['train']
+  rng = np.random.default_rng(3)
+  context = rng.integers(0, 256, (n, 2 * size, 2 * size, 3), dtype=np.uint8)
+  context[:, size // 2 : size // 2 + size, size // 2 : size // 2 + size] = split.images
+  data.splits['train'] = dataclasses.replace(split, context=context)
+  return data
+
+
+def test_context_batches_host_and_device():
+  """The host batch samples the context images (a random border shows where the crop reaches
+  past the stored one); the device inputs carry them and the device program consumes them; a
+  split without context images is a one-line error."""
+  data = _context_data()
+  noise = (0.1, 0.1, 0.2, 0.2)
+  ctx = pipeline.train_batch(data, 'train', 4, 0, 7, 'kd', box_noise=noise, augment_fill='context')
+  ref = pipeline.train_batch(data, 'train', 4, 0, 7, 'kd', box_noise=noise, augment_fill='reflect')
+  np.testing.assert_array_equal(ctx['landmarks'], ref['landmarks'])  # the same random stream
+  assert not np.array_equal(ctx['image'], ref['image'])
+  # Inside the stored crop both show that face: most pixels agree, face by face.
+  diff = np.abs(ctx['image'].astype(int) - ref['image'].astype(int)).reshape(4, -1)
+  assert np.all(np.median(diff, axis=1) == 0), np.median(diff, axis=1)
+  inputs = pipeline.train_batch(
+    data, 'train', 4, 0, 7, 'kd', box_noise=noise, augment_on='device', augment_fill='context'
+  )
+  assert inputs[pipeline.CONTEXT].shape == (4, 96, 96, 3)
+  aug = pipeline.device_augmentation(data, 'kd', noise, 'context')
+  out = jax.jit(da.make_augment(aug))(inputs, 7, 0)
+  assert pipeline.CONTEXT not in out and out['image'].shape == (4, 48, 48, 3)
+  plain = jax.jit(da.make_augment(dataclasses.replace(aug, fill='reflect')))(
+    {k: v for k, v in inputs.items() if k != pipeline.CONTEXT}, 7, 0
+  )
+  np.testing.assert_array_equal(out['landmarks'], plain['landmarks'])
+  assert not np.array_equal(out['image'], plain['image'])  # the context reaches the warp
+  with pytest.raises(FkdError, match='loaded without context images'):
+    pipeline.train_batch(_data(), 'train', 4, 0, 7, 'kd', augment_fill='context')
+
+
 def test_the_flip_pre_stage_leaves_the_kd_options_to_the_real_stages():
   """configs/kd.py:300w,cpu pre-trains on synthetic faces with flips only: box_noise and
   augment_fill=reflect (options of 'kd') stay with the real-data stages instead of failing the
@@ -202,3 +285,7 @@ def test_the_flip_pre_stage_leaves_the_kd_options_to_the_real_stages():
   config.pretrain.augment = 'kd'
   sub = prestage.pretrain_config(config)
   assert sub.data.augment_fill == 'reflect' and tuple(sub.data.box_noise) == (0.06, 0.05, 0.1, 0.1)
+  config.data.augment_fill = 'context'  # synthetic_faces has no context images: the mirror
+  sub = prestage.pretrain_config(config)
+  assert sub.data.augment_fill == 'reflect' and config.data.augment_fill == 'context'
+  config_check.check(sub, 1, models.model_names())

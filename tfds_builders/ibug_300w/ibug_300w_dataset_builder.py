@@ -48,7 +48,16 @@ class Ibug300w(face_builder.FaceLandmarkBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [Ibug300wConfig(name='default', description='224 px KD-Loss crops.')]
+  BUILDER_CONFIGS = [
+    Ibug300wConfig(name='default', description='224 px KD-Loss crops.'),
+    # For photo models (configs/kd.py:300w,cpu, config.data.augment_fill='context'): the same
+    # crops plus their surroundings, half the crop's width and height past each side.
+    Ibug300wConfig(
+      name='context',
+      description='224 px KD-Loss crops and 448 px context images (the crop box doubled).',
+      context=0.5,
+    ),
+  ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
   SCHEME = '300w'
   AUGMENT = '300w'
