@@ -60,7 +60,7 @@ def test_300w_cpu_end_to_end(tmp_path, data_dir, capsys):
     ('student_kd', 'student_baseline'),
   ):
     assert f'[{stage}] initialised from {workdir / "pretrain" / source}' in out
-    assert checkpoint.read_meta(str(workdir / stage))['dataset'] == 'ibug_300w'
+    assert checkpoint.read_meta(str(workdir / stage))['dataset'] == 'ibug_300w/context'
 
 
 def test_benchmark_levers_are_valid_overrides(monkeypatch):
