@@ -36,9 +36,11 @@ RTOL = 1e-5
 #   the fused custom VJP on CPU);
 # - sharded over 8 devices: per-device partial sums (XLA's partitioned reductions, the
 #   depthwise kernel gradient's per-shard scan). Loss, the other metrics and BatchNorm
-#   statistics stay within RTOL there.
+#   statistics stay within RTOL there. How far ReLU6's kinks carry the rounding differs by CPU:
+#   9.4e-4 on one machine, 2.3e-2 on an AVX-512 one (docs/accelerators.md, "The 8-device
+#   gradient"), so the bound is loose; the float64 test below is the exact check of the same step.
 GRAD_RTOL_PLAIN = 2e-3
-GRAD_RTOL_SHARDED = 5e-3
+GRAD_RTOL_SHARDED = 5e-2
 F64_RTOL = 1e-10  # the same comparisons in float64
 F64_GRAD_RTOL = {'kd': F64_RTOL, 'mobilefan': 1e-7}  # MobileFAN: its losses stay float32
 GRAD_RTOL_SMOOTH = 2e-5  # float32, without ReLU6's kinks
