@@ -111,6 +111,7 @@ PHOTO_CROPS = (
   'photo_crops_1.5_steps_x2',
   'photo_crops_1.5',
   'photo_context',
+  'photo_context_1.5',
 )
 
 # Levers measured when the config was at 64² (before `res96` was adopted) keep that resolution
@@ -228,6 +229,17 @@ LEVERS: dict[str, dict] = {
       '--config.train.num_steps=1200',
     ],
     pretrain='base',
+  ),
+  'photo_context_1.5': dict(
+    doc='photo_context with the student at 1.5x the residuals (teachers of photo_context)',
+    args=[
+      '--config.data.name=ibug_300w/context',
+      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
+      '--config.data.augment_fill=context',
+      '--config.train.num_steps=1200',
+    ],
+    pretrain='base',
+    teachers='photo_context',
   ),
   'box_noise_half': dict(
     doc='box_noise at half the residuals (centre 0.03 / 0.025 box, log size 0.05)',
