@@ -96,23 +96,32 @@ def assemble(manual: pathlib.Path, fold: str) -> dict[str, int]:
 # reuses (the lever changes only the student stage). Reuse only skips recomputing identical stages.
 
 # Levers measured before photo crops were adopted (box_noise, reflect fill, 1200 student steps)
-# keep the former crops (`EXACT_CROPS`, added to their overrides after the table) and the teachers
-# of `exact_crops`, the former base, so that each reproduces the figure given for it.
+# keep the former crops (`EXACT_CROPS`, added after the table for every key a lever does not set
+# itself) and the teachers of `exact_crops`, the former base, so that each reproduces the figure
+# given for it. Every lever but `base` gets them; the photo-crop levers set all four keys
+# (`photo_crops`).
 EXACT_CROPS = [
   '--config.data.name=ibug_300w',
   '--config.data.box_noise=()',
   '--config.data.augment_fill=zeros',
   '--config.train.num_steps=600',
 ]
-PHOTO_CROPS = (
-  'base',
-  'photo_crops',
-  'photo_crops_steps_x2',
-  'photo_crops_1.5_steps_x2',
-  'photo_crops_1.5',
-  'photo_context',
-  'photo_context_1.5',
-)
+RESIDUALS = '(0.06, 0.05, 0.1, 0.1)'  # box_noise at the 300-W calibration's fit residuals
+RESIDUALS_1_5 = '(0.09, 0.075, 0.15, 0.15)'  # 1.5x those
+
+
+def photo_crops(fill: str, box_noise: str = RESIDUALS, steps: int = 1200) -> list[str]:
+  """A photo-crop lever's overrides, every key of EXACT_CROPS among them: `fill` 'reflect' (the
+  stored crop mirrored, `ibug_300w`) or 'context' (cut from the context images,
+  `ibug_300w/context`)."""
+  dataset = 'ibug_300w/context' if fill == 'context' else 'ibug_300w'
+  return [
+    f'--config.data.name={dataset}',
+    f'--config.data.box_noise={box_noise}',
+    f'--config.data.augment_fill={fill}',
+    f'--config.train.num_steps={steps}',
+  ]
+
 
 # Levers measured when the config was at 64² (before `res96` was adopted) keep that resolution
 # (`AT_64`) and the 64² pre-stage, so that each reproduces the figure the README gives for it.
@@ -179,65 +188,35 @@ LEVERS: dict[str, dict] = {
   'photo_crops': dict(
     doc='every stage on crops jittered like detector boxes (box_noise at the residuals) with '
     'the stored crop padded by reflection (augment_fill=reflect, no black border at the true box)',
-    args=[
-      '--config.data.name=ibug_300w',
-      '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
-      '--config.data.augment_fill=reflect',
-      '--config.train.num_steps=600',
-    ],
+    args=photo_crops('reflect', steps=600),
     pretrain='base',
   ),
   'photo_crops_steps_x2': dict(
     doc='photo_crops with the student fine-tuned 1200 steps instead of 600',
-    args=[
-      '--config.data.name=ibug_300w',
-      '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
-      '--config.data.augment_fill=reflect',
-      '--config.train.num_steps=1200',
-    ],
+    args=photo_crops('reflect'),
     pretrain='base',
     teachers='photo_crops',
   ),
   'photo_crops_1.5_steps_x2': dict(
     doc='photo_crops_steps_x2 with the student at 1.5x the residuals (teachers of photo_crops)',
-    args=[
-      '--config.data.name=ibug_300w',
-      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
-      '--config.data.augment_fill=reflect',
-      '--config.train.num_steps=1200',
-    ],
+    args=photo_crops('reflect', RESIDUALS_1_5),
     pretrain='base',
     teachers='photo_crops',
   ),
   'photo_crops_1.5': dict(
     doc='every stage at 1.5x the residuals with reflect fill, the student 1200 steps',
-    args=[
-      '--config.data.name=ibug_300w',
-      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
-      '--config.data.augment_fill=reflect',
-      '--config.train.num_steps=1200',
-    ],
+    args=photo_crops('reflect', RESIDUALS_1_5),
     pretrain='base',
   ),
   'photo_context': dict(
     doc='photo_crops_steps_x2 with real surroundings instead of the mirror: every stage on '
     'ibug_300w/context (the crop box doubled, stored beside each crop), augment_fill=context',
-    args=[
-      '--config.data.name=ibug_300w/context',
-      '--config.data.box_noise=(0.06, 0.05, 0.1, 0.1)',
-      '--config.data.augment_fill=context',
-      '--config.train.num_steps=1200',
-    ],
+    args=photo_crops('context'),
     pretrain='base',
   ),
   'photo_context_1.5': dict(
     doc='photo_context with the student at 1.5x the residuals (teachers of photo_context)',
-    args=[
-      '--config.data.name=ibug_300w/context',
-      '--config.data.box_noise=(0.09, 0.075, 0.15, 0.15)',
-      '--config.data.augment_fill=context',
-      '--config.train.num_steps=1200',
-    ],
+    args=photo_crops('context', RESIDUALS_1_5),
     pretrain='base',
     teachers='photo_context',
   ),
@@ -322,7 +301,7 @@ def _with_exact_crops(args: list[str]) -> list[str]:
 
 
 for _name, _lever in LEVERS.items():
-  if _name not in PHOTO_CROPS:
+  if _name != 'base':
     _lever['args'] = _with_exact_crops(_lever['args'])
     if _lever.get('teachers') == 'base':
       _lever['teachers'] = 'exact_crops'

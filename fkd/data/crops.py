@@ -61,6 +61,14 @@ def landmark_box(points: np.ndarray, margin: float) -> np.ndarray:
   return np.concatenate([lo - pad, hi + pad]).astype(np.float64)
 
 
+def context_side(size: int, context: float) -> int | None:
+  """Side of a context image (the crop box widened by `context` x its width and height on each
+  side) at the crop's pixel scale: size x (1 + 2 context), or None when that is not a whole
+  number of pixels."""
+  side = size * (1 + 2 * context)
+  return round(side) if abs(side - round(side)) <= 1e-6 else None
+
+
 def box_transform(box: np.ndarray, size: int) -> np.ndarray:
   """The 2x3 affine A taking source coordinates into the size x size anisotropic crop of `box`.
 

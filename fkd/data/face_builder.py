@@ -344,13 +344,13 @@ class FaceLandmarkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def _context_size(self) -> int:
     """Side of `context_image`: crop_size x (1 + 2 context), which must be a whole number."""
     cfg = self.builder_config
-    side = cfg.crop_size * (1 + 2 * cfg.context)
-    if cfg.context < 0 or abs(side - round(side)) > 1e-6:
+    side = crops.context_side(cfg.crop_size, cfg.context)
+    if cfg.context < 0 or side is None:
       raise FkdError(
         f'{self.name}/{cfg.name}: context={cfg.context} needs crop_size x (1 + 2 context) to be '
         f'a whole number of pixels >= crop_size; crop_size is {cfg.crop_size}'
       )
-    return round(side)
+    return side
 
   def _context_transform(self, box: np.ndarray) -> np.ndarray:
     """The 2x3 map original pixels -> `context_image` pixels of a face with crop box `box`."""

@@ -147,13 +147,13 @@ def _scale_points(points: np.ndarray, s: float) -> np.ndarray:
 
 def context_size(size: int, context: float) -> int:
   """Side of the context images at model resolution `size`: size x (1 + 2 context), whole."""
-  side = size * (1 + 2 * context)
-  if abs(side - round(side)) > 1e-6:
+  side = crops.context_side(size, context)
+  if side is None:
     raise FkdError(
       f"config.data.image_size={size}: the dataset's context images reach {context} x the crop "
       f'past each side, so image_size x {1 + 2 * context:g} must be a whole number of pixels'
     )
-  return round(side)
+  return side
 
 
 def load_split(
