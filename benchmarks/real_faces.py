@@ -210,13 +210,20 @@ LEVERS: dict[str, dict] = {
   ),
   'photo_context': dict(
     doc='photo_crops_steps_x2 with real surroundings instead of the mirror: every stage on '
-    'ibug_300w/context (the crop box doubled, stored beside each crop), augment_fill=context',
+    'ibug_300w/context (the crop box doubled, stored beside each crop), augment_fill=context; '
+    'the config with 1200 student steps',
     args=photo_crops('context'),
     pretrain='base',
   ),
   'photo_context_1.5': dict(
     doc='photo_context with the student at 1.5x the residuals (teachers of photo_context)',
     args=photo_crops('context', RESIDUALS_1_5),
+    pretrain='base',
+    teachers='photo_context',
+  ),
+  'photo_context_steps_x2': dict(
+    doc='photo_context with 2400 student steps (teachers of photo_context): the config now',
+    args=photo_crops('context', steps=2400),
     pretrain='base',
     teachers='photo_context',
   ),

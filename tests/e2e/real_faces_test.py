@@ -94,8 +94,13 @@ def test_benchmark_levers_are_valid_overrides(monkeypatch):
   # The config trains on photo crops cut from context images; the levers measured before keep
   # their crops: the mirror (photo_crops*) or the former exact crops, of the default build.
   assert parsed['base'].data.box_noise == (0.06, 0.05, 0.1, 0.1)
-  assert parsed['base'].data.augment_fill == 'context' and parsed['base'].train.num_steps == 1200
+  assert parsed['base'].data.augment_fill == 'context' and parsed['base'].train.num_steps == 2400
   assert parsed['base'].data.name == 'ibug_300w/context' == parsed['photo_context'].data.name
+  # photo_context keeps the 1200 student steps it was measured with; its x2 lever is the config.
+  assert parsed['photo_context'].train.num_steps == 1200
+  for key in ('name', 'box_noise', 'augment_fill'):
+    assert parsed['photo_context_steps_x2'].data[key] == parsed['base'].data[key], key
+  assert parsed['photo_context_steps_x2'].train.num_steps == 2400
   for name in ('photo_crops', 'photo_crops_steps_x2', 'photo_crops_1.5'):
     assert parsed[name].data.augment_fill == 'reflect', name
     assert parsed[name].data.name == 'ibug_300w', name
