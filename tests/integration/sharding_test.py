@@ -56,14 +56,16 @@ _SCRIPT = textwrap.dedent("""
       np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, err_msg=k)
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s4)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    # Parameters: the 1- and 4-device updates agree to float32 summation order, i.e. to 1 % of how
+    # Parameters: the 1- and 4-device updates agree to float32 summation order, i.e. to 3 % of how
     # far each weight moved (plus 1e-6 for weights whose true gradient is 0, e.g. a BN bias that
-    # feeds another BN).
+    # feeds another BN). Rounding that moves a ReLU6 input across a kink flips its derivative
+    # (docs/accelerators.md, "The 8-device gradient"): one kernel differs by 1.45 % on an Intel
+    # Xeon CPU; a step that lost a shard or a device's gradient would differ by tens of percent.
     p0 = train.init_state(student, opt, size, 0)['params']
     moved = 0.0
     for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), jax.tree.leaves(p0)):
       step_norm = float(np.linalg.norm(a - c))
-      assert float(np.linalg.norm(a - b)) <= 1e-2 * step_norm + 1e-6, (step_norm, a.shape)
+      assert float(np.linalg.norm(a - b)) <= 3e-2 * step_norm + 1e-6, (step_norm, a.shape)
       moved = max(moved, step_norm)
     assert moved > 1e-2, moved  # the steps really trained
     one, four = results
