@@ -37,13 +37,17 @@ RTOL = 1e-5
 # - sharded over 8 devices: per-device partial sums (XLA's partitioned reductions, the
 #   depthwise kernel gradient's per-shard scan). Loss, the other metrics and BatchNorm
 #   statistics stay within RTOL there. How far ReLU6's kinks carry the rounding differs by CPU:
-#   9.4e-4 on one machine, 2.3e-2 on an AVX-512 one (docs/accelerators.md, "The 8-device
-#   gradient"), so the bound is loose; the float64 test below is the exact check of the same step.
-GRAD_RTOL_PLAIN = 2e-3
+#   9.4e-4 on one machine, 2.3e-2 on an AVX-512 one, and on an Intel Xeon 2.3e-2 between the
+#   one-device formulations too (docs/accelerators.md, "The 8-device gradient"), so the bounds
+#   are loose; the float64 test below is the exact check of the same step.
+GRAD_RTOL_PLAIN = 5e-2
 GRAD_RTOL_SHARDED = 5e-2
 F64_RTOL = 1e-10  # the same comparisons in float64
 F64_GRAD_RTOL = {'kd': F64_RTOL, 'mobilefan': 1e-7}  # MobileFAN: its losses stay float32
-GRAD_RTOL_SMOOTH = 2e-5  # float32, without ReLU6's kinks
+GRAD_RTOL_SMOOTH = 2e-5  # float32, without ReLU6's kinks, one device
+# ... and sharded over 8 devices: an Intel Xeon's partitioned float32 reductions alone give 2.9e-3
+# (1e-5 elsewhere); the float64 test is the exact check.
+GRAD_RTOL_SMOOTH_SHARDED = 1e-2
 
 
 def test_pad_batch():
@@ -229,5 +233,6 @@ def test_without_relu6_kinks_the_float32_gradients_match_to_rounding():
     'sharded_vs_plain',
   ):
     for key, error in result[against].items():
-      bound = GRAD_RTOL_SMOOTH if key in ('gradient', 'metric/grad_norm') else RTOL
+      smooth = GRAD_RTOL_SMOOTH_SHARDED if against.startswith('sharded') else GRAD_RTOL_SMOOTH
+      bound = smooth if key in ('gradient', 'metric/grad_norm') else RTOL
       assert error <= bound, (against, key, error)
